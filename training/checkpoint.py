@@ -1,0 +1,147 @@
+"""Checkpoints are plain data: ``{"format", "kind", "config", "state_dict", "preprocess", "data", ...}``.
+
+They are read with ``torch.load(weights_only=True)``, so a checkpoint can never run code, and the model is
+rebuilt from its config and loaded strictly, so a checkpoint from another architecture fails loudly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edge.preprocess import Preprocess
+
+FORMAT = "edge-anomaly-checkpoint"
+FORMAT_VERSION = 1
+
+# kind -> (module, config class, model class). Adding a model touches its own file and one row here.
+MODEL_KINDS: dict[str, tuple[str, str, str]] = {
+    "gtrans": ("training.models.gtrans", "GTransConfig", "GTrans"),
+    "anovit": ("training.models.anovit", "AnoViTConfig", "AnoViT"),
+    "conv-ae": ("training.models.conv_ae", "ConvAEConfig", "ConvAE"),
+}
+
+
+class CheckpointError(ValueError):
+    """The file is not a usable edge-anomaly checkpoint; the message says why and what to do."""
+
+
+@dataclass
+class Checkpoint:
+    kind: str
+    config: dict[str, Any]
+    model: nn.Module
+    preprocess: Preprocess
+    data: dict[str, Any] = field(default_factory=dict)
+    train_state: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+    path: Path | None = None
+
+
+def _model_classes(kind: str) -> tuple[type, type]:
+    if kind not in MODEL_KINDS:
+        raise CheckpointError(f"unknown model kind {kind!r}; known kinds: {', '.join(sorted(MODEL_KINDS))}")
+    module_name, cfg_name, model_name = MODEL_KINDS[kind]
+    module = importlib.import_module(module_name)
+    return getattr(module, cfg_name), getattr(module, model_name)
+
+
+def build_model(kind: str, config: dict[str, Any] | None = None) -> nn.Module:
+    """A model with random (or architecture-default) weights; pretrained parts are loaded by the trainer."""
+    cfg_cls, model_cls = _model_classes(kind)
+    known = {f.name for f in fields(cfg_cls)}
+    unknown = sorted(set(config or {}) - known)
+    if unknown:
+        raise CheckpointError(f"{kind} config has unknown keys {unknown}; known: {sorted(known)}")
+    return model_cls(cfg_cls(**(config or {})))
+
+
+def model_config(model: nn.Module) -> dict[str, Any]:
+    return asdict(model.config)  # type: ignore[arg-type]
+
+
+def save_checkpoint(
+    path: Path,
+    kind: str,
+    model: nn.Module,
+    preprocess: Preprocess,
+    data: dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write atomically (temp file + rename) so an interrupted save never leaves a broken checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "config": model_config(model),
+        "state_dict": model.state_dict(),
+        "preprocess": {**preprocess.to_dict(), "mean": list(preprocess.mean), "std": list(preprocess.std)},
+        "data": data or {},
+        "train_state": train_state or {},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: Path, expect_kind: str | None = None) -> Checkpoint:
+    """Load and rebuild the model in eval mode; every failure is a CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated/foreign files
+        raise CheckpointError(
+            f"{path} cannot be read as an edge-anomaly checkpoint ({type(exc).__name__}: {str(exc)[:200]}). "
+            "It may be truncated, or not a checkpoint written by edge-train."
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an edge-anomaly checkpoint (no '{FORMAT}' format marker)")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {payload.get('format_version')}; this code reads {FORMAT_VERSION}"
+        )
+    kind = payload.get("kind")
+    if expect_kind is not None and kind != expect_kind:
+        raise CheckpointError(f"{path} holds a {kind!r} model, expected {expect_kind!r}")
+    model = build_model(str(kind), payload["config"])
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the {kind} architecture: {exc}") from exc
+    model.eval()
+    return Checkpoint(
+        kind=str(kind),
+        config=dict(payload["config"]),
+        model=model,
+        preprocess=Preprocess.from_dict(payload["preprocess"]),
+        data=dict(payload.get("data") or {}),
+        train_state=dict(payload.get("train_state") or {}),
+        sha256=file_sha256(path),
+        path=path,
+    )

@@ -1,0 +1,74 @@
+"""Console entry points ``edge-train`` and ``edge-eval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from training.checkpoint import CheckpointError
+from training.data import DatasetError
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    from training.train import DEFAULTS, TrainConfig, train
+
+    p = argparse.ArgumentParser(prog="edge-train", description="Train an anomaly model on good images only.")
+    p.add_argument("--model", required=True, choices=sorted(DEFAULTS))
+    p.add_argument("--data", required=True, type=Path, help="MVTec category folder (uses train/good) or a folder of good images")
+    p.add_argument("--out", required=True, type=Path, help="run directory; an unfinished run there is resumed")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of good images held out for calibration")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="model config override, e.g. image_size=128")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        overrides = dict(parse_override(s) for s in args.set)
+        cfg = TrainConfig(
+            model=args.model, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+            lr=args.lr, seed=args.seed, val_fraction=args.val_fraction, model_config=overrides,
+            progress=not args.quiet, threads=args.threads,
+        )
+        path = train(cfg)
+    except (DatasetError, CheckpointError, ValueError) as exc:
+        print(f"edge-train: error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set expects KEY=VALUE, got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key.strip(), tuple(parsed) if isinstance(parsed, list) else parsed
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    from training.evaluate import evaluate, format_table, write_json
+
+    p = argparse.ArgumentParser(prog="edge-eval", description="Image/pixel AUROC and AUPRO of a checkpoint.")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--data", required=True, type=Path, help="MVTec-layout category folder (test/, ground_truth/)")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--threads", type=int)
+    args = p.parse_args(argv)
+    try:
+        result = evaluate(args.checkpoint, args.data, args.batch, args.threads)
+    except (DatasetError, CheckpointError, ValueError) as exc:
+        print(f"edge-eval: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+    return 0

@@ -1,0 +1,99 @@
+"""``edge-eval``: run a checkpoint over an MVTec-layout test split and report AUROC/AUPRO and throughput.
+
+It runs the same ``InferenceModel`` (uint8 in, normalisation inside) that export traces, so these are the
+numbers of the deployed graph in FP32. The F1 here is at the threshold the product would use by default:
+a 1 % false-alarm quantile of the held-out good images' scores, never a threshold picked on the test set.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.checkpoint import Checkpoint, load_checkpoint
+from training.data import MVTecCategory, load_images, load_test_set
+from training.graph import InferenceModel
+from training.metrics import evaluate_maps, f1_at_threshold
+
+FALSE_ALARM_RATE = 0.01
+
+
+@torch.no_grad()
+def predict(model: InferenceModel, images: np.ndarray, batch: int = 8) -> tuple[np.ndarray, np.ndarray, float]:
+    """Scores (N,), maps (N,H,W) and images/s for uint8 images (N,H,W,3)."""
+    scores, maps = [], []
+    started = time.perf_counter()
+    for i in range(0, len(images), batch):
+        s, m = model(torch.from_numpy(images[i : i + batch]))
+        scores.append(s.numpy())
+        maps.append(m.numpy())
+    elapsed = time.perf_counter() - started
+    return np.concatenate(scores), np.concatenate(maps), len(images) / elapsed
+
+
+def good_threshold(ckpt: Checkpoint, model: InferenceModel) -> float | None:
+    """The 1 % false-alarm quantile of the held-out good images (None when the checkpoint has none)."""
+    val = [Path(p) for p in ckpt.data.get("val_files", []) if Path(p).is_file()]
+    if not val:
+        return None
+    scores, _, _ = predict(model, load_images(val, ckpt.preprocess))
+    return float(np.quantile(scores, 1.0 - FALSE_ALARM_RATE))
+
+
+def evaluate(checkpoint: Path, data: Path, batch: int = 8, threads: int | None = None) -> dict[str, Any]:
+    if threads:
+        torch.set_num_threads(threads)
+    ckpt = load_checkpoint(checkpoint)
+    model = InferenceModel(ckpt.model, ckpt.preprocess).eval()
+    category = MVTecCategory(Path(data))
+    images, masks, labels, types, _ = load_test_set(category, ckpt.preprocess)
+    predict(model, images[:batch], batch)  # warm-up, not counted
+    scores, maps, rate = predict(model, images, batch)
+    result = evaluate_maps(labels, scores, masks, maps, types)
+    threshold = good_threshold(ckpt, model)
+    if threshold is not None:
+        result["f1_at_good_threshold"] = {"threshold": threshold, **f1_at_threshold(labels, scores, threshold)}
+    result.update(
+        {
+            "model": ckpt.kind,
+            "checkpoint": str(checkpoint),
+            "category": category.name,
+            "n_test_images": int(len(images)),
+            "throughput_img_s": rate,
+            "batch": batch,
+            "threads": torch.get_num_threads(),
+            "train_seconds": ckpt.train_state.get("train_seconds"),
+            "epochs": ckpt.train_state.get("epoch"),
+        }
+    )
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    def f(v: Any) -> str:
+        return "  n/a" if v is None else f"{v:.3f}"
+
+    lines = [
+        f"{result['model']} on {result['category']} ({result['n_test_images']} test images)",
+        f"{'defect type':<18} {'image AUROC':>11} {'pixel AUROC':>11} {'AUPRO':>7}",
+    ]
+    for name, m in result["per_type"].items():
+        lines.append(f"{name:<18} {f(m['image_auroc']):>11} {f(m['pixel_auroc']):>11} {f(m['aupro']):>7}")
+    lines.append(f"{'all':<18} {f(result['image_auroc']):>11} {f(result['pixel_auroc']):>11} {f(result['aupro']):>7}")
+    if "f1_at_good_threshold" in result:
+        lines.append(f"F1 at the 1% false-alarm threshold of held-out good images: {result['f1_at_good_threshold']['f1']:.3f}")
+    lines.append(f"throughput {result['throughput_img_s']:.1f} img/s (batch {result['batch']}, {result['threads']} threads)")
+    return "\n".join(lines)
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {path}", file=sys.stderr)

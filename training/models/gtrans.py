@@ -1,0 +1,187 @@
+"""GTrans: a Transformer student guided by a frozen ImageNet CNN over multi-resolution features.
+
+arXiv 2305.14880. The Anomaly Guided Network (AGN, here EfficientNet-Lite0: no ImageNet ResNet can be had
+on these machines) gives features at strides 8, 16 and 32. The student ("Trans") sees only the image: a
+small conv stem makes tokens at the same three resolutions, and Transformer blocks let every token attend
+to a key set drawn from all three resolutions (the finest one pooled once, as in PVT's spatial-reduction
+attention, to keep CPU cost in check). Heads regress the AGN features of each scale.
+
+The anomaly map per scale combines a spatial-distance term (squared error against channel-standardised
+AGN features) and a direction term (1 - cosine similarity); scales are upsampled to the finest one and
+averaged. The AGN channel statistics are fitted once on the training images and stored as buffers, so
+every score depends on its own image only (no batch statistics, no test-set normalisation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.anomaly_map import MapHead
+from training.backbones.efficientnet_lite import EfficientNetLite0
+
+
+@dataclass
+class GTransConfig:
+    image_size: int = 256
+    teacher_blocks: tuple[int, ...] = (4, 10, 14)  # EfficientNet-Lite0 blocks at strides 8, 16, 32
+    stem_widths: tuple[int, ...] = (32, 64, 96, 128, 192)  # student conv stem, strides 2..32
+    dim: int = 128  # token width
+    depth: int = 3
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    cos_weight: float = 1.0  # weight of the direction term against the distance term
+    sigma: float = 4.0
+
+
+def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class CrossScaleAttention(nn.Module):
+    """Every token (all scales) queries keys/values from the coarse scales plus the pooled finest scale."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        m = ctx.shape[1]
+        hd = d // self.heads
+        q = self.q(x).view(n, t, self.heads, hd).transpose(1, 2)  # (N, heads, T, hd)
+        k, v = self.kv(ctx).view(n, m, 2, self.heads, hd).permute(2, 0, 3, 1, 4)  # (N, heads, M, hd) each
+        attn = torch.softmax((q @ k.transpose(-2, -1)) * hd**-0.5, dim=-1)  # (N, heads, T, M)
+        out = (attn @ v).transpose(1, 2).reshape(n, t, d)
+        return self.proj(out)
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = CrossScaleAttention(dim, heads)
+        self.ln2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor, grids: list[tuple[int, int]]) -> torch.Tensor:
+        h = self.ln1(x)
+        x = x + self.attn(h, context_tokens(h, grids))
+        return x + self.mlp(self.ln2(x))
+
+
+def context_tokens(tokens: torch.Tensor, grids: list[tuple[int, int]]) -> torch.Tensor:
+    """Keys/values: the finest grid average-pooled 2x, the coarser grids as they are."""
+    (h0, w0) = grids[0]
+    fine, coarse = tokens[:, : h0 * w0], tokens[:, h0 * w0 :]
+    n, _, d = fine.shape
+    fine = fine.transpose(1, 2).reshape(n, d, h0, w0)
+    fine = F.avg_pool2d(fine, 2).flatten(2).transpose(1, 2)  # (N, h0*w0/4, d)
+    return torch.cat([fine, coarse], dim=1)
+
+
+class Student(nn.Module):
+    """Image -> features at the AGN's three resolutions, related across scales by attention."""
+
+    def __init__(self, cfg: GTransConfig, teacher_channels: list[int]) -> None:
+        super().__init__()
+        w = cfg.stem_widths
+        self.stem = nn.Sequential(conv_bn_relu(3, w[0], 2), conv_bn_relu(w[0], w[1], 2))  # stride 4
+        self.down = nn.ModuleList(
+            [nn.Sequential(conv_bn_relu(w[1], w[2], 2), conv_bn_relu(w[2], w[2]))]  # stride 8
+            + [nn.Sequential(conv_bn_relu(w[i], w[i + 1], 2), conv_bn_relu(w[i + 1], w[i + 1])) for i in (2, 3)]
+        )
+        self.to_tokens = nn.ModuleList([nn.Conv2d(c, cfg.dim, 1) for c in w[2:]])
+        self.grids = [(cfg.image_size // s, cfg.image_size // s) for s in (8, 16, 32)]
+        self.pos = nn.ParameterList([nn.Parameter(torch.zeros(1, h * ww, cfg.dim)) for h, ww in self.grids])
+        for p in self.pos:
+            nn.init.trunc_normal_(p, std=0.02)
+        self.blocks = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+        self.ln = nn.LayerNorm(cfg.dim)
+        self.heads = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv2d(cfg.dim + c, cfg.dim, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(cfg.dim, ct, 1))
+                for c, ct in zip(w[2:], teacher_channels, strict=True)
+            ]
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f = self.stem(x)
+        convs = []
+        for down in self.down:
+            f = down(f)
+            convs.append(f)  # strides 8, 16, 32
+        tokens = torch.cat(
+            [proj(c).flatten(2).transpose(1, 2) + pos for proj, c, pos in zip(self.to_tokens, convs, self.pos, strict=True)],
+            dim=1,
+        )  # (N, sum(h*w), dim)
+        for block in self.blocks:
+            tokens = block(tokens, self.grids)
+        tokens = self.ln(tokens)
+        outs, start = [], 0
+        for (h, w), c, head in zip(self.grids, convs, self.heads, strict=True):
+            t = tokens[:, start : start + h * w].transpose(1, 2).reshape(-1, tokens.shape[-1], h, w)
+            start += h * w
+            outs.append(head(torch.cat([t, c], dim=1)))  # (N, C_teacher, h, w)
+        return outs
+
+
+class GTrans(nn.Module):
+    def __init__(self, config: GTransConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.teacher = EfficientNetLite0()
+        self.teacher.requires_grad_(False)
+        channels = [self.teacher.block_channels(b) for b in config.teacher_blocks]
+        for i, c in enumerate(channels):  # AGN channel statistics, fitted on good images by fit_teacher_stats
+            self.register_buffer(f"t_mean{i}", torch.zeros(1, c, 1, 1))
+            self.register_buffer(f"t_std{i}", torch.ones(1, c, 1, 1))
+        self.student = Student(config, channels)
+        size = config.image_size
+        self.head = MapHead(size, size, sigma=config.sigma)
+
+    def train(self, mode: bool = True) -> GTrans:
+        super().train(mode)
+        self.teacher.eval()  # frozen AGN: BatchNorm always in inference mode
+        return self
+
+    @torch.no_grad()
+    def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = self.teacher.features(x, list(self.config.teacher_blocks))
+        return [(f - getattr(self, f"t_mean{i}")) / getattr(self, f"t_std{i}") for i, f in enumerate(feats)]
+
+    @torch.no_grad()
+    def fit_teacher_stats(self, raw_feats: list[torch.Tensor]) -> None:
+        """Set the per-channel mean/std of the AGN features from good images (un-standardised features)."""
+        for i, f in enumerate(raw_feats):
+            getattr(self, f"t_mean{i}").copy_(f.mean(dim=(0, 2, 3), keepdim=True))
+            getattr(self, f"t_std{i}").copy_(f.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3))
+
+    def scale_maps(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per scale (N, 1, h, w): distance term + cos_weight * direction term."""
+        maps = []
+        for s, t in zip(student, teacher, strict=True):
+            dist = (s - t).pow(2).mean(dim=1, keepdim=True)
+            direction = 1.0 - F.cosine_similarity(s, t, dim=1, eps=1e-6).unsqueeze(1)
+            maps.append(dist + self.config.cos_weight * direction)
+        return maps
+
+    def training_loss(self, x: torch.Tensor, teacher: list[torch.Tensor] | None = None) -> torch.Tensor:
+        teacher = teacher if teacher is not None else self.teacher_features(x)
+        maps = self.scale_maps(self.student(x), teacher)
+        return torch.stack([m.mean() for m in maps]).mean()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.scale_maps(self.student(x), self.teacher_features(x))
+        size = maps[0].shape[-2:]
+        combined = torch.stack(
+            [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]
+        ).mean(dim=0)  # (N, 1, H/8, W/8)
+        return self.head(combined)
