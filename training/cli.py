@@ -25,6 +25,7 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of good images held out for calibration")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="model config override, e.g. image_size=128")
     p.add_argument("--threads", type=int)
+    p.add_argument("--stop-after", type=int, help="stop after this many epochs; run again to resume")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -32,7 +33,7 @@ def train_main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig(
             model=args.model, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
             lr=args.lr, seed=args.seed, val_fraction=args.val_fraction, model_config=overrides,
-            progress=not args.quiet, threads=args.threads,
+            progress=not args.quiet, threads=args.threads, stop_after=args.stop_after,
         )
         path = train(cfg)
     except (DatasetError, CheckpointError, ValueError) as exc:

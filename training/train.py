@@ -49,6 +49,7 @@ class TrainConfig:
     model_config: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     threads: int | None = None
+    stop_after: int | None = None  # stop (resumably) after this many epochs, e.g. to time-box a session
 
     def resolved(self, key: str) -> Any:
         value = getattr(self, key)
@@ -163,7 +164,8 @@ def train(cfg: TrainConfig) -> Path:
         log(f"resuming {ckpt_path} at epoch {state['epoch']}/{epochs}", cfg.progress)
 
     progress = Progress(total=epochs * steps_per_epoch, done=state["epoch"] * steps_per_epoch, enabled=cfg.progress)
-    for epoch in range(state["epoch"], epochs):
+    last = epochs if cfg.stop_after is None else min(epochs, cfg.stop_after)
+    for epoch in range(state["epoch"], last):
         started = time.perf_counter()
         train_loss = run_epoch(cfg, model, x_train, cached, optimizer, schedule, epoch, batch_size, progress)
         val_loss = validation_loss(model, x_val)

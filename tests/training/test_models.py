@@ -1,0 +1,113 @@
+"""Model behaviour on generated parts: learning lowers the loss, defects score higher and are located."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.checkpoint import build_model, load_checkpoint
+from training.cli import eval_main, train_main
+from training.data import load_images
+from training.graph import InferenceModel
+from training.synthetic import defective_part, good_part
+
+SMALL = {
+    "gtrans": ["image_size=128", "depth=1", "dim=64"],
+    "conv-ae": ["image_size=64", "widths=[8,16,32,32]", "latent_dim=32", "decoder_widths=[16,16,8,8]"],
+}
+
+
+@pytest.fixture(scope="module")
+def gtrans_run(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("gtrans-run")
+    args = ["--model", "gtrans", "--data", str(synthetic_dataset), "--out", str(out), "--epochs", "6", "--quiet"]
+    for s in SMALL["gtrans"]:
+        args += ["--set", s]
+    assert train_main(args) == 0
+    return out / "checkpoint.pt"
+
+
+def test_training_lowers_loss(gtrans_run: Path) -> None:
+    history = load_checkpoint(gtrans_run).train_state["history"]
+    assert len(history) == 6
+    assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
+
+
+def test_defect_scores_higher_and_map_peaks_inside(gtrans_run: Path) -> None:
+    ckpt = load_checkpoint(gtrans_run)
+    model = InferenceModel(ckpt.model, ckpt.preprocess)
+    pre = ckpt.preprocess
+    rng = np.random.default_rng(123)
+    goods = np.stack([pre.frame_to_input(good_part(rng, 128)) for _ in range(6)])
+    defects = [defective_part(rng, 128, "blob") for _ in range(4)]
+    with torch.no_grad():
+        good_scores, _ = model(torch.from_numpy(goods))
+        bad_scores, bad_maps = model(torch.from_numpy(np.stack([pre.frame_to_input(d.image) for d in defects])))
+    assert float(bad_scores.min()) > float(good_scores.max())
+    for d, amap in zip(defects, bad_maps.numpy(), strict=True):
+        peak = np.unravel_index(np.argmax(amap), amap.shape)
+        mask = d.mask > 0
+        # the peak lies in the defect or within a few pixels of it (the map is smoothed)
+        ys, xs = np.nonzero(mask)
+        assert np.min(np.hypot(ys - peak[0], xs - peak[1])) <= 4
+
+
+@pytest.mark.parametrize("kind", ["gtrans", "conv-ae", "anovit"])
+def test_score_independent_of_batch(kind: str) -> None:
+    torch.manual_seed(0)
+    config = {"gtrans": {"image_size": 64, "depth": 1, "dim": 32}, "conv-ae": {"image_size": 64}, "anovit": {"image_size": 56}}[kind]
+    model = build_model(kind, config).eval()
+    x = torch.randn(4, 3, config["image_size"], config["image_size"])
+    with torch.no_grad():
+        batch_scores, batch_maps = model(x)
+        for i in range(4):
+            s, m = model(x[i : i + 1])
+            torch.testing.assert_close(s, batch_scores[i : i + 1], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(m, batch_maps[i : i + 1], atol=1e-5, rtol=1e-5)
+
+
+def test_resume_continues_to_the_same_weights(synthetic_dataset: Path, tmp_path: Path) -> None:
+    base = ["--model", "conv-ae", "--data", str(synthetic_dataset), "--quiet", "--seed", "3"]
+    for s in SMALL["conv-ae"]:
+        base += ["--set", s]
+    assert train_main([*base, "--out", str(tmp_path / "straight"), "--epochs", "3"]) == 0
+    # "interrupted" after epoch 2: same schedule length, stopped early by running 2 epochs then resuming to 3
+    assert train_main([*base, "--out", str(tmp_path / "resumed"), "--epochs", "3", "--stop-after", "2"]) == 0
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt").train_state["epoch"] == 2
+    assert train_main([*base, "--out", str(tmp_path / "resumed"), "--epochs", "3"]) == 0
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    assert b.train_state["epoch"] == 3 and b.train_state["completed"]
+    for key, value in a.model.state_dict().items():
+        torch.testing.assert_close(b.model.state_dict()[key], value, atol=1e-6, rtol=1e-5)
+
+
+def test_eval_cli_writes_metrics(gtrans_run: Path, synthetic_dataset: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "eval.json"
+    assert eval_main([str(gtrans_run), "--data", str(synthetic_dataset), "--json", str(out)]) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro", "per_type", "throughput_img_s"):
+        assert key in result
+    assert result["image_auroc"] > 0.9
+    assert set(result["per_type"]) == {"blob", "scratch"}
+    assert "image AUROC" in capsys.readouterr().out
+
+
+def test_bad_data_folder_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    rc = train_main(["--model", "conv-ae", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"])
+    assert rc == 2
+    assert str(tmp_path / "nope") in capsys.readouterr().err
+
+
+def test_images_load_in_model_colour_order(synthetic_dataset: Path) -> None:
+    ckpt_pre = build_model("conv-ae", {"image_size": 64}).config
+    assert ckpt_pre.image_size == 64
+    from edge.preprocess import Preprocess
+
+    imgs = load_images(sorted((synthetic_dataset / "train" / "good").glob("*.png"))[:2], Preprocess(64, 64))
+    assert imgs.shape == (2, 64, 64, 3) and imgs.dtype == np.uint8
