@@ -30,9 +30,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 # Per-model defaults chosen on generated data and CPU time, not tuned on any MVTec category.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "gtrans": {"epochs": 60, "lr": 1e-3, "batch_size": 8},
-    "anovit": {"epochs": 60, "lr": 2e-3, "batch_size": 8},
-    "conv-ae": {"epochs": 60, "lr": 2e-3, "batch_size": 8},
+    "gtrans": {"epochs": 40, "lr": 1e-3, "batch_size": 8},
+    "anovit": {"epochs": 40, "lr": 2e-3, "batch_size": 8},
+    "conv-ae": {"epochs": 40, "lr": 2e-3, "batch_size": 8},
 }
 
 

@@ -28,11 +28,11 @@ from training.backbones.efficientnet_lite import EfficientNetLite0
 class GTransConfig:
     image_size: int = 256
     teacher_blocks: tuple[int, ...] = (4, 10, 14)  # EfficientNet-Lite0 blocks at strides 8, 16, 32
-    stem_widths: tuple[int, ...] = (32, 64, 96, 128, 192)  # student conv stem, strides 2..32
-    dim: int = 128  # token width
-    depth: int = 3
+    stem_widths: tuple[int, ...] = (24, 48, 64, 96, 128)  # student conv stem, strides 2..32
+    dim: int = 96  # token width; sized so training fits ~20 min on 2 CPU cores
+    depth: int = 2
     heads: int = 4
-    mlp_ratio: float = 4.0
+    mlp_ratio: float = 2.0
     cos_weight: float = 1.0  # weight of the direction term against the distance term
     sigma: float = 4.0
 
