@@ -1,0 +1,398 @@
+"""deploy/install.sh under a scratch root (--root): what it writes, with which modes, and that it is idempotent.
+
+Nothing here touches the real system: under --root every path is prefixed and system commands (useradd,
+chown, systemctl, the engine build) are printed instead of run; --skip-venv leaves pip out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+INSTALL = DEPLOY / "install.sh"
+
+pytestmark = pytest.mark.timeout(120)
+
+Tree = dict[str, tuple[str, str]]
+
+
+def snapshot(root: Path) -> Tree:
+    """{relative path: (octal mode, sha256 or 'dir')} for everything under root."""
+    tree: Tree = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            digest = "dir" if stat.S_ISDIR(st.st_mode) else hashlib.sha256(path.read_bytes()).hexdigest()
+            tree[str(path.relative_to(root))] = (oct(stat.S_IMODE(st.st_mode)), digest)
+    return tree
+
+
+def run_install(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        ["bash", str(INSTALL), "--root", str(root), "--skip-venv", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if check:
+        assert proc.returncode == 0, f"install.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "root"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    """A bundle-shaped folder. install.sh copies bytes and never parses the models, so any bytes do."""
+    path = tmp_path / "bundle"
+    (path / "engines").mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps({"schema_version": 1, "model": {"name": "gtrans-test"}}))
+    (path / "model.fp32.onnx").write_bytes(os.urandom(4096))
+    (path / "model.int8.onnx").write_bytes(os.urandom(2048))
+    (path / "engines" / "other-gpu.engine").write_bytes(b"engine built elsewhere")
+    return path
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "site.toml"
+    text = (DEPLOY / "config.example.toml").read_text(encoding="utf-8")
+    path.write_text(text.replace('device_id = "line3-station2"', 'device_id = "press-7"'), encoding="utf-8")
+    return path
+
+
+def test_dry_run_prints_every_action_and_writes_nothing(root: Path, bundle: Path, config: Path) -> None:
+    before = snapshot(root)
+    proc = run_install(root, "--dry-run", "--bundle", str(bundle), "--config", str(config), "--tensorrt")
+    assert snapshot(root) == before == {}
+    out = proc.stdout
+    for expected in (
+        "dry run: nothing is changed",
+        "would run: useradd --system",
+        "would create /etc/edge-anomaly/ (mode 0750, owner root:edge-anomaly)",
+        "would install /etc/edge-anomaly/config.toml (mode 0640, owner root:edge-anomaly)",
+        "would install /var/lib/edge-anomaly/bundle/manifest.json (mode 0640, owner root:edge-anomaly)",
+        "would install /var/lib/edge-anomaly/bundle/model.int8.onnx (mode 0640, owner root:edge-anomaly)",
+        "would create /var/lib/edge-anomaly/bundle/engines/ (mode 0750, owner edge-anomaly:edge-anomaly)",
+        "would install /etc/systemd/system/edge-anomaly.service (mode 0644, owner root:root)",
+        "would install /etc/systemd/system/edge-anomaly.service.d/10-tensorrt.conf (mode 0644, owner root:root)",
+        "/opt/edge-anomaly/venv/bin/edge-export --build-engine /var/lib/edge-anomaly/bundle",
+        "would run: systemctl daemon-reload",
+    ):
+        assert expected in out, f"missing {expected!r} in:\n{out}"
+    assert "other-gpu.engine" not in out
+
+
+def test_dry_run_plans_the_venv_with_system_site_packages(root: Path) -> None:
+    proc = subprocess.run(
+        ["bash", str(INSTALL), "--root", str(root), "--dry-run", "--system-python", "--source", str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert (
+        f"would run: /usr/bin/python3 -m venv --system-site-packages {root}/opt/edge-anomaly/venv"
+        in proc.stdout
+    )
+    assert f"-m pip install {REPO}" in proc.stdout
+    assert snapshot(root) == {}
+
+
+def test_scratch_install_writes_the_expected_files_and_modes(root: Path, bundle: Path, config: Path) -> None:
+    run_install(root, "--bundle", str(bundle), "--config", str(config), "--tensorrt", "--jetson")
+    tree = snapshot(root)
+    modes = {path: mode for path, (mode, _) in tree.items()}
+    expected = {
+        "etc/edge-anomaly": "0o750",
+        "etc/edge-anomaly/config.toml": "0o640",
+        "etc/systemd/system/edge-anomaly.service": "0o644",
+        "etc/systemd/system/edge-anomaly.service.d/10-tensorrt.conf": "0o644",
+        "etc/systemd/system/edge-anomaly.service.d/20-jetson.conf": "0o644",
+        "var/lib/edge-anomaly": "0o750",
+        "var/lib/edge-anomaly/bundle": "0o750",
+        "var/lib/edge-anomaly/bundle/manifest.json": "0o640",
+        "var/lib/edge-anomaly/bundle/model.fp32.onnx": "0o640",
+        "var/lib/edge-anomaly/bundle/model.int8.onnx": "0o640",
+        "var/lib/edge-anomaly/bundle/engines": "0o750",
+        "var/cache/edge-anomaly": "0o750",
+        "opt/edge-anomaly/share/config.example.toml": "0o644",
+    }
+    for path, mode in expected.items():
+        assert modes.get(path) == mode, f"{path}: mode {modes.get(path)}, expected {mode}"
+    assert (root / "etc/edge-anomaly/config.toml").read_text() == config.read_text()
+    assert (root / "etc/systemd/system/edge-anomaly.service").read_text() == (
+        DEPLOY / "edge-anomaly.service"
+    ).read_text()
+    for name in ("manifest.json", "model.fp32.onnx", "model.int8.onnx"):
+        assert (root / "var/lib/edge-anomaly/bundle" / name).read_bytes() == (bundle / name).read_bytes()
+    # Engines are tied to one GPU and TensorRT version: never copied from the workstation.
+    assert list((root / "var/lib/edge-anomaly/bundle/engines").iterdir()) == []
+    assert (
+        "MemoryDenyWriteExecute=no"
+        in (root / "etc/systemd/system/edge-anomaly.service.d/10-tensorrt.conf").read_text()
+    )
+    # Nothing outside the expected places; the venv is --skip-venv'd.
+    assert not (root / "opt/edge-anomaly/venv").exists()
+    assert {p.split("/")[0] for p in tree} == {"etc", "opt", "var"}
+
+
+def test_second_run_changes_nothing(root: Path, bundle: Path, config: Path) -> None:
+    args = ("--bundle", str(bundle), "--config", str(config), "--tensorrt", "--jetson")
+    first = run_install(root, *args)
+    assert "done: 0 change(s)" not in first.stdout
+    tree = snapshot(root)
+    second = run_install(root, *args)
+    assert snapshot(root) == tree
+    assert "done: 0 change(s)." in second.stdout
+    assert not re.search(r"^(installed|created|removed|chmod) ", second.stdout, re.M), second.stdout
+    assert "try-restart" not in second.stdout  # nothing changed, so a running service is left alone
+    assert "unchanged /etc/edge-anomaly/config.toml" in second.stdout
+    assert "unchanged /var/lib/edge-anomaly/bundle/model.fp32.onnx" in second.stdout
+
+
+def test_a_changed_file_is_reinstalled_and_its_mode_restored(root: Path, bundle: Path, config: Path) -> None:
+    run_install(root, "--bundle", str(bundle), "--config", str(config))
+    unit = root / "etc/systemd/system/edge-anomaly.service"
+    unit.write_text("tampered\n")
+    unit.chmod(0o666)
+    proc = run_install(root, "--bundle", str(bundle), "--config", str(config))
+    assert "installed /etc/systemd/system/edge-anomaly.service (mode 0644" in proc.stdout
+    assert "try-restart edge-anomaly.service" in proc.stdout
+    assert unit.read_text() == (DEPLOY / "edge-anomaly.service").read_text()
+    assert stat.S_IMODE(unit.stat().st_mode) == 0o644
+
+
+def test_existing_config_is_kept_unless_forced(
+    root: Path, bundle: Path, config: Path, tmp_path: Path
+) -> None:
+    run_install(root, "--config", str(config))
+    installed = root / "etc/edge-anomaly/config.toml"
+    installed.write_text(installed.read_text() + "\n# local edit\n")
+    edited = installed.read_text()
+    other = tmp_path / "other.toml"
+    other.write_text(config.read_text().replace("press-7", "press-8"))
+
+    kept = run_install(root, "--config", str(other))
+    assert installed.read_text() == edited
+    assert "kept /etc/edge-anomaly/config.toml" in kept.stdout and "--force-config" in kept.stdout
+    no_config = run_install(root)
+    assert installed.read_text() == edited and "unchanged /etc/edge-anomaly/config.toml" in no_config.stdout
+
+    run_install(root, "--config", str(other), "--force-config")
+    assert installed.read_text() == other.read_text()
+    assert stat.S_IMODE(installed.stat().st_mode) == 0o640
+
+
+def test_first_install_without_config_uses_the_example(root: Path) -> None:
+    proc = run_install(root)
+    assert (root / "etc/edge-anomaly/config.toml").read_text() == (DEPLOY / "config.example.toml").read_text()
+    assert "Edit /etc/edge-anomaly/config.toml before starting" in proc.stdout
+
+
+def test_bundle_update_replaces_files_removes_stale_ones_and_keeps_engines(
+    root: Path, bundle: Path, config: Path, tmp_path: Path
+) -> None:
+    run_install(root, "--bundle", str(bundle), "--config", str(config))
+    installed = root / "var/lib/edge-anomaly/bundle"
+    (installed / "engines" / "orin-trt10.3-int8-abc.engine").write_bytes(b"built on this device")
+    new = tmp_path / "bundle-v2"
+    new.mkdir()
+    (new / "manifest.json").write_text(json.dumps({"schema_version": 1, "model": {"name": "gtrans-v2"}}))
+    (new / "model.fp32.onnx").write_bytes(os.urandom(1024))
+
+    proc = run_install(root, "--bundle", str(new), "--config", str(config))
+    assert sorted(p.name for p in installed.iterdir()) == ["engines", "manifest.json", "model.fp32.onnx"]
+    assert (installed / "model.fp32.onnx").read_bytes() == (new / "model.fp32.onnx").read_bytes()
+    assert "removed /var/lib/edge-anomaly/bundle/model.int8.onnx" in proc.stdout
+    assert (installed / "engines" / "orin-trt10.3-int8-abc.engine").read_bytes() == b"built on this device"
+
+
+def test_prefix_is_carried_into_the_unit(root: Path) -> None:
+    run_install(root, "--prefix", "/srv/anomaly")
+    unit = (root / "etc/systemd/system/edge-anomaly.service").read_text()
+    assert "ExecStart=/srv/anomaly/venv/bin/edge-run --config /etc/edge-anomaly/config.toml" in unit
+    assert "/opt/edge-anomaly" not in unit
+    assert (root / "srv/anomaly/share/config.example.toml").is_file()
+
+
+def test_uninstall_keeps_state_and_config_and_purge_removes_them(
+    root: Path, bundle: Path, config: Path
+) -> None:
+    run_install(root, "--bundle", str(bundle), "--config", str(config), "--tensorrt")
+    (root / "opt/edge-anomaly/venv/bin").mkdir(parents=True)  # stands in for the venv --skip-venv left out
+    (root / "opt/edge-anomaly/venv/bin/edge-run").write_text("#!/bin/sh\n")
+
+    dry = run_install(root, "--uninstall", "--dry-run")
+    assert "would remove /etc/systemd/system/edge-anomaly.service" in dry.stdout
+    assert (root / "etc/systemd/system/edge-anomaly.service").exists()
+
+    proc = run_install(root, "--uninstall")
+    assert "skipped under --root: systemctl disable --now edge-anomaly.service" in proc.stdout
+    assert not (root / "etc/systemd/system/edge-anomaly.service").exists()
+    assert not (root / "etc/systemd/system/edge-anomaly.service.d").exists()
+    assert not (root / "opt/edge-anomaly").exists()
+    assert (root / "etc/edge-anomaly/config.toml").read_text() == config.read_text()
+    assert (root / "var/lib/edge-anomaly/bundle/manifest.json").read_bytes() == (
+        bundle / "manifest.json"
+    ).read_bytes()
+
+    purge = run_install(root, "--uninstall", "--purge")
+    assert "skipped under --root: userdel edge-anomaly" in purge.stdout
+    left = [p for p, (_, digest) in snapshot(root).items() if digest != "dir"]
+    assert left == []
+    for gone in ("etc/edge-anomaly", "var/lib/edge-anomaly", "var/cache/edge-anomaly"):
+        assert not (root / gone).exists()
+
+
+def test_uninstall_keeps_local_overrides(root: Path) -> None:
+    run_install(root, "--tensorrt")
+    override = root / "etc/systemd/system/edge-anomaly.service.d/override.conf"
+    override.write_text("[Service]\nEnvironment=EDGE_LOG_LEVEL=DEBUG\n")
+    proc = run_install(root, "--uninstall")
+    assert override.exists()
+    assert not (override.parent / "10-tensorrt.conf").exists()
+    assert "holds local overrides" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda b: (b / "manifest.json").unlink(), "has no manifest.json"),
+        (lambda b: [p.unlink() for p in b.glob("model.*.onnx")], "has no model.*.onnx"),
+    ],
+    ids=["no-manifest", "no-models"],
+)
+def test_an_incomplete_bundle_is_refused_before_anything_is_written(
+    root: Path, bundle: Path, make, message: str
+) -> None:
+    make(bundle)
+    proc = run_install(root, "--bundle", str(bundle), check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert snapshot(root) == {}
+
+
+def test_unknown_option_and_purge_without_uninstall_are_errors(root: Path) -> None:
+    for args in (("--bundel", "x"), ("--purge",)):
+        proc = run_install(root, *args, check=False)
+        assert proc.returncode != 0 and "error:" in proc.stderr, proc.stderr
+    assert snapshot(root) == {}
+
+
+def test_example_config_is_valid_for_the_daemon(tmp_path: Path) -> None:
+    """config.example.toml, with its commented-out keys switched on too, loads with edge.config."""
+    config_mod = pytest.importorskip("edge.config")
+    try:
+        from edge.backends import BACKENDS  # noqa: F401  (the backend name check needs the registry)
+    except ImportError:
+        pytest.skip("edge.backends.BACKENDS does not exist yet; the backend name cannot be checked")
+    text = (DEPLOY / "config.example.toml").read_text(encoding="utf-8")
+    loaded = config_mod.load_config(DEPLOY / "config.example.toml")
+    assert loaded.model.bundle == Path("/var/lib/edge-anomaly/bundle")
+    assert loaded.topic_prefix == f"edge-anomaly/{loaded.device_id}"
+
+    uncommented = re.sub(r"^# (\[\[cameras\]\]|[a-z_]+ = .*)$", r"\1", text, flags=re.M)
+    assert uncommented.count("\n[[cameras]]") == 2
+    full = tmp_path / "full.toml"
+    full.write_text(uncommented, encoding="utf-8")
+    every_key = config_mod.load_config(full)
+    assert [cam.name for cam in every_key.cameras] == ["cam0", "csi0"]
+    assert every_key.cameras[1].source.startswith("nvarguscamerasrc")
+
+
+# The real (non --root) code paths: useradd, chown, ownership drift, userdel. They run as root inside a private
+# mount namespace in which /etc is a copy and /opt, /var/lib, /var/cache are empty tmpfs, so the host's files
+# and users are never touched. systemctl is a stub on PATH (there is no systemd to talk to in a test).
+NAMESPACE_SCRIPT = r"""
+set -euo pipefail
+cp -a /etc "$WORK/etc"
+mkdir -p "$WORK/bin"
+mount --bind "$WORK/etc" /etc
+for d in /opt /var/lib /var/cache; do mount -t tmpfs tmpfs "$d"; done
+for d in /etc /opt /var/lib /var/cache; do mountpoint -q "$d" || exit 97; done
+printf '#!/bin/sh\necho "[stub] systemctl $*"\n' >"$WORK/bin/systemctl"
+chmod +x "$WORK/bin/systemctl"
+export PATH="$WORK/bin:$PATH"
+echo "=== first"; bash "$INSTALL" --skip-venv --bundle "$BUNDLE" --config "$CONFIG" --jetson
+echo "=== owners"; find /etc/edge-anomaly /var/lib/edge-anomaly -printf '%u:%g %m %p\n'
+echo "=== user"; getent passwd edge-anomaly; getent group render
+echo "=== second"; bash "$INSTALL" --skip-venv --bundle "$BUNDLE" --config "$CONFIG" --jetson
+chown root:root /etc/edge-anomaly/config.toml
+echo "=== drift"; bash "$INSTALL" --skip-venv --bundle "$BUNDLE" --config "$CONFIG" --jetson
+echo "=== purge"; bash "$INSTALL" --uninstall --purge
+echo "=== after"; getent passwd edge-anomaly || echo "no user"; ls /etc/edge-anomaly /var/lib/edge-anomaly 2>&1 || true
+"""
+
+
+def _sections(output: str) -> dict[str, str]:
+    parts = re.split(r"^=== (\w+)$", output, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_real_install_sets_owners_creates_the_user_and_purges(
+    tmp_path: Path, bundle: Path, config: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (for a private mount namespace); the --root tests cover the rest")
+    probe = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "true"], capture_output=True, timeout=30
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a private mount namespace here: {probe.stderr.decode().strip()}")
+    if (
+        Path("/etc/edge-anomaly").exists()
+        or subprocess.run(["getent", "passwd", "edge-anomaly"], capture_output=True).returncode == 0
+    ):
+        pytest.skip("edge-anomaly is really installed on this machine; not testing over it")
+    env = {
+        **os.environ,
+        "WORK": str(tmp_path / "ns"),
+        "INSTALL": str(INSTALL),
+        "BUNDLE": str(bundle),
+        "CONFIG": str(config),
+    }
+    (tmp_path / "ns").mkdir()
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "bash", "-c", NAMESPACE_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = _sections(proc.stdout)
+    assert "run: useradd --system --user-group --home-dir /var/lib/edge-anomaly" in out["first"]
+    owners = {
+        line.split()[2]: (line.split()[0], line.split()[1]) for line in out["owners"].split("\n") if line
+    }
+    assert owners["/etc/edge-anomaly"] == ("root:edge-anomaly", "750")
+    assert owners["/etc/edge-anomaly/config.toml"] == ("root:edge-anomaly", "640")
+    assert owners["/var/lib/edge-anomaly"] == ("edge-anomaly:edge-anomaly", "750")
+    assert owners["/var/lib/edge-anomaly/bundle"] == ("root:edge-anomaly", "750")
+    assert owners["/var/lib/edge-anomaly/bundle/model.fp32.onnx"] == ("root:edge-anomaly", "640")
+    assert owners["/var/lib/edge-anomaly/bundle/engines"] == ("edge-anomaly:edge-anomaly", "750")
+    assert ":/usr/sbin/nologin" in out["user"] and out["user"].count("\n") >= 2  # user and render group
+    assert "done: 0 change(s)." in out["second"] and "try-restart" not in out["second"]
+    assert "run: chown root:edge-anomaly /etc/edge-anomaly/config.toml" in out["drift"]
+    assert "[stub] systemctl try-restart edge-anomaly.service" in out["drift"]
+    assert "run: userdel edge-anomaly" in out["purge"]
+    assert "no user" in out["after"] and "No such file" in out["after"]
+    # And the host saw none of it.
+    assert not Path("/etc/edge-anomaly").exists()
+    assert subprocess.run(["getent", "passwd", "edge-anomaly"], capture_output=True).returncode != 0

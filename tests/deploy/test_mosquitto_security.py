@@ -1,0 +1,379 @@
+"""The shipped broker config (deploy/mosquitto) enforces mutual TLS, passwords and per-device topics.
+
+A real mosquitto runs the real mosquitto.conf and acl (only paths and the port rewritten), with certificates
+from the real make-certs.sh and a password file from mosquitto_passwd. Clients are paho-mqtt 2.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+REPO = Path(__file__).resolve().parents[2]
+MOSQUITTO_DIR = REPO / "deploy" / "mosquitto"
+INSTALLED_DIR = "/etc/mosquitto/edge-anomaly"
+DEVICE = "line3-station2"  # the device block in the shipped acl
+PASSWORDS = {DEVICE: "device-secret", "scada": "scada-secret"}
+WAIT_S = 10.0
+# CONNECT, MQTT 3.1.1, clean session, keepalive 60 s, empty client id.
+MQTT311_CONNECT = bytes([0x10, 0x0C, 0x00, 0x04]) + b"MQTT" + bytes([0x04, 0x02, 0x00, 0x3C, 0x00, 0x00])
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@dataclass
+class SecureBroker:
+    host: str
+    port: int
+    certs: Path
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _need(tool: str) -> str:
+    """The tool's path; Debian puts mosquitto in /usr/sbin, which is not on every user's PATH."""
+    found = shutil.which(tool) or next(
+        (p for p in (f"/usr/sbin/{tool}", f"/usr/local/sbin/{tool}") if Path(p).exists()), None
+    )
+    if found is None:
+        pytest.skip(f"{tool} is not installed (apt-get install mosquitto mosquitto-clients openssl)")
+    return found
+
+
+def _write_broker_files(work: Path, port: int) -> Path:
+    """Certs, passwd, acl and the shipped mosquitto.conf with its paths pointed at ``work``."""
+    subprocess.run(
+        [
+            "bash",
+            str(MOSQUITTO_DIR / "make-certs.sh"),
+            str(work / "certs"),
+            "--client",
+            DEVICE,
+            "--client",
+            "scada",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    passwd = work / "passwd"
+    for i, (user, password) in enumerate(PASSWORDS.items()):
+        create = ["-c"] if i == 0 else []
+        subprocess.run(
+            [_need("mosquitto_passwd"), *create, "-b", str(passwd), user, password],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+    shutil.copy(MOSQUITTO_DIR / "acl", work / "acl")
+    conf_text = (MOSQUITTO_DIR / "mosquitto.conf").read_text(encoding="utf-8")
+    assert "listener 8883\n" in conf_text and INSTALLED_DIR in conf_text
+    conf_text = conf_text.replace(INSTALLED_DIR, str(work)).replace(
+        "listener 8883\n", f"listener {port} 127.0.0.1\n"
+    )
+    # Test-only lines: log to a file we can show on failure; when the tests run as root, stay root so the
+    # broker can read the 0600 keys in pytest's 0700 tmp dir (as a normal user mosquitto ignores `user`).
+    conf_text += f"\nlog_dest file {work / 'mosquitto.log'}\nlog_type all\npersistence false\nuser root\n"
+    conf = work / "mosquitto.conf"
+    conf.write_text(conf_text, encoding="utf-8")
+    return conf
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"mosquitto exited with {proc.returncode}:\n{log.read_text() if log.exists() else ''}"
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)  # polling a port that is not open yet; no event to wait on
+    raise RuntimeError(f"mosquitto did not listen on {port} within {WAIT_S}s")
+
+
+@pytest.fixture(scope="module")
+def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    binary = _need("mosquitto")
+    _need("openssl")
+    work = tmp_path_factory.mktemp("secure-broker")
+    port = _free_port()
+    conf = _write_broker_files(work, port)
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(proc, port, work / "mosquitto.log")
+        yield SecureBroker("127.0.0.1", port, work / "certs", work / "mosquitto.log")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Session:
+    """A paho client plus what its callbacks saw, each behind an event to wait on."""
+
+    client: mqtt.Client
+    connected: threading.Event = field(default_factory=threading.Event)
+    subscribed: threading.Event = field(default_factory=threading.Event)
+    disconnected: threading.Event = field(default_factory=threading.Event)
+    connect_rc: ReasonCode | None = None
+    suback: list[ReasonCode] = field(default_factory=list)
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
+    got_message: threading.Condition = field(default_factory=threading.Condition)
+
+    def wait_for_topic(self, topic: str, timeout: float = WAIT_S) -> bytes:
+        with self.got_message:
+            ok = self.got_message.wait_for(lambda: any(t == topic for t, _ in self.messages), timeout=timeout)
+            assert ok, f"no message on {topic} within {timeout}s; got {[t for t, _ in self.messages]}"
+            return next(p for t, p in self.messages if t == topic)
+
+    def subscribe(self, topic: str) -> ReasonCode:
+        self.subscribed.clear()
+        self.client.subscribe(topic, qos=1)
+        assert self.subscribed.wait(WAIT_S), f"no SUBACK for {topic}"
+        return self.suback[0]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _open(
+    broker: SecureBroker,
+    user: str | None,
+    password: str | None,
+    cert: str | None,
+    expect_connect: bool = True,
+) -> Session:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{user}-{cert}", protocol=mqtt.MQTTv5)
+    certfile = str(broker.certs / f"{cert}.crt") if cert else None
+    keyfile = str(broker.certs / f"{cert}.key") if cert else None
+    client.tls_set(ca_certs=str(broker.certs / "ca.crt"), certfile=certfile, keyfile=keyfile)
+    if user is not None:
+        client.username_pw_set(user, password)
+    session = Session(client)
+
+    def on_connect(_c, _u, _flags, reason_code, _props):
+        session.connect_rc = reason_code
+        session.connected.set()
+
+    def on_subscribe(_c, _u, _mid, reason_codes, _props):
+        session.suback = list(reason_codes)
+        session.subscribed.set()
+
+    def on_message(_c, _u, msg):
+        with session.got_message:
+            session.messages.append((msg.topic, msg.payload))
+            session.got_message.notify_all()
+
+    def on_disconnect(*_args):
+        session.disconnected.set()
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    client.on_disconnect = on_disconnect
+    client.connect(broker.host, broker.port, keepalive=30)
+    client.loop_start()
+    if expect_connect:
+        assert session.connected.wait(WAIT_S), f"no CONNACK within {WAIT_S}s; broker log {broker.log}"
+        assert session.connect_rc is not None and not session.connect_rc.is_failure, (
+            f"{user} was refused: {session.connect_rc}"
+        )
+    return session
+
+
+def _publish(session: Session, topic: str, payload: bytes) -> ReasonCode | int:
+    """QoS 1 publish; returns what the broker said in PUBACK (MQTT 5 reason code)."""
+    acked = threading.Event()
+    result: dict[str, ReasonCode | int] = {}
+
+    def on_publish(_c, _u, _mid, reason_code, _props):
+        result["rc"] = reason_code
+        acked.set()
+
+    session.client.on_publish = on_publish
+    info = session.client.publish(topic, payload, qos=1)
+    assert info.rc == mqtt.MQTT_ERR_SUCCESS
+    assert acked.wait(WAIT_S), f"no PUBACK for {topic}"
+    return result["rc"]
+
+
+def test_device_with_certificate_and_password_publishes_its_results(secure_broker: SecureBroker) -> None:
+    scada = _open(secure_broker, "scada", PASSWORDS["scada"], "scada")
+    device = _open(secure_broker, DEVICE, PASSWORDS[DEVICE], DEVICE)
+    try:
+        assert not scada.subscribe("edge-anomaly/#").is_failure
+        topic = f"edge-anomaly/{DEVICE}/cam0/result"
+        rc = _publish(device, topic, b'{"schema":1,"score":4.2}')
+        assert not getattr(rc, "is_failure", False)
+        assert scada.wait_for_topic(topic) == b'{"schema":1,"score":4.2}'
+    finally:
+        device.close()
+        scada.close()
+
+
+@pytest.mark.parametrize(
+    ("user", "password"),
+    [(None, None), (DEVICE, "wrong-password"), ("intruder", "whatever")],
+    ids=["no-credentials", "wrong-password", "unknown-user"],
+)
+def test_client_without_valid_credentials_is_refused(
+    secure_broker: SecureBroker, user: str | None, password: str | None
+) -> None:
+    session = _open(secure_broker, user, password, DEVICE, expect_connect=False)
+    try:
+        assert session.connected.wait(WAIT_S), "the broker never answered CONNECT"
+        assert session.connect_rc is not None and session.connect_rc.is_failure, (
+            f"{user!r} connected without valid credentials: {session.connect_rc}"
+        )
+        assert session.connect_rc.value in (0x86, 0x87), str(
+            session.connect_rc
+        )  # bad password / not authorized
+    finally:
+        session.close()
+
+
+def _tls_context(broker: SecureBroker, max_version: ssl.TLSVersion) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(broker.certs / "ca.crt"))
+    ctx.maximum_version = max_version  # no client certificate loaded
+    return ctx
+
+
+def test_client_without_certificate_fails_the_tls_handshake(secure_broker: SecureBroker) -> None:
+    # TLS 1.2: the server asks for a certificate inside the handshake, so the handshake itself fails.
+    with socket.create_connection((secure_broker.host, secure_broker.port), timeout=WAIT_S) as raw:
+        ctx = _tls_context(secure_broker, ssl.TLSVersion.TLSv1_2)
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            ctx.wrap_socket(raw, server_hostname="localhost")
+    # TLS 1.3: the client finishes first and the server's "certificate required" alert ends the session on
+    # the first read: no CONNACK ever arrives.
+    with socket.create_connection((secure_broker.host, secure_broker.port), timeout=WAIT_S) as raw:
+        ctx = _tls_context(secure_broker, ssl.TLSVersion.TLSv1_3)
+        with (
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+            pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)),
+        ):
+            tls.sendall(MQTT311_CONNECT)
+            if tls.recv(16) == b"":
+                raise ConnectionResetError("closed by the broker without a CONNACK")
+    # And the real client: even with the right password, no certificate means no session.
+    session = _open(secure_broker, DEVICE, PASSWORDS[DEVICE], None, expect_connect=False)
+    try:
+        assert session.disconnected.wait(WAIT_S), "a client without a certificate stayed connected"
+        assert session.connect_rc is None or session.connect_rc.is_failure
+    finally:
+        session.close()
+
+
+def test_scada_can_set_thresholds_but_cannot_forge_results(secure_broker: SecureBroker) -> None:
+    device = _open(secure_broker, DEVICE, PASSWORDS[DEVICE], DEVICE)
+    scada = _open(secure_broker, "scada", PASSWORDS["scada"], "scada")
+    try:
+        assert not device.subscribe(f"edge-anomaly/{DEVICE}/#").is_failure
+        forged = f"edge-anomaly/{DEVICE}/cam0/result"
+        allowed = f"edge-anomaly/{DEVICE}/cam0/threshold/set"
+        denied_rc = _publish(scada, forged, b'{"schema":1,"score":0.0}')
+        _publish(scada, allowed, b"3.5")
+        # Same publisher, same QoS: the broker forwards in order, so once the threshold has arrived a forged
+        # result that had been let through would already be here.
+        assert device.wait_for_topic(allowed) == b"3.5"
+        assert [t for t, _ in device.messages] == [allowed], device.messages
+        # mosquitto 2 answers a denied MQTT 5 publish with "Not authorized" (older ones acknowledge silently).
+        assert getattr(denied_rc, "value", 0) in (0x00, 0x87)
+    finally:
+        scada.close()
+        device.close()
+
+
+def test_device_stays_inside_its_own_topics(secure_broker: SecureBroker) -> None:
+    device = _open(secure_broker, DEVICE, PASSWORDS[DEVICE], DEVICE)
+    scada = _open(secure_broker, "scada", PASSWORDS["scada"], "scada")
+    try:
+        assert not scada.subscribe("edge-anomaly/#").is_failure
+        # Writing into another device's topics (or outside edge-anomaly/) is dropped.
+        _publish(device, "edge-anomaly/line9-other/cam0/result", b"forged")
+        _publish(device, "plant/other", b"forged")
+        own = f"edge-anomaly/{DEVICE}/status"
+        _publish(device, own, b'{"state":"online"}')
+        assert scada.wait_for_topic(own) == b'{"state":"online"}'
+        assert [t for t, _ in scada.messages] == [own], scada.messages
+        # Reading another device's topics delivers nothing, even through a wildcard subscription.
+        device.subscribe("edge-anomaly/#")
+        other = "edge-anomaly/line9-other/cam0/threshold/set"
+        mine = f"edge-anomaly/{DEVICE}/cam0/threshold/set"
+        _publish(scada, other, b"9.0")
+        _publish(scada, mine, b"2.0")
+        assert device.wait_for_topic(mine) == b"2.0"
+        assert [t for t, _ in device.messages] == [mine], device.messages
+    finally:
+        scada.close()
+        device.close()
+
+
+def test_make_certs_keeps_the_ca_when_adding_a_device(tmp_path: Path) -> None:
+    """Adding a device must not re-issue the CA, or every device already in the field would be locked out."""
+    _need("openssl")
+    script = str(MOSQUITTO_DIR / "make-certs.sh")
+    subprocess.run(
+        ["bash", script, str(tmp_path), "--client", DEVICE], check=True, capture_output=True, timeout=60
+    )
+    ca_before = (tmp_path / "ca.crt").read_bytes()
+    old_client = (tmp_path / f"{DEVICE}.crt").read_bytes()
+    out = subprocess.run(
+        ["bash", script, str(tmp_path), "--client", DEVICE, "--client", "line3-station3"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    assert "kept" in out and "made" in out
+    assert (tmp_path / "ca.crt").read_bytes() == ca_before
+    assert (tmp_path / f"{DEVICE}.crt").read_bytes() == old_client
+    verify = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-CAfile",
+            str(tmp_path / "ca.crt"),
+            str(tmp_path / "line3-station3.crt"),
+            str(tmp_path / "server.crt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert stat.S_IMODE((tmp_path / "line3-station3.key").stat().st_mode) == 0o600
+    subject = subprocess.run(
+        ["openssl", "x509", "-in", str(tmp_path / "line3-station3.crt"), "-noout", "-subject"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert "CN = line3-station3" in subject or "CN=line3-station3" in subject
