@@ -21,7 +21,7 @@ from training.models.conv_decoder import ConvDecoder, reconstruction_error
 @dataclass
 class AnoViTConfig:
     image_size: int = 224  # 16 x 16 patches of 14 px
-    decoder_widths: tuple[int, ...] = (128, 64, 32, 16)
+    decoder_widths: tuple[int, ...] = (96, 48, 24, 12)
     freeze_encoder: bool = True
     sigma: float = 4.0
 

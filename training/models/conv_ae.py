@@ -21,7 +21,7 @@ class ConvAEConfig:
     image_size: int = 224
     widths: tuple[int, ...] = (32, 64, 128, 256)  # encoder stages, each stride 2 -> grid = image_size / 16
     latent_dim: int = 384  # same width the ViT encoder hands to the decoder
-    decoder_widths: tuple[int, ...] = (128, 64, 32, 16)
+    decoder_widths: tuple[int, ...] = (96, 48, 24, 12)
     sigma: float = 4.0
 
 
