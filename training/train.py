@@ -30,7 +30,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 # Per-model defaults chosen on generated data and CPU time, not tuned on any MVTec category.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "gtrans": {"epochs": 40, "lr": 1e-3, "batch_size": 8},
+    "gtrans": {"epochs": 10, "lr": 1e-3, "batch_size": 8},
     "anovit": {"epochs": 30, "lr": 2e-3, "batch_size": 8},
     "conv-ae": {"epochs": 30, "lr": 2e-3, "batch_size": 8},
 }
