@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs everything the demo and the tests need on a fresh Debian machine: mosquitto (the real broker the
+# demo and the tests start on a loopback port) and this project with its dev extras and the CPU torch wheel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    echo "installing mosquitto (Debian package)..." >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+# torch==2.13.0 is the CPU wheel this kind of machine holds locally; a bare "torch" would fetch a CUDA build.
+echo "installing edge-anomaly[dev] and torch==2.13.0 (CPU)..." >&2
+$PY -m pip install -q --disable-pip-version-check torch==2.13.0 -e '.[dev]'
