@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -39,8 +40,10 @@ class Broker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.conf = self.workdir / "mosquitto.conf"
         self.log = self.workdir / "mosquitto.log"
+        # As root, mosquitto drops to its own user and could not write into a test's private tmp dir.
+        stay_root = "user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"{stay_root}listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
             f"log_dest file {self.log}\nlog_type all\nmax_queued_messages 10000\n{extra_conf}",
             encoding="utf-8",
         )

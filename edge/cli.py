@@ -1,0 +1,208 @@
+"""``edge-run``: the daemon's command line.
+
+    edge-run --config /etc/edge-anomaly/config.toml
+    edge-run --config edge.toml --set mqtt.port=1884 --set cameras.0...   (see --help)
+    edge-run --config edge.toml --check-config      # validate, print the effective config (secrets ***), exit 0
+    edge-run --config edge.toml --max-frames 100    # demo / tests: stop after 100 scored frames
+
+Exit codes: 0 clean stop (including SIGTERM/SIGINT); 2 invalid configuration (nothing was started);
+3 the daemon could not start (bundle, backend, camera set-up); 1 unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+EXIT_STARTUP = 3
+
+log = logging.getLogger("edge.cli")
+
+_STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+def _extras(record: logging.LogRecord) -> Dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STD_ATTRS and not k.startswith("_")}
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``ts=… level=… logger=… msg="…"`` plus any ``extra=`` fields: greppable in journald."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: Dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+            + f".{int(record.msecs):03d}",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields.update(_extras(record))
+        if record.exc_info:
+            fields["exc"] = self.formatException(record.exc_info)
+        return " ".join(f"{k}={_kv(v)}" for k, v in fields.items())
+
+
+def _kv(value: Any) -> str:
+    text = str(value)
+    if text and not any(ch in text for ch in ' "=\n\t'):
+        return text
+    return json.dumps(text)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: Dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        doc.update(
+            {
+                k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+                for k, v in _extras(record).items()
+            }
+        )
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+_handler: Optional[logging.Handler] = None
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """One stderr handler (journald collects it) with the chosen format; replaces only the one it added."""
+    global _handler
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
+    root.addHandler(_handler)
+    root.setLevel(level)
+    logging.getLogger("edge.mqtt.paho").setLevel(max(logging.INFO, logging.getLevelName(level)))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-run",
+        description="Score camera frames with an edge-anomaly bundle and publish results over MQTT.",
+        epilog="Precedence: --set > environment (EDGE_..., nested with __, e.g. EDGE_MQTT__PORT=1884) > "
+        "--config file > defaults. Exit codes: 0 ok, 2 bad config, 3 cannot start, 1 other error.",
+    )
+    p.add_argument("--config", type=Path, help="TOML config file (see deploy/config.example.toml)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, dotted path (mqtt.port=1884, model.precision=int8); a list or table as "
+        'JSON (cameras=\'[{"name":"a","source":"0"}]\'). Repeatable.',
+    )
+    p.add_argument(
+        "--check-config", action="store_true", help="validate, print the effective config as JSON, exit"
+    )
+    p.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="shortcut for --set log_level="
+    )
+    p.add_argument("--log-format", choices=["text", "json"], help="shortcut for --set log_format=")
+    p.add_argument("--max-frames", type=_positive_int, help="stop cleanly after this many scored frames")
+    p.add_argument("--duration", type=_positive_float, help="stop cleanly after this many seconds")
+    return p
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _overrides(args: argparse.Namespace) -> List[str]:
+    items = list(args.overrides)
+    if args.log_level:
+        items.append(f"log_level={args.log_level}")
+    if args.log_format:
+        items.append(f"log_format={args.log_format}")
+    return items
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    from edge.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, _overrides(args))
+    except ConfigError as exc:
+        print(f"edge-run: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check_config:
+        print(json.dumps(config.masked_dict(), indent=2))
+        return EXIT_OK
+    configure_logging(config.log_level, config.log_format)
+    return _run(config, args.max_frames, args.duration)
+
+
+def _run(config: Any, max_frames: Optional[int], duration: Optional[float]) -> int:
+    from edge.config import ConfigError
+    from edge.daemon import StartupError, build
+
+    try:
+        daemon = build(config)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    except StartupError as exc:
+        log.error("%s", exc)
+        return EXIT_STARTUP
+    previous = _install_signal_handlers(daemon)
+    try:
+        return daemon.run_until_stopped(max_frames=max_frames, duration_s=duration)
+    except Exception:
+        log.exception("the daemon failed")
+        return EXIT_ERROR
+    finally:
+        _restore_signal_handlers(previous)
+
+
+def _install_signal_handlers(daemon: Any) -> Dict[int, Any]:
+    def handler(signum: int, frame: Any) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        daemon.stop()
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread (embedded use): the caller stops the daemon itself
+            break
+    return previous
+
+
+def _restore_signal_handlers(previous: Dict[int, Any]) -> None:
+    for sig, old in previous.items():
+        signal.signal(sig, old)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,459 @@
+"""The daemon's configuration: one pydantic-settings model, read from a TOML file, the environment and CLI.
+
+Precedence, highest first: CLI overrides (``--set key.path=value``) > environment (``EDGE_…``, nested with
+``__``, e.g. ``EDGE_MQTT__PORT=1884``) > the TOML file (``--config``) > the defaults below.
+
+Every model forbids unknown keys, so a typo (``fsp`` for ``fps``) stops the daemon at start with the key's
+path instead of being silently ignored on a line nobody watches. Validators only check values: files named
+here (bundle, TLS files, password file) are opened later, by the code that uses them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import math
+import re
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - JetPack 5 (Python 3.8) path
+    import tomli as tomllib
+
+TOPIC_SAFE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MASK = "***"
+PublishMask = Literal["anomalous", "always", "never"]
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names every offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+def _topic_safe(value: str, what: str) -> str:
+    if not TOPIC_SAFE.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not topic-safe: use 1-64 letters, digits, '_', '-' or '.' "
+            "(no '/', '+', '#' or spaces, because it becomes part of MQTT topics)"
+        )
+    return value
+
+
+def _default_device_id() -> str:
+    """The host name with anything that is not topic-safe replaced, so the default prefix is valid."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64]
+    return name or "edge"
+
+
+class TlsConfig(_Section):
+    """TLS towards the broker. Files are read when connecting, not here."""
+
+    ca_file: Optional[Path] = Field(
+        default=None, description="CA bundle that signed the broker certificate; None = system CAs"
+    )
+    cert_file: Optional[Path] = Field(default=None, description="client certificate (PEM) for mutual TLS")
+    key_file: Optional[Path] = Field(default=None, description="private key (PEM) of cert_file")
+    insecure: bool = Field(default=False, description="skip the broker host name check (testing only)")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together (mutual TLS needs both)")
+        return self
+
+
+class MqttConfig(_Section):
+    host: str = Field(default="localhost", min_length=1, description="broker host name or address")
+    port: int = Field(default=1883, ge=1, le=65535, description="broker TCP port (8883 is usual with TLS)")
+    protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version")
+    keepalive: int = Field(
+        default=30, ge=5, le=3600, description="keepalive in seconds; the Last Will fires after 1.5x this"
+    )
+    client_id: Optional[str] = Field(
+        default=None, max_length=128, description="MQTT client id; default edge-anomaly-<device_id>"
+    )
+    tls: Optional[TlsConfig] = Field(
+        default=None, description="enable TLS with these settings; absent = plain TCP"
+    )
+    username: Optional[str] = Field(default=None, min_length=1, description="broker user name")
+    password: Optional[SecretStr] = Field(
+        default=None, description="broker password (masked in every output)"
+    )
+    password_file: Optional[Path] = Field(
+        default=None, description="file holding the password (read when connecting)"
+    )
+    topic_prefix: Optional[str] = Field(
+        default=None, description="topic prefix; default edge-anomaly/<device_id>"
+    )
+    qos_result: int = Field(default=1, ge=0, le=2, description="QoS of result messages")
+    qos_mask: int = Field(default=0, ge=0, le=2, description="QoS of mask and heatmap images")
+    offline_queue_max: int = Field(
+        default=1000,
+        ge=0,
+        le=1_000_000,
+        description="QoS>=1 messages kept while disconnected; the oldest are dropped first",
+    )
+    stats_interval_s: float = Field(default=10.0, ge=0.2, le=3600, description="period of the stats topic")
+    reconnect_min_s: int = Field(
+        default=1, ge=1, le=600, description="first reconnect delay; doubles per failure"
+    )
+    reconnect_max_s: int = Field(default=30, ge=1, le=3600, description="longest reconnect delay")
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_from_number(cls, value: Any) -> Any:
+        # TOML users write `protocol = 5`; accept the number for "5" only (3.1.1 is not a number).
+        if isinstance(value, int) and not isinstance(value, bool) and value == 5:
+            return "5"
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_a_topic(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return value
+        if not value or value.startswith("/") or value.endswith("/") or "//" in value:
+            raise ValueError(
+                f"topic prefix {value!r} must not be empty or start/end with '/' or contain '//'"
+            )
+        if any(ch in value for ch in "+#\0"):
+            raise ValueError(f"topic prefix {value!r} must not contain MQTT wildcards '+' or '#'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give either password or password_file, not both")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+
+class ModelConfig(_Section):
+    bundle: Path = Field(description="bundle directory written by edge-export (manifest.json + ONNX files)")
+    backend: str = Field(default="onnxruntime", description="inference backend: onnxruntime or tensorrt")
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        default="fp32", description="which model of the bundle to run"
+    )
+    providers: Optional[List[str]] = Field(
+        default=None,
+        description="onnxruntime execution providers, best first: 'tensorrt', 'cuda', 'cpu' (CPU is always "
+        "appended); default: the backend's own default (cpu)",
+    )
+    intra_op_threads: Optional[int] = Field(
+        default=None, ge=1, le=256, description="onnxruntime CPU threads; default: onnxruntime's choice"
+    )
+    max_batch: Optional[int] = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="most frames per inference call; default: the bundle's max_batch",
+    )
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from edge.backends import BACKENDS  # a name table only; no runtime is imported
+
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r}; known: {', '.join(sorted(BACKENDS))}")
+        return value
+
+
+class PostprocessConfig(_Section):
+    min_region_area: int = Field(
+        default=16, ge=0, le=10_000_000, description="ignore defect regions smaller than this (camera pixels)"
+    )
+    max_regions: int = Field(
+        default=32, ge=1, le=1000, description="most regions listed in a result (largest first)"
+    )
+    threshold_min: float = Field(
+        default=-1000.0, description="lowest threshold accepted over MQTT (normalised units)"
+    )
+    threshold_max: float = Field(
+        default=1000.0, description="highest threshold accepted over MQTT (normalised units)"
+    )
+    heatmap_jpeg_quality: int = Field(default=80, ge=10, le=100, description="JPEG quality of heatmap images")
+
+    @model_validator(mode="after")
+    def _range_is_a_range(self) -> PostprocessConfig:
+        for name in ("threshold_min", "threshold_max"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number")
+        if self.threshold_min >= self.threshold_max:
+            raise ValueError(
+                f"threshold_min ({self.threshold_min}) must be below threshold_max ({self.threshold_max})"
+            )
+        return self
+
+
+class HealthConfig(_Section):
+    watchdog: bool = Field(
+        default=True, description="send systemd WATCHDOG=1 while frames flow (needs WatchdogSec=)"
+    )
+    stall_after_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="no inference for this long counts as a stall: watchdog pings stop",
+    )
+    metrics_port: Optional[int] = Field(
+        default=None, ge=1, le=65535, description="serve Prometheus /metrics here (needs the 'metrics' extra)"
+    )
+    metrics_host: str = Field(default="0.0.0.0", description="address the /metrics server listens on")
+
+
+class CameraConfig(_Section):
+    name: str = Field(description="camera name, part of its topics: letters, digits, '_', '-', '.'")
+    source: str = Field(
+        min_length=1,
+        description="device index ('0'), file path, rtsp:// or http(s):// URL, or a GStreamer pipeline",
+    )
+    loop: bool = Field(default=False, description="restart a video file at its end (demo/testing)")
+    fps: Optional[float] = Field(
+        default=None, gt=0, le=1000, description="read at most this many frames per second"
+    )
+    fault_after_s: float = Field(
+        default=3.0, gt=0, le=3600, description="no frame for this long: availability 'fault'"
+    )
+    roi: Optional[Tuple[int, int, int, int]] = Field(
+        default=None, description="region of interest [x, y, w, h] in camera pixels; default: the whole frame"
+    )
+    threshold: Optional[float] = Field(
+        default=None,
+        description="fixed threshold (normalised); overrides the bundle's and ignores MQTT threshold/set",
+    )
+    publish_mask: PublishMask = Field(default="anomalous", description="when to publish the PNG defect mask")
+    publish_heatmap: bool = Field(default=False, description="also publish a JPEG heatmap overlay")
+    enabled: bool = Field(default=True, description="false: keep the section but do not open the camera")
+
+    @field_validator("name")
+    @classmethod
+    def _name_topic_safe(cls, value: str) -> str:
+        return _topic_safe(value, "camera name")
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_positive(cls, value: Optional[Tuple[int, int, int, int]]) -> Optional[Tuple[int, int, int, int]]:
+        if value is None:
+            return value
+        x, y, w, h = value
+        if x < 0 or y < 0 or w < 1 or h < 1:
+            raise ValueError(f"roi [x, y, w, h] needs x, y >= 0 and w, h >= 1, got {list(value)}")
+        return value
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_finite(cls, value: Optional[float]) -> Optional[float]:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("threshold must be a finite number")
+        return value
+
+
+# The TOML file's values for the settings source below. A context variable (not a global) so that loading
+# two configs from two threads cannot mix them up; pydantic-settings sources are chosen per class, not per call.
+_FILE_VALUES: contextvars.ContextVar[Optional[Dict[str, Any]]] = contextvars.ContextVar(
+    "edge_config_file", default=None
+)
+
+
+class _FileValues(PydanticBaseSettingsSource):
+    """The already-parsed TOML file, ranked below the environment."""
+
+    def get_field_value(self, field: Any, field_name: str) -> Tuple[Any, str, bool]:
+        return self().get(field_name), field_name, False
+
+    def __call__(self) -> Dict[str, Any]:
+        return dict(_FILE_VALUES.get() or {})
+
+
+class EdgeConfig(BaseSettings):
+    """Everything ``edge-run`` needs. Build it with :func:`load_config`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        protected_namespaces=(),
+        case_sensitive=False,
+    )
+
+    device_id: str = Field(
+        default_factory=_default_device_id, description="this device's name, part of the topic prefix"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="log level")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="key=value text or one JSON object per line"
+    )
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="broker connection and topics")
+    model: ModelConfig = Field(description="which bundle to run and how")
+    postprocess: PostprocessConfig = Field(
+        default_factory=PostprocessConfig, description="masks, regions, thresholds"
+    )
+    health: HealthConfig = Field(default_factory=HealthConfig, description="systemd watchdog and metrics")
+    cameras: List[CameraConfig] = Field(min_length=1, description="one [[cameras]] table per camera")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_topic_safe(cls, value: str) -> str:
+        return _topic_safe(value, "device_id")
+
+    @model_validator(mode="after")
+    def _cameras_unique(self) -> EdgeConfig:
+        seen: Dict[str, int] = {}
+        for index, cam in enumerate(self.cameras):
+            if cam.name in seen:
+                raise ValueError(
+                    f"cameras[{index}].name {cam.name!r} is already used by cameras[{seen[cam.name]}]"
+                )
+            seen[cam.name] = index
+        if not any(cam.enabled for cam in self.cameras):
+            raise ValueError("every camera is disabled; enable at least one")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> Tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileValues(settings_cls))
+
+    @property
+    def topic_prefix(self) -> str:
+        return self.mqtt.topic_prefix or f"edge-anomaly/{self.device_id}"
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"edge-anomaly-{self.device_id}"
+
+    def enabled_cameras(self) -> List[CameraConfig]:
+        return [cam for cam in self.cameras if cam.enabled]
+
+    def masked_dict(self) -> Dict[str, Any]:
+        """The effective config as JSON-able data with secrets replaced by ``***`` (for --check-config, logs)."""
+        data = self.model_dump(mode="json")
+        if self.mqtt.password is not None:
+            data["mqtt"]["password"] = MASK
+        data["mqtt"]["effective_topic_prefix"] = self.topic_prefix
+        data["mqtt"]["effective_client_id"] = self.client_id
+        return data
+
+
+def read_toml(path: Path) -> Dict[str, Any]:
+    """Parse the config file; errors name the file and say what is wrong."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
+    """``["mqtt.port=1884", "cameras=[{...}]"]`` -> nested dict.
+
+    Values stay strings (pydantic converts "1884" to an int where the field wants one) except values that
+    start with ``[`` or ``{``, which are parsed as JSON so lists and tables can be given. List items cannot
+    be addressed one by one: give the whole list.
+    """
+    result: Dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. mqtt.port=1884)")
+        parts = key.split(".")
+        if any(not p for p in parts):
+            raise ConfigError(f"override key {key!r} has an empty part")
+        value: Any = raw
+        if raw.lstrip().startswith(("[", "{")):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"override {key}: value looks like JSON but does not parse: {exc}") from exc
+        node = result
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key!r} conflicts with an earlier override of {part!r}")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _loc_to_path(loc: Sequence[Any]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + str(part)
+    return path or "(top level)"
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, ``cameras[0].fsp: unknown key``; never echoes a password."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        path = _loc_to_path(err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown key")
+            continue
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        lines.append(f"{path}: {msg}{_shown_input(path, err)}")
+    return "\n".join(lines)
+
+
+def _shown_input(path: str, err: Any) -> str:
+    """The offending value, only when it is a plain scalar that cannot be (or contain) a secret."""
+    value = err.get("input")
+    if err["type"] == "missing" or "password" in path or isinstance(value, (dict, list, tuple)):
+        return ""  # a table's input would include its password
+    text = repr(value)
+    return f" (got {text[:80]}{'…' if len(text) > 80 else ''})"
+
+
+def load_config(path: Optional[Path] = None, overrides: Sequence[str] = ()) -> EdgeConfig:
+    """File < environment < overrides -> validated :class:`EdgeConfig`, or :class:`ConfigError`."""
+    file_values = read_toml(path) if path is not None else {}
+    init_values = parse_overrides(overrides)
+    token = _FILE_VALUES.set(file_values)
+    try:
+        return EdgeConfig(**init_values)
+    except ValidationError as exc:
+        where = f" ({path})" if path is not None else ""
+        raise ConfigError(f"invalid configuration{where}:\n{format_validation_error(exc)}") from exc
+    finally:
+        _FILE_VALUES.reset(token)

@@ -1,0 +1,280 @@
+"""From the model's raw outputs to a verdict a line can act on: score, mask, regions, all in camera pixels.
+
+The model sees a resized crop (the ROI) of the camera frame; SCADA and HMIs think in camera pixels. So the
+binary mask and the region boxes are mapped back through the ROI offset and the resize scale here, once,
+and every consumer gets the same numbers.
+
+Normalisation comes from the manifest and is applied to the score and to every map pixel alike, so one
+threshold (normalised units) serves both the image verdict and the pixel mask.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import cv2
+import numpy as np
+
+from edge.manifest import ScoreNormalization
+
+Box = Tuple[int, int, int, int]  # x, y, w, h
+
+
+@dataclass(frozen=True)
+class Region:
+    """One connected defect region in camera-frame pixels."""
+
+    bbox: Box
+    area: int  # camera pixels
+    peak: float  # highest normalised map value inside the region
+
+    def to_json(self) -> dict:
+        return {"bbox": list(self.bbox), "area": self.area, "peak": round(self.peak, 4)}
+
+
+@dataclass
+class Verdict:
+    """Everything postprocess decides about one frame."""
+
+    score: float
+    raw_score: float
+    threshold: float
+    anomalous: bool
+    defect_area: float  # fraction of the inspected area (ROI or whole frame) inside kept regions
+    regions: List[Region]
+    regions_total: int  # kept regions before the max_regions cut
+    mask_model: np.ndarray = field(repr=False)  # uint8 {0,255} at model resolution, small regions removed
+    norm_map: np.ndarray = field(repr=False)  # float32 normalised map at model resolution
+    roi: Box = (0, 0, 0, 0)  # the inspected area in camera pixels (clipped to the frame)
+    frame_hw: Tuple[int, int] = (0, 0)
+
+    def frame_mask(self) -> np.ndarray:
+        """The binary mask at camera-frame size (zeros outside the ROI), uint8 {0,255}."""
+        return _paste(self.mask_model, self.roi, self.frame_hw, cv2.INTER_NEAREST)
+
+
+def clip_roi(roi: Optional[Box], frame_hw: Tuple[int, int]) -> Optional[Box]:
+    """The ROI clipped to the frame; the whole frame when ``roi`` is None; None if nothing is left."""
+    fh, fw = frame_hw
+    if roi is None:
+        return (0, 0, fw, fh)
+    x, y, w, h = roi
+    x0, y0 = max(0, x), max(0, y)
+    x1, y1 = min(fw, x + w), min(fh, y + h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def crop(frame: np.ndarray, roi: Box) -> np.ndarray:
+    x, y, w, h = roi
+    return frame[y : y + h, x : x + w]
+
+
+def _paste(model_img: np.ndarray, roi: Box, frame_hw: Tuple[int, int], interp: int) -> np.ndarray:
+    x, y, w, h = roi
+    out = np.zeros(frame_hw + model_img.shape[2:], model_img.dtype)
+    out[y : y + h, x : x + w] = cv2.resize(model_img, (w, h), interpolation=interp)
+    return out
+
+
+class Postprocessor:
+    """Raw (score, map) of one frame -> :class:`Verdict`. Stateless; safe to share between cameras."""
+
+    def __init__(
+        self, normalization: ScoreNormalization, min_region_area: int = 16, max_regions: int = 32
+    ) -> None:
+        self.offset = float(normalization.offset)
+        self.scale = float(normalization.scale)
+        self.min_region_area = int(min_region_area)
+        self.max_regions = int(max_regions)
+
+    def __call__(
+        self, raw_score: float, raw_map: np.ndarray, threshold: float, frame_hw: Tuple[int, int], roi: Box
+    ) -> Verdict:
+        score = (float(raw_score) - self.offset) / self.scale
+        norm_map = ((np.asarray(raw_map, np.float32) - self.offset) / self.scale).astype(
+            np.float32, copy=False
+        )
+        binary = (norm_map > threshold).astype(np.uint8)
+        mh, mw = norm_map.shape
+        sx, sy = roi[2] / mw, roi[3] / mh  # model pixel -> camera pixels
+        regions, kept = self._regions(binary, norm_map, roi, sx, sy)
+        mask = (kept * 255).astype(np.uint8)
+        defect_area = float(kept.sum()) / float(mh * mw)
+        regions.sort(key=lambda r: r.area, reverse=True)
+        return Verdict(
+            score=score,
+            raw_score=float(raw_score),
+            threshold=float(threshold),
+            anomalous=bool(math.isfinite(score) and score > threshold),
+            defect_area=defect_area,
+            regions=regions[: self.max_regions],
+            regions_total=len(regions),
+            mask_model=mask,
+            norm_map=norm_map,
+            roi=roi,
+            frame_hw=frame_hw,
+        )
+
+    def _regions(
+        self, binary: np.ndarray, norm_map: np.ndarray, roi: Box, sx: float, sy: float
+    ) -> Tuple[List[Region], np.ndarray]:
+        """Connected components with their peak; components under min_region_area are removed from the mask."""
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+        if n <= 1:
+            return [], binary
+        peaks = np.full(n, -np.inf, np.float32)
+        np.maximum.at(peaks, labels.ravel(), norm_map.ravel())
+        keep = np.zeros(n, bool)
+        regions: List[Region] = []
+        for i in range(1, n):
+            x, y, w, h, count = (int(v) for v in stats[i])
+            area = int(round(count * sx * sy))
+            if area < self.min_region_area:
+                continue
+            keep[i] = True
+            x0 = roi[0] + int(math.floor(x * sx))
+            y0 = roi[1] + int(math.floor(y * sy))
+            x1 = roi[0] + int(math.ceil((x + w) * sx))
+            y1 = roi[1] + int(math.ceil((y + h) * sy))
+            regions.append(Region(bbox=(x0, y0, x1 - x0, y1 - y0), area=area, peak=float(peaks[i])))
+        return regions, keep[labels].astype(np.uint8)
+
+
+def encode_mask_png(verdict: Verdict) -> bytes:
+    """The camera-frame binary mask as PNG (one channel, 0 = good, 255 = defect)."""
+    ok, buf = cv2.imencode(".png", verdict.frame_mask())
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the mask as PNG")
+    return buf.tobytes()
+
+
+def heatmap_overlay(frame_bgr: np.ndarray, verdict: Verdict) -> np.ndarray:
+    """The frame with the normalised map blended over the ROI in a JET colour scale centred on the threshold.
+
+    Blue is well below the threshold, green/yellow around it, red well above; the span is one threshold
+    either side (at least 1 normalised unit) so the picture does not change meaning when the threshold moves.
+    """
+    t = verdict.threshold
+    span = max(abs(t), 1.0)
+    level = np.clip((verdict.norm_map - (t - span)) / (2 * span), 0.0, 1.0)
+    colours = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    out = frame_bgr.copy()
+    if out.ndim == 2:
+        out = cv2.cvtColor(out, cv2.COLOR_GRAY2BGR)
+    x, y, w, h = verdict.roi
+    resized = cv2.resize(colours, (w, h), interpolation=cv2.INTER_LINEAR)
+    out[y : y + h, x : x + w] = cv2.addWeighted(out[y : y + h, x : x + w], 0.5, resized, 0.5, 0.0)
+    return out
+
+
+def encode_heatmap_jpeg(frame_bgr: np.ndarray, verdict: Verdict, quality: int = 80) -> bytes:
+    ok, buf = cv2.imencode(
+        ".jpg", heatmap_overlay(frame_bgr, verdict), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    )
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the heatmap as JPEG")
+    return buf.tobytes()
+
+
+# --- thresholds ------------------------------------------------------------------------------------------
+
+MAX_THRESHOLD_PAYLOAD = 64
+_PLAIN_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+class ThresholdError(ValueError):
+    """A threshold/set payload that cannot be used; the message goes back on threshold/state."""
+
+
+def _reject_constant(name: str) -> float:
+    raise ThresholdError(f"{name} is not a usable threshold")
+
+
+def parse_threshold_payload(payload: bytes, lo: float, hi: float) -> float:
+    """A ``threshold/set`` payload -> the new threshold, or :class:`ThresholdError` saying why not.
+
+    Accepted: a plain number (``1.5``, ``-2e-1``) or JSON ``1.5`` / ``{"threshold": 1.5}``; at most 64 bytes,
+    finite, within [lo, hi]. Anything else (NaN, Infinity, booleans, extra JSON keys, text) is refused.
+    """
+    if len(payload) > MAX_THRESHOLD_PAYLOAD:
+        raise ThresholdError(f"payload is {len(payload)} bytes; at most {MAX_THRESHOLD_PAYLOAD} are accepted")
+    try:
+        text = payload.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise ThresholdError("payload is not UTF-8 text") from exc
+    value = float(text) if _PLAIN_NUMBER.match(text) else _threshold_from_json(text)
+    if not math.isfinite(value):
+        raise ThresholdError(f"threshold {text!r} is not a finite number")
+    if not lo <= value <= hi:
+        raise ThresholdError(f"threshold {value:g} is outside the allowed range [{lo:g}, {hi:g}]")
+    return value
+
+
+def _threshold_from_json(text: str) -> float:
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except ThresholdError:
+        raise
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ThresholdError('payload is neither a number nor JSON {"threshold": <number>}') from exc
+    if isinstance(data, dict):
+        if set(data) != {"threshold"}:
+            raise ThresholdError('JSON payload must be exactly {"threshold": <number>}')
+        data = data["threshold"]
+    if isinstance(data, bool) or not isinstance(data, (int, float)):
+        raise ThresholdError(f"threshold must be a number, got {type(data).__name__}")
+    try:
+        return float(data)
+    except OverflowError as exc:  # a huge JSON integer
+        raise ThresholdError("threshold is too large") from exc
+
+
+class ThresholdBook:
+    """The threshold in force per camera: config override > live MQTT value > the bundle's default.
+
+    Written from the MQTT thread (threshold/set), read by the inference thread, hence the lock.
+    """
+
+    def __init__(self, default: float, fixed: Dict[str, Optional[float]], lo: float, hi: float) -> None:
+        self.default = float(default)
+        self.lo, self.hi = float(lo), float(hi)
+        self._fixed = {cam: v for cam, v in fixed.items() if v is not None}
+        self._live: Dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def get(self, camera: str) -> Tuple[float, str]:
+        """(threshold, source) where source is 'config', 'mqtt' or 'manifest'."""
+        if camera in self._fixed:
+            return self._fixed[camera], "config"
+        with self._lock:
+            if camera in self._live:
+                return self._live[camera], "mqtt"
+        return self.default, "manifest"
+
+    def set_from_payload(self, camera: str, payload: bytes) -> Dict[str, object]:
+        """Apply a threshold/set payload; returns the threshold/state document (with 'error' on refusal)."""
+        try:
+            if camera in self._fixed:
+                raise ThresholdError(
+                    "this camera's threshold is fixed in the config file (cameras.threshold); remove it there "
+                    "to allow changes over MQTT"
+                )
+            value = parse_threshold_payload(payload, self.lo, self.hi)
+        except ThresholdError as exc:
+            state = self.state(camera)
+            state["error"] = str(exc)
+            return state
+        with self._lock:
+            self._live[camera] = value
+        return self.state(camera)
+
+    def state(self, camera: str) -> Dict[str, object]:
+        value, source = self.get(camera)
+        return {"threshold": value, "source": source}

@@ -1,0 +1,449 @@
+"""The whole daemon against a real broker, a real ONNX bundle and real video files.
+
+Videos come from training.synthetic (parts with known defects at known frames), the bundle from
+tests/helpers/tiny_bundle.py (real ONNX run by onnxruntime). Every wait is on a condition over received
+messages (or notify datagrams) with a timeout; nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.config import load_config
+from edge.daemon import Daemon, build
+from tests.edge.test_mqtt import Received, Subscriber, persistent_broker
+from tests.helpers.broker import Broker
+from tests.helpers.tiny_bundle import make_tiny_bundle
+from training.synthetic import part_sequence, write_video
+
+REPO = Path(__file__).resolve().parents[2]
+WAIT = 30.0
+DEFECT_EVERY = 3  # frames 2, 5, 8, ... are defective
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.upper().startswith("EDGE_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("e2e")
+    bundle = make_tiny_bundle(root / "bundle", size=128)
+    frames, masks = part_sequence(24, DEFECT_EVERY, size=128, seed=11)
+    video = write_video(root / "parts.avi", frames, fps=10)
+    long_frames, _ = part_sequence(45, DEFECT_EVERY, size=128, seed=12)
+    long_video = write_video(root / "parts-long.avi", long_frames, fps=10)
+    return {"bundle": bundle, "video": video, "masks": masks, "long_video": long_video, "n": len(frames)}
+
+
+def config_toml(prefix_id: str, broker: Broker, bundle: Path, cameras: list[dict], **sections: dict) -> str:
+    """A config file as an operator would write it."""
+    lines = [
+        f'device_id = "{prefix_id}"',
+        'log_level = "INFO"',
+        "[mqtt]",
+        f'host = "{broker.host}"',
+        f"port = {broker.port}",
+        "stats_interval_s = 0.3",
+    ]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in sections.get("mqtt", {}).items()]
+    lines += ["[model]", f'bundle = "{bundle}"', "intra_op_threads = 1"]
+    for name, values in sections.items():
+        if name == "mqtt":
+            continue
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    for cam in cameras:
+        lines.append("[[cameras]]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in cam.items()]
+    return "\n".join(lines) + "\n"
+
+
+class InProcess:
+    """The daemon built from a config file and run in a thread, as edge-run would run it."""
+
+    def __init__(self, tmp_path: Path, text: str) -> None:
+        path = tmp_path / "edge.toml"
+        path.write_text(text, encoding="utf-8")
+        self.daemon: Daemon = build(load_config(path))
+        self.rc: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.rc = self.daemon.run_until_stopped()
+
+    def start(self) -> InProcess:
+        self.thread.start()
+        return self
+
+    def stop(self) -> int | None:
+        self.daemon.stop()
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive(), "daemon did not stop"
+        return self.rc
+
+
+def results(sub: Subscriber, prefix: str, camera: str) -> list[dict]:
+    return [m.json() for m in sub.on(f"{prefix}/{camera}/result")]
+
+
+def has_payload(topic: str, payload: bytes):
+    return lambda msgs: any(m.topic == topic and m.payload == payload for m in msgs)
+
+
+def status_states(sub: Subscriber, prefix: str) -> list[str]:
+    return [m.json()["state"] for m in sub.on(f"{prefix}/status")]
+
+
+# --- results, masks, faults ----------------------------------------------------------------------------
+
+
+def test_verdicts_masks_and_faults(broker: Broker, media: dict, tmp_path: Path) -> None:
+    dev = f"e2e-{uuid.uuid4().hex[:8]}"
+    prefix = f"edge-anomaly/{dev}"
+    cams = [
+        {"name": "line", "source": str(media["video"]), "fps": 12, "publish_heatmap": True},
+        {"name": "missing", "source": str(tmp_path / "no-such-video.avi"), "fault_after_s": 30},
+    ]
+    sub = Subscriber(broker.host, broker.port, [f"{prefix}/#"])
+    # QoS 1 for images too: frames scored before the first connect are queued, not dropped like QoS 0.
+    text = config_toml(dev, broker, media["bundle"], cams, mqtt={"qos_mask": 1})
+    run = InProcess(tmp_path, text).start()
+    try:
+        assert sub.wait_for(has_payload(f"{prefix}/line/availability", b"fault: end of stream"), WAIT)
+        assert sub.wait_for(
+            lambda m: any(
+                x.topic == f"{prefix}/missing/availability" and x.payload.startswith(b"fault: cannot open")
+                for x in m
+            ),
+            WAIT,
+        )
+        assert sub.wait_for(lambda m: any(x.topic == f"{prefix}/stats" for x in m), WAIT)
+    finally:
+        assert run.stop() == 0
+    assert sub.wait_for(lambda m: "offline" in status_states(sub, prefix), WAIT)
+    sub.close()
+
+    assert status_states(sub, prefix)[0] == "online"
+    online = sub.on(f"{prefix}/status")[0].json()
+    assert online["model"].startswith("tiny-reference@") and online["cameras"] == ["line", "missing"]
+    avail = [m.payload for m in sub.on(f"{prefix}/line/availability")]
+    assert avail[-1] == b"offline" and b"online" in avail
+
+    got = results(sub, prefix, "line")
+    ids = [r["frame_id"] for r in got]
+    assert len(ids) == len(set(ids)), "a frame was scored twice"
+    assert len(got) >= media["n"] // 2, f"only {len(got)} of {media['n']} frames scored"
+    defect_ids = {i for i, m in enumerate(media["masks"]) if m is not None}
+    assert len(defect_ids & set(ids)) >= 3
+    for r in got:
+        assert r["schema"] == 1 and r["threshold"] == 4.0 and r["threshold_source"] == "manifest"
+        assert r["anomalous"] == (r["frame_id"] in defect_ids), r
+        assert r["anomalous"] == (r["score"] > r["threshold"])
+        assert set(r["latency_ms"]) == {"capture_to_infer", "inference", "postprocess", "total"}
+        assert r["model"]["precision"] == "fp32" and r["frame_size"] == [128, 128]
+        if r["anomalous"]:
+            assert r["regions"] and r["defect_area"] > 0
+    assert results(sub, prefix, "missing") == []  # frames that never arrived are never scored
+
+    masks = {m.properties["CorrelationData"].decode(): m for m in sub.on(f"{prefix}/line/mask")}
+    anomalous_ids = {r["frame_id"] for r in got if r["anomalous"]}
+    assert set(masks) == {str(i) for i in anomalous_ids}  # publish_mask = "anomalous"
+    for fid in anomalous_ids:
+        msg = masks[str(fid)]
+        assert msg.properties["ContentType"] == "image/png"
+        pred = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), cv2.IMREAD_UNCHANGED) > 0
+        truth = media["masks"][fid] > 0
+        assert pred.shape == truth.shape == (128, 128)
+        overlap = (pred & truth).sum() / truth.sum()
+        assert overlap > 0.3, f"frame {fid}: mask covers {overlap:.2f} of the true defect"
+        assert pred.mean() < 0.5  # not just "everything"
+    heat = sub.on(f"{prefix}/line/heatmap")
+    assert len(heat) == len(got), (len(heat), len(got), [m.properties for m in heat])
+    assert cv2.imdecode(np.frombuffer(heat[0].payload, np.uint8), cv2.IMREAD_COLOR).shape == (128, 128, 3)
+
+    stats = [m.json() for m in sub.on(f"{prefix}/stats")]
+    assert {"fps", "drops", "latency_ms", "queues", "cameras", "mqtt"} <= set(stats[-1])
+    assert set(stats[-1]["drops"]) >= {"camera_slots", "inference", "mqtt_offline_queue"}
+
+
+# --- threshold/set over MQTT ---------------------------------------------------------------------------
+
+
+def test_threshold_set_round_trips(broker: Broker, media: dict, tmp_path: Path) -> None:
+    dev = f"thr-{uuid.uuid4().hex[:8]}"
+    prefix = f"edge-anomaly/{dev}"
+    cams = [
+        {"name": "a", "source": str(media["video"]), "fps": 15, "loop": True, "publish_mask": "never"},
+        {
+            "name": "fixed",
+            "source": str(media["video"]),
+            "fps": 15,
+            "loop": True,
+            "threshold": 2.5,
+            "publish_mask": "never",
+        },
+    ]
+    sub = Subscriber(broker.host, broker.port, [f"{prefix}/#"])
+    run = InProcess(tmp_path, config_toml(dev, broker, media["bundle"], cams)).start()
+    state_topic = f"{prefix}/a/threshold/state"
+
+    def states() -> list[dict]:
+        return [m.json() for m in sub.on(state_topic)]
+
+    def set_and_wait(payload: bytes, n_states: int) -> dict:
+        sub.publish(f"{prefix}/a/threshold/set", payload)
+        assert sub.wait_for(lambda m: len(states()) >= n_states, WAIT), payload
+        return states()[-1]
+
+    def wait_result_with(threshold: float) -> None:
+        assert sub.wait_for(
+            lambda m: any(r["threshold"] == threshold for r in results(sub, prefix, "a")), WAIT
+        )
+
+    try:
+        assert sub.wait_for(lambda m: len(states()) >= 1 and len(results(sub, prefix, "a")) >= 1, WAIT)
+        assert states()[0] == {"threshold": 4.0, "source": "manifest"}
+        assert set_and_wait(b"-50", 2) == {"threshold": -50.0, "source": "mqtt"}
+        wait_result_with(-50.0)
+        for n, bad in enumerate([b"abc", b"nan", b"5000", b"1" * 65, b'{"threshold": true}'], start=3):
+            refused = set_and_wait(bad, n)
+            assert refused["threshold"] == -50.0 and refused["error"], bad
+        assert set_and_wait(b'{"threshold": 900}', 8) == {"threshold": 900.0, "source": "mqtt"}
+        wait_result_with(900.0)
+        sub.publish(f"{prefix}/fixed/threshold/set", b"1.0")
+        assert sub.wait_for(
+            lambda m: any("error" in x.json() for x in sub.on(f"{prefix}/fixed/threshold/state"))
+        )
+    finally:
+        assert run.stop() == 0
+    sub.close()
+
+    fixed_state = [m.json() for m in sub.on(f"{prefix}/fixed/threshold/state")]
+    assert fixed_state[-1]["threshold"] == 2.5 and "fixed in the config" in fixed_state[-1]["error"]
+    assert {r["threshold"] for r in results(sub, prefix, "fixed")} == {2.5}
+
+    got = results(sub, prefix, "a")
+    seen = [r["threshold"] for r in got]
+    phases = [t for i, t in enumerate(seen) if i == 0 or seen[i - 1] != t]
+    assert phases == [4.0, -50.0, 900.0], "a refused value changed the threshold, or a change was undone"
+    for r in got:
+        assert r["anomalous"] == (r["score"] > r["threshold"])
+    assert all(r["anomalous"] for r in got if r["threshold"] == -50.0)  # good parts too: verdicts changed
+    assert not any(r["anomalous"] for r in got if r["threshold"] == 900.0)  # defects too
+
+
+# --- broker stopped and restarted -----------------------------------------------------------------------
+
+
+def test_broker_restart_delivers_queued_results_in_order(media: dict, tmp_path: Path) -> None:
+    broker = persistent_broker(tmp_path / "mosq").start()
+    bound = 4
+    dev = f"rst-{uuid.uuid4().hex[:8]}"
+    prefix = f"edge-anomaly/{dev}"
+    cams = [{"name": "line", "source": str(media["long_video"]), "fps": 15, "publish_mask": "never"}]
+    sub = Subscriber(
+        broker.host,
+        broker.port,
+        [f"{prefix}/+/result", f"{prefix}/stats"],
+        v5=False,
+        client_id=f"sub-{dev}",
+        persistent=True,
+    )
+    run = InProcess(
+        tmp_path, config_toml(dev, broker, media["bundle"], cams, mqtt={"offline_queue_max": bound})
+    )
+    ended = threading.Event()
+    forward = run.daemon.on_source_state
+
+    def spy(camera: str, state: str, reason: str) -> None:
+        forward(camera, state, reason)
+        if state == "fault":
+            ended.set()
+
+    run.daemon.on_source_state = spy  # type: ignore[method-assign]
+    run.start()
+    try:
+        assert sub.wait_for(lambda m: len(results(sub, prefix, "line")) >= 3, WAIT)
+        broker.stop()
+        before = [r["frame_id"] for r in results(sub, prefix, "line")]
+        assert ended.wait(WAIT), "the video did not end"
+        dropped = run.daemon.publisher.snapshot()["offline_dropped"]
+        assert dropped > 0, "the outage was too short to overflow the queue"
+        broker.start()
+
+        def complete(msgs: list[Received]) -> bool:
+            got = {r["frame_id"] for r in results(sub, prefix, "line")}
+            return len(got) + dropped >= run.daemon.stats.count("frames_scored")
+
+        assert sub.wait_for(complete, WAIT)
+        assert sub.wait_for(
+            lambda m: any(
+                x.topic.endswith("/stats") and x.json()["drops"]["mqtt_offline_queue"] == dropped for x in m
+            ),
+            WAIT,
+        )
+    finally:
+        assert run.stop() == 0
+        sub.close()
+        broker.stop()
+    ids = [r["frame_id"] for r in results(sub, prefix, "line")]
+    assert len(set(ids)) + dropped == run.daemon.stats.count("frames_scored")
+    after = list(dict.fromkeys(ids[len(before) :]))  # QoS 1 may repeat one in flight at the outage
+    after = [i for i in after if i not in before]
+    assert after == sorted(after), f"delivered out of order after the reconnect: {after}"
+    assert len(after) >= bound
+
+
+# --- subprocess: Last Will on kill -9, watchdog ------------------------------------------------------
+
+
+def spawn(config: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "--config", str(config), *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen]]:
+    made: list[subprocess.Popen] = []
+    yield made
+    for proc in made:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_kill_9_leaves_status_offline_via_last_will(
+    broker: Broker, media: dict, tmp_path: Path, procs: list[subprocess.Popen]
+) -> None:
+    dev = f"kill-{uuid.uuid4().hex[:8]}"
+    prefix = f"edge-anomaly/{dev}"
+    cfg = tmp_path / "edge.toml"
+    cams = [{"name": "line", "source": str(media["video"]), "loop": True, "fps": 10}]
+    cfg.write_text(config_toml(dev, broker, media["bundle"], cams), encoding="utf-8")
+    sub = Subscriber(broker.host, broker.port, [f"{prefix}/status", f"{prefix}/line/result"])
+    procs.append(proc := spawn(cfg))
+    try:
+        assert sub.wait_for(
+            lambda m: "online" in status_states(sub, prefix) and results(sub, prefix, "line"), WAIT
+        )
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert sub.wait_for(lambda m: status_states(sub, prefix)[-1] == "offline", WAIT)
+    finally:
+        sub.close()
+    will = sub.on(f"{prefix}/status")[-1].json()
+    assert will["reason"] == "connection lost" and will["model"].startswith("tiny-reference@")
+    late = Subscriber(broker.host, broker.port, [f"{prefix}/status"])  # the Will is retained
+    try:
+        assert late.wait_for(lambda m: len(m) >= 1)
+        assert late.messages[0].retain and late.messages[0].json()["state"] == "offline"
+    finally:
+        late.close()
+
+
+def test_watchdog_only_while_frames_flow_and_clean_sigterm(
+    broker: Broker, media: dict, tmp_path: Path, procs: list[subprocess.Popen]
+) -> None:
+    dev = f"wd-{uuid.uuid4().hex[:8]}"
+    cfg = tmp_path / "edge.toml"
+    cams = [{"name": "line", "source": str(media["video"]), "fps": 12}]
+    secret = "pw-SECRET-4711"  # the broker allows anonymous clients and ignores it; it must never be logged
+    text = config_toml(
+        dev,
+        broker,
+        media["bundle"],
+        cams,
+        health={"stall_after_s": 0.6},
+        mqtt={"username": "edge", "password": secret},
+    )
+    cfg.write_text(text.replace('log_level = "INFO"', 'log_level = "DEBUG"'), encoding="utf-8")
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(WAIT)
+    interval = 0.15  # WATCHDOG_USEC / 2
+    procs.append(proc := spawn(cfg, env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "300000"}))
+    got: list[str] = []
+
+    def until(prefix_: str) -> None:
+        while not any(line.startswith(prefix_) for line in got):
+            got.extend(sock.recv(4096).decode().split("\n"))
+
+    try:
+        until("READY=1")
+        assert not any(g == "WATCHDOG=1" for g in got)  # nothing is petted before the first inference
+        until("WATCHDOG=1")
+        until("STATUS=stalled")  # the video ended and nothing was scored for stall_after_s
+        stalled_at = len(got)
+        sock.settimeout(4 * interval)  # watch a few watchdog periods: the pings must stay away
+        try:
+            while True:
+                got.extend(sock.recv(4096).decode().split("\n"))
+        except TimeoutError:
+            pass
+        assert "WATCHDOG=1" not in got[stalled_at:]
+        sock.settimeout(WAIT)
+        proc.send_signal(signal.SIGTERM)
+        until("STOPPING=1")
+        out, _ = proc.communicate(timeout=WAIT)
+        assert proc.returncode == 0, out.decode()[-2000:]
+    finally:
+        sock.close()
+    assert b"stopped cleanly" in out
+    assert secret.encode() not in out
+    assert got.count("WATCHDOG=1") >= 1
+    assert got.index("READY=1") < got.index("WATCHDOG=1") < got.index("STOPPING=1")
+
+
+def test_duration_limit_stops_cleanly(broker: Broker, media: dict, tmp_path: Path) -> None:
+    from edge.cli import main
+
+    dev = f"dur-{uuid.uuid4().hex[:8]}"
+    prefix = f"edge-anomaly/{dev}"
+    cfg = tmp_path / "edge.toml"
+    cams = [{"name": "line", "source": str(media["video"]), "loop": True, "fps": 20}]
+    cfg.write_text(config_toml(dev, broker, media["bundle"], cams), encoding="utf-8")
+    sub = Subscriber(broker.host, broker.port, [f"{prefix}/status", f"{prefix}/line/availability"])
+    try:
+        assert main(["--config", str(cfg), "--duration", "0.5", "--log-format", "json"]) == 0
+        assert sub.wait_for(lambda m: "offline" in status_states(sub, prefix), WAIT)
+        assert sub.wait_for(has_payload(f"{prefix}/line/availability", b"offline"), WAIT)
+    finally:
+        sub.close()
+    assert status_states(sub, prefix) == ["online", "offline"]
+    assert sub.on(f"{prefix}/status")[-1].json()["reason"] == "shutdown"
+
+
+def test_startup_errors_exit_3_and_config_errors_exit_2(broker: Broker, media: dict, tmp_path: Path) -> None:
+    from edge.cli import EXIT_CONFIG, EXIT_STARTUP, main
+
+    cams = [{"name": "line", "source": str(media["video"])}]
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(config_toml("x", broker, tmp_path / "no-bundle", cams), encoding="utf-8")
+    assert main(["--config", str(cfg)]) == EXIT_STARTUP
+    cfg.write_text(config_toml("x", broker, media["bundle"], cams), encoding="utf-8")
+    assert main(["--config", str(cfg), "--set", "model.precision=int8"]) == EXIT_STARTUP  # not in this bundle
+    missing_secret = ["--set", "mqtt.password_file=/nonexistent/secret"]
+    assert main(["--config", str(cfg), *missing_secret]) == EXIT_CONFIG

@@ -1,0 +1,63 @@
+"""edge/ is the device runtime: it must never load torch or the training/export/calibration packages."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from tests.edge.test_daemon_e2e import config_toml
+from tests.helpers.broker import Broker
+from tests.helpers.tiny_bundle import make_tiny_bundle
+from training.synthetic import part_sequence, write_video
+
+REPO = Path(__file__).resolve().parents[2]
+FORBIDDEN = ("torch", "training", "export", "calibration")
+REPORT = (
+    f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})\n"
+    "print(json.dumps({'rc': rc, 'heavy': heavy}))\n"
+)
+
+
+def run_python(script: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_no_edge_module_imports_the_training_stack() -> None:
+    """Static: no import statement in edge/ names a forbidden package (lazy imports included)."""
+    offenders = []
+    for path in sorted((REPO / "edge").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+    assert offenders == []
+
+
+def test_importing_the_daemon_loads_nothing_heavy() -> None:
+    report = run_python("import json, sys\nimport edge.daemon, edge.cli\nrc = 0\n" + REPORT)
+    assert report == {"rc": 0, "heavy": []}
+
+
+def test_running_the_daemon_loads_nothing_heavy(broker: Broker, tmp_path: Path) -> None:
+    bundle = make_tiny_bundle(tmp_path / "bundle", size=96)
+    frames, _ = part_sequence(12, 3, size=96, seed=3)
+    video = write_video(tmp_path / "parts.avi", frames, fps=10)
+    cfg = tmp_path / "edge.toml"
+    cams = [{"name": "line", "source": str(video), "fps": 20}]
+    cfg.write_text(config_toml(f"imp-{uuid.uuid4().hex[:8]}", broker, bundle, cams), encoding="utf-8")
+    script = (
+        "import json, sys\nimport edge.cli\n"
+        f"rc = edge.cli.main(['--config', {str(cfg)!r}, '--max-frames', '3'])\n" + REPORT
+    )
+    assert run_python(script) == {"rc": 0, "heavy": []}
