@@ -1,0 +1,1 @@
+"""Benchmarks, the demo and their helpers: the only package allowed to import every other one."""
