@@ -45,10 +45,16 @@ def ensure_bundle(out: Path, precision: str) -> Path:
     from export.cli import main as export_main
     from training.train import TrainConfig, train
 
-    print("no bundle yet: training a small GTrans on generated parts (about a minute on 2 cores)...", flush=True)
-    data = write_mvtec_dataset(out / "parts", n_train=64, n_test_good=8, n_test_defect=8, size=FRAME_SIZE, seed=1)
+    print(
+        "no bundle yet: training a small GTrans on generated parts (about a minute on 2 cores)...", flush=True
+    )
+    data = write_mvtec_dataset(
+        out / "parts", n_train=64, n_test_good=8, n_test_defect=8, size=FRAME_SIZE, seed=1
+    )
     ckpt = train(
-        TrainConfig(model="gtrans", data=data, out=out / "run", epochs=10, model_config={"image_size": MODEL_SIZE})
+        TrainConfig(
+            model="gtrans", data=data, out=out / "run", epochs=10, model_config={"image_size": MODEL_SIZE}
+        )
     )
     flags = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8"]}[precision]
     rc = export_main([str(ckpt), "--out", str(bundle), "--data", str(data), *flags])
@@ -91,7 +97,9 @@ class Watch:
         self.results[fid] = r
         truth = "defect" if fid < len(self.truth) and self.truth[fid] is not None else "good"
         verdict = "ANOMALOUS" if r["anomalous"] else "ok"
-        regions = "; ".join(f"bbox={g['bbox']} area={g['area']} peak={g['peak']:.2f}" for g in r["regions"][:2])
+        regions = "; ".join(
+            f"bbox={g['bbox']} area={g['area']} peak={g['peak']:.2f}" for g in r["regions"][:2]
+        )
         print(
             f"frame {fid:3d}  score {r['score']:7.2f} / thr {r['threshold']:.2f}  {verdict:<9}  truth {truth:<6}"
             f"  {r['latency_ms'].get('total', 0):6.1f} ms  {regions}",
@@ -111,7 +119,9 @@ class Watch:
             return
         overlay = self.frames[fid].copy()
         overlay[mask > 0] = (0.4 * overlay[mask > 0] + 0.6 * np.array([0, 0, 255])).astype(np.uint8)
-        contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        contours, _ = cv2.findContours(
+            (mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        )
         cv2.drawContours(overlay, contours, -1, (0, 255, 255), 1)
         path = self.overlays / f"frame_{fid:03d}.png"
         cv2.imwrite(str(path), np.hstack([self.frames[fid], overlay]))
@@ -147,7 +157,9 @@ publish_mask = "anomalous"
 def summarise(watch: Watch) -> int:
     scored = sorted(watch.results)
     agree = sum(
-        1 for fid in scored if watch.results[fid]["anomalous"] == (fid < len(watch.truth) and watch.truth[fid] is not None)
+        1
+        for fid in scored
+        if watch.results[fid]["anomalous"] == (fid < len(watch.truth) and watch.truth[fid] is not None)
     )
     latencies = [watch.results[f]["latency_ms"].get("total", 0.0) for f in scored]
     print("\nsummary")
@@ -155,7 +167,9 @@ def summarise(watch: Watch) -> int:
     print(f"  results received        {len(scored)}")
     if scored:
         print(f"  verdicts matching truth {agree}/{len(scored)}")
-        print(f"  capture->publish        p50 {np.percentile(latencies, 50):.1f} ms, p99 {np.percentile(latencies, 99):.1f} ms")
+        print(
+            f"  capture->publish        p50 {np.percentile(latencies, 50):.1f} ms, p99 {np.percentile(latencies, 99):.1f} ms"
+        )
     print(f"  status seen             {' -> '.join(watch.statuses)}")
     print(f"  overlays                {watch.overlays}")
     return 0 if scored else 1
@@ -187,14 +201,19 @@ def main(argv: list[str] | None = None) -> int:
     client.subscribe("edge-anomaly/demo/#", qos=1)
     client.loop_start()
     config = write_config(out, bundle, video, broker, args.precision)
-    daemon = subprocess.Popen([sys.executable, "-m", "edge.cli", "--config", str(config), "--log-level", "WARNING"])
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "--config", str(config), "--log-level", "WARNING"]
+    )
     try:
         ended = watch.ended.wait(timeout=120)
         time.sleep(1.0)  # let results of the last frames in flight arrive before stopping
         daemon.send_signal(signal.SIGTERM)
         rc = daemon.wait(timeout=30)
         time.sleep(0.5)  # the retained offline status
-        print(f"\nedge-run exited with {rc} after SIGTERM" + ("" if ended else " (the video did not end in 120 s)"))
+        print(
+            f"\nedge-run exited with {rc} after SIGTERM"
+            + ("" if ended else " (the video did not end in 120 s)")
+        )
     finally:
         if daemon.poll() is None:
             daemon.kill()

@@ -6,7 +6,6 @@ rebuilt from its config and loaded strictly, so a checkpoint from another archit
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import tempfile
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edge.manifest import sha256_file
 from edge.preprocess import Preprocess
 
 FORMAT = "edge-anomaly-checkpoint"
@@ -100,14 +100,6 @@ def save_checkpoint(
     return path
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_checkpoint(path: Path, expect_kind: str | None = None) -> Checkpoint:
     """Load and rebuild the model in eval mode; every failure is a CheckpointError naming the file."""
     path = Path(path)
@@ -142,6 +134,6 @@ def load_checkpoint(path: Path, expect_kind: str | None = None) -> Checkpoint:
         preprocess=Preprocess.from_dict(payload["preprocess"]),
         data=dict(payload.get("data") or {}),
         train_state=dict(payload.get("train_state") or {}),
-        sha256=file_sha256(path),
+        sha256=sha256_file(path),
         path=path,
     )

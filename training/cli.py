@@ -16,14 +16,29 @@ def train_main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="edge-train", description="Train an anomaly model on good images only.")
     p.add_argument("--model", required=True, choices=sorted(DEFAULTS))
-    p.add_argument("--data", required=True, type=Path, help="MVTec category folder (uses train/good) or a folder of good images")
-    p.add_argument("--out", required=True, type=Path, help="run directory; an unfinished run there is resumed")
+    p.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="MVTec category folder (uses train/good) or a folder of good images",
+    )
+    p.add_argument(
+        "--out", required=True, type=Path, help="run directory; an unfinished run there is resumed"
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of good images held out for calibration")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="model config override, e.g. image_size=128")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.1, help="share of good images held out for calibration"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="model config override, e.g. image_size=128",
+    )
     p.add_argument("--threads", type=int)
     p.add_argument("--stop-after", type=int, help="stop after this many epochs; run again to resume")
     p.add_argument("--quiet", action="store_true")
@@ -31,9 +46,18 @@ def train_main(argv: list[str] | None = None) -> int:
     try:
         overrides = dict(parse_override(s) for s in args.set)
         cfg = TrainConfig(
-            model=args.model, data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
-            lr=args.lr, seed=args.seed, val_fraction=args.val_fraction, model_config=overrides,
-            progress=not args.quiet, threads=args.threads, stop_after=args.stop_after,
+            model=args.model,
+            data=args.data,
+            out=args.out,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            model_config=overrides,
+            progress=not args.quiet,
+            threads=args.threads,
+            stop_after=args.stop_after,
         )
         path = train(cfg)
     except (DatasetError, CheckpointError, ValueError) as exc:
@@ -59,7 +83,9 @@ def eval_main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="edge-eval", description="Image/pixel AUROC and AUPRO of a checkpoint.")
     p.add_argument("checkpoint", type=Path)
-    p.add_argument("--data", required=True, type=Path, help="MVTec-layout category folder (test/, ground_truth/)")
+    p.add_argument(
+        "--data", required=True, type=Path, help="MVTec-layout category folder (test/, ground_truth/)"
+    )
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int)

@@ -25,7 +25,9 @@ FALSE_ALARM_RATE = 0.01
 
 
 @torch.no_grad()
-def predict(model: InferenceModel, images: np.ndarray, batch: int = 8) -> tuple[np.ndarray, np.ndarray, float]:
+def predict(
+    model: InferenceModel, images: np.ndarray, batch: int = 8
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Scores (N,), maps (N,H,W) and images/s for uint8 images (N,H,W,3)."""
     scores, maps = [], []
     started = time.perf_counter()
@@ -58,7 +60,10 @@ def evaluate(checkpoint: Path, data: Path, batch: int = 8, threads: int | None =
     result = evaluate_maps(labels, scores, masks, maps, types)
     threshold = good_threshold(ckpt, model)
     if threshold is not None:
-        result["f1_at_good_threshold"] = {"threshold": threshold, **f1_at_threshold(labels, scores, threshold)}
+        result["f1_at_good_threshold"] = {
+            "threshold": threshold,
+            **f1_at_threshold(labels, scores, threshold),
+        }
     result.update(
         {
             "model": ckpt.kind,
@@ -85,10 +90,16 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     for name, m in result["per_type"].items():
         lines.append(f"{name:<18} {f(m['image_auroc']):>11} {f(m['pixel_auroc']):>11} {f(m['aupro']):>7}")
-    lines.append(f"{'all':<18} {f(result['image_auroc']):>11} {f(result['pixel_auroc']):>11} {f(result['aupro']):>7}")
+    lines.append(
+        f"{'all':<18} {f(result['image_auroc']):>11} {f(result['pixel_auroc']):>11} {f(result['aupro']):>7}"
+    )
     if "f1_at_good_threshold" in result:
-        lines.append(f"F1 at the 1% false-alarm threshold of held-out good images: {result['f1_at_good_threshold']['f1']:.3f}")
-    lines.append(f"throughput {result['throughput_img_s']:.1f} img/s (batch {result['batch']}, {result['threads']} threads)")
+        lines.append(
+            f"F1 at the 1% false-alarm threshold of held-out good images: {result['f1_at_good_threshold']['f1']:.3f}"
+        )
+    lines.append(
+        f"throughput {result['throughput_img_s']:.1f} img/s (batch {result['batch']}, {result['threads']} threads)"
+    )
     return "\n".join(lines)
 
 

@@ -20,7 +20,9 @@ class Progress:
         self.steps += 1
         self.images += images
         now = time.perf_counter()
-        if not self.enabled or (now - self.last_print < (0.5 if self.tty else 10.0) and self.done < self.total):
+        if not self.enabled or (
+            now - self.last_print < (0.5 if self.tty else 10.0) and self.done < self.total
+        ):
             return
         self.last_print = now
         elapsed = now - self.started

@@ -28,11 +28,15 @@ BACKBONES = {
 }
 
 
-def run_all(data: Path, runs: Path, models: tuple[str, ...], threads: int | None, seed: int) -> list[dict[str, Any]]:
+def run_all(
+    data: Path, runs: Path, models: tuple[str, ...], threads: int | None, seed: int
+) -> list[dict[str, Any]]:
     results = []
     for model in models:
         print(f"== {model}", file=sys.stderr, flush=True)
-        ckpt = train(TrainConfig(model=model, data=data, out=runs / f"{model}-{data.name}", seed=seed, threads=threads))
+        ckpt = train(
+            TrainConfig(model=model, data=data, out=runs / f"{model}-{data.name}", seed=seed, threads=threads)
+        )
         result = evaluate(ckpt, data, threads=threads)
         (runs / f"{model}-{data.name}" / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         results.append(result)
@@ -62,10 +66,18 @@ def markdown(results: list[dict[str, Any]], data: Path) -> str:
             f"| {r['model']} | {BACKBONES[r['model']]} | {f(r['image_auroc'])} | {f(r['pixel_auroc'])} | {f(r['aupro'])} "
             f"| {f(f1)} | {r.get('epochs')} | {minutes:.1f} min | {r['throughput_img_s']:.1f} |"
         )
-    lines += ["", "Per defect type:", "", "| model | defect type | image AUROC | pixel AUROC | AUPRO |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Per defect type:",
+        "",
+        "| model | defect type | image AUROC | pixel AUROC | AUPRO |",
+        "|---|---|---|---|---|",
+    ]
     for r in results:
         for name, m in r["per_type"].items():
-            lines.append(f"| {r['model']} | {name} | {f(m['image_auroc'])} | {f(m['pixel_auroc'])} | {f(m['aupro'])} |")
+            lines.append(
+                f"| {r['model']} | {name} | {f(m['image_auroc'])} | {f(m['pixel_auroc'])} | {f(m['aupro'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -105,7 +105,9 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path
     return path
 
 
-def part_sequence(n: int, defect_every: int, size: int = 128, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+def part_sequence(
+    n: int, defect_every: int, size: int = 128, seed: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
     """Frames for a video: every ``defect_every``-th frame is defective; returns frames and masks (None = good)."""
     rng = np.random.default_rng(seed)
     frames: list[np.ndarray] = []

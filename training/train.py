@@ -71,7 +71,9 @@ def load_pretrained(kind: str, model: nn.Module) -> None:
     elif kind == "anovit":
         from training.backbones.vit import load_vit_s14
 
-        model.encoder.load_state_dict(load_vit_s14(img_size=model.config.image_size).state_dict(), strict=True)
+        model.encoder.load_state_dict(
+            load_vit_s14(img_size=model.config.image_size).state_dict(), strict=True
+        )
 
 
 @torch.no_grad()
@@ -79,16 +81,23 @@ def cache_targets(kind: str, model: nn.Module, x: torch.Tensor, batch: int = 16)
     """Outputs of the frozen part for every training image, or None when nothing is frozen."""
     model.eval()
     if kind == "gtrans":
-        raw = [model.teacher.features(x[i : i + batch], list(model.config.teacher_blocks)) for i in range(0, len(x), batch)]
+        raw = [
+            model.teacher.features(x[i : i + batch], list(model.config.teacher_blocks))
+            for i in range(0, len(x), batch)
+        ]
         per_scale = [torch.cat(parts) for parts in zip(*raw, strict=True)]
         model.fit_teacher_stats(per_scale)
-        return [(f - getattr(model, f"t_mean{i}")) / getattr(model, f"t_std{i}") for i, f in enumerate(per_scale)]
+        return [
+            (f - getattr(model, f"t_mean{i}")) / getattr(model, f"t_std{i}") for i, f in enumerate(per_scale)
+        ]
     if kind == "anovit" and model.config.freeze_encoder:
         return [torch.cat([model.encode(x[i : i + batch]) for i in range(0, len(x), batch)])]
     return None
 
 
-def batch_loss(kind: str, model: nn.Module, x: torch.Tensor, cached: list[torch.Tensor] | None, idx: torch.Tensor):
+def batch_loss(
+    kind: str, model: nn.Module, x: torch.Tensor, cached: list[torch.Tensor] | None, idx: torch.Tensor
+):
     if cached is None:
         return model.training_loss(x[idx])
     if kind == "gtrans":
@@ -101,7 +110,11 @@ def images_to_tensor(images: np.ndarray, pre: Preprocess) -> torch.Tensor:
 
 
 def make_preprocess(kind: str, model_config: dict[str, Any]) -> Preprocess:
-    size = int(build_model(kind, model_config).config.image_size) if "image_size" not in model_config else int(model_config["image_size"])
+    size = (
+        int(build_model(kind, model_config).config.image_size)
+        if "image_size" not in model_config
+        else int(model_config["image_size"])
+    )
     return Preprocess(height=size, width=size, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
@@ -144,7 +157,9 @@ def train(cfg: TrainConfig) -> Path:
     if previous is None:
         load_pretrained(cfg.model, model)
 
-    log(f"loading {len(train_paths)} training images ({len(val_paths)} held out for validation)", cfg.progress)
+    log(
+        f"loading {len(train_paths)} training images ({len(val_paths)} held out for validation)", cfg.progress
+    )
     x_train = images_to_tensor(load_images(train_paths, pre), pre)
     x_val = images_to_tensor(load_images(val_paths, pre), pre) if val_paths else None
     cached = cache_targets(cfg.model, model, x_train)
@@ -163,7 +178,9 @@ def train(cfg: TrainConfig) -> Path:
         state.update({k: previous.train_state[k] for k in ("epoch", "history", "train_seconds")})
         log(f"resuming {ckpt_path} at epoch {state['epoch']}/{epochs}", cfg.progress)
 
-    progress = Progress(total=epochs * steps_per_epoch, done=state["epoch"] * steps_per_epoch, enabled=cfg.progress)
+    progress = Progress(
+        total=epochs * steps_per_epoch, done=state["epoch"] * steps_per_epoch, enabled=cfg.progress
+    )
     last = epochs if cfg.stop_after is None else min(epochs, cfg.stop_after)
     for epoch in range(state["epoch"], last):
         started = time.perf_counter()
@@ -180,7 +197,12 @@ def train(cfg: TrainConfig) -> Path:
             model,
             pre,
             data=data_info,
-            train_state={**state, "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "seed": cfg.seed},
+            train_state={
+                **state,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": schedule.state_dict(),
+                "seed": cfg.seed,
+            },
         )
     progress.close()
     log(f"wrote {ckpt_path} ({state['train_seconds']:.0f} s of training)", cfg.progress)

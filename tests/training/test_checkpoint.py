@@ -12,7 +12,10 @@ from training.checkpoint import CheckpointError, build_model, load_checkpoint, s
 
 
 def small_model():
-    return build_model("conv-ae", {"image_size": 64, "widths": (8, 16, 16, 16), "latent_dim": 16, "decoder_widths": (8, 8, 8, 8)})
+    return build_model(
+        "conv-ae",
+        {"image_size": 64, "widths": (8, 16, 16, 16), "latent_dim": 16, "decoder_widths": (8, 8, 8, 8)},
+    )
 
 
 def test_round_trip(tmp_path: Path) -> None:

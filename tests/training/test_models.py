@@ -23,7 +23,17 @@ SMALL = {
 @pytest.fixture(scope="module")
 def gtrans_run(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("gtrans-run")
-    args = ["--model", "gtrans", "--data", str(synthetic_dataset), "--out", str(out), "--epochs", "6", "--quiet"]
+    args = [
+        "--model",
+        "gtrans",
+        "--data",
+        str(synthetic_dataset),
+        "--out",
+        str(out),
+        "--epochs",
+        "6",
+        "--quiet",
+    ]
     for s in SMALL["gtrans"]:
         args += ["--set", s]
     assert train_main(args) == 0
@@ -45,7 +55,9 @@ def test_defect_scores_higher_and_map_peaks_inside(gtrans_run: Path) -> None:
     defects = [defective_part(rng, 128, "blob") for _ in range(4)]
     with torch.no_grad():
         good_scores, _ = model(torch.from_numpy(goods))
-        bad_scores, bad_maps = model(torch.from_numpy(np.stack([pre.frame_to_input(d.image) for d in defects])))
+        bad_scores, bad_maps = model(
+            torch.from_numpy(np.stack([pre.frame_to_input(d.image) for d in defects]))
+        )
     assert float(bad_scores.min()) > float(good_scores.max())
     for d, amap in zip(defects, bad_maps.numpy(), strict=True):
         peak = np.unravel_index(np.argmax(amap), amap.shape)
@@ -58,7 +70,11 @@ def test_defect_scores_higher_and_map_peaks_inside(gtrans_run: Path) -> None:
 @pytest.mark.parametrize("kind", ["gtrans", "conv-ae", "anovit"])
 def test_score_independent_of_batch(kind: str) -> None:
     torch.manual_seed(0)
-    config = {"gtrans": {"image_size": 64, "depth": 1, "dim": 32}, "conv-ae": {"image_size": 64}, "anovit": {"image_size": 56}}[kind]
+    config = {
+        "gtrans": {"image_size": 64, "depth": 1, "dim": 32},
+        "conv-ae": {"image_size": 64},
+        "anovit": {"image_size": 56},
+    }[kind]
     model = build_model(kind, config).eval()
     x = torch.randn(4, 3, config["image_size"], config["image_size"])
     with torch.no_grad():
@@ -99,7 +115,9 @@ def test_eval_cli_writes_metrics(gtrans_run: Path, synthetic_dataset: Path, tmp_
 
 
 def test_bad_data_folder_is_a_clear_error(tmp_path: Path, capsys) -> None:
-    rc = train_main(["--model", "conv-ae", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"])
+    rc = train_main(
+        ["--model", "conv-ae", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"]
+    )
     assert rc == 2
     assert str(tmp_path / "nope") in capsys.readouterr().err
 

@@ -26,7 +26,13 @@ def test_gtrans_reaches_the_issue_targets(mvtec_bottle: Path, runs: Path) -> Non
 
 
 def test_anovit_beats_the_conv_baseline(mvtec_bottle: Path, runs: Path) -> None:
-    vit = evaluate(train(TrainConfig(model="anovit", data=mvtec_bottle, out=runs / "anovit", progress=False)), mvtec_bottle)
-    conv = evaluate(train(TrainConfig(model="conv-ae", data=mvtec_bottle, out=runs / "conv", progress=False)), mvtec_bottle)
+    vit = evaluate(
+        train(TrainConfig(model="anovit", data=mvtec_bottle, out=runs / "anovit", progress=False)),
+        mvtec_bottle,
+    )
+    conv = evaluate(
+        train(TrainConfig(model="conv-ae", data=mvtec_bottle, out=runs / "conv", progress=False)),
+        mvtec_bottle,
+    )
     assert vit["image_auroc"] > conv["image_auroc"]
     assert vit["pixel_auroc"] > conv["pixel_auroc"]

@@ -26,9 +26,6 @@ from torch import nn
 from edge.deps import require
 from training.weights import vit_s14_onnx
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
 
 @dataclass(frozen=True)
 class ViTConfig:

@@ -26,7 +26,9 @@ class ConvAEConfig:
 
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+    )
 
 
 class ConvAE(nn.Module):

@@ -38,7 +38,9 @@ class GTransConfig:
 
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+    )
 
 
 class CrossScaleAttention(nn.Module):
@@ -96,7 +98,10 @@ class Student(nn.Module):
         self.stem = nn.Sequential(conv_bn_relu(3, w[0], 2), conv_bn_relu(w[0], w[1], 2))  # stride 4
         self.down = nn.ModuleList(
             [nn.Sequential(conv_bn_relu(w[1], w[2], 2), conv_bn_relu(w[2], w[2]))]  # stride 8
-            + [nn.Sequential(conv_bn_relu(w[i], w[i + 1], 2), conv_bn_relu(w[i + 1], w[i + 1])) for i in (2, 3)]
+            + [
+                nn.Sequential(conv_bn_relu(w[i], w[i + 1], 2), conv_bn_relu(w[i + 1], w[i + 1]))
+                for i in (2, 3)
+            ]
         )
         self.to_tokens = nn.ModuleList([nn.Conv2d(c, cfg.dim, 1) for c in w[2:]])
         self.grids = [(cfg.image_size // s, cfg.image_size // s) for s in (8, 16, 32)]
@@ -107,7 +112,11 @@ class Student(nn.Module):
         self.ln = nn.LayerNorm(cfg.dim)
         self.heads = nn.ModuleList(
             [
-                nn.Sequential(nn.Conv2d(cfg.dim + c, cfg.dim, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(cfg.dim, ct, 1))
+                nn.Sequential(
+                    nn.Conv2d(cfg.dim + c, cfg.dim, 3, padding=1),
+                    nn.ReLU(inplace=True),
+                    nn.Conv2d(cfg.dim, ct, 1),
+                )
                 for c, ct in zip(w[2:], teacher_channels, strict=True)
             ]
         )
@@ -119,7 +128,10 @@ class Student(nn.Module):
             f = down(f)
             convs.append(f)  # strides 8, 16, 32
         tokens = torch.cat(
-            [proj(c).flatten(2).transpose(1, 2) + pos for proj, c, pos in zip(self.to_tokens, convs, self.pos, strict=True)],
+            [
+                proj(c).flatten(2).transpose(1, 2) + pos
+                for proj, c, pos in zip(self.to_tokens, convs, self.pos, strict=True)
+            ],
             dim=1,
         )  # (N, sum(h*w), dim)
         for block in self.blocks:
@@ -182,6 +194,11 @@ class GTrans(nn.Module):
         maps = self.scale_maps(self.student(x), self.teacher_features(x))
         size = maps[0].shape[-2:]
         combined = torch.stack(
-            [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]
+            [
+                m
+                if m.shape[-2:] == size
+                else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                for m in maps
+            ]
         ).mean(dim=0)  # (N, 1, H/8, W/8)
         return self.head(combined)
