@@ -186,8 +186,14 @@ class EfficientNetLite0(nn.Module):
                 found[i] = h
         return [found[i] for i in ids]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """ImageNet logits (N, 1000)."""
+    def forward(self, x: torch.Tensor, block_ids: Sequence[int] | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """ImageNet logits (N, 1000), or with ``block_ids`` the outputs of those blocks (see ``features``).
+
+        Feature users call the module itself rather than ``features`` so the exported ONNX nodes carry the
+        module's name scope (export keeps a named sub-module in float when asked to).
+        """
+        if block_ids is not None:
+            return self.features(x, block_ids)
         h = self.stem(x)
         for block in self._blocks:
             h = block(h)
