@@ -95,6 +95,8 @@ class Watch:
     def print_result(self, r: dict) -> None:
         fid = r["frame_id"]
         self.results[fid] = r
+        if r["anomalous"] and not any(v["anomalous"] for k, v in self.results.items() if k != fid):
+            (self.overlays.parent / "result-example.json").write_text(json.dumps(r, indent=2) + "\n")
         truth = "defect" if fid < len(self.truth) and self.truth[fid] is not None else "good"
         verdict = "ANOMALOUS" if r["anomalous"] else "ok"
         regions = "; ".join(
