@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import threading
@@ -103,13 +102,12 @@ class Subscriber:
 
 # Run as root, mosquitto drops to its own user before reading password files and writing its database,
 # and pytest's tmp dirs are private to root; "user root" keeps it able to reach them.
-STAY_ROOT = "user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
 
 
 def persistent_broker(workdir: Path) -> Broker:
     """A broker that keeps sessions and queued messages across a restart (mosquitto persistence)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    return Broker(workdir, extra_conf=f"persistence true\npersistence_location {workdir}/\n{STAY_ROOT}")
+    return Broker(workdir, extra_conf=f"persistence true\npersistence_location {workdir}/\n")
 
 
 def mqtt_cfg(broker: Broker, **kw) -> MqttConfig:
@@ -287,7 +285,7 @@ def _passwd_broker(tmp_path: Path) -> Broker:
     workdir.mkdir()
     pwfile = workdir / "passwd"
     subprocess.run([tool, "-b", "-c", str(pwfile), "edge", "right-pass"], check=True, capture_output=True)
-    return Broker(workdir, extra_conf=f"allow_anonymous false\npassword_file {pwfile}\n{STAY_ROOT}")
+    return Broker(workdir, extra_conf=f"allow_anonymous false\npassword_file {pwfile}\n")
 
 
 def test_refused_login_is_not_connected_and_right_password_file_is(
@@ -378,7 +376,7 @@ def test_tls_connection(tmp_path: Path, prefix: str, publishers: list[MqttPublis
     tls_port = free_port()
     broker = Broker(
         workdir,
-        extra_conf=f"{STAY_ROOT}listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n",
+        extra_conf=f"listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n",
     )
     broker.start()
     try:
