@@ -24,8 +24,9 @@ import pytest
 
 from edge.config import load_config
 from edge.daemon import Daemon, build
-from tests.edge.test_mqtt import Received, Subscriber, persistent_broker
+from tests.edge.test_mqtt import persistent_broker
 from tests.helpers.broker import Broker
+from tests.helpers.mqtt import Received, Subscriber
 from tests.helpers.tiny_bundle import make_tiny_bundle
 from training.synthetic import part_sequence, write_video
 

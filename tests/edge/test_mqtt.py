@@ -7,97 +7,19 @@ import shutil
 import subprocess
 import threading
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import MqttConfig
 from edge.mqtt import MqttPublisher
 from tests.helpers.broker import Broker, free_port
+from tests.helpers.mqtt import Subscriber
 
 WAIT = 15.0  # generous: the machine is shared; every wait ends as soon as its condition holds
 
 
-@dataclass
-class Received:
-    topic: str
-    payload: bytes
-    retain: bool
-    qos: int
-    properties: dict = field(default_factory=dict)
-
-    def json(self) -> dict:
-        return json.loads(self.payload)
-
-
-class Subscriber:
-    """A real MQTT client that records every message and lets tests wait on conditions over them."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        topics: list[str],
-        *,
-        v5: bool = True,
-        client_id: str | None = None,
-        persistent: bool = False,
-    ) -> None:
-        self.messages: list[Received] = []
-        self._cond = threading.Condition()
-        self._subscribed = threading.Event()
-        self.topics = topics
-        kwargs: dict = {
-            "callback_api_version": CallbackAPIVersion.VERSION2,
-            "client_id": client_id or uuid.uuid4().hex,
-        }
-        if v5:
-            kwargs["protocol"] = paho.MQTTv5
-        else:
-            kwargs["protocol"] = paho.MQTTv311
-            kwargs["clean_session"] = not persistent
-        self.client = paho.Client(**kwargs)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *a: self._subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(1, 2)
-        self.client.connect(host, port, keepalive=30)
-        self.client.loop_start()
-        if not self._subscribed.wait(WAIT):
-            raise RuntimeError("test subscriber could not subscribe")
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if not reason_code.is_failure:
-            client.subscribe([(t, 1) for t in self.topics])
-
-    def _on_message(self, client, userdata, msg) -> None:
-        props = {}
-        if msg.properties is not None:
-            for name in ("ContentType", "CorrelationData", "UserProperty"):
-                if hasattr(msg.properties, name):
-                    props[name] = getattr(msg.properties, name)
-        with self._cond:
-            self.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos, props))
-            self._cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[list[Received]], bool], timeout: float = WAIT) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: predicate(self.messages), timeout)
-
-    def on(self, topic: str) -> list[Received]:
-        with self._cond:
-            return [m for m in self.messages if m.topic == topic]
-
-    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
-        self.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(WAIT)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 # Run as root, mosquitto drops to its own user before reading password files and writing its database,
