@@ -211,7 +211,9 @@ def build_manifest(
     norm: Normalization,
     threshold: Threshold,
     report: GateReport,
+    started: float,
 ) -> Manifest:
+    """``started``: perf_counter at the export's start, so the manifest records how long the export took."""
     ckpt = inputs.ckpt
     root = ckpt.data.get("root")
     name = opts.name or f"{ckpt.kind}-{Path(root).name if root else opts.checkpoint.stem}"
@@ -237,7 +239,7 @@ def build_manifest(
             },
             "precisions": {p: precision_entry(stage, p, report.results.get(p)) for p in opts.precisions},
             "opset": opts.opset,
-            "exporter": exporter_versions(),
+            "exporter": {**exporter_versions(), "export_time_s": f"{time.perf_counter() - started:.1f}"},
             "gate_disabled": not opts.gate,
             "created_at": utc_now(),
         }
@@ -270,7 +272,7 @@ def export_bundle(opts: ExportOptions) -> Path:
             say(
                 f"WARNING: {failed} failed the accuracy gate; writing the bundle anyway (--no-gate, recorded in the manifest)"
             )
-        stage.commit(build_manifest(opts, inputs, stage.path, norm, threshold, report))
+        stage.commit(build_manifest(opts, inputs, stage.path, norm, threshold, report, started))
     say(
         f"bundle written to {opts.out} in {time.perf_counter() - started:.1f} s "
         f"(threshold {threshold.value:.3f} normalised, {threshold.method})"
