@@ -146,6 +146,9 @@ def _session_options(ort: object, intra_op_threads: int | None) -> object:
     options = ort.SessionOptions()  # type: ignore[attr-defined]
     if intra_op_threads is not None:
         options.intra_op_num_threads = _positive_int("intra_op_threads", intra_op_threads)
+    # Idle intra-op workers would otherwise spin-wait, taking the cores the grabber, postprocess and MQTT
+    # threads need on a small device; they sleep instead (costs a little latency per call, not throughput).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
