@@ -22,6 +22,7 @@ from training.models.conv_decoder import ConvDecoder, reconstruction_error
 class AnoViTConfig:
     image_size: int = 224  # 16 x 16 patches of 14 px
     decoder_widths: tuple[int, ...] = (96, 48, 24, 12)
+    encoder_layer: int = 11  # block (0..11) whose patch tokens feed the decoder, after the final LayerNorm
     freeze_encoder: bool = True
     sigma: float = 4.0
 
@@ -44,7 +45,7 @@ class AnoViT(nn.Module):
         return self
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.encoder(x)  # (N, h*w, 384) patch tokens, no cls
+        tokens = self.encoder.forward_layers(x, [self.config.encoder_layer])[0]  # (N, h*w, 384), no cls
         h, w = self.encoder.grid
         return tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)  # (N, 384, h, w), positions kept
 
