@@ -21,15 +21,9 @@ from export.cli import EXIT_GATE, EXIT_INPUT, EXIT_OK, main
 from export.engine import tensorrt_available
 from export.gate import torch_outputs
 from export.onnx_export import inference_module
-from tests.export import TinyModel, shared_tiny_model
+from tests.export import TinyModel
 from training.checkpoint import load_checkpoint
 from training.data import load_images, load_test_set
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
-    return shared_tiny_model(tmp_path_factory)
-
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -25,14 +25,9 @@ from export.onnx_export import (
     onnx_from_checkpoint,
     tail_nodes,
 )
-from tests.export import SIZE, TinyModel, shared_tiny_model
+from tests.export import SIZE, TinyModel
 from training.checkpoint import load_checkpoint
 from training.synthetic import defective_part, good_part
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
-    return shared_tiny_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -40,14 +40,9 @@ from export.onnx_export import (
     onnx_from_checkpoint,
     tail_nodes,
 )
-from tests.export import TinyModel, shared_tiny_model
+from tests.export import TinyModel
 from training.checkpoint import load_checkpoint
 from training.data import load_images, load_test_set
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
-    return shared_tiny_model(tmp_path_factory)
 
 
 @dataclass
