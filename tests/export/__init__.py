@@ -1,7 +1,6 @@
 """Shared data for the export tests: one tiny ConvAE trained on generated parts, once per process.
 
-Each test module wraps ``shared_tiny_model`` in its own session fixture; the module-level cache here makes
-the model train once however many modules ask for it (there is no conftest in tests/export).
+``tests/export/conftest.py`` exposes ``shared_tiny_model`` as the session fixture ``tiny_model``.
 """
 
 from __future__ import annotations
