@@ -162,6 +162,29 @@ class ViTS14(nn.Module):
                 found[i] = self.norm(h) if norm else h
         return [found[i][:, 1:] for i in ids]  # drop the cls token
 
+    # Training that fine-tunes the last blocks splits the stack in two: ``tokens_after`` runs the frozen
+    # front once (its output is cached), ``patch_tokens_from`` runs the trained back on every step.
+    # ``patch_tokens_from(tokens_after(x, k - 1), k, last)`` equals ``forward_layers(x, [last])[0]``.
+
+    def tokens_after(self, x: torch.Tensor, block: int) -> torch.Tensor:
+        """The raw token sequence (N, 1 + h*w, 384), cls token first, after blocks 0..block (-1: embedding)."""
+        if not -1 <= block < self.cfg.depth:
+            raise ValueError(f"block must be in -1..{self.cfg.depth - 1}, got {block}")
+        h = self.embed(x)
+        for blk in self.blocks[: block + 1]:
+            h = blk(h)
+        return h
+
+    def patch_tokens_from(self, h: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        """Run blocks first..last on a raw token sequence; final-LayerNorm patch tokens (N, h*w, 384), no cls."""
+        if not 0 <= last < self.cfg.depth or not 0 <= first <= last + 1:
+            raise ValueError(
+                f"need last in 0..{self.cfg.depth - 1} and 0 <= first <= last + 1; got first={first}, last={last}"
+            )
+        for blk in self.blocks[first : last + 1]:
+            h = blk(h)
+        return self.norm(h)[:, 1:]
+
 
 def resize_pos_embed(patch_pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Bicubic (a = -0.75, half-pixel) resize of (1, s*s, C) grid position embeddings to (1, h*w, C).
