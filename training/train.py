@@ -1,7 +1,8 @@
 """The training loop: good images in, a checkpoint out, resumable, deterministic for a given seed.
 
 Frozen backbones are run once over the training images and their outputs cached in memory (teacher
-features for GTrans, encoder tokens for a frozen AnoViT): on a 2-core CPU that is most of the speed-up.
+features for GTrans, encoder tokens for a frozen AnoViT, or the tokens entering its first fine-tuned
+block): on a 2-core CPU that is most of the speed-up.
 There is no augmentation, and each epoch's order comes from ``seed + epoch``, so a resumed run takes the
 same steps as an uninterrupted one.
 """
@@ -91,7 +92,7 @@ def cache_targets(kind: str, model: nn.Module, x: torch.Tensor, batch: int = 16)
             (f - getattr(model, f"t_mean{i}")) / getattr(model, f"t_std{i}") for i, f in enumerate(per_scale)
         ]
     if kind == "anovit" and model.config.freeze_encoder:
-        return [torch.cat([model.encode(x[i : i + batch]) for i in range(0, len(x), batch)])]
+        return [torch.cat([model.frozen_part(x[i : i + batch]) for i in range(0, len(x), batch)])]
     return None
 
 
@@ -102,7 +103,20 @@ def batch_loss(
         return model.training_loss(x[idx])
     if kind == "gtrans":
         return model.training_loss(x[idx], teacher=[c[idx] for c in cached])
-    return model.training_loss(x[idx], features=cached[0][idx])
+    return model.training_loss(x[idx], frozen=cached[0][idx])
+
+
+def make_optimizer(kind: str, model: nn.Module, lr: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; a pretrained encoder that trains gets its own, smaller lr."""
+    encoder: list[nn.Parameter] = []
+    if kind == "anovit":
+        encoder = [p for p in model.encoder.parameters() if p.requires_grad]
+    in_encoder = {id(p) for p in encoder}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_encoder]
+    groups = [{"params": rest, "lr": lr}]
+    if encoder:
+        groups.append({"params": encoder, "lr": lr * model.config.encoder_lr_scale})
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=1e-4)
 
 
 def images_to_tensor(images: np.ndarray, pre: Preprocess) -> torch.Tensor:
@@ -165,11 +179,13 @@ def train(cfg: TrainConfig) -> Path:
     cached = cache_targets(cfg.model, model, x_train)
 
     epochs, batch_size, lr = cfg.resolved("epochs"), cfg.resolved("batch_size"), cfg.resolved("lr")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    optimizer = make_optimizer(cfg.model, model, lr)
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.1
+        optimizer,
+        max_lr=[group["lr"] for group in optimizer.param_groups],
+        total_steps=epochs * steps_per_epoch,
+        pct_start=0.1,
     )
     state: dict[str, Any] = {"epoch": 0, "history": [], "train_seconds": 0.0, "completed": False}
     if previous is not None:

@@ -2,8 +2,13 @@
 
 All patch tokens (not the cls token) are reshaped to a feature map that keeps patch positions; the conv
 decoder (shared with the conv baseline) reconstructs the image from it. The encoder is a ViT-S/14 with
-DINOv2-architecture weights (no ImageNet ViT-B/16 can be had here) and is frozen by default: on a 2-core
-CPU that lets training cache the encoder tokens once and fit only the decoder.
+DINOv2-architecture weights (no ImageNet ViT-B/16 can be had here).
+
+The paper trains the encoder with the decoder. On a 2-core CPU the encoder is frozen by default, so
+training caches its tokens once and fits only the decoder. ``finetune_blocks = k`` is the middle way: the
+last k blocks up to ``encoder_layer`` (and the final LayerNorm after them) train with the decoder, while
+everything before them stays frozen and training caches the token sequence that enters the first of them.
+Eval (``forward``) is the same single graph image -> (score, map) in every case.
 """
 
 from __future__ import annotations
@@ -23,7 +28,12 @@ class AnoViTConfig:
     image_size: int = 224  # 16 x 16 patches of 14 px
     decoder_widths: tuple[int, ...] = (96, 48, 24, 12)
     encoder_layer: int = 11  # block (0..11) whose patch tokens feed the decoder, after the final LayerNorm
-    freeze_encoder: bool = True
+    freeze_encoder: bool = True  # False: the whole encoder trains (nothing cached)
+    finetune_blocks: int = 0  # with a frozen encoder: this many blocks, ending at encoder_layer, train
+    # Learning rate of the encoder parameters that train, as a fraction of the decoder's: they start from
+    # pretrained weights that a full decoder-sized step would wreck in the first updates, while the
+    # decoder starts from random and needs the large one.
+    encoder_lr_scale: float = 0.1
     sigma: float = 4.0
 
 
@@ -32,25 +42,64 @@ class AnoViT(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = ViTS14(img_size=config.image_size)
+        last = config.encoder_layer
+        if not 0 <= last < self.encoder.cfg.depth:
+            raise ValueError(f"encoder_layer must be in 0..{self.encoder.cfg.depth - 1}, got {last}")
+        if not 0 <= config.finetune_blocks <= last + 1:
+            raise ValueError(
+                f"finetune_blocks must be in 0..{last + 1} (encoder_layer + 1), got {config.finetune_blocks}"
+            )
+        if config.finetune_blocks and not config.freeze_encoder:
+            raise ValueError(
+                "finetune_blocks needs freeze_encoder=True (freeze_encoder=False trains every block)"
+            )
+        self.first_tuned = last + 1 - config.finetune_blocks  # first block that trains (last + 1: none)
         if config.freeze_encoder:
             self.encoder.requires_grad_(False)
+            for module in self.tuned_modules():
+                module.requires_grad_(True)
         size = (config.image_size, config.image_size)
         self.decoder = ConvDecoder(384, tuple(config.decoder_widths), size)
         self.head = MapHead(*size, sigma=config.sigma)
 
+    def tuned_modules(self) -> list[nn.Module]:
+        """The encoder parts that train with a frozen encoder: the fine-tuned blocks and the final norm."""
+        if not self.config.finetune_blocks:
+            return []
+        blocks = self.encoder.blocks[self.first_tuned : self.config.encoder_layer + 1]
+        return [*blocks, self.encoder.norm]
+
     def train(self, mode: bool = True) -> AnoViT:
         super().train(mode)
-        if self.config.freeze_encoder:
+        if self.config.freeze_encoder:  # frozen parts always in eval mode, fine-tuned ones follow `mode`
             self.encoder.eval()
+            for module in self.tuned_modules():
+                module.train(mode)
         return self
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.encoder.forward_layers(x, [self.config.encoder_layer])[0]  # (N, h*w, 384), no cls
+    def to_map(self, tokens: torch.Tensor) -> torch.Tensor:
         h, w = self.encoder.grid
-        return tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)  # (N, 384, h, w), positions kept
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)  # (N, 384, h, w), positions kept
 
-    def training_loss(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        features = features if features is not None else self.encode(x)
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_map(self.encoder.forward_layers(x, [self.config.encoder_layer])[0])  # no cls token
+
+    def frozen_part(self, x: torch.Tensor) -> torch.Tensor:
+        """What the frozen encoder makes of x, cached once by training: the token sequence (N, 1 + h*w, 384)
+        entering the first fine-tuned block, or with none fine-tuned the decoder input (N, 384, h, w)."""
+        if not self.config.finetune_blocks:
+            return self.encode(x)
+        return self.encoder.tokens_after(x, self.first_tuned - 1)
+
+    def encode_from(self, frozen: torch.Tensor) -> torch.Tensor:
+        """The decoder input from ``frozen_part(x)``: equals ``encode(x)``."""
+        if not self.config.finetune_blocks:
+            return frozen
+        last = self.config.encoder_layer
+        return self.to_map(self.encoder.patch_tokens_from(frozen, self.first_tuned, last))
+
+    def training_loss(self, x: torch.Tensor, frozen: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.encode(x) if frozen is None else self.encode_from(frozen)
         return reconstruction_error(x, self.decoder(features)).mean()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
