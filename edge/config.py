@@ -243,6 +243,10 @@ class CameraConfig(_Section):
     )
     publish_mask: PublishMask = Field(default="anomalous", description="when to publish the PNG defect mask")
     publish_heatmap: bool = Field(default=False, description="also publish a JPEG heatmap overlay")
+    decode_on_demand: bool = Field(
+        default=True,
+        description="MJPEG via FFmpeg: keep frames compressed until scored, decode at the scale the model needs",
+    )
     enabled: bool = Field(default=True, description="false: keep the section but do not open the camera")
 
     @field_validator("name")

@@ -25,7 +25,7 @@ import numpy as np
 import edge
 from edge.backends import load_backend
 from edge.config import CameraConfig, EdgeConfig
-from edge.frames import Frame, FrameSlot
+from edge.frames import Frame, FrameSlot, UndecodableFrame
 from edge.health import MetricsServer, SdNotifier, Watchdog, watchdog_interval_s
 from edge.manifest import BundleError, Manifest, verify_bundle
 from edge.mqtt import MqttPublisher
@@ -34,7 +34,6 @@ from edge.postprocess import (
     ThresholdBook,
     Verdict,
     clip_roi,
-    crop,
     encode_heatmap_jpeg,
     encode_mask_png,
 )
@@ -289,7 +288,7 @@ class Daemon:
     ) -> List[Tuple[Camera, Frame, Tuple[int, int, int, int], np.ndarray]]:
         out = []
         for cam, frame in batch:
-            roi = clip_roi(cam.cfg.roi, frame.image.shape[:2])
+            roi = clip_roi(cam.cfg.roi, frame.hw)
             if roi is None:
                 self.stats.incr("drops_roi")
                 if not self._roi_warned.get(cam.cfg.name):
@@ -298,11 +297,17 @@ class Daemon:
                         "camera %s: roi %s lies outside the %dx%d frame; frames are skipped",
                         cam.cfg.name,
                         list(cam.cfg.roi or ()),
-                        frame.image.shape[1],
-                        frame.image.shape[0],
+                        frame.hw[1],
+                        frame.hw[0],
                     )
                 continue
-            out.append((cam, frame, roi, self.pre.frame_to_input(crop(frame.image, roi))))
+            try:
+                image = frame.image_for(roi, (self.pre.height, self.pre.width))
+            except UndecodableFrame:
+                self.stats.incr("drops_undecodable")
+                log.warning("camera %s: frame %d does not decode; skipped", cam.cfg.name, frame.frame_id)
+                continue
+            out.append((cam, frame, roi, self.pre.frame_to_input(image)))
         return out
 
     def _inference_failed(self, n: int) -> None:
@@ -332,7 +337,7 @@ class Daemon:
         name = cam.cfg.name
         try:
             threshold, source = self.thresholds.get(name)
-            verdict = self.post(raw_score, raw_map, threshold, frame.image.shape[:2], roi)
+            verdict = self.post(raw_score, raw_map, threshold, frame.hw, roi)
             images = self._images(cam, frame, verdict)
         except Exception:
             self.stats.incr("postprocess_errors")
@@ -357,7 +362,7 @@ class Daemon:
             images["mask"] = encode_mask_png(verdict)
         if cam.cfg.publish_heatmap:
             images["heatmap"] = encode_heatmap_jpeg(
-                frame.image, verdict, self.config.postprocess.heatmap_jpeg_quality
+                frame.full_image(), verdict, self.config.postprocess.heatmap_jpeg_quality
             )
         return images
 
@@ -414,6 +419,7 @@ class Daemon:
             "drops": {
                 "camera_slots": slot_drops,
                 "roi": counters.get("drops_roi", 0),
+                "undecodable": counters.get("drops_undecodable", 0),
                 "inference": counters.get("drops_inference", 0),
                 "postprocess": counters.get("drops_postprocess", 0),
                 "mqtt_offline_queue": mqtt["offline_dropped"],
@@ -566,6 +572,7 @@ def _camera(cfg: CameraConfig, ready: threading.Event, hooks: _Hooks) -> Camera:
         fps_cap=cfg.fps,
         fault_after_s=cfg.fault_after_s,
         on_state=hooks.on_state,
+        decode_on_demand=cfg.decode_on_demand,
     )
     return Camera(cfg=cfg, slot=slot, source=source)
 

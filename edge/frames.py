@@ -8,20 +8,75 @@ an unread one, and every replaced frame is counted so the drop reaches the stats
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
 
+import cv2
 import numpy as np
+
+# cv2.imdecode flags for JPEG DCT-domain downscaling: libjpeg decodes 1/2, 1/4, 1/8 of the size directly,
+# doing a fraction of the work of a full decode followed by a resize.
+JPEG_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                8: cv2.IMREAD_REDUCED_COLOR_8}  # fmt: skip
+
+
+class UndecodableFrame(ValueError):
+    """The frame's compressed bytes do not decode (checked once by the grabber, so this is rare)."""
 
 
 @dataclass
 class Frame:
-    """One image read from a camera, stamped when it was read."""
+    """One image read from a camera, stamped when it was read.
+
+    An MJPEG camera's frame may stay compressed (``jpeg``, ``image`` None) until it is scored: most frames a
+    saturated pipeline reads are replaced in the slot unread, and decoding them would cost as much CPU as a
+    good part of the model. ``image_for`` then decodes at the smallest JPEG scale that still covers the model
+    input; ``full_image`` gives the frame at camera resolution (for overlays).
+    """
 
     camera: str
     frame_id: int  # per camera, starts at 0, increments per frame actually read
     capture_ts: float  # time.time() when read (wall clock, for payloads)
     capture_mono: float  # time.monotonic() when read (for latency maths)
-    image: np.ndarray  # BGR uint8 HxWx3, full camera resolution
+    image: Optional[np.ndarray]  # BGR uint8 HxWx3 at full camera resolution; None while still compressed
+    jpeg: Optional[np.ndarray] = None  # the camera's JPEG bytes (uint8, 1-D) when ``image`` is None
+    hw: Tuple[int, int] = field(default=(0, 0))  # (height, width) at camera resolution
+
+    def __post_init__(self) -> None:
+        if self.image is not None:
+            self.hw = (int(self.image.shape[0]), int(self.image.shape[1]))
+        elif self.jpeg is None:
+            raise ValueError("a frame needs an image or JPEG bytes")
+        elif self.hw[0] < 1 or self.hw[1] < 1:
+            raise ValueError(f"a compressed frame needs its camera size, got {self.hw}")
+
+    def full_image(self) -> np.ndarray:
+        """The frame at camera resolution (decoded once, then kept)."""
+        if self.image is None:
+            self.image = self._decode(1)
+        return self.image
+
+    def image_for(self, roi: Tuple[int, int, int, int], min_hw: Tuple[int, int]) -> np.ndarray:
+        """The ROI ``[x, y, w, h]`` (camera pixels) at the coarsest scale that still has ``min_hw`` pixels.
+
+        The crop at a reduced scale covers the same camera area to within one reduced pixel; the daemon maps
+        results back with the ROI in camera pixels, so nothing downstream sees the scale.
+        """
+        x, y, w, h = roi
+        if self.image is not None:
+            return self.image[y : y + h, x : x + w]
+        k = max((f for f in JPEG_REDUCED if h // f >= min_hw[0] and w // f >= min_hw[1]), default=1)
+        if k == 1:
+            return self.full_image()[y : y + h, x : x + w]
+        small = self._decode(k)
+        x0, y0 = x // k, y // k
+        return small[y0 : y0 + max(1, h // k), x0 : x0 + max(1, w // k)]
+
+    def _decode(self, factor: int) -> np.ndarray:
+        image = cv2.imdecode(self.jpeg, JPEG_REDUCED[factor]) if self.jpeg is not None else None
+        if image is None or image.ndim != 3:
+            raise UndecodableFrame(f"camera {self.camera} frame {self.frame_id}: JPEG does not decode")
+        return image
 
 
 class FrameSlot:

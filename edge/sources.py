@@ -13,6 +13,12 @@ Empty, unreadable or all-black frames are counted and never reach the slot, so n
 scored from a stale or black image. A video file plays at ``fps_cap`` if given, else at its own frame
 rate, so it behaves like a camera. A live source with ``fps_cap`` still grabs every frame (so OpenCV's
 buffer never lags behind) but decodes and hands over only at the capped rate.
+
+MJPEG streams read through FFmpeg (files, HTTP/RTSP MJPEG) are handed over still compressed when
+``decode_on_demand`` is set: the grabber only checks each JPEG with a 1/8-scale greyscale decode (corrupt or
+all black: skipped, as above), and the inference thread decodes just the frames it scores, at the scale it
+needs (``Frame.image_for``). Measured on a 900x900 MJPEG file: full decode 3.5 ms and resize to 256x256
+4.0 ms per frame, against 0.7 ms for the check and 2.4 ms for a half-scale decode plus resize.
 """
 
 from __future__ import annotations
@@ -92,6 +98,36 @@ def usable_image(image: np.ndarray | None) -> np.ndarray | None:
     return image
 
 
+def usable_jpeg(packet: np.ndarray | None) -> np.ndarray | None:
+    """A copy of the JPEG bytes, or None when they do not decode or decode to an entirely black image.
+
+    The check decodes at 1/8 scale in greyscale (DC coefficients only): a fifth of a full decode's cost.
+    """
+    if packet is None or not isinstance(packet, np.ndarray) or packet.size < 4 or packet.dtype != np.uint8:
+        return None
+    data = packet.reshape(-1)
+    if data[0] != 0xFF or data[1] != 0xD8:  # no JPEG start-of-image marker
+        return None
+    preview = cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_8)
+    if preview is None or not preview.any():
+        return None
+    return data.copy()  # OpenCV may reuse the packet buffer for the next grab
+
+
+def _jpeg_passthrough(capture: Any) -> tuple[int, int] | None:
+    """Switch an FFmpeg MJPEG capture to raw packets; the camera's (height, width), or None if not possible."""
+    try:
+        if capture.getBackendName() != "FFMPEG":
+            return None
+        fourcc = int(capture.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode("ascii", "replace")
+        hw = (int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
+        if fourcc.upper() not in ("MJPG", "MJPEG") or min(hw) < 1:
+            return None
+        return hw if capture.set(cv2.CAP_PROP_FORMAT, -1) else None
+    except Exception:  # test doubles and exotic backends: decode every frame as before
+        return None
+
+
 class Backoff:
     """Capped exponential backoff: initial, 2x, 4x ... up to ``maximum``; reset after a success."""
 
@@ -149,6 +185,7 @@ class CameraSource:
         backoff_max_s: float = 10.0,
         on_state: StateCallback = _no_callback,
         capture_factory: CaptureFactory | None = None,
+        decode_on_demand: bool = True,
     ) -> None:
         _check_positive("fps_cap", fps_cap, allow_none=True)
         _check_positive("fault_after_s", fault_after_s)
@@ -164,6 +201,7 @@ class CameraSource:
         self.loop = loop
         self.fps_cap = fps_cap
         self.fault_after_s = fault_after_s
+        self.decode_on_demand = decode_on_demand
         self._on_state = on_state
         self._open = capture_factory or open_capture
         self._backoff = Backoff(backoff_initial_s, backoff_max_s)
@@ -321,6 +359,7 @@ class CameraSource:
         is_file = self.kind == "file"
         fps = self.fps_cap if self.fps_cap else (_file_fps(capture) if is_file else None)
         pacer = Pacer(fps)
+        jpeg_hw = _jpeg_passthrough(capture) if self.decode_on_demand else None
         n_frames = 0
         errors = 0
         while not self._stop.is_set():
@@ -339,7 +378,7 @@ class CameraSource:
                 continue
             errors = 0
             pacer.mark(time.monotonic())
-            if self._deliver(image):
+            if self._deliver(image, jpeg_hw):
                 n_frames += 1
         return "stopped", n_frames
 
@@ -354,12 +393,16 @@ class CameraSource:
         ok, image = capture.retrieve()
         return bool(ok), image
 
-    def _deliver(self, raw: np.ndarray | None) -> bool:
-        """Put a usable frame in the slot; count and skip an empty or black one."""
+    def _deliver(self, raw: np.ndarray | None, jpeg_hw: tuple[int, int] | None = None) -> bool:
+        """Put a usable frame in the slot; count and skip an empty or black one.
+
+        With ``jpeg_hw`` (the camera size), ``raw`` is a compressed JPEG packet that stays compressed.
+        """
         if self._stop.is_set():
             return False
-        image = usable_image(raw)
-        if image is None:  # all black or malformed: skipped, never scored
+        jpeg = usable_jpeg(raw) if jpeg_hw is not None else None
+        image = None if jpeg_hw is not None else usable_image(raw)
+        if image is None and jpeg is None:  # all black or malformed: skipped, never scored
             self._count("black_frames")
             return False
         now_mono = time.monotonic()
@@ -367,7 +410,8 @@ class CameraSource:
             frame_id = self._counts["frames_read"]
             self._counts["frames_read"] += 1
             self._last_frame_mono = now_mono
-        self.slot.put(Frame(self.name, frame_id, time.time(), now_mono, image))
+        hw = jpeg_hw or (0, 0)
+        self.slot.put(Frame(self.name, frame_id, time.time(), now_mono, image, jpeg=jpeg, hw=hw))
         self._backoff.reset()
         self._set_state("online", "frames flowing")
         return True

@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 import time
 
+import cv2
 import numpy as np
+import pytest
 
-from edge.frames import Frame, FrameSlot
+from edge.frames import Frame, FrameSlot, UndecodableFrame
 
 
 def make_frame(i: int, camera: str = "cam") -> Frame:
@@ -96,3 +98,61 @@ def test_concurrent_consumers_never_share_a_frame_and_every_frame_is_accounted_f
     assert len(ids) + slot.dropped == n
     for out in received:  # each consumer sees frames in the order they were put
         assert out == sorted(out)
+
+
+# ---- compressed (MJPEG) frames ---------------------------------------------------------------------
+
+
+def _jpeg(image: np.ndarray) -> np.ndarray:
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    return data.reshape(-1)
+
+
+def _pattern(h: int, w: int) -> np.ndarray:
+    """Smooth gradients (JPEG-friendly) that differ in x and y, so a misplaced crop shows."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.dstack([x / w * 255, y / h * 255, (x + y) / (w + h) * 255]).astype(np.uint8)
+
+
+def test_compressed_frame_decodes_once_at_full_size_for_overlays() -> None:
+    image = _pattern(96, 128)
+    frame = Frame("cam", 0, 0.0, 0.0, None, jpeg=_jpeg(image), hw=(96, 128))
+    full = frame.full_image()
+    assert full.shape == (96, 128, 3)
+    assert np.abs(full.astype(int) - image).mean() < 3
+    assert frame.full_image() is full  # decoded once, then kept
+
+
+def test_image_for_picks_the_coarsest_jpeg_scale_that_still_covers_the_model_input() -> None:
+    image = _pattern(480, 640)
+    roi = (160, 80, 320, 320)
+    frame = Frame("cam", 0, 0.0, 0.0, None, jpeg=_jpeg(image), hw=(480, 640))
+    crop = frame.image_for(roi, (64, 64))  # 320 / 4 = 80 >= 64, 320 / 8 = 40 < 64: quarter scale
+    assert crop.shape == (80, 80, 3)
+    assert frame.image is None  # no full-size decode happened
+    # the same camera area as a full decode of the ROI, resized: within JPEG + resampling error
+    reference = cv2.resize(image[80:400, 160:480], (80, 80), interpolation=cv2.INTER_AREA)
+    assert np.abs(crop.astype(int) - reference).mean() < 4
+    big = frame.image_for(roi, (256, 256))  # only the full scale has 320 >= 256 pixels
+    assert big.shape == (320, 320, 3)
+
+
+def test_a_decoded_frame_is_cropped_as_it_is() -> None:
+    image = _pattern(60, 80)
+    frame = Frame("cam", 0, 0.0, 0.0, image)
+    assert frame.hw == (60, 80)
+    assert np.array_equal(frame.image_for((10, 5, 20, 30), (8, 8)), image[5:35, 10:30])
+
+
+def test_bytes_that_do_not_decode_raise_undecodable_frame() -> None:
+    frame = Frame("cam", 3, 0.0, 0.0, None, jpeg=np.frombuffer(b"\xff\xd8 not a jpeg", np.uint8), hw=(8, 8))
+    with pytest.raises(UndecodableFrame, match="frame 3"):
+        frame.full_image()
+
+
+def test_a_frame_needs_an_image_or_bytes_and_a_size() -> None:
+    with pytest.raises(ValueError, match="image or JPEG"):
+        Frame("cam", 0, 0.0, 0.0, None)
+    with pytest.raises(ValueError, match="camera size"):
+        Frame("cam", 0, 0.0, 0.0, None, jpeg=np.zeros(8, np.uint8))

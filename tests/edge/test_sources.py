@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from edge.frames import Frame, FrameSlot
-from edge.sources import Backoff, CameraSource, Pacer, uri_kind, usable_image
+from edge.sources import Backoff, CameraSource, Pacer, uri_kind, usable_image, usable_jpeg
 from training.synthetic import write_video
 
 H, W = 48, 64
@@ -33,7 +33,7 @@ def grey_frames(n: int) -> list[np.ndarray]:
 
 
 def frame_level(frame: Frame) -> float:
-    return float(frame.image.mean())
+    return float(frame.full_image().mean())
 
 
 class States:
@@ -137,7 +137,7 @@ def test_file_plays_in_order_then_reports_end_of_stream_and_stops(tmp_path: Path
     assert ids == sorted(ids) and ids[-1] == 11
     for f in collector.frames:
         assert f.camera == "cam1"
-        assert f.image.shape == (H, W, 3) and f.image.dtype == np.uint8
+        assert f.full_image().shape == (H, W, 3) and f.full_image().dtype == np.uint8
         assert abs(frame_level(f) - level(f.frame_id)) < 4  # the frame with that id, not a neighbour
     assert [c[1] for c in states.calls] == ["online", "fault"]  # only changes are reported
 
@@ -223,7 +223,7 @@ def test_black_frames_never_reach_the_slot(tmp_path: Path, sources: list) -> Non
     assert src.stats["frames_read"] == 4
     assert src.stats["black_frames"] == 2
     for f in collector.frames:
-        assert f.image.max() > 0
+        assert f.full_image().max() > 0
     # frame ids count delivered frames, so the levels seen are those of the non-black frames in order
     expected = [level(i) for i in (0, 2, 3, 5)]
     for f in collector.frames:
@@ -519,3 +519,42 @@ def test_pacer_spaces_frames_and_does_not_burst_after_a_stall() -> None:
 def test_invalid_settings_are_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         CameraSource("cam", "0", FrameSlot(), **kwargs)
+
+
+# ---- MJPEG passthrough ---------------------------------------------------------------------------
+
+
+def test_mjpeg_file_frames_stay_compressed_until_used(tmp_path: Path, sources: list) -> None:
+    path = write_video(tmp_path / "mjpg.avi", grey_frames(5), fps=200)
+    states, slot = States(), FrameSlot()
+    collector = Collector(slot)
+    start(sources, "cam", str(path), slot, on_state=states)
+    states.wait("fault")
+    collector.wait_for_id(4)
+    collector.stop()
+    for f in collector.frames:
+        assert f.image is None and f.jpeg is not None and f.hw == (H, W)
+        assert abs(frame_level(f) - level(f.frame_id)) < 4
+
+
+def test_decode_on_demand_off_hands_over_decoded_frames(tmp_path: Path, sources: list) -> None:
+    path = write_video(tmp_path / "mjpg.avi", grey_frames(5), fps=200)
+    states, slot = States(), FrameSlot()
+    collector = Collector(slot)
+    start(sources, "cam", str(path), slot, on_state=states, decode_on_demand=False)
+    states.wait("fault")
+    collector.wait_for_id(4)
+    collector.stop()
+    for f in collector.frames:
+        assert f.jpeg is None and f.image is not None and f.image.shape == (H, W, 3)
+
+
+def test_usable_jpeg_rejects_black_corrupt_and_non_jpeg_packets() -> None:
+    ok, good = cv2.imencode(".jpg", np.full((H, W, 3), 90, np.uint8))
+    ok2, black = cv2.imencode(".jpg", np.zeros((H, W, 3), np.uint8))
+    assert ok and ok2
+    assert usable_jpeg(good) is not None and usable_jpeg(good).ndim == 1
+    assert usable_jpeg(black) is None
+    assert usable_jpeg(np.frombuffer(b"\xff\xd8garbage-garbage", np.uint8)) is None
+    assert usable_jpeg(np.frombuffer(b"\x00\x00\x01\xb3 h264 start code", np.uint8)) is None
+    assert usable_jpeg(None) is None
