@@ -3,7 +3,8 @@
 Threads and how they talk:
 
     grabber thread per camera --(FrameSlot, newest frame wins, drops counted)--> inference loop (caller's thread)
-    inference loop --(MqttPublisher: paho thread + bounded offline queue)--> broker
+    inference loop --(bounded queue, blocks when full: nothing dropped)--> postprocess thread
+    postprocess thread --(MqttPublisher: paho thread + bounded offline queue)--> broker
     paho thread --(threshold/set)--> ThresholdBook <-- inference loop reads it per frame
     stats thread: stats topic every mqtt.stats_interval_s; watchdog thread: WATCHDOG=1 while frames flow
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -45,6 +47,11 @@ log = logging.getLogger("edge.daemon")
 RESULT_SCHEMA = 1
 IDLE_WAIT_S = 0.2  # longest the loop sleeps without a frame, so stop() is noticed promptly
 ERROR_BACKOFF_MAX_S = 5.0
+# Scored batches waiting for postprocess + publish. The postprocess of batch n overlaps the inference of
+# batch n+1 (the backend leaves CPU gaps between its own threads' work); two is enough for that, and a
+# full queue makes the inference loop wait rather than drop a scored frame.
+POSTPROCESS_QUEUE_BATCHES = 2
+POSTPROCESS_DRAIN_TIMEOUT_S = 30.0
 
 
 class StartupError(RuntimeError):
@@ -68,6 +75,10 @@ class Camera:
     cfg: CameraConfig
     slot: FrameSlot
     source: CameraSource
+
+
+# One scored frame on its way to postprocess: camera, frame, roi, raw score, raw map, t_infer, inference ms.
+_Scored = Tuple[Camera, Frame, Tuple[int, int, int, int], float, np.ndarray, float, float]
 
 
 def availability_payload(state: str, reason: str) -> bytes:
@@ -116,6 +127,9 @@ class Daemon:
         self._watchdog: Optional[Watchdog] = None
         self._metrics: Optional[MetricsServer] = None
         self._frame_limit: Optional[int] = None
+        self._submitted = 0  # frames handed to postprocess (the --max-frames count)
+        self._post_queue: queue.Queue[Optional[List[_Scored]]] = queue.Queue(POSTPROCESS_QUEUE_BATCHES)
+        self._post_thread: Optional[threading.Thread] = None
 
     # --- callbacks from other threads -------------------------------------------------------------------
 
@@ -189,6 +203,8 @@ class Daemon:
 
     def _start_threads(self) -> None:
         health = self.config.health
+        self._post_thread = threading.Thread(target=self._postprocess_loop, name="edge-post", daemon=True)
+        self._post_thread.start()
         stats_thread = threading.Thread(target=self._stats_loop, name="edge-stats", daemon=True)
         stats_thread.start()
         self._threads.append(stats_thread)
@@ -211,6 +227,7 @@ class Daemon:
         for cam in self.cameras:
             cam.source.stop()
         self._drain()
+        self._finish_postprocess()
         for cam in self.cameras:
             cam.slot.close()
         if self._watchdog is not None:
@@ -224,6 +241,30 @@ class Daemon:
         _close(self.backend)
         self.notifier.close()
         log.info("stopped cleanly")
+
+    def _finish_postprocess(self) -> None:
+        """Publish every scored frame still queued, then end the postprocess thread."""
+        if self._post_thread is None:
+            return
+        self._post_queue.put(None)
+        self._post_thread.join(POSTPROCESS_DRAIN_TIMEOUT_S)
+        if self._post_thread.is_alive():
+            log.error(
+                "postprocess did not finish within %.0f s; results may be missing",
+                POSTPROCESS_DRAIN_TIMEOUT_S,
+            )
+
+    def _postprocess_loop(self) -> None:
+        while True:
+            batch = self._post_queue.get()
+            if batch is None:
+                return
+            for item in batch:
+                try:
+                    self._finish_frame(*item)
+                except Exception:  # a bug here must not stop every later result
+                    self.stats.incr("postprocess_errors")
+                    log.exception("publishing %s frame %d failed", item[0].cfg.name, item[1].frame_id)
 
     def _drain(self) -> None:
         """Score the frames that were already read when the stop came (each slot holds at most one)."""
@@ -274,14 +315,16 @@ class Daemon:
         self._error_streak = 0
         self.stats.mark_inference()
         inference_ms = (t_done - t_infer) * 1000.0
-        scored = 0
-        for i, (cam, frame, roi, _) in enumerate(prepared):
-            if self._finish_frame(cam, frame, roi, float(scores[i]), maps[i], t_infer, inference_ms):
-                scored += 1
-        if self._frame_limit is not None and self.stats.count("frames_scored") >= self._frame_limit:
+        scored: List[_Scored] = [
+            (cam, frame, roi, float(scores[i]), maps[i], t_infer, inference_ms)
+            for i, (cam, frame, roi, _) in enumerate(prepared)
+        ]
+        self._post_queue.put(scored)  # blocks while postprocess is two batches behind
+        self._submitted += len(scored)
+        if self._frame_limit is not None and self._submitted >= self._frame_limit:
             log.info("scored %d frames (--max-frames); stopping", self._frame_limit)
             self.stop()
-        return scored
+        return len(scored)
 
     def _prepare(
         self, batch: List[Tuple[Camera, Frame]]

@@ -448,3 +448,61 @@ def test_startup_errors_exit_3_and_config_errors_exit_2(broker: Broker, media: d
     assert main(["--config", str(cfg), "--set", "model.precision=int8"]) == EXIT_STARTUP  # not in this bundle
     missing_secret = ["--set", "mqtt.password_file=/nonexistent/secret"]
     assert main(["--config", str(cfg), *missing_secret]) == EXIT_CONFIG
+
+
+# --- large MJPEG frames, slow postprocess ----------------------------------------------------------------
+
+
+def test_large_mjpeg_frames_and_slow_postprocess_lose_nothing(
+    broker: Broker, media: dict, tmp_path: Path
+) -> None:
+    """256x256 camera frames into a 128x128 model: decoded at half scale (JPEG DCT scaling), masks still land
+    on the defect in camera pixels; a postprocess slower than inference delays results but drops none."""
+    frames, masks = part_sequence(18, DEFECT_EVERY, size=256, seed=13)
+    video = write_video(tmp_path / "big.avi", frames, fps=20)
+    dev = f"big-{uuid.uuid4().hex[:8]}"
+    prefix = f"edge-anomaly/{dev}"
+    cams = [{"name": "line", "source": str(video)}]
+    sub = Subscriber(broker.host, broker.port, [f"{prefix}/#"])
+    run = InProcess(tmp_path, config_toml(dev, broker, media["bundle"], cams, mqtt={"qos_mask": 1}))
+    decoded_sizes: list[tuple[int, ...]] = []
+    prepare, post = run.daemon._prepare, run.daemon.post
+    release = threading.Event()
+
+    def recording_prepare(batch):  # type: ignore[no-untyped-def]
+        out = prepare(batch)
+        decoded_sizes.extend(f.image.shape if f.image is not None else (0,) for _, f, _, _ in out)
+        return out
+
+    def slow_post(*args, **kwargs):  # type: ignore[no-untyped-def]
+        release.wait(0.05)  # never set: each frame's postprocess takes 50 ms, slower than the tiny model
+        return post(*args, **kwargs)
+
+    run.daemon._prepare = recording_prepare  # type: ignore[method-assign]
+    run.daemon.post = slow_post  # type: ignore[method-assign]
+    run.start()
+    try:
+        assert sub.wait_for(has_payload(f"{prefix}/line/availability", b"fault: end of stream"), WAIT)
+    finally:
+        assert run.stop() == 0
+    scored = run.daemon.stats.count("frames_scored")
+    assert sub.wait_for(lambda m: len(results(sub, prefix, "line")) >= scored, WAIT)
+    sub.close()
+
+    got = results(sub, prefix, "line")
+    ids = [r["frame_id"] for r in got]
+    # every frame that left the backend was published, in order
+    assert len(got) == scored == run.daemon._submitted > 0 and ids == sorted(ids), ids
+    assert decoded_sizes and all(s == (0,) for s in decoded_sizes)  # never a full-size decode
+    defect_ids = {i for i, m in enumerate(masks) if m is not None}
+    png = {m.properties["CorrelationData"].decode(): m.payload for m in sub.on(f"{prefix}/line/mask")}
+    checked = 0
+    for r in got:
+        assert r["frame_size"] == [256, 256] and r["anomalous"] == (r["frame_id"] in defect_ids), r
+        if r["anomalous"]:
+            pred = cv2.imdecode(np.frombuffer(png[str(r["frame_id"])], np.uint8), cv2.IMREAD_UNCHANGED) > 0
+            truth = masks[r["frame_id"]] > 0
+            assert pred.shape == truth.shape == (256, 256)
+            assert (pred & truth).sum() / truth.sum() > 0.3 and pred.mean() < 0.5
+            checked += 1
+    assert checked >= 2
