@@ -167,6 +167,13 @@ class ModelConfig(_Section):
         le=64,
         description="most frames per inference call; default: the bundle's max_batch",
     )
+    helper_threads_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="nice increment of the capture and postprocess threads, so inference gets the CPU "
+        "first (0: same priority)",
+    )
 
     @field_validator("backend")
     @classmethod

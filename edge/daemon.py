@@ -39,6 +39,7 @@ from edge.postprocess import (
     encode_heatmap_jpeg,
     encode_mask_png,
 )
+from edge.priority import lower_current_thread_priority
 from edge.sources import CameraSource
 from edge.stats import Stats
 
@@ -255,6 +256,7 @@ class Daemon:
             )
 
     def _postprocess_loop(self) -> None:
+        lower_current_thread_priority(self.config.model.helper_threads_nice)
         while True:
             batch = self._post_queue.get()
             if batch is None:
@@ -574,7 +576,8 @@ def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
     publisher = MqttPublisher(
         config.mqtt, config.topic_prefix, config.client_id, status, hooks.on_threshold_set
     )
-    cameras = [_camera(cam, ready, hooks) for cam in enabled]
+    nice = config.model.helper_threads_nice
+    cameras = [_camera(cam, ready, hooks, nice) for cam in enabled]
     daemon = Daemon(
         config,
         manifest,
@@ -605,7 +608,7 @@ class _Hooks:
             self.daemon.on_threshold_set(camera, payload)
 
 
-def _camera(cfg: CameraConfig, ready: threading.Event, hooks: _Hooks) -> Camera:
+def _camera(cfg: CameraConfig, ready: threading.Event, hooks: _Hooks, nice: int) -> Camera:
     slot = _SignallingSlot(ready)
     source = CameraSource(
         cfg.name,
@@ -616,6 +619,7 @@ def _camera(cfg: CameraConfig, ready: threading.Event, hooks: _Hooks) -> Camera:
         fault_after_s=cfg.fault_after_s,
         on_state=hooks.on_state,
         decode_on_demand=cfg.decode_on_demand,
+        thread_nice=nice,
     )
     return Camera(cfg=cfg, slot=slot, source=source)
 

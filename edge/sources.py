@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from edge.frames import Frame, FrameSlot
+from edge.priority import lower_current_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,7 @@ class CameraSource:
         on_state: StateCallback = _no_callback,
         capture_factory: CaptureFactory | None = None,
         decode_on_demand: bool = True,
+        thread_nice: int = 0,
     ) -> None:
         _check_positive("fps_cap", fps_cap, allow_none=True)
         _check_positive("fault_after_s", fault_after_s)
@@ -202,6 +204,7 @@ class CameraSource:
         self.fps_cap = fps_cap
         self.fault_after_s = fault_after_s
         self.decode_on_demand = decode_on_demand
+        self.thread_nice = thread_nice
         self._on_state = on_state
         self._open = capture_factory or open_capture
         self._backoff = Backoff(backoff_initial_s, backoff_max_s)
@@ -306,6 +309,7 @@ class CameraSource:
     # ---- grabber ------------------------------------------------------------------------------------
 
     def _grab_loop(self) -> None:
+        lower_current_thread_priority(self.thread_nice)
         while not self._stop.is_set():
             capture = self._open_or_fault()
             if capture is None:
