@@ -23,7 +23,7 @@ from training.train import TrainConfig, train
 MODELS = ("gtrans", "anovit", "conv-ae")
 BACKBONES = {
     "gtrans": "EfficientNet-Lite0 (ImageNet-1k) teacher; paper uses a ResNet/WideResNet teacher",
-    "anovit": "ViT-S/14, DINOv2-architecture weights, frozen; paper uses an ImageNet ViT-B/16",
+    "anovit": "ViT-S/14, DINOv2-architecture weights, last 4 of 12 blocks fine-tuned; paper uses an ImageNet ViT-B/16",
     "conv-ae": "conv encoder from scratch, same decoder as AnoViT",
 }
 
