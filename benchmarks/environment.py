@@ -41,6 +41,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+# CPU features that decide whether int8 can beat fp32 on the CPU: without a dot-product instruction (VNNI on
+# x86, dotprod on Arm) int8 matrix products are barely faster than fp32 FMA ones.
+INT8_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def cpu_int8_flags() -> dict[str, bool] | None:
+    """Which of INT8_CPU_FLAGS /proc/cpuinfo lists (None where there is no /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            words: set[str] = set()
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    words.update(value.split())
+    except OSError:
+        return None
+    return {flag: flag in words for flag in INT8_CPU_FLAGS}
+
+
 def cpu_counts() -> dict[str, int | None]:
     """Logical cores, physical cores (psutil, if installed) and the cores this process may run on."""
     physical = None
@@ -140,6 +159,7 @@ def environment() -> dict[str, Any]:
     return {
         "cpu": cpu_model(),
         "cores": cpu_counts(),
+        "cpu_int8_flags": cpu_int8_flags(),
         "gpu": gpus(),
         "torch_cuda": torch_cuda(),
         "onnxruntime_providers": onnxruntime_providers(),

@@ -390,6 +390,7 @@ def md_environment(env: dict[str, Any]) -> list[str]:
     rows = [
         ["CPU", env["cpu"]],
         ["cores", f"{cores['logical']} logical, {cores['physical']} physical, {cores['usable']} usable"],
+        ["CPU int8 features", _int8_flags(env.get("cpu_int8_flags"))],
         ["GPU", gpu],
         ["torch CUDA", str(env.get("torch_cuda"))],
         ["onnxruntime providers", ", ".join(env.get("onnxruntime_providers") or []) or "—"],
@@ -654,3 +655,12 @@ def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     md_path = out_dir / "report.md"
     md_path.write_text(markdown(report, plots), encoding="utf-8")
     return {"json": json_path, "markdown": md_path, **{k: out_dir / v for k, v in plots.items()}}
+
+
+def _int8_flags(flags: dict[str, bool] | None) -> str:
+    if not flags:
+        return "unknown"
+    have = [k for k, v in flags.items() if v]
+    lacking = [k for k, v in flags.items() if not v]
+    return f"has {', '.join(have) or 'none'}; lacks {', '.join(lacking) or 'none'}"
+

@@ -98,6 +98,11 @@ def test_all_end_to_end(bundle: Path, synthetic_dataset: Path, tmp_path: Path) -
     assert env["cpu"] and env["cores"]["logical"] >= 1 and env["python"] and env["os"]
     assert env["gpu"] == "none" or isinstance(env["gpu"], list)
     assert env["libraries"]["numpy"] == np.__version__ and env["libraries"]["onnxruntime"]
+    flags = env["cpu_int8_flags"]
+    assert flags is None or (
+        set(flags) >= {"avx2", "avx512_vnni", "asimddp"} and all(isinstance(v, bool) for v in flags.values())
+    )
+    assert "CPU int8 features" in (out / "report.md").read_text()
 
     files = report["bundle"]["files"]
     assert set(files) == {"fp32", "fp16", "int8"}
