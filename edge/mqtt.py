@@ -379,7 +379,10 @@ class MqttPublisher:
         if not self._started:
             return
         for suffix, payload in offline_retained:
-            self.set_retained(suffix, payload)
+            with self._lock:
+                known = self._retained.get(self.topic(suffix))
+            if known is None or known.payload != payload:  # a camera that stopped said it already
+                self.set_retained(suffix, payload)
         self.set_retained(
             "status", json.dumps({"state": "offline", "reason": "shutdown", **self._status}).encode()
         )

@@ -120,6 +120,21 @@ def test_stop_publishes_offline_and_final_retained_state(broker: Broker, prefix:
         sub.close()
 
 
+def test_stop_does_not_repeat_a_final_state_already_published(broker: Broker, prefix: str) -> None:
+    sub = Subscriber(broker.host, broker.port, [f"{prefix}/+/availability"])
+    pub = MqttPublisher(mqtt_cfg(broker), prefix, "pub-once", STATUS)
+    pub.start()
+    try:
+        assert pub.wait_connected(WAIT)
+        pub.set_retained("cam1/availability", b"online")
+        pub.set_retained("cam1/availability", b"offline")  # the camera's own stop
+        pub.stop(offline_retained=[("cam1/availability", b"offline"), ("cam2/availability", b"offline")])
+        assert sub.wait_for(lambda m: len(sub.on(f"{prefix}/cam2/availability")) >= 1)
+        assert [m.payload for m in sub.on(f"{prefix}/cam1/availability")] == [b"online", b"offline"]
+    finally:
+        sub.close()
+
+
 def test_offline_queue_bound_order_and_drops(
     tmp_path: Path, prefix: str, publishers: list[MqttPublisher]
 ) -> None:
