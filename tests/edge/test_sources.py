@@ -524,28 +524,26 @@ def test_invalid_settings_are_rejected(kwargs: dict) -> None:
 # ---- MJPEG passthrough ---------------------------------------------------------------------------
 
 
-def test_mjpeg_file_frames_stay_compressed_until_used(tmp_path: Path, sources: list) -> None:
-    path = write_video(tmp_path / "mjpg.avi", grey_frames(5), fps=200)
+def play_to_end(tmp_path: Path, sources: list, n: int, **kwargs: object) -> list[Frame]:
+    """Play an n-frame MJPEG file to its end; the frames the consumer got."""
+    path = write_video(tmp_path / "mjpg.avi", grey_frames(n), fps=200)
     states, slot = States(), FrameSlot()
     collector = Collector(slot)
-    start(sources, "cam", str(path), slot, on_state=states)
+    start(sources, "cam", str(path), slot, on_state=states, **kwargs)
     states.wait("fault")
-    collector.wait_for_id(4)
+    collector.wait_for_id(n - 1)
     collector.stop()
-    for f in collector.frames:
+    return collector.frames
+
+
+def test_mjpeg_file_frames_stay_compressed_until_used(tmp_path: Path, sources: list) -> None:
+    for f in play_to_end(tmp_path, sources, 5):
         assert f.image is None and f.jpeg is not None and f.hw == (H, W)
         assert abs(frame_level(f) - level(f.frame_id)) < 4
 
 
 def test_decode_on_demand_off_hands_over_decoded_frames(tmp_path: Path, sources: list) -> None:
-    path = write_video(tmp_path / "mjpg.avi", grey_frames(5), fps=200)
-    states, slot = States(), FrameSlot()
-    collector = Collector(slot)
-    start(sources, "cam", str(path), slot, on_state=states, decode_on_demand=False)
-    states.wait("fault")
-    collector.wait_for_id(4)
-    collector.stop()
-    for f in collector.frames:
+    for f in play_to_end(tmp_path, sources, 5, decode_on_demand=False):
         assert f.jpeg is None and f.image is not None and f.image.shape == (H, W, 3)
 
 
