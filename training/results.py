@@ -43,7 +43,7 @@ def run_all(
     return results
 
 
-def markdown(results: list[dict[str, Any]], data: Path) -> str:
+def markdown(results: list[dict[str, Any]], data: Path, seed: int = 0) -> str:
     def f(v: Any) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
@@ -54,7 +54,8 @@ def markdown(results: list[dict[str, Any]], data: Path) -> str:
         "slice, evaluated on the full official test split. Scores are raw model outputs (max of the smoothed map);",
         "F1 uses the 1 % false-alarm threshold of the held-out good images, never a threshold chosen on the test set.",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}.",
+        f"Seed {seed}. Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}.",
         "",
         "| model | backbone | image AUROC | pixel AUROC | AUPRO | F1 @ good-1% | epochs | train time | eval img/s |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -92,9 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     results = run_all(args.data, args.runs, tuple(args.models.split(",")), args.threads, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"mvtec-{args.data.name}"
+    # one file per seed: seed-to-seed spread is part of the result (one seed alone can mislead)
+    name = f"mvtec-{args.data.name}" + (f"-seed{args.seed}" if args.seed else "")
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / f"{name}.md").write_text(markdown(results, args.data))
+    (args.out / f"{name}.md").write_text(markdown(results, args.data, args.seed))
     print(f"wrote {args.out / (name + '.md')}", file=sys.stderr)
     return 0
 

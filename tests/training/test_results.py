@@ -1,0 +1,30 @@
+"""The results markdown is generated from evaluation JSON: every number in it comes from there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from training.results import markdown
+
+
+def _result(model: str, image: float) -> dict:
+    return {
+        "model": model,
+        "image_auroc": image,
+        "pixel_auroc": 0.5,
+        "aupro": None,
+        "f1_at_good_threshold": {"f1": 0.25},
+        "epochs": 3,
+        "train_seconds": 90.0,
+        "throughput_img_s": 12.5,
+        "per_type": {"crack": {"image_auroc": 1.0, "pixel_auroc": 0.75, "aupro": 0.125}},
+    }
+
+
+def test_markdown_rows_come_from_the_results_and_name_the_seed() -> None:
+    text = markdown([_result("gtrans", 0.9876), _result("conv-ae", 0.5)], Path("data/bottle"), seed=3)
+    assert "# Results on MVTec AD `bottle`" in text and "Seed 3." in text
+    rows = [line for line in text.splitlines() if line.startswith("| gtrans |") or line.startswith("| conv-ae |")]
+    assert rows[0].split(" | ")[2:9] == ["0.988", "0.500", "n/a", "0.250", "3", "1.5 min", "12.5 |"]
+    assert "| gtrans | crack | 1.000 | 0.750 | 0.125 |" in text
+    assert len(rows) == 4  # one summary row and one per-type row per model
