@@ -377,7 +377,7 @@ class Daemon:
         raw_map: np.ndarray,
         t_infer: float,
         inference_ms: float,
-    ) -> bool:
+    ) -> None:
         t_post = time.monotonic()
         name = cam.cfg.name
         try:
@@ -388,7 +388,7 @@ class Daemon:
             self.stats.incr("postprocess_errors")
             self.stats.incr("drops_postprocess")
             log.exception("postprocess failed for %s frame %d", name, frame.frame_id)
-            return False
+            return
         now = time.monotonic()
         latency = {
             "capture_to_infer": (t_infer - frame.capture_mono) * 1000.0,
@@ -398,7 +398,6 @@ class Daemon:
         }
         self._publish(cam, frame, verdict, source, latency, images)
         self.stats.record_frame(name, verdict.anomalous, latency)
-        return True
 
     def _images(self, cam: Camera, frame: Frame, verdict: Verdict) -> Dict[str, bytes]:
         images: Dict[str, bytes] = {}
