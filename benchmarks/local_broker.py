@@ -29,7 +29,14 @@ def mosquitto_binary() -> str | None:
 class Broker:
     """One mosquitto process; ``stop``/``start`` keep the port so clients can reconnect to it."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        extra_conf: str = "",
+        log_types: tuple[str, ...] = ("all",),
+        max_queued_messages: int = 10000,
+    ) -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise RuntimeError("mosquitto is not installed; run the README test command (it installs it)")
@@ -42,9 +49,10 @@ class Broker:
         self.log = self.workdir / "mosquitto.log"
         # As root, mosquitto drops to its own user and could not write into a test's private tmp dir.
         stay_root = "user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
+        log_lines = "".join(f"log_type {t}\n" for t in log_types)
         self.conf.write_text(
             f"{stay_root}listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest file {self.log}\nlog_type all\nmax_queued_messages 10000\n{extra_conf}",
+            f"log_dest file {self.log}\n{log_lines}max_queued_messages {max_queued_messages}\n{extra_conf}",
             encoding="utf-8",
         )
         self.proc: subprocess.Popen[bytes] | None = None

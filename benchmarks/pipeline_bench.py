@@ -50,12 +50,7 @@ class QuietBroker(Broker):
     """``Broker`` with error/warning logging only: per-message debug logging would cost CPU the daemon needs."""
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
-        super().__init__(workdir, port)
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest file {self.log}\nlog_type error\nlog_type warning\nmax_queued_messages 100000\n",
-            encoding="utf-8",
-        )
+        super().__init__(workdir, port, log_types=("error", "warning"), max_queued_messages=100000)
 
 
 # --- video --------------------------------------------------------------------------------------------------
