@@ -174,6 +174,13 @@ class ModelConfig(_Section):
         description="nice increment of the capture and postprocess threads, so inference gets the CPU "
         "first (0: same priority)",
     )
+    opencv_threads: Optional[int] = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="worker threads OpenCV may use for one decode, resize or encode; default 1, so they "
+        "never compete with the backend's threads; null: OpenCV's own choice (all cores)",
+    )
 
     @field_validator("backend")
     @classmethod

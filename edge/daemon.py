@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+import cv2
 import numpy as np
 
 import edge
@@ -187,6 +188,8 @@ class Daemon:
             self.publisher.set_retained(
                 f"{cam.name}/threshold/state", json.dumps(self.thresholds.state(cam.name)).encode()
             )
+        if self.config.model.opencv_threads is not None:
+            cv2.setNumThreads(self.config.model.opencv_threads)  # process-wide; set before any camera opens
         self.publisher.start()
         self.stats.mark_started()
         for cam in self.cameras:
@@ -346,13 +349,15 @@ class Daemon:
                         frame.hw[0],
                     )
                 continue
+            input_hw = (self.pre.height, self.pre.width)
+            prefiltered = frame.reduction_for(roi, input_hw) > 1
             try:
-                image = frame.image_for(roi, (self.pre.height, self.pre.width))
+                image = frame.image_for(roi, input_hw)
             except UndecodableFrame:
                 self.stats.incr("drops_undecodable")
                 log.warning("camera %s: frame %d does not decode; skipped", cam.cfg.name, frame.frame_id)
                 continue
-            out.append((cam, frame, roi, self.pre.frame_to_input(image)))
+            out.append((cam, frame, roi, self.pre.frame_to_input(image, prefiltered)))
         return out
 
     def _inference_failed(self, n: int) -> None:

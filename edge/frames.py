@@ -65,12 +65,19 @@ class Frame:
         x, y, w, h = roi
         if self.image is not None:
             return self.image[y : y + h, x : x + w]
-        k = max((f for f in JPEG_REDUCED if h // f >= min_hw[0] and w // f >= min_hw[1]), default=1)
+        k = self.reduction_for(roi, min_hw)
         if k == 1:
             return self.full_image()[y : y + h, x : x + w]
         small = self._decode(k)
         x0, y0 = x // k, y // k
         return small[y0 : y0 + max(1, h // k), x0 : x0 + max(1, w // k)]
+
+    def reduction_for(self, roi: Tuple[int, int, int, int], min_hw: Tuple[int, int]) -> int:
+        """The JPEG scale divisor ``image_for`` decodes at: 1 for a decoded frame, else 1, 2, 4 or 8."""
+        if self.image is not None:
+            return 1
+        w, h = roi[2], roi[3]
+        return max((f for f in JPEG_REDUCED if h // f >= min_hw[0] and w // f >= min_hw[1]), default=1)
 
     def _decode(self, factor: int) -> np.ndarray:
         image = cv2.imdecode(self.jpeg, JPEG_REDUCED[factor]) if self.jpeg is not None else None

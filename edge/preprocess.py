@@ -46,8 +46,16 @@ class Preprocess:
             std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
         )
 
-    def frame_to_input(self, frame_bgr: np.ndarray) -> np.ndarray:
-        """BGR uint8 frame of any size -> uint8 HxWx3 in the model's size and colour order."""
+    def frame_to_input(self, frame_bgr: np.ndarray, prefiltered: bool = False) -> np.ndarray:
+        """BGR uint8 frame of any size -> uint8 HxWx3 in the model's size and colour order.
+
+        Shrinking uses INTER_AREA, the anti-aliased resize training used. ``prefiltered`` says the frame
+        was already low-passed by a JPEG DCT-domain downscale (``Frame.image_for``): a shrink of less than
+        2x left after that uses INTER_LINEAR, an eighth of the cost (0.16 against 1.3 ms, 450 -> 256 px).
+        On the bottle test set as JPEG it stays as close to a full decode + INTER_AREA as INTER_AREA does
+        (mean 0.37 against 0.27 grey levels, below the 0.63 that JPEG itself changes; largest GTrans score
+        change 0.076 against 0.087, on a 2.9 score range; AUROC unchanged).
+        """
         if frame_bgr.ndim == 2:
             frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
         if frame_bgr.dtype != np.uint8:
@@ -55,7 +63,8 @@ class Preprocess:
         h, w = frame_bgr.shape[:2]
         if (h, w) != (self.height, self.width):
             shrinking = h > self.height or w > self.width
-            interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+            mild = h < 2 * self.height and w < 2 * self.width
+            interp = cv2.INTER_AREA if shrinking and not (prefiltered and mild) else cv2.INTER_LINEAR
             frame_bgr = cv2.resize(frame_bgr, (self.width, self.height), interpolation=interp)
         if self.color_order == "RGB":
             return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)

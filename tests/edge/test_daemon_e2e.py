@@ -427,12 +427,17 @@ def test_duration_limit_stops_cleanly(broker: Broker, media: dict, tmp_path: Pat
     cams = [{"name": "line", "source": str(media["video"]), "loop": True, "fps": 20}]
     cfg.write_text(config_toml(dev, broker, media["bundle"], cams), encoding="utf-8")
     sub = Subscriber(broker.host, broker.port, [f"{prefix}/status", f"{prefix}/line/availability"])
+    opencv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(2)
     try:
         assert main(["--config", str(cfg), "--duration", "0.5", "--log-format", "json"]) == 0
+        # model.opencv_threads' default: OpenCV's own worker threads leave the cores to the backend
+        assert cv2.getNumThreads() == 1
         assert sub.wait_for(lambda m: "offline" in status_states(sub, prefix), WAIT)
         assert sub.wait_for(has_payload(f"{prefix}/line/availability", b"offline"), WAIT)
     finally:
         sub.close()
+        cv2.setNumThreads(opencv_threads)
     assert status_states(sub, prefix) == ["online", "offline"]
     assert sub.on(f"{prefix}/status")[-1].json()["reason"] == "shutdown"
 

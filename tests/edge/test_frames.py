@@ -1,4 +1,7 @@
-"""FrameSlot: newest frame wins, every overwrite is counted, each frame is handed out once, close wakes."""
+"""FrameSlot: newest frame wins, every overwrite is counted, each frame is handed out once, close wakes.
+
+Frame: compressed frames decode at the coarsest JPEG scale the model input allows, and the resize after it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import numpy as np
 import pytest
 
 from edge.frames import Frame, FrameSlot, UndecodableFrame
+from edge.preprocess import Preprocess
 
 
 def make_frame(i: int, camera: str = "cam") -> Frame:
@@ -136,6 +140,30 @@ def test_image_for_picks_the_coarsest_jpeg_scale_that_still_covers_the_model_inp
     assert np.abs(crop.astype(int) - reference).mean() < 4
     big = frame.image_for(roi, (256, 256))  # only the full scale has 320 >= 256 pixels
     assert big.shape == (320, 320, 3)
+
+
+def test_reduction_for_names_the_scale_image_for_decodes_at() -> None:
+    image = _pattern(480, 640)
+    roi = (160, 80, 320, 320)
+    frame = Frame("cam", 0, 0.0, 0.0, None, jpeg=_jpeg(image), hw=(480, 640))
+    for min_hw, k in (((40, 40), 8), ((64, 64), 4), ((128, 128), 2), ((256, 256), 1)):
+        assert frame.reduction_for(roi, min_hw) == k
+        assert frame.image_for(roi, min_hw).shape[:2] == (320 // k, 320 // k)
+    assert Frame("cam", 0, 0.0, 0.0, image).reduction_for(roi, (40, 40)) == 1  # already decoded
+
+
+def test_a_prefiltered_crop_shrinks_with_linear_interpolation_only_below_2x() -> None:
+    pre = Preprocess(64, 64, color_order="BGR")
+    crop = _pattern(100, 100)
+    area = cv2.resize(crop, (64, 64), interpolation=cv2.INTER_AREA)
+    linear = cv2.resize(crop, (64, 64), interpolation=cv2.INTER_LINEAR)
+    assert not np.array_equal(area, linear)
+    assert np.array_equal(pre.frame_to_input(crop), area)  # training's resize
+    assert np.array_equal(pre.frame_to_input(crop, prefiltered=True), linear)
+    big = _pattern(160, 160)  # 2.5x: a DCT-reduced decode would have gone one scale further; keep INTER_AREA
+    assert np.array_equal(
+        pre.frame_to_input(big, prefiltered=True), cv2.resize(big, (64, 64), interpolation=cv2.INTER_AREA)
+    )
 
 
 def test_a_decoded_frame_is_cropped_as_it_is() -> None:

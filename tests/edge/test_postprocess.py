@@ -84,6 +84,32 @@ def test_mapping_back_through_roi_offset_and_scale() -> None:
     assert mask[by : by + bh, bx : bx + bw].mean() == 255  # the big region is fully set in camera pixels
 
 
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), min_area=st.sampled_from([0, 3, 12]))
+def test_regions_match_a_reference_labelling(seed: int, min_area: int) -> None:
+    """Boxes, areas, peaks and the kept mask agree with OpenCV's default labelling and a full-map peak search."""
+    rng = np.random.default_rng(seed)
+    norm = cv2.GaussianBlur(rng.normal(0, 1, (48, 40)).astype(np.float32), (0, 0), 1.5) * 4
+    post = Postprocessor(NORM, min_region_area=min_area, max_regions=1000)
+    v = post(raw_from_norm(9.0), raw_from_norm(norm), 0.8, frame_hw=(48, 40), roi=(0, 0, 40, 48))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((norm > 0.8).astype(np.uint8), connectivity=8)
+    kept = [i for i in range(1, n) if stats[i, 4] >= min_area]
+    expected = sorted(
+        (tuple(int(c) for c in stats[i, :4]), int(stats[i, 4]), round(float(norm[labels == i].max()), 4))
+        for i in kept
+    )
+    assert sorted((r.bbox, r.area, round(r.peak, 4)) for r in v.regions) == expected
+    assert v.regions_total == len(kept)
+    assert np.array_equal(v.mask_model > 0, np.isin(labels, kept))
+
+
+def test_a_map_below_the_threshold_everywhere_has_no_regions_and_an_empty_mask() -> None:
+    post = Postprocessor(NORM)
+    v = post(raw_from_norm(0.5), raw_from_norm(np.zeros((32, 32), np.float32)), 1.0, (64, 64), (0, 0, 64, 64))
+    assert v.regions == [] and v.regions_total == 0 and v.defect_area == 0.0
+    assert not v.frame_mask().any() and v.frame_mask().shape == (64, 64)
+
+
 def test_clip_roi() -> None:
     assert clip_roi(None, (480, 640)) == (0, 0, 640, 480)
     assert clip_roi((600, 400, 100, 100), (480, 640)) == (600, 400, 40, 80)
