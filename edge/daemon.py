@@ -28,7 +28,7 @@ import numpy as np
 import edge
 from edge.backends import load_backend
 from edge.config import CameraConfig, EdgeConfig
-from edge.frames import Frame, FrameSlot, UndecodableFrame
+from edge.frames import Frame, FrameSlot, UnusableFrame
 from edge.health import MetricsServer, SdNotifier, Watchdog, watchdog_interval_s
 from edge.manifest import BundleError, Manifest, verify_bundle
 from edge.mqtt import MqttPublisher
@@ -353,10 +353,13 @@ class Daemon:
             prefiltered = frame.reduction_for(roi, input_hw) > 1
             try:
                 image = frame.image_for(roi, input_hw)
-            except UndecodableFrame:
-                self.stats.incr("drops_undecodable")
-                log.warning("camera %s: frame %d does not decode; skipped", cam.cfg.name, frame.frame_id)
+            except UnusableFrame as exc:  # a compressed frame, checked only now that it is scored
+                cam.source.reject_frame(exc.reason)
+                if exc.reason == "undecodable":
+                    self.stats.incr("drops_undecodable")
+                    log.warning("%s; skipped", exc)
                 continue
+            cam.source.accept_frame()
             out.append((cam, frame, roi, self.pre.frame_to_input(image, prefiltered)))
         return out
 

@@ -20,8 +20,24 @@ JPEG_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREA
                 8: cv2.IMREAD_REDUCED_COLOR_8}  # fmt: skip
 
 
-class UndecodableFrame(ValueError):
-    """The frame's compressed bytes do not decode (checked once by the grabber, so this is rare)."""
+BLACK_MAX = 2  # a frame whose every pixel is at most this is "entirely black" (JPEG's YCbCr -> BGR gives 0/1)
+
+
+def is_black(image: np.ndarray) -> bool:
+    """True when no pixel exceeds ``BLACK_MAX``: a camera with no signal, a capture card's blank frame."""
+    return int(image[::8, ::8].max()) <= BLACK_MAX and int(image.max()) <= BLACK_MAX  # subsample first
+
+
+class UnusableFrame(ValueError):
+    """A compressed frame that does not decode or decodes to an entirely black image.
+
+    The grabber only checks that a packet looks like a JPEG; decoding is left to the frames that get scored,
+    so this is where a corrupt or black MJPEG frame is found. ``reason`` is 'undecodable' or 'black'.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -81,8 +97,11 @@ class Frame:
 
     def _decode(self, factor: int) -> np.ndarray:
         image = cv2.imdecode(self.jpeg, JPEG_REDUCED[factor]) if self.jpeg is not None else None
+        what = f"camera {self.camera} frame {self.frame_id}"
         if image is None or image.ndim != 3:
-            raise UndecodableFrame(f"camera {self.camera} frame {self.frame_id}: JPEG does not decode")
+            raise UnusableFrame(f"{what}: JPEG does not decode", "undecodable")
+        if is_black(image):
+            raise UnusableFrame(f"{what}: entirely black", "black")
         return image
 
 

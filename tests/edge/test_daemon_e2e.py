@@ -511,3 +511,40 @@ def test_large_mjpeg_frames_and_slow_postprocess_lose_nothing(
             assert (pred & truth).sum() / truth.sum() > 0.3 and pred.mean() < 0.5
             checked += 1
     assert checked >= 2
+
+
+def test_black_mjpeg_frames_are_never_scored_and_a_black_camera_faults(
+    broker: Broker, media: dict, tmp_path: Path
+) -> None:
+    """MJPEG frames are checked only when scored: black ones are skipped and counted there, and a camera
+    sending nothing else goes to fault after fault_after_s, though its packets keep arriving."""
+    frames, _ = part_sequence(16, DEFECT_EVERY, size=128, seed=14)
+    black_ids = {3, 4, 9}
+    for i in black_ids:
+        frames[i] = np.zeros_like(frames[i])
+    video = write_video(tmp_path / "some-black.avi", frames, fps=20)
+    dark = write_video(tmp_path / "all-black.avi", [np.zeros((128, 128, 3), np.uint8)] * 4, fps=20)
+    dev = f"blk-{uuid.uuid4().hex[:8]}"
+    prefix = f"edge-anomaly/{dev}"
+    cams = [
+        {"name": "line", "source": str(video)},
+        {"name": "dark", "source": str(dark), "loop": True, "fault_after_s": 0.5},
+    ]
+    sub = Subscriber(broker.host, broker.port, [f"{prefix}/#"])
+    run = InProcess(tmp_path, config_toml(dev, broker, media["bundle"], cams)).start()
+    try:
+        assert sub.wait_for(has_payload(f"{prefix}/line/availability", b"fault: end of stream"), WAIT)
+        dark_fault = b"fault: only black or undecodable frames for 0.5 s"
+        assert sub.wait_for(has_payload(f"{prefix}/dark/availability", dark_fault), WAIT)
+    finally:
+        assert run.stop() == 0
+    snapshot = run.daemon.snapshot()
+    sub.close()
+
+    ids = {r["frame_id"] for r in results(sub, prefix, "line")}
+    assert ids and not ids & black_ids
+    assert len(ids) >= (len(frames) - len(black_ids)) // 2
+    assert results(sub, prefix, "dark") == []
+    cameras = snapshot["cameras"]
+    assert cameras["dark"]["black_frames"] > 0 and cameras["dark"]["state"] == "offline"
+    assert snapshot["drops"]["undecodable"] == 0  # black is not corrupt

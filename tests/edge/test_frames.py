@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.frames import Frame, FrameSlot, UndecodableFrame
+from edge.frames import Frame, FrameSlot, UnusableFrame
 from edge.preprocess import Preprocess
 
 
@@ -175,7 +175,7 @@ def test_a_decoded_frame_is_cropped_as_it_is() -> None:
 
 def test_bytes_that_do_not_decode_raise_undecodable_frame() -> None:
     frame = Frame("cam", 3, 0.0, 0.0, None, jpeg=np.frombuffer(b"\xff\xd8 not a jpeg", np.uint8), hw=(8, 8))
-    with pytest.raises(UndecodableFrame, match="frame 3"):
+    with pytest.raises(UnusableFrame, match="frame 3"):
         frame.full_image()
 
 

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.frames import Frame, FrameSlot
-from edge.sources import Backoff, CameraSource, Pacer, uri_kind, usable_image, usable_jpeg
+from edge.frames import BLACK_MAX, Frame, FrameSlot, UnusableFrame
+from edge.sources import REJECTED_FAULT, Backoff, CameraSource, Pacer, jpeg_packet, uri_kind, usable_image
 from training.synthetic import write_video
 
 H, W = 48, 64
@@ -216,7 +216,7 @@ def test_black_frames_never_reach_the_slot(tmp_path: Path, sources: list) -> Non
     path = write_video(tmp_path / "black.avi", frames, fps=200)
     states, slot = States(), FrameSlot()
     collector = Collector(slot)
-    src = start(sources, "cam", str(path), slot, on_state=states)
+    src = start(sources, "cam", str(path), slot, on_state=states, decode_on_demand=False)
     states.wait("fault")
     collector.wait_for_id(3)
     collector.stop()
@@ -475,8 +475,9 @@ def test_usable_image_rejects_empty_and_black_and_normalises_channels() -> None:
     assert usable_image(np.zeros((0, 0, 3), np.uint8)) is None
     assert usable_image(np.zeros((8, 8, 3), np.uint8)) is None
     assert usable_image(np.ones((8, 8, 3), np.float32)) is None
+    assert usable_image(np.full((8, 8, 3), BLACK_MAX, np.uint8)) is None  # a decoder's rounding of black
     one_pixel = np.zeros((32, 32, 3), np.uint8)
-    one_pixel[5, 5, 1] = 1  # not on the subsample grid: the full check must find it
+    one_pixel[5, 5, 1] = BLACK_MAX + 1  # not on the subsample grid: the full check must find it
     assert usable_image(one_pixel) is one_pixel
     grey = np.full((8, 8), 100, np.uint8)
     out = usable_image(grey)
@@ -547,12 +548,68 @@ def test_decode_on_demand_off_hands_over_decoded_frames(tmp_path: Path, sources:
         assert f.jpeg is None and f.image is not None and f.image.shape == (H, W, 3)
 
 
-def test_usable_jpeg_rejects_black_corrupt_and_non_jpeg_packets() -> None:
+def test_jpeg_packet_copies_what_starts_like_a_jpeg_without_decoding_it() -> None:
     ok, good = cv2.imencode(".jpg", np.full((H, W, 3), 90, np.uint8))
     ok2, black = cv2.imencode(".jpg", np.zeros((H, W, 3), np.uint8))
     assert ok and ok2
-    assert usable_jpeg(good) is not None and usable_jpeg(good).ndim == 1
-    assert usable_jpeg(black) is None
-    assert usable_jpeg(np.frombuffer(b"\xff\xd8garbage-garbage", np.uint8)) is None
-    assert usable_jpeg(np.frombuffer(b"\x00\x00\x01\xb3 h264 start code", np.uint8)) is None
-    assert usable_jpeg(None) is None
+    packet = jpeg_packet(good)
+    assert packet is not None and packet.ndim == 1 and np.array_equal(packet, good.ravel())
+    assert packet is not good and not np.shares_memory(packet, good)  # OpenCV may reuse its buffer
+    assert jpeg_packet(black) is not None  # black is found when the frame is scored, not here
+    assert jpeg_packet(np.frombuffer(b"\x00\x00\x01\xb3 h264 start code", np.uint8)) is None
+    assert jpeg_packet(None) is None
+
+
+def test_compressed_black_frames_are_found_when_decoded_for_scoring(tmp_path: Path, sources: list) -> None:
+    frames = grey_frames(4)
+    frames[2] = np.zeros_like(frames[2])
+    path = write_video(tmp_path / "black.avi", frames, fps=200)
+    states, slot = States(), FrameSlot()
+    collector = Collector(slot)
+    start(sources, "cam", str(path), slot, on_state=states)
+    states.wait("fault")
+    collector.wait_for_id(3)
+    collector.stop()
+    black = [f for f in collector.frames if f.frame_id == 2]
+    assert black and black[0].image is None  # delivered still compressed
+    with pytest.raises(UnusableFrame, match="black") as info:
+        black[0].image_for((0, 0, W, H), (H // 2, W // 2))
+    assert info.value.reason == "black"
+    for f in collector.frames:
+        if f.frame_id != 2:
+            assert f.image_for((0, 0, W, H), (H // 2, W // 2)).max() > 0
+
+
+def test_frames_the_consumer_rejects_fault_the_camera_until_one_is_accepted(
+    tmp_path: Path, sources: list
+) -> None:
+    path = write_video(tmp_path / "all-black.avi", [np.zeros((H, W, 3), np.uint8)] * 4, fps=100)
+    states, slot = States(), FrameSlot()
+    src = start(sources, "cam", str(path), slot, on_state=states, loop=True, fault_after_s=0.3)
+    stop = threading.Event()
+
+    def consume() -> None:  # what the daemon's inference thread does with each frame it takes
+        while not stop.is_set():
+            frame = slot.get(timeout=0.05)
+            if frame is None:
+                continue
+            try:
+                frame.image_for((0, 0, W, H), (H, W))
+            except UnusableFrame as exc:
+                src.reject_frame(exc.reason)
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    try:
+        states.wait("online")  # packets arrive, so the camera is online until the consumer has seen enough
+        _, _, reason = states.wait("fault")
+        assert reason.startswith(REJECTED_FAULT)
+        read = src.stats["frames_read"]
+        wait_until(lambda: src.stats["frames_read"] >= read + 10)  # deliveries go on ...
+        assert [c[1] for c in states.calls] == ["online", "fault"]  # ... and do not make it online again
+        assert src.stats["black_frames"] >= 10
+    finally:
+        stop.set()
+        consumer.join(WAIT)
+    src.accept_frame()  # the next frame the consumer can use ends the fault
+    assert states.wait("online", count=2)[2] == "frames flowing"
