@@ -171,8 +171,8 @@ class ModelConfig(_Section):
         default=10,
         ge=0,
         le=19,
-        description="nice increment of the capture and postprocess threads, so inference gets the CPU "
-        "first (0: same priority)",
+        description="nice increment of the capture, postprocess and MQTT network threads, so inference "
+        "gets the CPU first (0: same priority)",
     )
     opencv_threads: Optional[int] = Field(
         default=1,

@@ -580,10 +580,10 @@ def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
     # The daemon's callbacks are bound after the Daemon exists; the sources and the publisher only need a
     # callable at construction, so a small forwarding holder keeps build() linear.
     hooks = _Hooks()
-    publisher = MqttPublisher(
-        config.mqtt, config.topic_prefix, config.client_id, status, hooks.on_threshold_set
-    )
     nice = config.model.helper_threads_nice
+    publisher = MqttPublisher(
+        config.mqtt, config.topic_prefix, config.client_id, status, hooks.on_threshold_set, nice
+    )
     cameras = [_camera(cam, ready, hooks, nice) for cam in enabled]
     daemon = Daemon(
         config,

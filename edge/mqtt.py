@@ -38,6 +38,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import ConfigError, MqttConfig, TlsConfig
+from edge.priority import lower_current_thread_priority
 
 log = logging.getLogger("edge.mqtt")
 
@@ -112,8 +113,10 @@ class MqttPublisher:
         client_id: str,
         status: Dict[str, object],
         on_threshold_set: Optional[ThresholdHandler] = None,
+        network_thread_nice: int = 0,
     ) -> None:
         self.cfg = cfg
+        self._network_thread_nice = network_thread_nice  # applied by paho's thread to itself, once
         self.prefix = prefix
         self.v5 = cfg.protocol == "5"
         self._status = dict(status)
@@ -205,6 +208,9 @@ class MqttPublisher:
             log.error("broker %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, reason_code)
             self._notify_state()
             return
+        if self._network_thread_nice:  # only paho's network thread runs this; see edge/priority.py for why
+            lower_current_thread_priority(self._network_thread_nice)
+            self._network_thread_nice = 0
         client.subscribe(self.topic("+/threshold/set"), qos=1)
         with self._lock:
             carried = self._carry_unacked(client)

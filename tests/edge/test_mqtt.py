@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -18,8 +20,6 @@ from tests.helpers.broker import Broker, free_port
 from tests.helpers.mqtt import Subscriber
 
 WAIT = 15.0  # generous: the machine is shared; every wait ends as soon as its condition holds
-
-
 
 
 # Run as root, mosquitto drops to its own user before reading password files and writing its database,
@@ -91,6 +91,19 @@ def test_status_retained_and_v5_properties(
         assert ("frame_id", "42") in mask.properties["UserProperty"]
     finally:
         sub.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux behaviour")
+def test_network_thread_lowers_its_own_priority_only(
+    broker: Broker, prefix: str, publishers: list[MqttPublisher]
+) -> None:
+    main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    pub = start(publishers, mqtt_cfg(broker), prefix, network_thread_nice=4)
+    assert pub.wait_connected(WAIT)
+    network = pub.client._thread  # paho's loop_start thread, the one that runs on_connect
+    assert network is not None and network.native_id is not None
+    assert os.getpriority(os.PRIO_PROCESS, network.native_id) == min(19, main_nice + 4)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_nice
 
 
 def test_protocol_311(broker: Broker, prefix: str, publishers: list[MqttPublisher]) -> None:
