@@ -95,10 +95,12 @@ def test_regions_match_a_reference_labelling(seed: int, min_area: int) -> None:
     n, labels, stats, _ = cv2.connectedComponentsWithStats((norm > 0.8).astype(np.uint8), connectivity=8)
     kept = [i for i in range(1, n) if stats[i, 4] >= min_area]
     expected = sorted(
-        (tuple(int(c) for c in stats[i, :4]), int(stats[i, 4]), round(float(norm[labels == i].max()), 4))
-        for i in kept
+        (tuple(int(c) for c in stats[i, :4]), int(stats[i, 4]), float(norm[labels == i].max())) for i in kept
     )
-    assert sorted((r.bbox, r.area, round(r.peak, 4)) for r in v.regions) == expected
+    got = sorted((r.bbox, r.area, r.peak) for r in v.regions)
+    assert [g[:2] for g in got] == [e[:2] for e in expected]
+    # peaks went through raw units and back, so they agree to float32 rounding, not bit for bit
+    assert [g[2] for g in got] == pytest.approx([e[2] for e in expected], abs=1e-4)
     assert v.regions_total == len(kept)
     assert np.array_equal(v.mask_model > 0, np.isin(labels, kept))
 
