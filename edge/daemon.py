@@ -335,6 +335,7 @@ class Daemon:
         self, batch: List[Tuple[Camera, Frame]]
     ) -> List[Tuple[Camera, Frame, Tuple[int, int, int, int], np.ndarray]]:
         out = []
+        input_hw = (self.pre.height, self.pre.width)
         for cam, frame in batch:
             roi = clip_roi(cam.cfg.roi, frame.hw)
             if roi is None:
@@ -349,7 +350,6 @@ class Daemon:
                         frame.hw[0],
                     )
                 continue
-            input_hw = (self.pre.height, self.pre.width)
             prefiltered = frame.reduction_for(roi, input_hw) > 1
             try:
                 image = frame.image_for(roi, input_hw)

@@ -131,8 +131,6 @@ class Postprocessor:
         n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
             binary, 8, cv2.CV_32S, cv2.CCL_GRANA
         )
-        if n <= 1:
-            return [], binary
         foreground = labels > 0
         peaks = np.full(n, -np.inf, np.float32)
         np.maximum.at(peaks, labels[foreground], norm_map[foreground])

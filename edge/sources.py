@@ -445,9 +445,8 @@ class CameraSource:
         self.slot.put(Frame(self.name, frame_id, time.time(), now_mono, image, jpeg=jpeg, hw=hw))
         self._backoff.reset()
         with self._lock:
-            rejecting = self._rejected_since is not None
-        if not rejecting:  # frames that arrive but are all rejected by the consumer do not make it online
-            self._set_state("online", "frames flowing")
+            if self._rejected_since is None:  # frames the consumer keeps rejecting do not make it online
+                self._set_state("online", "frames flowing")
         return True
 
 
