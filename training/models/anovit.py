@@ -39,11 +39,6 @@ class AnoViTConfig:
     # pretrained weights that a full decoder-sized step would wreck in the first updates, while the
     # decoder starts from random and needs the large one.
     encoder_lr_scale: float = 0.1
-    # Training only: this share of the patch tokens entering the first fine-tuned block is replaced by the
-    # mean training token at that position, so the fine-tuned blocks learn to rebuild a patch from the
-    # others (the global relations the paper credits the ViT with) instead of copying it through. Eval is
-    # unchanged: one unmasked pass, the same exported graph. 0: off. Needs finetune_blocks > 0.
-    token_mask_ratio: float = 0.0
     sigma: float = 4.0
 
 
@@ -63,10 +58,6 @@ class AnoViT(nn.Module):
             raise ValueError(
                 "finetune_blocks needs freeze_encoder=True (freeze_encoder=False trains every block)"
             )
-        if not 0.0 <= config.token_mask_ratio < 1.0:
-            raise ValueError(f"token_mask_ratio must be in [0, 1), got {config.token_mask_ratio}")
-        if config.token_mask_ratio and not (config.freeze_encoder and config.finetune_blocks):
-            raise ValueError("token_mask_ratio needs finetune_blocks > 0 (it masks the tokens entering them)")
         self.first_tuned = last + 1 - config.finetune_blocks  # first block that trains (last + 1: none)
         if config.freeze_encoder:
             self.encoder.requires_grad_(False)
@@ -112,30 +103,7 @@ class AnoViT(nn.Module):
         last = self.config.encoder_layer
         return self.to_map(self.encoder.patch_tokens_from(frozen, self.first_tuned, last))
 
-    def mask_tokens(
-        self, frozen: torch.Tensor, fill: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """``frozen`` (N, 1 + h*w, C) with ``token_mask_ratio`` of each image's patch tokens (never the cls
-        token) replaced by ``fill`` (1 + h*w, C) at the same positions; fresh positions on every call."""
-        n, tokens = frozen.shape[0], frozen.shape[1] - 1
-        k = round(self.config.token_mask_ratio * tokens)
-        if k == 0:
-            return frozen
-        picked = torch.rand(n, tokens, generator=generator).argsort(dim=1)[:, :k].to(frozen.device)
-        masked = torch.zeros(n, tokens, dtype=torch.bool, device=frozen.device).scatter_(1, picked, True)
-        patches = torch.where(masked[..., None], fill[None, 1:], frozen[:, 1:])
-        return torch.cat([frozen[:, :1], patches], dim=1)
-
-    def training_loss(
-        self,
-        x: torch.Tensor,
-        frozen: torch.Tensor | None = None,
-        fill: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Reconstruction loss; with the cached ``frozen`` tokens and their mean ``fill``, masked as configured."""
-        if frozen is not None and fill is not None and self.config.token_mask_ratio:
-            frozen = self.mask_tokens(frozen, fill, generator)
+    def training_loss(self, x: torch.Tensor, frozen: torch.Tensor | None = None) -> torch.Tensor:
         features = self.encode(x) if frozen is None else self.encode_from(frozen)
         return reconstruction_error(x, self.decoder(features)).mean()
 
