@@ -77,14 +77,18 @@ def test_which_parts_train() -> None:
             small_anovit(**bad)
 
 
-@pytest.mark.parametrize("finetune_blocks", [0, 2, 12])
-def test_loss_from_the_cache_equals_loss_from_the_image(finetune_blocks: int) -> None:
-    model = small_anovit(finetune_blocks=finetune_blocks)
+@pytest.mark.parametrize(
+    ("finetune_blocks", "extra_layers"), [(0, ()), (2, ()), (12, ()), (0, (3, 8)), (3, (8,)), (3, (8, 9))]
+)
+def test_loss_from_the_cache_equals_loss_from_the_image(finetune_blocks: int, extra_layers: tuple) -> None:
+    model = small_anovit(finetune_blocks=finetune_blocks, extra_layers=extra_layers)
     x = images()
     cached = cache_targets("anovit", model, x)
     assert cached is not None
     if finetune_blocks:  # the raw sequence entering the first fine-tuned block, cls token included
         assert cached[0].shape == (len(x), 1 + 4, 384)
+    else:  # every layer's map, before the trained neck
+        assert cached[0].shape == (len(x), 384 * (1 + len(extra_layers)), 2, 2)
     model.train()
     idx = torch.tensor([4, 0, 2])
     from_cache = batch_loss("anovit", model, x, cached, idx)
@@ -117,8 +121,39 @@ def test_one_step_moves_only_the_finetuned_blocks() -> None:
     assert not torch.equal(model.decoder.to_image.weight, decoder_before)
 
 
+def test_extra_layers_feed_the_decoder_through_a_trained_neck() -> None:
+    model = small_anovit(finetune_blocks=3, extra_layers=(8,))
+    assert model.layers == [8, 11] and model.fuse.weight.shape == (384, 768, 1, 1)
+    assert model.decoder.blocks[0].conv1.in_channels == 384  # the decoder stays the conv baseline's
+    x = images(2)
+    with torch.no_grad():
+        want = model.fuse(model.to_map(model.encoder.forward_layers(x, [8, 11])))
+        torch.testing.assert_close(model.encode(x), want)
+        # block 8's tokens matter: changing what block 8 outputs changes the decoder input
+        before = model.encode(x)
+        model.fuse.weight[:, :384].mul_(2.0)
+        assert not torch.allclose(model.encode(x), before)
+    optimizer = make_optimizer("anovit", model, lr=1e-3)
+    assert any(p is model.fuse.weight for p in optimizer.param_groups[0]["params"])  # full lr, like the decoder
+    assert "extra_layers" in model.config.__dataclass_fields__
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"finetune_blocks": 3, "extra_layers": (7,)},  # before the cached block 8
+        {"finetune_blocks": 3, "extra_layers": (11,)},  # encoder_layer itself
+        {"finetune_blocks": 0, "extra_layers": (4, 4)},
+        {"finetune_blocks": 0, "extra_layers": (-1,)},
+    ],
+)
+def test_bad_extra_layers_are_refused(bad: dict) -> None:
+    with pytest.raises(ValueError, match="extra_layers"):
+        small_anovit(**bad)
+
+
 def test_checkpoint_round_trip_gives_identical_scores(tmp_path: Path) -> None:
-    model = small_anovit(finetune_blocks=2)
+    model = small_anovit(finetune_blocks=2, extra_layers=(9,))
     with torch.no_grad():  # fine-tuned weights that differ from anything a fresh build would make
         for p in model.encoder.blocks[11].parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -129,6 +164,7 @@ def test_checkpoint_round_trip_gives_identical_scores(tmp_path: Path) -> None:
     path = save_checkpoint(tmp_path / "c.pt", "anovit", model, Preprocess(SIZE, SIZE))
     ckpt = load_checkpoint(path, expect_kind="anovit")
     assert ckpt.config["finetune_blocks"] == 2 and ckpt.config["encoder_lr_scale"] == 0.1
+    assert list(ckpt.config["extra_layers"]) == [9]
     with torch.no_grad():
         score, amap = ckpt.model(x)
     assert torch.equal(score, want_score) and torch.equal(amap, want_map)

@@ -181,9 +181,19 @@ class ViTS14(nn.Module):
             raise ValueError(
                 f"need last in 0..{self.cfg.depth - 1} and 0 <= first <= last + 1; got first={first}, last={last}"
             )
-        for blk in self.blocks[first : last + 1]:
-            h = blk(h)
-        return self.norm(h)[:, 1:]
+        return self.layers_from(h, first, [last])[0]
+
+    def layers_from(self, h: torch.Tensor, first: int, layers: Sequence[int]) -> list[torch.Tensor]:
+        """Final-LayerNorm patch tokens after each of ``layers`` (first - 1 = ``h`` itself, up to 11), in the
+        order asked, from the raw sequence ``h`` entering block ``first``."""
+        ids = list(layers)
+        if not ids or not all(first - 1 <= i < self.cfg.depth for i in ids):
+            raise ValueError(f"layers must be in {first - 1}..{self.cfg.depth - 1} (first={first}); got {ids}")
+        found = {first - 1: h} if first - 1 in ids else {}
+        for i in range(first, max(ids) + 1):
+            h = self.blocks[i](h)
+            found[i] = h
+        return [self.norm(found[i])[:, 1:] for i in ids]
 
 
 def resize_pos_embed(patch_pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -39,6 +39,11 @@ class AnoViTConfig:
     # pretrained weights that a full decoder-sized step would wreck in the first updates, while the
     # decoder starts from random and needs the large one.
     encoder_lr_scale: float = 0.1
+    # Earlier blocks whose patch tokens join encoder_layer's as decoder input (concatenated, then a 1x1 conv
+    # back to 384 channels, so the decoder stays the conv baseline's). Mid-level tokens keep the local detail
+    # the last block has mixed away, which a reconstruction needs at normal edges. With fine-tuned blocks
+    # they must be at or after the last frozen block, whose output training caches anyway.
+    extra_layers: tuple[int, ...] = ()
     sigma: float = 4.0
 
 
@@ -59,11 +64,21 @@ class AnoViT(nn.Module):
                 "finetune_blocks needs freeze_encoder=True (freeze_encoder=False trains every block)"
             )
         self.first_tuned = last + 1 - config.finetune_blocks  # first block that trains (last + 1: none)
+        extra = list(config.extra_layers)
+        lowest = self.first_tuned - 1 if config.freeze_encoder and config.finetune_blocks else 0
+        if len(set(extra)) != len(extra) or not all(lowest <= i < last for i in extra):
+            raise ValueError(
+                f"extra_layers must be distinct blocks in {lowest}..{last - 1} (with finetune_blocks="
+                f"{config.finetune_blocks} and encoder_layer={last}), got {extra}"
+            )
+        self.layers = [*sorted(extra), last]
         if config.freeze_encoder:
             self.encoder.requires_grad_(False)
             for module in self.tuned_modules():
                 module.requires_grad_(True)
         size = (config.image_size, config.image_size)
+        if extra:
+            self.fuse = nn.Conv2d(384 * len(self.layers), 384, 1)
         self.decoder = ConvDecoder(384, tuple(config.decoder_widths), size)
         self.head = MapHead(*size, sigma=config.sigma)
 
@@ -82,26 +97,29 @@ class AnoViT(nn.Module):
                 module.train(mode)
         return self
 
-    def to_map(self, tokens: torch.Tensor) -> torch.Tensor:
+    def to_map(self, tokens: list[torch.Tensor]) -> torch.Tensor:
+        """Patch tokens (N, h*w, 384) of each layer -> one (N, 384 * layers, h, w) map, positions kept."""
         h, w = self.encoder.grid
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)  # (N, 384, h, w), positions kept
+        return torch.cat([t.transpose(1, 2).reshape(t.shape[0], -1, h, w) for t in tokens], dim=1)
+
+    def neck(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.fuse(maps) if self.config.extra_layers else maps  # -> (N, 384, h, w)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_map(self.encoder.forward_layers(x, [self.config.encoder_layer])[0])  # no cls token
+        return self.neck(self.to_map(self.encoder.forward_layers(x, self.layers)))  # no cls token
 
     def frozen_part(self, x: torch.Tensor) -> torch.Tensor:
         """What the frozen encoder makes of x, cached once by training: the token sequence (N, 1 + h*w, 384)
-        entering the first fine-tuned block, or with none fine-tuned the decoder input (N, 384, h, w)."""
+        entering the first fine-tuned block, or with none fine-tuned the layer maps before the neck."""
         if not self.config.finetune_blocks:
-            return self.encode(x)
+            return self.to_map(self.encoder.forward_layers(x, self.layers))
         return self.encoder.tokens_after(x, self.first_tuned - 1)
 
     def encode_from(self, frozen: torch.Tensor) -> torch.Tensor:
         """The decoder input from ``frozen_part(x)``: equals ``encode(x)``."""
         if not self.config.finetune_blocks:
-            return frozen
-        last = self.config.encoder_layer
-        return self.to_map(self.encoder.patch_tokens_from(frozen, self.first_tuned, last))
+            return self.neck(frozen)
+        return self.neck(self.to_map(self.encoder.layers_from(frozen, self.first_tuned, self.layers)))
 
     def training_loss(self, x: torch.Tensor, frozen: torch.Tensor | None = None) -> torch.Tensor:
         features = self.encode(x) if frozen is None else self.encode_from(frozen)
