@@ -83,15 +83,25 @@ def eval_main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="edge-eval", description="Image/pixel AUROC and AUPRO of a checkpoint.")
     p.add_argument("checkpoint", type=Path)
-    p.add_argument(
-        "--data", required=True, type=Path, help="MVTec-layout category folder (test/, ground_truth/)"
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="MVTec-layout category folder (test/, ground_truth/)")
+    source.add_argument(
+        "--pasted",
+        action="store_true",
+        help="no defect samples needed: defects pasted onto the good images training held out",
     )
+    p.add_argument("--per-image", type=int, default=3, help="with --pasted: defective copies per good image")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
     try:
-        result = evaluate(args.checkpoint, args.data, args.batch, args.threads)
+        if args.pasted:
+            from training.pasted_defects import evaluate_pasted
+
+            result = evaluate_pasted(args.checkpoint, args.per_image, batch=args.batch, threads=args.threads)
+        else:
+            result = evaluate(args.checkpoint, args.data, args.batch, args.threads)
     except (DatasetError, CheckpointError, ValueError) as exc:
         print(f"edge-eval: error: {exc}", file=sys.stderr)
         return 2

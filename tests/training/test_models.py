@@ -114,6 +114,19 @@ def test_eval_cli_writes_metrics(gtrans_run: Path, synthetic_dataset: Path, tmp_
     assert "image AUROC" in capsys.readouterr().out
 
 
+def test_eval_cli_pasted_needs_no_defect_samples(gtrans_run: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "pasted.json"
+    assert eval_main([str(gtrans_run), "--pasted", "--per-image", "2", "--json", str(out)]) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    assert set(result["per_type"]) == {"patch", "scar", "blob"} and result["n_pasted"] == 2 * result["n_good"]
+    assert result["image_auroc"] > 0.6  # the parts model sees pasted defects on its own held-out parts
+    assert "pasted defects on" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # one source of defects, not both
+        eval_main([str(gtrans_run), "--pasted", "--data", str(tmp_path)])
+
+
 def test_bad_data_folder_is_a_clear_error(tmp_path: Path, capsys) -> None:
     rc = train_main(
         ["--model", "conv-ae", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"]
