@@ -26,6 +26,7 @@ import torch
 
 from training.checkpoint import load_checkpoint
 from training.data import load_images
+from training.evaluate import predict
 from training.graph import InferenceModel
 from training.metrics import evaluate_maps
 
@@ -127,8 +128,6 @@ def evaluate_pasted(
     checkpoint: Path, per_image: int = 3, seed: int = 0, batch: int = 8, threads: int | None = None
 ) -> dict[str, Any]:
     """``score_pasted`` on the good images the checkpoint's training held out (its ``val_files``)."""
-    from training.evaluate import predict
-
     if threads:
         torch.set_num_threads(threads)
     ckpt = load_checkpoint(checkpoint)
