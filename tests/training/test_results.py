@@ -28,3 +28,16 @@ def test_markdown_rows_come_from_the_results_and_name_the_seed() -> None:
     assert rows[0].split(" | ")[2:9] == ["0.988", "0.500", "n/a", "0.250", "3", "1.5 min", "12.5 |"]
     assert "| gtrans | crack | 1.000 | 0.750 | 0.125 |" in text
     assert len(rows) == 4  # one summary row and one per-type row per model
+    assert "pasted image AUROC" not in text  # results evaluated before edge-eval --pasted existed
+
+
+def test_pasted_defect_numbers_get_their_own_table() -> None:
+    with_pasted = {
+        **_result("anovit", 0.9),
+        "pasted": {"image_auroc": 0.9567, "pixel_auroc": 0.875, "aupro": None, "n_good": 21, "n_pasted": 63},
+    }
+    text = markdown([with_pasted, _result("conv-ae", 0.5)], Path("data/bottle"))
+    assert "| anovit | 0.957 | 0.875 | n/a | 21 + 63 |" in text
+    lines = text.splitlines()
+    assert any(line.startswith("| conv-ae | conv encoder") for line in lines)  # its main row stays
+    assert not any(line.startswith("| conv-ae | 0.") for line in lines)  # and it gets no pasted row
