@@ -44,11 +44,14 @@ def test_vit_split_equals_forward_layers() -> None:
         for last in (11, 7):
             want = vit.forward_layers(x, [last])[0]
             for first in (0, 5, last, last + 1):
-                got = vit.patch_tokens_from(vit.tokens_after(x, first - 1), first, last)
+                got = vit.layers_from(vit.tokens_after(x, first - 1), first, [last])[0]
                 torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
-    for bad in ((-1, 11), (13, 11), (0, 12)):
+        both = vit.layers_from(vit.tokens_after(x, 6), 7, [9, 6])  # any order, the cached input included
+        for got, want in zip(both, vit.forward_layers(x, [9, 6]), strict=True):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    for first, layers in ((-1, [11]), (13, [11]), (0, [12]), (5, [3]), (0, [])):
         with pytest.raises(ValueError, match="first"):
-            vit.patch_tokens_from(vit.tokens_after(x, -1), *bad)
+            vit.layers_from(vit.tokens_after(x, -1), first, layers)
 
 
 def test_which_parts_train() -> None:

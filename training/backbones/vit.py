@@ -163,8 +163,8 @@ class ViTS14(nn.Module):
         return [found[i][:, 1:] for i in ids]  # drop the cls token
 
     # Training that fine-tunes the last blocks splits the stack in two: ``tokens_after`` runs the frozen
-    # front once (its output is cached), ``patch_tokens_from`` runs the trained back on every step.
-    # ``patch_tokens_from(tokens_after(x, k - 1), k, last)`` equals ``forward_layers(x, [last])[0]``.
+    # front once (its output is cached), ``layers_from`` runs the trained back on every step.
+    # ``layers_from(tokens_after(x, k - 1), k, layers)`` equals ``forward_layers(x, layers)``.
 
     def tokens_after(self, x: torch.Tensor, block: int) -> torch.Tensor:
         """The raw token sequence (N, 1 + h*w, 384), cls token first, after blocks 0..block (-1: embedding)."""
@@ -175,20 +175,15 @@ class ViTS14(nn.Module):
             h = blk(h)
         return h
 
-    def patch_tokens_from(self, h: torch.Tensor, first: int, last: int) -> torch.Tensor:
-        """Run blocks first..last on a raw token sequence; final-LayerNorm patch tokens (N, h*w, 384), no cls."""
-        if not 0 <= last < self.cfg.depth or not 0 <= first <= last + 1:
-            raise ValueError(
-                f"need last in 0..{self.cfg.depth - 1} and 0 <= first <= last + 1; got first={first}, last={last}"
-            )
-        return self.layers_from(h, first, [last])[0]
-
     def layers_from(self, h: torch.Tensor, first: int, layers: Sequence[int]) -> list[torch.Tensor]:
         """Final-LayerNorm patch tokens after each of ``layers`` (first - 1 = ``h`` itself, up to 11), in the
         order asked, from the raw sequence ``h`` entering block ``first``."""
         ids = list(layers)
-        if not ids or not all(first - 1 <= i < self.cfg.depth for i in ids):
-            raise ValueError(f"layers must be in {first - 1}..{self.cfg.depth - 1} (first={first}); got {ids}")
+        if not 0 <= first <= self.cfg.depth or not ids or not all(first - 1 <= i < self.cfg.depth for i in ids):
+            raise ValueError(
+                f"need first in 0..{self.cfg.depth} and layers in first - 1..{self.cfg.depth - 1}; "
+                f"got first={first}, layers={ids}"
+            )
         found = {first - 1: h} if first - 1 in ids else {}
         for i in range(first, max(ids) + 1):
             h = self.blocks[i](h)
