@@ -65,14 +65,14 @@ def paste_defect(
     """``image`` (H, W, 3) uint8 with one ``kind`` defect; returns (defective image, bool mask)."""
     h, w = image.shape[:2]
     grey = image.astype(np.float32).mean(axis=2)
+    blob_colour = (255 - image.reshape(-1, 3).mean(axis=0)).astype(np.uint8)  # the same on every try
     best: tuple[float, np.ndarray, np.ndarray] | None = None
     for _ in range(TRIES):
         mask = _shape_mask(kind, (h, w), rng).astype(bool)
         if not mask.any():
             continue
         if kind == "blob":
-            content = np.empty_like(image)
-            content[:] = (255 - image.reshape(-1, 3).mean(axis=0)).astype(np.uint8)
+            content = np.broadcast_to(blob_colour, image.shape)
         else:  # the donor moved so that another of its places lands under the mask
             shift = np.float32([[1, 0, rng.uniform(-0.5, 0.5) * w], [0, 1, rng.uniform(-0.5, 0.5) * h]])
             content = cv2.warpAffine(donor, shift, (w, h), borderMode=cv2.BORDER_REFLECT_101)
@@ -98,8 +98,8 @@ def pasted_set(
     rng = np.random.default_rng(seed)
     images, masks, types = list(good), [np.zeros(good.shape[1:3], bool)] * len(good), ["good"] * len(good)
     for i, image in enumerate(good):
+        others = [k for k in range(len(good)) if k != i] or [i]
         for j in range(per_image):
-            others = [k for k in range(len(good)) if k != i] or [i]
             donor = good[int(rng.choice(others))]
             kind = KINDS[(i * per_image + j) % len(KINDS)]
             defective, mask = paste_defect(image, donor, kind, rng)
