@@ -154,13 +154,7 @@ class ViTS14(nn.Module):
             raise ValueError(
                 f"layers must be ints in 0..{self.cfg.depth - 1}, at least one; got {list(layers)!r}"
             )
-        found: dict[int, torch.Tensor] = {}
-        h = self.embed(x)
-        for i in range(max(ids) + 1):
-            h = self.blocks[i](h)
-            if i in ids:
-                found[i] = self.norm(h) if norm else h
-        return [found[i][:, 1:] for i in ids]  # drop the cls token
+        return self.layers_from(self.embed(x), 0, ids, norm)
 
     # Training that fine-tunes the last blocks splits the stack in two: ``tokens_after`` runs the frozen
     # front once (its output is cached), ``layers_from`` runs the trained back on every step.
@@ -175,9 +169,11 @@ class ViTS14(nn.Module):
             h = blk(h)
         return h
 
-    def layers_from(self, h: torch.Tensor, first: int, layers: Sequence[int]) -> list[torch.Tensor]:
-        """Final-LayerNorm patch tokens after each of ``layers`` (first - 1 = ``h`` itself, up to 11), in the
-        order asked, from the raw sequence ``h`` entering block ``first``."""
+    def layers_from(
+        self, h: torch.Tensor, first: int, layers: Sequence[int], norm: bool = True
+    ) -> list[torch.Tensor]:
+        """Patch tokens (final-LayerNorm'd unless ``norm=False``) after each of ``layers`` (first - 1 = ``h``
+        itself, up to 11), in the order asked, from the raw sequence ``h`` entering block ``first``."""
         ids = list(layers)
         if not 0 <= first <= self.cfg.depth or not ids or not all(first - 1 <= i < self.cfg.depth for i in ids):
             raise ValueError(
@@ -187,8 +183,9 @@ class ViTS14(nn.Module):
         found = {first - 1: h} if first - 1 in ids else {}
         for i in range(first, max(ids) + 1):
             h = self.blocks[i](h)
-            found[i] = h
-        return [self.norm(found[i])[:, 1:] for i in ids]
+            if i in ids:
+                found[i] = h
+        return [(self.norm(found[i]) if norm else found[i])[:, 1:] for i in ids]  # drop the cls token
 
 
 def resize_pos_embed(patch_pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
