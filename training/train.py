@@ -231,7 +231,9 @@ def train(cfg: TrainConfig) -> Path:
 def fit_memory(cfg, model, pre, x_train, x_val, data_info, ckpt_path: Path) -> Path:
     """A training-free model (PatchCore): fill its memory from the training images in one pass."""
     started = time.perf_counter()
-    info = model.fit(x_train, batch=cfg.resolved("batch_size"), seed=cfg.seed, log=lambda m: log(m, cfg.progress))
+    info = model.fit(
+        x_train, batch=cfg.resolved("batch_size"), seed=cfg.seed, log=lambda m: log(m, cfg.progress)
+    )
     seconds = time.perf_counter() - started
     val_loss = validation_loss(model, x_val)
     state = {
@@ -243,7 +245,10 @@ def fit_memory(cfg, model, pre, x_train, x_val, data_info, ckpt_path: Path) -> P
         "memory": info,
     }
     save_checkpoint(ckpt_path, cfg.model, model, pre, data=data_info, train_state=state)
-    log(f"wrote {ckpt_path} ({seconds:.0f} s to fill the memory bank; held-out mean score {val_loss:.4f})", cfg.progress)
+    log(
+        f"wrote {ckpt_path} ({seconds:.0f} s to fill the memory bank; held-out mean score {val_loss:.4f})",
+        cfg.progress,
+    )
     return ckpt_path
 
 

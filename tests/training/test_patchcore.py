@@ -98,7 +98,9 @@ def test_defects_score_higher_and_peak_inside(patchcore_run: Path) -> None:
     defects = [defective_part(rng, 128, "blob") for _ in range(4)]
     with torch.no_grad():
         good_scores, _ = model(torch.from_numpy(goods))
-        bad_scores, bad_maps = model(torch.from_numpy(np.stack([pre.frame_to_input(d.image) for d in defects])))
+        bad_scores, bad_maps = model(
+            torch.from_numpy(np.stack([pre.frame_to_input(d.image) for d in defects]))
+        )
     assert float(bad_scores.min()) > float(good_scores.max())
     for d, amap in zip(defects, bad_maps.numpy(), strict=True):
         peak = np.unravel_index(np.argmax(amap), amap.shape)
@@ -106,7 +108,9 @@ def test_defects_score_higher_and_peak_inside(patchcore_run: Path) -> None:
         assert np.min(np.hypot(ys - peak[0], xs - peak[1])) <= 6
 
 
-def test_eval_reports_operating_points(patchcore_run: Path, synthetic_dataset: Path, tmp_path: Path, capsys) -> None:
+def test_eval_reports_operating_points(
+    patchcore_run: Path, synthetic_dataset: Path, tmp_path: Path, capsys
+) -> None:
     import json
 
     out = tmp_path / "eval.json"
@@ -118,7 +122,9 @@ def test_eval_reports_operating_points(patchcore_run: Path, synthetic_dataset: P
     assert "recall at 1.0% false alarms" in capsys.readouterr().out
 
 
-def test_bundle_runs_the_search_in_onnxruntime(patchcore_run: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
+def test_bundle_runs_the_search_in_onnxruntime(
+    patchcore_run: Path, synthetic_dataset: Path, tmp_path: Path
+) -> None:
     bundle = tmp_path / "bundle"
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):

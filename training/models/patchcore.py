@@ -72,7 +72,9 @@ def greedy_coreset(features: torch.Tensor, n: int, projection_dim: int, seed: in
     if n >= m:
         return torch.arange(m)
     rng = np.random.default_rng(seed)
-    proj = rng.standard_normal((features.shape[1], projection_dim)).astype(np.float32) / math.sqrt(projection_dim)
+    proj = rng.standard_normal((features.shape[1], projection_dim)).astype(np.float32) / math.sqrt(
+        projection_dim
+    )
     z = np.ascontiguousarray(features.numpy().astype(np.float32, copy=False) @ proj)  # (M, P)
     sq = np.einsum("ij,ij->i", z, z)
     nearest = np.full(m, np.inf, dtype=np.float32)
@@ -128,7 +130,10 @@ class PatchCore(nn.Module):
         """Fill the bank from good images (N, 3, H, W normalised): the whole of PatchCore's 'training'."""
         self.eval()
         rows = torch.cat(
-            [self.embed(x[i : i + batch]).permute(0, 2, 3, 1).reshape(-1, self.dim) for i in range(0, len(x), batch)]
+            [
+                self.embed(x[i : i + batch]).permute(0, 2, 3, 1).reshape(-1, self.dim)
+                for i in range(0, len(x), batch)
+            ]
         )  # (N*h*w, C)
         total = rows.shape[0]
         cfg = self.config
