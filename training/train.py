@@ -82,16 +82,13 @@ def load_pretrained(kind: str, model: nn.Module) -> None:
 def cache_targets(kind: str, model: nn.Module, x: torch.Tensor, batch: int = 16) -> list[torch.Tensor] | None:
     """Outputs of the frozen part for every training image, or None when nothing is frozen."""
     model.eval()
-    if kind == "gtrans":
-        raw = [
-            model.teacher.features(x[i : i + batch], list(model.config.teacher_blocks))
-            for i in range(0, len(x), batch)
-        ]
-        per_scale = [torch.cat(parts) for parts in zip(*raw, strict=True)]
-        model.fit_teacher_stats(per_scale)
-        return [
-            (f - getattr(model, f"t_mean{i}")) / getattr(model, f"t_std{i}") for i, f in enumerate(per_scale)
-        ]
+    if kind == "gtrans":  # [student input (teacher stem only)] + standardised targets per scale
+        raw = [model.teacher.features(x[i : i + batch], model.agn_blocks()) for i in range(0, len(x), batch)]
+        per_block = [torch.cat(parts) for parts in zip(*raw, strict=True)]
+        stem = per_block[:1] if model.teacher_stem else []
+        targets = per_block[len(stem) :]
+        model.fit_teacher_stats(targets)
+        return stem + model.standardise(targets)
     if kind == "anovit" and model.config.freeze_encoder:
         return [torch.cat([model.frozen_part(x[i : i + batch]) for i in range(0, len(x), batch)])]
     return None
@@ -103,7 +100,12 @@ def batch_loss(
     if cached is None:
         return model.training_loss(x[idx])
     if kind == "gtrans":
-        return model.training_loss(x[idx], teacher=[c[idx] for c in cached])
+        n_stem = 1 if model.teacher_stem else 0
+        return model.training_loss(
+            x[idx],
+            teacher=[c[idx] for c in cached[n_stem:]],
+            student_input=cached[0][idx] if n_stem else None,
+        )
     return model.training_loss(x[idx], frozen=cached[0][idx])
 
 

@@ -35,6 +35,10 @@ class GTransConfig:
     mlp_ratio: float = 2.0
     cos_weight: float = 1.0  # weight of the direction term against the distance term
     sigma: float = 4.0
+    # "scratch": the student's conv stem learns from pixels; "teacher": the student starts from the AGN's
+    # frozen first blocks (stride 4), so the part that must fit a few hundred images is smaller.
+    student_stem: str = "scratch"
+    stem_block: int = 2  # the AGN block whose output feeds a "teacher" stem (EfficientNet-Lite0: stride 4)
 
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -92,10 +96,15 @@ def context_tokens(tokens: torch.Tensor, grids: list[tuple[int, int]]) -> torch.
 class Student(nn.Module):
     """Image -> features at the AGN's three resolutions, related across scales by attention."""
 
-    def __init__(self, cfg: GTransConfig, teacher_channels: list[int]) -> None:
+    def __init__(self, cfg: GTransConfig, teacher_channels: list[int], stem_channels: int | None = None) -> None:
         super().__init__()
         w = cfg.stem_widths
-        self.stem = nn.Sequential(conv_bn_relu(3, w[0], 2), conv_bn_relu(w[0], w[1], 2))  # stride 4
+        if stem_channels is None:  # pixels in: learn the stride-4 stem
+            self.stem = nn.Sequential(conv_bn_relu(3, w[0], 2), conv_bn_relu(w[0], w[1], 2))
+        else:  # stride-4 AGN features in: a 1x1 projection to the stem width
+            self.stem = nn.Sequential(
+                nn.Conv2d(stem_channels, w[1], 1, bias=False), nn.BatchNorm2d(w[1]), nn.ReLU(inplace=True)
+            )
         self.down = nn.ModuleList(
             [nn.Sequential(conv_bn_relu(w[1], w[2], 2), conv_bn_relu(w[2], w[2]))]  # stride 8
             + [
@@ -155,11 +164,16 @@ class GTrans(nn.Module):
         self.config = config
         self.teacher = EfficientNetLite0()
         self.teacher.requires_grad_(False)
+        if config.student_stem not in ("scratch", "teacher"):
+            raise ValueError(f"student_stem must be 'scratch' or 'teacher', got {config.student_stem!r}")
+        if config.student_stem == "teacher" and self.teacher.block_stride(config.stem_block) != 4:
+            raise ValueError(f"stem_block {config.stem_block} is not at stride 4; the student's stem is")
         channels = [self.teacher.block_channels(b) for b in config.teacher_blocks]
         for i, c in enumerate(channels):  # AGN channel statistics, fitted on good images by fit_teacher_stats
             self.register_buffer(f"t_mean{i}", torch.zeros(1, c, 1, 1))
             self.register_buffer(f"t_std{i}", torch.ones(1, c, 1, 1))
-        self.student = Student(config, channels)
+        stem_channels = self.teacher.block_channels(config.stem_block) if self.teacher_stem else None
+        self.student = Student(config, channels, stem_channels)
         size = config.image_size
         self.head = MapHead(size, size, sigma=config.sigma)
 
@@ -168,10 +182,27 @@ class GTrans(nn.Module):
         self.teacher.eval()  # frozen AGN: BatchNorm always in inference mode
         return self
 
+    @property
+    def teacher_stem(self) -> bool:
+        return self.config.student_stem == "teacher"
+
+    def agn_blocks(self) -> list[int]:
+        """The AGN blocks one teacher pass computes: the student's input block first when it has one."""
+        return ([self.config.stem_block] if self.teacher_stem else []) + list(self.config.teacher_blocks)
+
+    def standardise(self, raw: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [(f - getattr(self, f"t_mean{i}")) / getattr(self, f"t_std{i}") for i, f in enumerate(raw)]
+
     @torch.no_grad()
+    def agn(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One AGN pass: (the student's input, the standardised targets per scale)."""
+        feats = self.teacher(x, self.agn_blocks())
+        if self.teacher_stem:
+            return feats[0], self.standardise(feats[1:])
+        return x, self.standardise(feats)
+
     def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = self.teacher(x, list(self.config.teacher_blocks))
-        return [(f - getattr(self, f"t_mean{i}")) / getattr(self, f"t_std{i}") for i, f in enumerate(feats)]
+        return self.agn(x)[1]
 
     @torch.no_grad()
     def fit_teacher_stats(self, raw_feats: list[torch.Tensor]) -> None:
@@ -189,13 +220,23 @@ class GTrans(nn.Module):
             maps.append(dist + self.config.cos_weight * direction)
         return maps
 
-    def training_loss(self, x: torch.Tensor, teacher: list[torch.Tensor] | None = None) -> torch.Tensor:
-        teacher = teacher if teacher is not None else self.teacher_features(x)
-        maps = self.scale_maps(self.student(x), teacher)
+    def training_loss(
+        self,
+        x: torch.Tensor,
+        teacher: list[torch.Tensor] | None = None,
+        student_input: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean map over scales; ``teacher`` and ``student_input`` come from a cache of ``agn`` when given."""
+        if teacher is None:
+            student_input, teacher = self.agn(x)
+        elif student_input is None:
+            student_input = x
+        maps = self.scale_maps(self.student(student_input), teacher)
         return torch.stack([m.mean() for m in maps]).mean()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = self.scale_maps(self.student(x), self.teacher_features(x))
+        student_input, teacher = self.agn(x)
+        maps = self.scale_maps(self.student(student_input), teacher)
         size = maps[0].shape[-2:]
         combined = torch.stack(
             [
