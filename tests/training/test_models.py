@@ -142,3 +142,34 @@ def test_images_load_in_model_colour_order(synthetic_dataset: Path) -> None:
 
     imgs = load_images(sorted((synthetic_dataset / "train" / "good").glob("*.png"))[:2], Preprocess(64, 64))
     assert imgs.shape == (2, 64, 64, 3) and imgs.dtype == np.uint8
+
+
+@pytest.mark.parametrize("stem", ["scratch", "teacher"])
+def test_gtrans_cached_loss_equals_the_one_graph_loss(stem: str) -> None:
+    """Training reads the AGN's outputs from a cache; the loss must be what the model computes itself."""
+    from training.train import batch_loss, cache_targets
+
+    torch.manual_seed(0)
+    model = build_model("gtrans", {"image_size": 64, "depth": 1, "dim": 32, "student_stem": stem})
+    x = torch.randn(6, 3, 64, 64)
+    cached = cache_targets("gtrans", model, x)
+    assert len(cached) == len(model.config.teacher_blocks) + (stem == "teacher")
+    model.eval()
+    idx = torch.tensor([4, 1, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(batch_loss("gtrans", model, x, cached, idx), model.training_loss(x[idx]))
+
+
+def test_gtrans_teacher_stem_is_frozen_and_batch_independent() -> None:
+    torch.manual_seed(0)
+    model = build_model("gtrans", {"image_size": 64, "depth": 1, "dim": 32, "student_stem": "teacher"}).eval()
+    x = torch.randn(3, 3, 64, 64)
+    loss = model.training_loss(x)
+    loss.backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    with torch.no_grad():
+        scores, _ = model(x)
+        for i in range(3):
+            torch.testing.assert_close(model(x[i : i + 1])[0], scores[i : i + 1], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="student_stem"):
+        build_model("gtrans", {"image_size": 64, "student_stem": "imagenet"})
