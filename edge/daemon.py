@@ -115,7 +115,10 @@ class Daemon:
         self.notifier = notifier
         self.pre = manifest.input.preprocess()
         self.post = Postprocessor(
-            manifest.normalization, config.postprocess.min_region_area, config.postprocess.max_regions
+            manifest.normalization,
+            config.postprocess.min_region_area,
+            config.postprocess.max_regions,
+            pre=self.pre,
         )
         self.max_batch = max(
             1, min(config.model.max_batch or manifest.input.max_batch, _backend_max_batch(backend))

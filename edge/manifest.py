@@ -48,6 +48,7 @@ class InputSpec(_Strict):
     mean: List[float]
     std: List[float]
     max_batch: int = Field(default=8, ge=1)
+    resize: str = "stretch"  # bundles from before letterbox existed stretched each axis
 
     def preprocess(self) -> Preprocess:
         return Preprocess(
@@ -56,6 +57,7 @@ class InputSpec(_Strict):
             color_order=self.color_order,
             mean=tuple(self.mean),  # type: ignore[arg-type]
             std=tuple(self.std),  # type: ignore[arg-type]
+            resize=self.resize,
         )
 
 

@@ -2,7 +2,9 @@
 
 The model sees a resized crop (the ROI) of the camera frame; SCADA and HMIs think in camera pixels. So the
 binary mask and the region boxes are mapped back through the ROI offset and the resize scale here, once,
-and every consumer gets the same numbers.
+and every consumer gets the same numbers. With a letterboxed input the map is first cropped to where the
+ROI landed (``Preprocess.content_box``) and the score is the maximum of that crop: padding never scores,
+and the verdict and the mask still come from the same pixels.
 
 Normalisation comes from the manifest and is applied to the score and to every map pixel alike, so one
 threshold (normalised units) serves both the image verdict and the pixel mask.
@@ -21,6 +23,7 @@ import cv2
 import numpy as np
 
 from edge.manifest import ScoreNormalization
+from edge.preprocess import Preprocess
 
 Box = Tuple[int, int, int, int]  # x, y, w, h
 
@@ -82,8 +85,13 @@ class Postprocessor:
     """Raw (score, map) of one frame -> :class:`Verdict`. Stateless; safe to share between cameras."""
 
     def __init__(
-        self, normalization: ScoreNormalization, min_region_area: int = 16, max_regions: int = 32
+        self,
+        normalization: ScoreNormalization,
+        min_region_area: int = 16,
+        max_regions: int = 32,
+        pre: Optional[Preprocess] = None,
     ) -> None:
+        self.pre = pre
         self.offset = float(normalization.offset)
         self.scale = float(normalization.scale)
         self.min_region_area = int(min_region_area)
@@ -92,6 +100,10 @@ class Postprocessor:
     def __call__(
         self, raw_score: float, raw_map: np.ndarray, threshold: float, frame_hw: Tuple[int, int], roi: Box
     ) -> Verdict:
+        if self.pre is not None and self.pre.resize != "stretch":
+            x, y, w, h = self.pre.content_box(roi[3], roi[2])
+            raw_map = np.asarray(raw_map)[y : y + h, x : x + w]
+            raw_score = float(raw_map.max())
         score = (float(raw_score) - self.offset) / self.scale
         norm_map = ((np.asarray(raw_map, np.float32) - self.offset) / self.scale).astype(
             np.float32, copy=False

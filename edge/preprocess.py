@@ -3,6 +3,12 @@
 Only the geometric part (resize, colour order) happens outside the model: the daemon does it with OpenCV
 and the exported ONNX graph takes the result as uint8 NHWC. Normalisation (mean/std) is inside the graph,
 so the device never has to agree with training on float maths.
+
+Geometry: ``letterbox`` (the default for new models) scales a frame by one factor so its longer side fits
+the model input and pads the rest with black, so a part keeps its shape whatever the camera's aspect
+ratio and a thin crack stays thin; ``stretch`` (bundles made before letterbox existed) resizes each axis
+on its own. ``content_box`` says where the frame landed, so maps are cropped back to the frame and the
+padding never scores.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_MODES = ("stretch", "letterbox")
+Box = Tuple[int, int, int, int]  # x, y, width, height
 
 
 @dataclass(frozen=True)
@@ -26,10 +34,13 @@ class Preprocess:
     color_order: str = "RGB"  # channel order of the model input; OpenCV frames are BGR
     mean: Tuple[float, float, float] = field(default=IMAGENET_MEAN)
     std: Tuple[float, float, float] = field(default=IMAGENET_STD)
+    resize: str = "stretch"  # "stretch" or "letterbox"; see the module docstring
 
     def __post_init__(self) -> None:
         if self.color_order not in ("RGB", "BGR"):
             raise ValueError(f"color_order must be 'RGB' or 'BGR', got {self.color_order!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
         if self.height < 16 or self.width < 16:
             raise ValueError(f"input size must be at least 16x16, got {self.height}x{self.width}")
 
@@ -44,6 +55,28 @@ class Preprocess:
             color_order=str(data["color_order"]),
             mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
             std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+            resize=str(data.get("resize", "stretch")),
+        )
+
+    def content_box(self, h: int, w: int) -> Box:
+        """Where an h x w frame lands in the model input, (x, y, width, height) in model pixels."""
+        if self.resize == "stretch" or h <= 0 or w <= 0:
+            return (0, 0, self.width, self.height)
+        scale = min(self.width / w, self.height / h)
+        cw = min(self.width, max(1, int(round(w * scale))))
+        ch = min(self.height, max(1, int(round(h * scale))))
+        return ((self.width - cw) // 2, (self.height - ch) // 2, cw, ch)
+
+    def fit(self, image: np.ndarray, interpolation: int) -> np.ndarray:
+        """The geometric step alone, for frames and masks alike: resize into the content box, pad black."""
+        h, w = image.shape[:2]
+        x, y, cw, ch = self.content_box(h, w)
+        if (h, w) != (ch, cw):
+            image = cv2.resize(image, (cw, ch), interpolation=interpolation)
+        if (cw, ch) == (self.width, self.height):
+            return image
+        return cv2.copyMakeBorder(
+            image, y, self.height - ch - y, x, self.width - cw - x, cv2.BORDER_CONSTANT, value=0
         )
 
     def frame_to_input(self, frame_bgr: np.ndarray, prefiltered: bool = False) -> np.ndarray:
@@ -61,11 +94,12 @@ class Preprocess:
         if frame_bgr.dtype != np.uint8:
             raise ValueError(f"expected a uint8 frame, got {frame_bgr.dtype}")
         h, w = frame_bgr.shape[:2]
-        if (h, w) != (self.height, self.width):
-            shrinking = h > self.height or w > self.width
-            mild = h < 2 * self.height and w < 2 * self.width
+        _, _, cw, ch = self.content_box(h, w)
+        if (h, w) != (ch, cw) or (cw, ch) != (self.width, self.height):
+            shrinking = h > ch or w > cw
+            mild = h < 2 * ch and w < 2 * cw
             interp = cv2.INTER_AREA if shrinking and not (prefiltered and mild) else cv2.INTER_LINEAR
-            frame_bgr = cv2.resize(frame_bgr, (self.width, self.height), interpolation=interp)
+            frame_bgr = self.fit(frame_bgr, interp)
         if self.color_order == "RGB":
             return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
         return np.ascontiguousarray(frame_bgr)

@@ -54,6 +54,7 @@ def input_spec(pre: Preprocess, max_batch: int) -> dict[str, object]:
         "mean": list(pre.mean),
         "std": list(pre.std),
         "max_batch": max_batch,
+        "resize": pre.resize,
     }
 
 

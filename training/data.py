@@ -69,19 +69,26 @@ def read_image(path: Path, pre: Preprocess) -> np.ndarray:
     return pre.frame_to_input(frame)
 
 
+def read_size(path: Path) -> tuple[int, int]:
+    """An image file's own (height, width)."""
+    frame = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if frame is None:
+        raise DatasetError(f"cannot read image {path}: the file is missing, corrupt or not an image")
+    return frame.shape[:2]
+
+
 def read_mask(path: Path | None, pre: Preprocess) -> np.ndarray:
     """A ground-truth mask as bool HxW at the model size; all False for a good image (``path`` None).
 
-    Nearest-neighbour resizing keeps the mask binary; any non-zero pixel is defective.
+    It goes through the image's geometry (``Preprocess.fit``); nearest-neighbour resizing keeps it
+    binary; any non-zero pixel is defective.
     """
     if path is None:
         return np.zeros((pre.height, pre.width), dtype=bool)
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise DatasetError(f"cannot read mask {path}: the file is missing, corrupt or not an image")
-    if mask.shape != (pre.height, pre.width):
-        mask = cv2.resize(mask, (pre.width, pre.height), interpolation=cv2.INTER_NEAREST)
-    return mask > 0
+    return pre.fit(mask, cv2.INTER_NEAREST) > 0
 
 
 @dataclass(frozen=True)
@@ -225,8 +232,14 @@ class ImageFolderDataset(Dataset):
         return torch.from_numpy(read_image(self.paths[index], self.pre))
 
 
-def load_images(paths: Sequence[Path], pre: Preprocess, progress: bool = False) -> np.ndarray:
-    """All images as one uint8 (N, H, W, 3) array; for small sets held in memory (MVTec: ~200 per category)."""
+def load_images(
+    paths: Sequence[Path], pre: Preprocess, progress: bool = False, sizes: list[tuple[int, int]] | None = None
+) -> np.ndarray:
+    """All images as one uint8 (N, H, W, 3) array; for small sets held in memory (MVTec: ~200 per category).
+
+    ``sizes``, when given, receives each file's own (height, width), which ``Preprocess.content_box`` maps
+    to where the image landed in the model input.
+    """
     paths = [Path(p) for p in paths]
     if not paths:
         raise DatasetError("no images to load")
@@ -237,7 +250,14 @@ def load_images(paths: Sequence[Path], pre: Preprocess, progress: bool = False) 
 
         iterator = tqdm(paths, desc="loading images", unit="img")
     for i, path in enumerate(iterator):
-        out[i] = read_image(path, pre)
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise DatasetError(
+                f"cannot read image {path}: the file is missing, corrupt or not an image; replace or remove it"
+            )
+        if sizes is not None:
+            sizes.append(frame.shape[:2])
+        out[i] = pre.frame_to_input(frame)
     return out
 
 

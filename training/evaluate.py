@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from edge.preprocess import Preprocess
 from training.checkpoint import Checkpoint, load_checkpoint
-from training.data import MVTecCategory, load_images, load_test_set
+from training.data import MVTecCategory, load_images, load_test_set, read_size
 from training.graph import InferenceModel
 from training.metrics import evaluate_maps, f1_at_threshold
 
@@ -39,12 +40,23 @@ def predict(
     return np.concatenate(scores), np.concatenate(maps), len(images) / elapsed
 
 
+def content_scores(maps: np.ndarray, sizes: list[tuple[int, int]], pre: Preprocess) -> np.ndarray:
+    """Image scores as the daemon computes them: the map's maximum over where the image landed."""
+    scores = np.empty(len(maps), dtype=np.float32)
+    for i, (amap, (h, w)) in enumerate(zip(maps, sizes, strict=True)):
+        x, y, cw, ch = pre.content_box(h, w)
+        scores[i] = amap[y : y + ch, x : x + cw].max()
+    return scores
+
+
 def good_threshold(ckpt: Checkpoint, model: InferenceModel) -> float | None:
     """The 1 % false-alarm quantile of the held-out good images (None when the checkpoint has none)."""
     val = [Path(p) for p in ckpt.data.get("val_files", []) if Path(p).is_file()]
     if not val:
         return None
-    scores, _, _ = predict(model, load_images(val, ckpt.preprocess))
+    sizes: list[tuple[int, int]] = []
+    _, maps, _ = predict(model, load_images(val, ckpt.preprocess, sizes=sizes))
+    scores = content_scores(maps, sizes, ckpt.preprocess)
     return float(np.quantile(scores, 1.0 - FALSE_ALARM_RATE))
 
 
@@ -54,9 +66,11 @@ def evaluate(checkpoint: Path, data: Path, batch: int = 8, threads: int | None =
     ckpt = load_checkpoint(checkpoint)
     model = InferenceModel(ckpt.model, ckpt.preprocess).eval()
     category = MVTecCategory(Path(data))
-    images, masks, labels, types, _ = load_test_set(category, ckpt.preprocess)
+    images, masks, labels, types, paths = load_test_set(category, ckpt.preprocess)
     predict(model, images[:batch], batch)  # warm-up, not counted
-    scores, maps, rate = predict(model, images, batch)
+    _, maps, rate = predict(model, images, batch)
+    sizes = [read_size(p) for p in paths]
+    scores = content_scores(maps, sizes, ckpt.preprocess)
     result = evaluate_maps(labels, scores, masks, maps, types)
     threshold = good_threshold(ckpt, model)
     if threshold is not None:

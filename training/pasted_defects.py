@@ -159,6 +159,8 @@ def evaluate_pasted(
             "throughput_img_s": rate[0],
             "batch": batch,
             "threads": torch.get_num_threads(),
+            "train_seconds": ckpt.train_state.get("train_seconds"),
+            "epochs": ckpt.train_state.get("epoch"),
         }
     )
     return result

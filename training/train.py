@@ -132,7 +132,9 @@ def make_preprocess(kind: str, model_config: dict[str, Any]) -> Preprocess:
         if "image_size" not in model_config
         else int(model_config["image_size"])
     )
-    return Preprocess(height=size, width=size, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return Preprocess(
+        height=size, width=size, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="letterbox"
+    )
 
 
 def resume_state(path: Path, kind: str, data_fp: str) -> Checkpoint | None:

@@ -14,6 +14,7 @@ def _result(model: str, image: float) -> dict:
         "pixel_auroc": 0.5,
         "aupro": None,
         "f1_at_good_threshold": {"f1": 0.25},
+        "recall_at_fpr": {"0.01": 0.9, "0.001": 0.8},
         "epochs": 3,
         "train_seconds": 90.0,
         "throughput_img_s": 12.5,
@@ -25,7 +26,7 @@ def test_markdown_rows_come_from_the_results_and_name_the_seed() -> None:
     text = markdown([_result("gtrans", 0.9876), _result("conv-ae", 0.5)], Path("data/bottle"), seed=3)
     assert "# Results on MVTec AD `bottle`" in text and "Seed 3." in text
     rows = [line for line in text.splitlines() if line.startswith("| gtrans |") or line.startswith("| conv-ae |")]
-    assert rows[0].split(" | ")[2:9] == ["0.988", "0.500", "n/a", "0.250", "3", "1.5 min", "12.5 |"]
+    assert rows[0].split(" | ")[2:11] == ["0.988", "0.500", "n/a", "0.900", "0.800", "0.250", "3", "1.5 min", "12.5 |"]
     assert "| gtrans | crack | 1.000 | 0.750 | 0.125 |" in text
     assert len(rows) == 4  # one summary row and one per-type row per model
     assert "pasted image AUROC" not in text  # results evaluated before edge-eval --pasted existed
@@ -34,10 +35,17 @@ def test_markdown_rows_come_from_the_results_and_name_the_seed() -> None:
 def test_pasted_defect_numbers_get_their_own_table() -> None:
     with_pasted = {
         **_result("anovit", 0.9),
-        "pasted": {"image_auroc": 0.9567, "pixel_auroc": 0.875, "aupro": None, "n_good": 21, "n_pasted": 63},
+        "pasted": {
+            "image_auroc": 0.9567,
+            "pixel_auroc": 0.875,
+            "aupro": None,
+            "recall_at_fpr": {"0.01": 0.5, "0.001": 0.25},
+            "n_good": 21,
+            "n_pasted": 63,
+        },
     }
     text = markdown([with_pasted, _result("conv-ae", 0.5)], Path("data/bottle"))
-    assert "| anovit | 0.957 | 0.875 | n/a | 21 + 63 |" in text
+    assert "| anovit | 0.957 | 0.875 | n/a | 0.500 | 0.250 | 21 + 63 |" in text
     lines = text.splitlines()
     assert any(line.startswith("| conv-ae | conv encoder") for line in lines)  # its main row stays
     assert not any(line.startswith("| conv-ae | 0.") for line in lines)  # and it gets no pasted row
