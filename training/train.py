@@ -209,11 +209,17 @@ def train(cfg: TrainConfig) -> Path:
         started = time.perf_counter()
         train_loss = run_epoch(cfg, model, x_train, cached, optimizer, schedule, epoch, batch_size, progress)
         val_loss = validation_loss(model, x_val)
+        val_fit = held_out_loss(model, x_val)
         state["train_seconds"] += time.perf_counter() - started
         state["epoch"] = epoch + 1
-        state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
+        state["history"].append(
+            {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "held_out_loss": val_fit}
+        )
         state["completed"] = epoch + 1 == epochs
-        progress.note(f"epoch {epoch + 1}/{epochs} train {train_loss:.4f} val {val_loss:.4f}")
+        progress.note(
+            f"epoch {epoch + 1}/{epochs} loss: train {train_loss:.4f} held-out {val_fit:.4f} "
+            f"(x{val_fit / train_loss:.2f}); held-out mean score {val_loss:.4f}"
+        )
         save_checkpoint(
             ckpt_path,
             cfg.model,
@@ -281,6 +287,20 @@ def validation_loss(model: nn.Module, x_val: torch.Tensor | None) -> float:
     model.eval()
     scores = torch.cat([model(x_val[i : i + 16])[0] for i in range(0, len(x_val), 16)])
     return float(scores.mean())
+
+
+@torch.no_grad()
+def held_out_loss(model: nn.Module, x_val: torch.Tensor | None) -> float:
+    """The training loss's own quantity on held-out good images (NaN without them or for a model that
+    has no loss): its ratio to the training loss is the overfitting a user would otherwise not see."""
+    if x_val is None or len(x_val) == 0 or not hasattr(model, "training_loss"):
+        return float("nan")
+    model.eval()
+    losses = [
+        float(model.training_loss(x_val[i : i + 16])) * len(x_val[i : i + 16])
+        for i in range(0, len(x_val), 16)
+    ]
+    return sum(losses) / len(x_val)
 
 
 def log(message: str, enabled: bool = True) -> None:
