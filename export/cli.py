@@ -60,10 +60,10 @@ def engines_after_export(bundle: Path, precisions: list[str], max_batch: int) ->
     return EXIT_OK
 
 
-def build_engines_command(bundle: Path, max_batch: int | None) -> int:
+def build_engines_command(bundle: Path, max_batch: int | None, cache_dir: Path | None = None) -> int:
     say(f"building TensorRT engines for {bundle}…")
     try:
-        engines = build_bundle_engines(bundle, None, max_batch)
+        engines = build_bundle_engines(bundle, None, max_batch, cache_dir)
     except EngineUnavailable as exc:
         say(
             str(exc).replace(
@@ -138,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--build-engine",
         action="store_true",
         help="build TensorRT engines into BUNDLE/engines (needs TensorRT: on the device)",
+    )
+    p.add_argument(
+        "--engine-cache-dir",
+        type=Path,
+        help="with --build-engine BUNDLE: where the engines go (default BUNDLE/engines); give the daemon's "
+        "model.engine_cache_dir when the bundle is installed read-only",
     )
     p.add_argument(
         "--no-gate",
@@ -222,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--out BUNDLE is required to export (or use --build-engine BUNDLE on the device, "
                     "or --sign-key KEY BUNDLE to sign a bundle)"
                 )
-            return build_engines_command(args.source, args.max_batch)
+            return build_engines_command(args.source, args.max_batch, args.engine_cache_dir)
         return export_command(args)
     except GateFailed as exc:
         say(f"error: {exc}")
