@@ -308,12 +308,10 @@ def _depth(data: Any) -> int:
     return deepest
 
 
-def parse_manifest(data: bytes) -> Manifest:
-    """Validate a manifest's bytes; every problem is one BundleError line."""
+def parse_manifest(data: bytes, where: str = MANIFEST_NAME) -> Manifest:
+    """Validate a manifest's bytes; every problem is one BundleError line starting with ``where``."""
     if len(data) > MAX_MANIFEST_BYTES:
-        raise BundleError(
-            f"{MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes; it is not a bundle manifest"
-        )
+        raise BundleError(f"{where} is larger than {MAX_MANIFEST_BYTES} bytes; it is not a bundle manifest")
     try:
         doc = json.loads(
             data.decode("utf-8"),
@@ -322,28 +320,24 @@ def parse_manifest(data: bytes) -> Manifest:
             object_pairs_hook=_no_duplicate_keys,
         )
     except RecursionError:
-        raise BundleError(f"{MANIFEST_NAME} is nested too deeply; re-export the bundle") from None
+        raise BundleError(f"{where} is nested too deeply; re-export the bundle") from None
     except (UnicodeDecodeError, ValueError) as exc:
-        raise BundleError(
-            f"{MANIFEST_NAME} is not valid JSON ({_one_line(exc)}); re-export the bundle"
-        ) from None
+        raise BundleError(f"{where} is not valid JSON ({_one_line(exc)}); re-export the bundle") from None
     if _depth(doc) > MAX_DEPTH:
-        raise BundleError(f"{MANIFEST_NAME} is nested deeper than {MAX_DEPTH} levels; re-export the bundle")
+        raise BundleError(f"{where} is nested deeper than {MAX_DEPTH} levels; re-export the bundle")
     version = doc.get("schema_version") if isinstance(doc, dict) else None
     if type(version) is not int or version != SCHEMA_VERSION:
         shown = repr(version)[:20]
         raise BundleError(
-            f"{MANIFEST_NAME} has schema_version {shown}; this runtime reads version {SCHEMA_VERSION}. "
+            f"{where} has schema_version {shown}; this runtime reads version {SCHEMA_VERSION}. "
             "Re-export the bundle with a matching edge-anomaly version."
         )
     try:
         return Manifest.model_validate(doc)
     except ValidationError as exc:
-        raise BundleError(
-            f"{MANIFEST_NAME} does not match the manifest schema: {_first_error(exc)}"
-        ) from None
+        raise BundleError(f"{where} does not match the manifest schema: {_first_error(exc)}") from None
     except RecursionError:
-        raise BundleError(f"{MANIFEST_NAME} is nested too deeply; re-export the bundle") from None
+        raise BundleError(f"{where} is nested too deeply; re-export the bundle") from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -451,7 +445,7 @@ def read_manifest(bundle_dir: Path) -> Manifest:
         raise BundleError(
             f"{bundle_dir} is not a bundle: {MANIFEST_NAME} not found. Make one with edge-export."
         )
-    return parse_manifest(data)
+    return parse_manifest(data, str(Path(bundle_dir) / MANIFEST_NAME))
 
 
 def verify_bundle(
@@ -475,8 +469,8 @@ def verify_bundle(
             try:
                 signer = trusted_keys.verify(data, signature)
             except SignatureError as exc:
-                raise BundleError(str(exc)) from None
-        manifest = parse_manifest(data)
+                raise BundleError(f"{bundle.path}: {exc}") from None
+        manifest = parse_manifest(data, str(bundle.path / MANIFEST_NAME))
         wanted = (
             manifest.precisions
             if precisions is None
@@ -494,14 +488,16 @@ def _check_file(bundle: _BundleDir, name: str, expected: str, precision: Optiona
     found, quantized = bundle.digest(name)
     if found != expected:
         raise BundleError(
-            f"bundle file {name} does not match its manifest (sha256 differs): the bundle was modified or "
-            "truncated; copy it again from the export"
+            f"bundle file {name} does not match its manifest (sha256 differs, in {bundle.path}): the bundle "
+            "was modified or truncated; copy it again from the export"
         )
     if precision == "int8" and not quantized:
-        raise BundleError(f"{name} is listed as int8 but holds no Q/DQ (int8) graph; re-export the bundle")
+        raise BundleError(
+            f"{bundle.path / name} is listed as int8 but holds no Q/DQ (int8) graph; re-export the bundle"
+        )
     if precision in ("fp32", "fp16") and quantized:
         raise BundleError(
-            f"{name} is listed as {precision} but holds a Q/DQ (int8) graph; re-export the bundle"
+            f"{bundle.path / name} is listed as {precision} but holds a Q/DQ (int8) graph; re-export the bundle"
         )
 
 
