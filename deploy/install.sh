@@ -673,6 +673,11 @@ build_engine() {
 }
 
 check_config() {
+    local installed
+    installed=$(p "$CONFIG_PATH")
+    if [[ -f $installed ]] && ! grep -q '^[[:space:]]*engine_cache_dir[[:space:]]*=' "$installed"; then
+        echo "warning: $CONFIG_PATH sets no [model] engine_cache_dir: TensorRT engines would go into the read-only bundle and be rebuilt at every start; add engine_cache_dir = \"$ENGINE_DIR\""
+    fi
     if [[ -z $ROOT && $DRY_RUN -eq 0 && ! -x $PREFIX/venv/bin/edge-run ]]; then
         echo "note: $PREFIX/venv/bin/edge-run not found; skipping the config check"
         return 0
