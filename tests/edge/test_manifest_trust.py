@@ -78,7 +78,7 @@ def write_manifest(site: dict[str, Path], text: str) -> None:
 
 @contextlib.contextmanager
 def opened_files() -> Iterator[list[str]]:
-    """Real paths of every file opened through os.open or builtins.open while the block runs."""
+    """Real paths of every file opened through os.open, builtins.open or io.open (pathlib) in the block."""
     seen: list[str] = []
     real_os_open, real_open = os.open, builtins.open
 
@@ -97,11 +97,11 @@ def opened_files() -> Iterator[list[str]]:
             record(fh.fileno())
         return fh
 
-    os.open, builtins.open = os_open, open_  # type: ignore[assignment]
+    os.open, builtins.open, io.open = os_open, open_, open_  # type: ignore[assignment]
     try:
         yield seen
     finally:
-        os.open, builtins.open = real_os_open, real_open  # type: ignore[assignment]
+        os.open, builtins.open, io.open = real_os_open, real_open, real_open  # type: ignore[assignment]
 
 
 def run_cli(site: dict[str, Path], *extra: str) -> tuple[int, str, list[str]]:
