@@ -196,6 +196,7 @@ record() {
     ((DRY_RUN == 0)) || return 0
     file=$(p "$RECORD")
     [[ -d $(dirname "$file") ]] || return 0
+    refuse_links "$RECORD"
     if [[ -f $file ]] && grep -qxF -- "$line" "$file"; then return 0; fi
     printf '%s\n' "$line" >>"$file"
     chmod 0644 "$file"
