@@ -4,6 +4,16 @@
 # Idempotent: every file is compared with what is already installed and only written when its content or
 # mode differs ("unchanged ..." otherwise), so running it twice changes nothing and restarts nothing.
 # Run `deploy/install.sh --help` for the options; deploy/README.md walks through a whole installation.
+#
+# Fail closed (deploy/README.md, "Threat model"):
+# - the bundle and every directory above it are root-owned and not writable by the service user, so the
+#   service cannot swap its own model in; TensorRT engines go to a separate service-owned directory;
+# - no path this script manages may be a symbolic link: it refuses instead of following one as root;
+# - every path it creates is recorded in $RECORD; uninstall and purge remove only recorded paths, and a
+#   --prefix that is a system directory is refused;
+# - operator files it did not create (TLS keys, password files) survive --purge unless named with
+#   --purge-also; a config replaced by --force-config is backed up first;
+# - Python dependencies come from a pinned, hashed lock file (deploy/requirements*.lock, pip --require-hashes).
 set -euo pipefail
 umask 022
 
@@ -17,7 +27,9 @@ ETC_DIR=/etc/edge-anomaly
 CONFIG_PATH=$ETC_DIR/config.toml
 STATE_DIR=/var/lib/edge-anomaly
 BUNDLE_DIR=$STATE_DIR/bundle
+ENGINE_DIR=$STATE_DIR/engines
 CACHE_DIR=/var/cache/edge-anomaly
+RECORD=$STATE_DIR/installed-paths
 UNIT_DIR=/etc/systemd/system
 UNIT_PATH=$UNIT_DIR/$SERVICE.service
 DROPIN_DIR=$UNIT_PATH.d
@@ -43,6 +55,9 @@ UNINSTALL=0
 PURGE=0
 CHANGED=0
 TMP_DIR=""
+ALLOW_UNPINNED=0
+PURGE_ALSO=()
+MANAGED_ROOTS=()
 
 usage() {
     cat <<EOF
@@ -54,12 +69,15 @@ Install:
   --config FILE       config to install as $CONFIG_PATH (root:$SERVICE_USER 0640); an existing config is
                       kept unless --force-config. Without --config the first install copies
                       config.example.toml, which you must edit before starting.
-  --force-config      replace an existing $CONFIG_PATH
-  --prefix DIR        where the venv and docs go (default $DEFAULT_PREFIX)
+  --force-config      replace an existing $CONFIG_PATH (the old one is kept as config.toml.bak-<time>)
+  --prefix DIR        where the venv and docs go (default $DEFAULT_PREFIX; a directory of its own, never a
+                      system directory such as /usr)
   --wheel PATH        wheel to pip install into the venv
   --source PATH       source tree to pip install into the venv (default: the checkout holding this script)
   --extras LIST       extras to install with it, e.g. tensorrt,metrics
-  --pip-args ARGS     extra pip arguments/requirements, e.g. "--no-index --find-links /media/usb/wheels"
+  --pip-args ARGS     extra pip arguments, e.g. "--no-index --find-links /media/usb/wheels"
+  --allow-unpinned    install dependencies without the hashed lock file when none fits this Python
+                      (deploy/requirements-py3X.lock or deploy/requirements.lock); not recommended
   --python PATH       interpreter for the venv (default python3; /usr/bin/python3 with --system-python)
   --system-python     make the venv with --system-site-packages so JetPack's tensorrt and cv2 are visible
   --skip-venv         do not create the venv or pip install (the venv is managed elsewhere; used by tests)
@@ -69,9 +87,13 @@ Install:
   --enable            enable and start the service (systemctl enable --now)
 
 Remove:
-  --uninstall         stop and disable the service, remove the unit, drop-ins and $DEFAULT_PREFIX;
-                      keeps $ETC_DIR, $STATE_DIR (bundle, engines) and the user
-  --purge             with --uninstall: also remove config, state, cache and the $SERVICE_USER user
+  --uninstall         stop and disable the service, remove the unit, drop-ins and what install.sh put in
+                      the --prefix (venv, docs); keeps $ETC_DIR, $STATE_DIR (bundle, engines) and the user.
+                      Only paths recorded in $RECORD as created by install.sh are removed.
+  --purge             with --uninstall: also remove the config, bundle, engines and cache install.sh
+                      created, and the $SERVICE_USER user. Files it did not create (TLS keys, password
+                      files) are kept unless named with --purge-also
+  --purge-also PATH   with --purge: also remove this operator file or directory under $ETC_DIR (repeatable)
 
 Safety:
   --dry-run           print every action, change nothing
@@ -96,6 +118,8 @@ parse_args() {
             --bundle) need_value "$@"; BUNDLE_SRC=$2; shift 2 ;;
             --config) need_value "$@"; CONFIG_SRC=$2; shift 2 ;;
             --force-config) FORCE_CONFIG=1; shift ;;
+            --allow-unpinned) ALLOW_UNPINNED=1; shift ;;
+            --purge-also) need_value "$@"; PURGE_ALSO+=("$2"); shift 2 ;;
             --prefix) need_value "$@"; PREFIX=${2%/}; shift 2 ;;
             --wheel | --source) need_value "$@"; PACKAGE=$2; shift 2 ;;
             --extras) need_value "$@"; EXTRAS=$2; shift 2 ;;
@@ -122,9 +146,60 @@ parse_args() {
         if ((SYSTEM_PYTHON)); then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
     fi
     ((PURGE == 0 || UNINSTALL == 1)) || die "--purge only goes with --uninstall"
+    ((${#PURGE_ALSO[@]} == 0 || PURGE == 1)) || die "--purge-also only goes with --uninstall --purge"
+    check_prefix
+    MANAGED_ROOTS=("$ETC_DIR" "$STATE_DIR" "$CACHE_DIR" "$PREFIX" "$DROPIN_DIR" "$UNIT_PATH")
     if ((DRY_RUN == 0)) && [[ -z $ROOT ]] && [[ $(id -u) -ne 0 ]]; then
         die "installing into the system needs root: run with sudo, or try --dry-run / --root DIR first"
     fi
+}
+
+# A --prefix of its own: absolute, normalised, at least two levels deep and not a system directory, so an
+# uninstall can never be aimed at /usr or /opt themselves.
+check_prefix() {
+    [[ $PREFIX == /* ]] || die "--prefix $PREFIX must be an absolute path"
+    [[ $PREFIX != *//* && /$PREFIX/ != */../* && /$PREFIX/ != */./* ]] ||
+        die "--prefix $PREFIX must be a plain path (no '..', '.' or '//')"
+    case $PREFIX in
+        / | /bin | /boot | /dev | /etc | /home | /lib | /lib32 | /lib64 | /media | /mnt | /opt | /proc | /root | /run | \
+            /sbin | /snap | /srv | /sys | /tmp | /usr | /usr/* | /var | /var/lib | /var/cache | /var/log | /etc/*)
+            if [[ $PREFIX != /usr/local/* ]]; then
+                die "--prefix $PREFIX is a system directory; give a directory of its own, e.g. $DEFAULT_PREFIX"
+            fi
+            ;;
+    esac
+    [[ $PREFIX == /*/* ]] || die "--prefix $PREFIX must be at least two levels deep, e.g. $DEFAULT_PREFIX"
+}
+
+# Refuse (never follow) a symbolic link anywhere in a path this script manages: as root, following a link
+# a less trusted user planted would chmod/chown/overwrite whatever it points at.
+refuse_links() {
+    local dest=$1 a r
+    a=$dest
+    while [[ -n $a && $a != / ]]; do
+        for r in "${MANAGED_ROOTS[@]}"; do
+            if [[ $a == "$r" || $a == "$r"/* ]]; then
+                if [[ -L $(p "$a") ]]; then
+                    die "$a is a symbolic link; install.sh never follows links in the paths it manages. Check who made it, remove it, and run again."
+                fi
+                break
+            fi
+        done
+        a=$(dirname "$a")
+    done
+}
+
+# Remember a path this script created ("F" file, "D" directory: removed only when empty, "T" a tree whose
+# contents the service or pip made: removed whole), so uninstall removes exactly those and nothing else.
+record() {
+    local line="$1 $2" file
+    ((DRY_RUN == 0)) || return 0
+    file=$(p "$RECORD")
+    [[ -d $(dirname "$file") ]] || return 0
+    refuse_links "$RECORD"
+    if [[ -f $file ]] && grep -qxF -- "$line" "$file"; then return 0; fi
+    printf '%s\n' "$line" >>"$file"
+    chmod 0644 "$file"
 }
 
 # ---- primitives: every change goes through these, so --dry-run and --root cover all of them ----------
@@ -174,19 +249,21 @@ norm_mode() { printf '%o' "$((8#$1))"; }
 set_owner() {
     local owner=$1 dest=$2 path
     path=$(p "$dest")
+    refuse_links "$dest"
     [[ -z $ROOT ]] || return 0
     # A path a dry run would create has its owner in the "would create/install" line already.
     [[ -e $path ]] || ((DRY_RUN == 0)) || return 0
     if [[ -e $path && $(stat -c %U:%G "$path") == "$owner" ]]; then
         return 0
     fi
-    sys_run chown "$owner" "$path"
+    sys_run chown -h "$owner" "$path"
     CHANGED=$((CHANGED + 1))
 }
 
 put_dir() {
-    local dest=$1 mode=$2 owner=$3 path
+    local dest=$1 mode=$2 owner=$3 kind=${4:-D} path
     path=$(p "$dest")
+    refuse_links "$dest"
     if [[ -d $path ]]; then
         if [[ $(mode_of "$path") == "$(norm_mode "$mode")" ]]; then
             echo "unchanged $dest/"
@@ -205,14 +282,17 @@ put_dir() {
         install -d -m "$mode" "$path"
         echo "created $dest/ (mode $mode, owner $owner)"
         CHANGED=$((CHANGED + 1))
+        record "$kind" "$dest"
     fi
     set_owner "$owner" "$dest"
 }
 
 # Install one file when its content or mode differs from what is there.
 put_file() {
-    local src=$1 dest=$2 mode=$3 owner=$4 path
+    local src=$1 dest=$2 mode=$3 owner=$4 path existed=0
     path=$(p "$dest")
+    refuse_links "$dest"
+    [[ -e $path ]] && existed=1
     if [[ -f $path ]] && cmp -s "$src" "$path" && [[ $(mode_of "$path") == "$(norm_mode "$mode")" ]]; then
         echo "unchanged $dest"
     elif ((DRY_RUN)); then
@@ -222,6 +302,7 @@ put_file() {
         install -m "$mode" "$src" "$path"
         echo "installed $dest (mode $mode, owner $owner)"
         CHANGED=$((CHANGED + 1))
+        ((existed)) || record F "$dest"
     fi
     set_owner "$owner" "$dest"
 }
@@ -230,6 +311,7 @@ remove_path() {
     local dest=$1 path
     path=$(p "$dest")
     [[ -e $path || -L $path ]] || return 0
+    refuse_links "$(dirname "$dest")"
     if ((DRY_RUN)); then
         echo "would remove $dest"
     else
@@ -265,14 +347,18 @@ ensure_user() {
 
 check_bundle_source() {
     [[ -d $BUNDLE_SRC ]] || die "--bundle $BUNDLE_SRC is not a directory; pass the folder edge-export wrote"
+    if [[ -n $(cd "$BUNDLE_SRC" && find . -type l -print -quit) ]]; then
+        die "--bundle $BUNDLE_SRC holds symbolic links; the daemon refuses them. Copy the bundle with cp -rL first"
+    fi
     [[ -f $BUNDLE_SRC/manifest.json ]] ||
         die "--bundle $BUNDLE_SRC has no manifest.json; pass the folder edge-export wrote (it holds manifest.json and model.*.onnx)"
     compgen -G "$BUNDLE_SRC/model.*.onnx" >/dev/null ||
         die "--bundle $BUNDLE_SRC has no model.*.onnx next to manifest.json; the export did not finish"
 }
 
-# Copy the bundle file by file (engines/ excluded: engines are built on the device) and remove files the
-# new bundle no longer has. The service reads it (root:edge-anomaly 0640) and may write only engines/.
+# Copy the bundle file by file (engines/ excluded: engines are built on the device, into $ENGINE_DIR) and
+# remove files the new bundle no longer has. The service only reads it: root:edge-anomaly, 0750/0640, in a
+# root-owned $STATE_DIR, so it can neither change nor rename it.
 install_bundle() {
     local rel dest_root=$BUNDLE_DIR
     put_dir "$dest_root" 0750 "root:$SERVICE_USER"
@@ -288,7 +374,6 @@ install_bundle() {
         echo "skipped $BUNDLE_SRC/engines: engines are specific to one GPU and TensorRT version; they are built on this device"
     fi
     remove_stale_bundle_files
-    put_dir "$dest_root/engines" 0750 "$SERVICE_USER:$SERVICE_USER"
 }
 
 remove_stale_bundle_files() {
@@ -297,11 +382,13 @@ remove_stale_bundle_files() {
     [[ -d $installed ]] || return 0
     while IFS= read -r -d '' rel; do
         rel=${rel#./}
-        if [[ ! -e $BUNDLE_SRC/$rel ]]; then
+        # engines/ inside the bundle is the old, service-writable layout: engines now live in $ENGINE_DIR
+        if [[ ! -e $BUNDLE_SRC/$rel || $rel == engines || $rel == engines/* ]]; then
+            [[ -e $installed/$rel || -L $installed/$rel ]] || continue # inside a directory removed already
             remove_path "$BUNDLE_DIR/$rel"
             CHANGED=$((CHANGED + 1))
         fi
-    done < <(cd "$installed" && find . -mindepth 1 -not -path './engines' -not -path './engines/*' -print0 | sort -rz)
+    done < <(cd "$installed" && find . -mindepth 1 -print0 | sort -rz)
 }
 
 install_config() {
@@ -322,7 +409,24 @@ install_config() {
         set_owner "root:$SERVICE_USER" "$CONFIG_PATH"
         return 0
     fi
+    if [[ -f $path ]] && ! cmp -s "$src" "$path"; then
+        backup_config
+    fi
     put_file "$src" "$CONFIG_PATH" 0640 "root:$SERVICE_USER"
+}
+
+# --force-config never loses an operator's edits: the old file is kept beside the new one (same owner and
+# mode, so a password in it stays as private as it was). Backups are the operator's: never purged.
+backup_config() {
+    local backup
+    backup="$CONFIG_PATH.bak-$(date -u +%Y%m%dT%H%M%SZ)"
+    refuse_links "$backup"
+    if ((DRY_RUN)); then
+        echo "would back up $CONFIG_PATH to $backup"
+        return 0
+    fi
+    cp -p -- "$(p "$CONFIG_PATH")" "$(p "$backup")"
+    echo "backed up $CONFIG_PATH to $backup"
 }
 
 # The unit names /opt/edge-anomaly; rewrite it for another --prefix.
@@ -346,6 +450,10 @@ jetson_dropin_text() {
     cat <<'EOF'
 # Written by install.sh --jetson. Jetson's integrated GPU, VIC (nvvidconv) and NVMM buffers are reached through
 # these nodes; a node missing on this module is skipped with a log line. See JETSON.md to add one.
+[Unit]
+# CSI cameras: nvarguscamerasrc needs nvargus-daemon up first (ordering only: harmless where it is absent).
+After=nvargus-daemon.service
+
 [Service]
 DeviceAllow=/dev/nvmap rw
 DeviceAllow=/dev/nvhost-ctrl rw
@@ -364,6 +472,21 @@ DeviceAllow=/dev/nvhost-nvenc rw
 DeviceAllow=/dev/nvhost-nvjpg rw
 DeviceAllow=char-nvhost* rw
 DeviceAllow=char-nvgpu* rw
+# JetPack 6 (r36) moved the integrated GPU's nodes under /dev/nvgpu/igpu0/; CUDA opens these.
+DeviceAllow=/dev/nvgpu/igpu0/ctrl rw
+DeviceAllow=/dev/nvgpu/igpu0/as rw
+DeviceAllow=/dev/nvgpu/igpu0/channel rw
+DeviceAllow=/dev/nvgpu/igpu0/tsg rw
+DeviceAllow=/dev/nvgpu/igpu0/ctxsw rw
+DeviceAllow=/dev/nvgpu/igpu0/dbg rw
+DeviceAllow=/dev/nvgpu/igpu0/nvsched rw
+DeviceAllow=/dev/nvgpu/igpu0/power rw
+DeviceAllow=/dev/nvgpu/igpu0/prof rw
+DeviceAllow=/dev/nvgpu/igpu0/prof-ctx rw
+DeviceAllow=/dev/nvgpu/igpu0/prof-dev rw
+DeviceAllow=/dev/nvgpu/igpu0/sched rw
+# JetPack 6's GPU driver also exposes a DRM render node (/dev/dri/renderD*), which CUDA may open.
+DeviceAllow=char-drm rw
 # CSI cameras: nvarguscamerasrc talks to nvargus-daemon over /tmp/argus_socket, hidden by PrivateTmp=yes.
 BindPaths=-/tmp/argus_socket
 EOF
@@ -406,8 +529,56 @@ system_has_cv2() {
     ((SYSTEM_PYTHON)) && "$PYTHON" -c 'import cv2' >/dev/null 2>&1
 }
 
+# The hashed lock for the venv's Python (requirements-py3X.lock), else the generic one; empty only with
+# --allow-unpinned. Regenerate them with deploy/lock-requirements.sh.
+lock_file() {
+    local version candidate
+    version=$("$PYTHON" -c 'import sys; print("%d%d" % sys.version_info[:2])' 2>/dev/null || echo "")
+    for candidate in "$SCRIPT_DIR/requirements-py$version.lock" "$SCRIPT_DIR/requirements.lock"; do
+        if [[ -f $candidate ]] && lock_fits "$candidate" "$version"; then
+            printf '%s' "$candidate"
+            return 0
+        fi
+    done
+    ((ALLOW_UNPINNED)) ||
+        die "no hashed lock file in $SCRIPT_DIR fits Python ${version:-?} with extras '${EXTRAS}'; run deploy/lock-requirements.sh with that Python, or pass --allow-unpinned"
+    echo "warning: installing dependencies WITHOUT a hashed lock file (--allow-unpinned)" >&2
+}
+
+# A lock records the Python it was made for ("# python: 311") and the extras it holds ("# extras: metrics");
+# it fits when the version matches and it holds every extra asked for with --extras.
+lock_fits() {
+    local made_for held extra
+    local -a wanted
+    made_for=$(sed -n 's/^# python: \([0-9]*\)$/\1/p' "$1" | head -n 1)
+    [[ -z $made_for || $made_for == "$2" ]] || return 1
+    held=,$(sed -n 's/^# extras: \(.*\)$/\1/p' "$1" | head -n 1),
+    IFS=, read -r -a wanted <<<"$EXTRAS"
+    for extra in "${wanted[@]}"; do
+        if [[ -n $extra && $held != *",$extra,"* ]]; then
+            echo "note: $1 does not hold the '$extra' extra (deploy/lock-requirements.sh PYTHON $EXTRAS makes one that does)" >&2
+            return 1
+        fi
+    done
+}
+
+# Dependencies strictly from the lock (pip checks every hash), then the package itself without resolving
+# anything else. With JetPack's OpenCV visible, the lock's opencv-python-headless is left out.
+pip_install_locked() {
+    local py=$1 spec=$2 lock=$3 reqs
+    reqs=$lock
+    if system_has_cv2; then
+        reqs="$TMP_DIR/requirements-without-opencv.lock"
+        awk '/^[A-Za-z0-9]/ { skip = ($0 ~ /^opencv-python/) } !skip' "$lock" >"$reqs"
+    fi
+    # shellcheck disable=SC2086  # PIP_ARGS is a list of words on purpose
+    file_run "$py" -m pip install --quiet --disable-pip-version-check --require-hashes -r "$reqs" $PIP_ARGS
+    # shellcheck disable=SC2086
+    file_run "$py" -m pip install --quiet --disable-pip-version-check --no-deps "$spec" $PIP_ARGS
+}
+
 setup_venv() {
-    local venv_dir venv spec before after
+    local venv_dir venv spec before after lock
     if ((SKIP_VENV)); then
         echo "skipped venv and pip install (--skip-venv)"
         return 0
@@ -415,20 +586,29 @@ setup_venv() {
     venv_dir=$PREFIX/venv
     venv=$(p "$venv_dir")
     spec=$(package_spec)
+    refuse_links "$venv_dir"
     if [[ ! -x $venv/bin/python ]]; then
         local args=(-m venv)
         ((SYSTEM_PYTHON)) && args+=(--system-site-packages)
         file_run "$PYTHON" "${args[@]}" "$venv"
         CHANGED=$((CHANGED + 1))
+        record T "$venv_dir"
     else
         echo "unchanged $venv_dir (exists)"
     fi
     if system_has_cv2; then
         echo "note: using the system OpenCV (JetPack's, built with GStreamer); opencv-python from PyPI is left out"
     fi
-    ((DRY_RUN)) && { echo "would run: $venv/bin/python -m pip install $spec $PIP_ARGS"; return 0; }
+    lock=$(lock_file)
+    if ((DRY_RUN)); then
+        if [[ -n $lock ]]; then echo "would run: $venv/bin/python -m pip install --require-hashes -r $lock $PIP_ARGS"; fi
+        echo "would run: $venv/bin/python -m pip install ${lock:+--no-deps }$spec $PIP_ARGS"
+        return 0
+    fi
     before=$("$venv/bin/python" -m pip freeze --all 2>/dev/null | sha256sum)
-    if system_has_cv2; then
+    if [[ -n $lock ]]; then
+        pip_install_locked "$venv/bin/python" "$spec" "$lock"
+    elif system_has_cv2; then
         pip_install_without_opencv "$venv/bin/python" "$spec"
     else
         # shellcheck disable=SC2086  # PIP_ARGS is a list of words on purpose
@@ -481,7 +661,7 @@ pip_install_without_opencv() {
 
 # Run a command as the service user, so files it writes (engines) belong to it.
 as_service_user() {
-    sys_run runuser -u "$SERVICE_USER" -- env HOME="$STATE_DIR" CUDA_CACHE_PATH="$CACHE_DIR/cuda" "$@"
+    sys_run runuser -u "$SERVICE_USER" -- env HOME="$CACHE_DIR" CUDA_CACHE_PATH="$CACHE_DIR/cuda" "$@"
 }
 
 build_engine() {
@@ -490,11 +670,15 @@ build_engine() {
         echo "note: no bundle installed yet; the engine is built on the first start (or re-run with --bundle)"
         return 0
     fi
-    put_dir "$CACHE_DIR" 0750 "$SERVICE_USER:$SERVICE_USER"
-    as_service_user "$PREFIX/venv/bin/edge-export" --build-engine "$BUNDLE_DIR"
+    as_service_user "$PREFIX/venv/bin/edge-export" --build-engine "$BUNDLE_DIR" --engine-cache-dir "$ENGINE_DIR"
 }
 
 check_config() {
+    local installed
+    installed=$(p "$CONFIG_PATH")
+    if [[ -f $installed ]] && ! grep -q '^[[:space:]]*engine_cache_dir[[:space:]]*=' "$installed"; then
+        echo "warning: $CONFIG_PATH sets no [model] engine_cache_dir: TensorRT engines would go into the read-only bundle and be rebuilt at every start; add engine_cache_dir = \"$ENGINE_DIR\""
+    fi
     if [[ -z $ROOT && $DRY_RUN -eq 0 && ! -x $PREFIX/venv/bin/edge-run ]]; then
         echo "note: $PREFIX/venv/bin/edge-run not found; skipping the config check"
         return 0
@@ -518,12 +702,17 @@ activate_service() {
 do_install() {
     [[ -n $BUNDLE_SRC ]] && check_bundle_source
     ensure_user
+    # Root-owned and not writable by the service: it holds the bundle and the record of what was installed.
+    put_dir "$STATE_DIR" 0755 root:root
+    record D "$STATE_DIR"
     install_docs
     setup_venv
     put_dir "$ETC_DIR" 0750 "root:$SERVICE_USER"
     install_config
-    put_dir "$STATE_DIR" 0750 "$SERVICE_USER:$SERVICE_USER"
     [[ -n $BUNDLE_SRC ]] && install_bundle
+    # The service's only writable places (the unit's StateDirectory= and CacheDirectory=): engines, CUDA cache.
+    put_dir "$ENGINE_DIR" 0750 "$SERVICE_USER:$SERVICE_USER" T
+    put_dir "$CACHE_DIR" 0750 "$SERVICE_USER:$SERVICE_USER" T
     install_unit
     install_dropins
     build_engine
@@ -556,16 +745,90 @@ remove_dropins() {
     fi
 }
 
+# Undo what the record says this script created under one of the given directories, newest first:
+# files and trees are removed, directories only when empty. Anything else there is someone else's: kept.
+undo_recorded() {
+    local file kind dest path kept=() remaining
+    file=$(p "$RECORD")
+    [[ -f $file ]] || return 0
+    remaining=$(mktemp "$TMP_DIR/record.XXXXXX")
+    while read -r kind dest; do
+        [[ -n $dest ]] || continue
+        if ! under_any "$dest" "$@"; then
+            printf '%s %s\n' "$kind" "$dest" >>"$remaining"
+            continue
+        fi
+        path=$(p "$dest")
+        if [[ ! -e $path && ! -L $path ]]; then continue; fi
+        case $kind in
+            F | T) remove_path "$dest" ;;
+            D)
+                refuse_links "$dest"
+                if ((DRY_RUN)); then
+                    echo "would remove $dest/ if nothing else is in it"
+                elif rmdir "$path" 2>/dev/null; then
+                    echo "removed $dest/"
+                else
+                    kept+=("$dest")
+                    printf '%s %s\n' "$kind" "$dest" >>"$remaining"
+                fi
+                ;;
+        esac
+    done < <(tac "$file")
+    if ((DRY_RUN == 0)); then
+        tac "$remaining" >"$file"
+    fi
+    if ((${#kept[@]})); then
+        echo "kept ${kept[*]}: they hold files install.sh did not create (remove them by hand if unwanted)"
+    fi
+}
+
+under_any() {
+    local dest=$1 r
+    shift
+    for r in "$@"; do
+        if [[ $dest == "$r" || $dest == "$r"/* ]]; then return 0; fi
+    done
+    return 1
+}
+
+# --purge-also: operator files (TLS keys, password files) are only removed when named, and only in $ETC_DIR.
+purge_named() {
+    local dest
+    for dest in "${PURGE_ALSO[@]}"; do
+        [[ $dest == "$ETC_DIR"/* && /$dest/ != */../* ]] ||
+            die "--purge-also $dest: only operator files under $ETC_DIR can be named"
+        remove_path "$dest"
+    done
+}
+
 do_uninstall() {
+    local record_path
+    record_path=$(p "$RECORD")
+    if [[ ! -f $record_path ]]; then
+        echo "note: no record of installed paths ($RECORD); only the unit and drop-ins are removed"
+    elif ! grep -q " $PREFIX\(/\|$\)" "$record_path"; then
+        echo "note: nothing under --prefix $PREFIX was installed by install.sh; nothing there is removed"
+    fi
     sys_run_or_warn systemctl disable --now "$SERVICE.service"
     remove_path "$UNIT_PATH"
     remove_dropins
     sys_run systemctl daemon-reload
-    remove_path "$PREFIX"
+    undo_recorded "$PREFIX" "$UNIT_DIR"
     if ((PURGE)); then
-        remove_path "$ETC_DIR"
-        remove_path "$STATE_DIR"
-        remove_path "$CACHE_DIR"
+        purge_named
+        undo_recorded "$ETC_DIR" "$CACHE_DIR" "$ENGINE_DIR" "$BUNDLE_DIR"
+        # last: the record itself, then the state directory when nothing else is left in it
+        if [[ -f $record_path ]] && ! grep -vqxF "D $STATE_DIR" "$record_path"; then
+            remove_path "$RECORD"
+            if ((DRY_RUN == 0)); then
+                if rmdir "$(p "$STATE_DIR")" 2>/dev/null; then
+                    echo "removed $STATE_DIR/"
+                elif [[ -d $(p "$STATE_DIR") ]]; then
+                    echo "kept $STATE_DIR/: it holds files install.sh did not create"
+                fi
+            fi
+        fi
         if [[ -n $ROOT ]] || getent passwd "$SERVICE_USER" >/dev/null; then
             sys_run_or_warn userdel "$SERVICE_USER"
         fi

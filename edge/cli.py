@@ -2,11 +2,14 @@
 
     edge-run --config /etc/edge-anomaly/config.toml
     edge-run --config edge.toml --set mqtt.port=1884 --set cameras.0...   (see --help)
-    edge-run --config edge.toml --check-config      # validate, print the effective config (secrets ***), exit 0
+    edge-run --config edge.toml --check-config      # verify all a start would; config as JSON (secrets ***)
     edge-run --config edge.toml --max-frames 100    # demo / tests: stop after 100 scored frames
 
 Exit codes: 0 clean stop (including SIGTERM/SIGINT); 2 invalid configuration (nothing was started);
 3 the daemon could not start (bundle, backend, camera set-up); 1 unexpected error.
+``--check-config`` exits 2 for an invalid configuration and 3 when any check a start implies fails (bundle
+hashes, signature and numbers, password and TLS files, camera sources); it prints the effective config as
+JSON on stdout and one ``ok``/``FAILED`` line per check on stderr.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+from edge.redact import redact
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -35,7 +40,10 @@ def _extras(record: logging.LogRecord) -> Dict[str, Any]:
 
 
 class KeyValueFormatter(logging.Formatter):
-    """``ts=… level=… logger=… msg="…"`` plus any ``extra=`` fields: greppable in journald."""
+    """``ts=… level=… logger=… msg="…"`` plus any ``extra=`` fields: greppable in journald.
+
+    Every line goes through :func:`edge.redact.redact`, so a camera URL's password never reaches the journal
+    whichever module logged it (the JSON formatter does the same)."""
 
     def format(self, record: logging.LogRecord) -> str:
         fields: Dict[str, Any] = {
@@ -48,7 +56,7 @@ class KeyValueFormatter(logging.Formatter):
         fields.update(_extras(record))
         if record.exc_info:
             fields["exc"] = self.formatException(record.exc_info)
-        return " ".join(f"{k}={_kv(v)}" for k, v in fields.items())
+        return redact(" ".join(f"{k}={_kv(v)}" for k, v in fields.items()))
 
 
 def _kv(value: Any) -> str:
@@ -76,7 +84,7 @@ class JsonFormatter(logging.Formatter):
         )
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
+        return redact(json.dumps(doc))
 
 
 _handler: Optional[logging.Handler] = None
@@ -113,7 +121,11 @@ def parser() -> argparse.ArgumentParser:
         'JSON (cameras=\'[{"name":"a","source":"0"}]\'). Repeatable.',
     )
     p.add_argument(
-        "--check-config", action="store_true", help="validate, print the effective config as JSON, exit"
+        "--check-config",
+        action="store_true",
+        help="verify everything a start would (bundle hashes, signature and numbers; password and TLS files; "
+        "camera sources), print the effective config as JSON and one ok/FAILED line per check, exit "
+        "(0 all ok, 2 bad config, 3 a check failed)",
     )
     p.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="shortcut for --set log_level="
@@ -156,11 +168,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as exc:
         print(f"edge-run: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.check_config:
-        print(json.dumps(config.masked_dict(), indent=2))
-        return EXIT_OK
     configure_logging(config.log_level, config.log_format)
+    from edge.checks import secret_warnings
+
+    for warning in secret_warnings(config, args.config, _overrides(args)):
+        log.warning("%s", warning)
+    if args.check_config:
+        return _check(config)
     return _run(config, args.max_frames, args.duration)
+
+
+def _check(config: Any) -> int:
+    from edge.checks import run_checks
+    from edge.redact import redact
+
+    print(json.dumps(config.masked_dict(), indent=2))
+    checks = run_checks(config)
+    for check in checks:
+        print(check.line(), file=sys.stderr)
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        print(redact(f"edge-run: {len(failed)} check(s) FAILED: {', '.join(failed)}"), file=sys.stderr)
+        return EXIT_STARTUP
+    print(f"edge-run: all {len(checks)} checks ok", file=sys.stderr)
+    return EXIT_OK
 
 
 def _run(config: Any, max_frames: Optional[int], duration: Optional[float]) -> int:

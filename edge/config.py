@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import json
 import math
+import os
 import re
 import socket
 import sys
@@ -29,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from edge.redact import redact_deep
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -153,6 +156,17 @@ class ModelConfig(_Section):
     precision: Literal["fp32", "fp16", "int8"] = Field(
         default="fp32", description="which model of the bundle to run"
     )
+    trusted_keys: List[Path] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Ed25519 public keys (.pub from edge-keygen) whose signature a bundle must carry; empty: "
+        "unsigned bundles are accepted with a warning",
+    )
+    engine_cache_dir: Optional[Path] = Field(
+        default=None,
+        description="where TensorRT engines are built and cached (must be writable by the daemon); default: "
+        "<bundle>/engines. The installer points it at a service-owned directory outside the root-owned bundle",
+    )
     providers: Optional[List[str]] = Field(
         default=None,
         description="onnxruntime execution providers, best first: 'tensorrt', 'cuda', 'cpu' (CPU is always "
@@ -232,7 +246,11 @@ class HealthConfig(_Section):
     metrics_port: Optional[int] = Field(
         default=None, ge=1, le=65535, description="serve Prometheus /metrics here (needs the 'metrics' extra)"
     )
-    metrics_host: str = Field(default="0.0.0.0", description="address the /metrics server listens on")
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="address the /metrics server listens on; loopback by default (the stats are not "
+        "authenticated): set 0.0.0.0 only behind a firewall that limits who can scrape",
+    )
 
 
 class CameraConfig(_Section):
@@ -376,7 +394,7 @@ class EdgeConfig(BaseSettings):
 
     def masked_dict(self) -> Dict[str, Any]:
         """The effective config as JSON-able data with secrets replaced by ``***`` (for --check-config, logs)."""
-        data = self.model_dump(mode="json")
+        data = redact_deep(self.model_dump(mode="json"))  # camera sources may hold rtsp://user:pw@
         if self.mqtt.password is not None:
             data["mqtt"]["password"] = MASK
         data["mqtt"]["effective_topic_prefix"] = self.topic_prefix
@@ -463,8 +481,51 @@ def _shown_input(path: str, err: Any) -> str:
     return f" (got {text[:80]}{'…' if len(text) > 80 else ''})"
 
 
+ENV_PREFIX = "EDGE_"
+# EDGE_ variables that belong to other tools of this project, not to the daemon's settings
+ENV_NOT_SETTINGS = frozenset({"EDGE_ANOMALY_CACHE", "EDGE_MVTEC_BOTTLE"})
+
+
+def _settings_model(annotation: Any) -> Optional[type]:
+    """The pydantic model inside ``annotation`` (``Optional[TlsConfig]`` -> TlsConfig), else None."""
+    candidates = [annotation, *getattr(annotation, "__args__", ())]
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def unknown_env_keys(environ: Dict[str, str]) -> List[str]:
+    """``EDGE_…`` variables that name no setting (a typo such as EDGE_DEVICEID), as error lines.
+
+    pydantic-settings only looks up the names it knows, so a misspelt variable would otherwise be ignored
+    silently, exactly what an unknown key in the file is not allowed to do.
+    """
+    problems = []
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() in ENV_NOT_SETTINGS:
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        model: Optional[type] = EdgeConfig
+        for depth, part in enumerate(parts):
+            fields = getattr(model, "model_fields", {}) if model is not None else {}
+            if part not in fields:
+                where = ".".join(parts[: depth + 1])
+                problems.append(f"{where}: unknown key (environment variable {name})")
+                break
+            model = _settings_model(fields[part].annotation)
+            if model is None and depth < len(parts) - 1:  # a list or scalar cannot be entered with __
+                where = ".".join(parts[: depth + 1])
+                problems.append(f"{where}: has no sub-keys (environment variable {name})")
+                break
+    return problems
+
+
 def load_config(path: Optional[Path] = None, overrides: Sequence[str] = ()) -> EdgeConfig:
     """File < environment < overrides -> validated :class:`EdgeConfig`, or :class:`ConfigError`."""
+    unknown = unknown_env_keys(dict(os.environ))
+    if unknown:
+        raise ConfigError("invalid configuration (environment):\n" + "\n".join(unknown))
     file_values = read_toml(path) if path is not None else {}
     init_values = parse_overrides(overrides)
     token = _FILE_VALUES.set(file_values)

@@ -27,10 +27,11 @@ import numpy as np
 
 import edge
 from edge.backends import load_backend
+from edge.checks import verified_manifest
 from edge.config import CameraConfig, EdgeConfig
 from edge.frames import Frame, FrameSlot, UnusableFrame
 from edge.health import MetricsServer, SdNotifier, Watchdog, watchdog_interval_s
-from edge.manifest import BundleError, Manifest, verify_bundle
+from edge.manifest import BundleError, Manifest
 from edge.mqtt import MqttPublisher
 from edge.postprocess import (
     Postprocessor,
@@ -538,8 +539,10 @@ def result_document(
         "frame_size": [fw, fh],
         "model": {
             "id": manifest.model_id(),
-            "precision": config.model.precision,
+            # what the backend loaded: the verified manifest entry, not the config's wish
+            "precision": getattr(backend, "precision", config.model.precision),
             "backend": getattr(backend, "name", config.model.backend),
+            "signer": getattr(manifest, "signer", None),  # trusted key fingerprint, None when unsigned
         },
         "latency_ms": {k: round(v, 3) for k, v in latency.items()},
     }
@@ -576,8 +579,9 @@ def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
     status = {
         "version": edge.__version__,
         "model": manifest.model_id(),
-        "precision": config.model.precision,
+        "precision": getattr(backend, "precision", config.model.precision),
         "backend": config.model.backend,
+        "signer": getattr(manifest, "signer", None),
         "cameras": [cam.name for cam in enabled],
     }
     # The daemon's callbacks are bound after the Daemon exists; the sources and the publisher only need a
@@ -636,7 +640,7 @@ def _camera(cfg: CameraConfig, ready: threading.Event, hooks: _Hooks, nice: int)
 
 def _verified_manifest(config: EdgeConfig) -> Manifest:
     try:
-        return verify_bundle(config.model.bundle, [config.model.precision])
+        return verified_manifest(config.model)  # the same checks as --check-config
     except BundleError as exc:
         raise StartupError(f"model.bundle: {exc}") from exc
 
@@ -650,6 +654,9 @@ def _load_backend(config: EdgeConfig, manifest: Manifest) -> object:
         options["intra_op_threads"] = config.model.intra_op_threads
     if config.model.max_batch is not None:
         options["max_batch"] = config.model.max_batch
+    if config.model.engine_cache_dir is not None:  # outside the root-owned bundle (deploy/install.sh)
+        key = "engine_cache_dir" if config.model.backend == "tensorrt" else "trt_cache_dir"
+        options[key] = config.model.engine_cache_dir
     try:
         return load_backend(
             config.model.backend, config.model.bundle, manifest, config.model.precision, **options

@@ -39,6 +39,7 @@ import numpy as np
 
 from edge.frames import Frame, FrameSlot, is_black
 from edge.priority import lower_current_thread_priority
+from edge.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,7 @@ class CameraSource:
             )
         self.name = name
         self.uri = str(uri)
+        self.display = redact(self.uri)  # the uri as it may be printed or published (no passwords)
         self.kind = uri_kind(self.uri)
         self.slot = slot
         self.loop = loop
@@ -278,6 +280,7 @@ class CameraSource:
         with self._lock:
             if self._stop.is_set() and state != "offline":
                 return  # a grabber that wakes up after stop() (e.g. from a hung read) must not revive the camera
+            reason = redact(reason)  # reasons reach the availability and stats topics
             self._reason = reason
             if state == self._state:
                 return
@@ -354,14 +357,14 @@ class CameraSource:
 
     def _open_or_fault(self) -> Any:
         if self.kind == "file" and not os.path.isfile(self.uri):
-            return self._open_failed(f"cannot open '{self.uri}': no such file")
+            return self._open_failed(f"cannot open '{self.display}': no such file")
         try:
             capture = self._open(self.uri)
         except Exception as exc:  # OpenCV raises cv2.error for some malformed pipelines
-            return self._open_failed(f"cannot open '{self.uri}': {exc}")
+            return self._open_failed(f"cannot open '{self.display}': {redact(str(exc))}")
         if capture is None or not capture.isOpened():
             _release(capture)
-            return self._open_failed(f"cannot open '{self.uri}' (OpenCV could not open it)")
+            return self._open_failed(f"cannot open '{self.display}' (OpenCV could not open it)")
         return capture
 
     def _open_failed(self, reason: str) -> None:
@@ -374,7 +377,7 @@ class CameraSource:
         if outcome == "stopped":
             return "end"
         if outcome == "eos" and n_frames == 0:
-            self._fault(f"no readable frames in '{self.uri}'")
+            self._fault(f"no readable frames in '{self.display}'")
             return "retry"
         if outcome == "eos":
             if not self.loop:
@@ -382,7 +385,7 @@ class CameraSource:
                 return "end"
             self._count("loops")
             return "loop"
-        self._fault(f"lost '{self.uri}' after {LIVE_ERRORS_BEFORE_RECONNECT} failed reads; reconnecting")
+        self._fault(f"lost '{self.display}' after {LIVE_ERRORS_BEFORE_RECONNECT} failed reads; reconnecting")
         return "retry"
 
     def _pump(self, capture: Any) -> tuple[str, int]:

@@ -20,6 +20,7 @@ from types import TracebackType
 
 from edge.manifest import MANIFEST_NAME, Manifest, PrecisionEntry, sha256_file, verify_bundle
 from edge.preprocess import Preprocess
+from edge.signing import SIGNATURE_NAME, TrustedKeys, load_private_key, public_fingerprint, signature_document
 from export import ExportError
 
 ENGINES_DIR = "engines"
@@ -63,9 +64,33 @@ def utc_now() -> str:
 
 
 def write_manifest(bundle_dir: Path, manifest: Manifest) -> Path:
+    """``allow_nan=False``: a manifest holding NaN/Infinity is refused by every device, so never write one."""
     path = Path(bundle_dir) / MANIFEST_NAME
-    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, allow_nan=False) + "\n"
+    path.write_text(text, encoding="utf-8")
     return path
+
+
+def sign_manifest(bundle_dir: Path, key_path: Path) -> TrustedKeys:
+    """Write ``manifest.sig`` for the bundle's manifest bytes; returns the signing key's public half as the
+    only trusted key, so the caller can verify the result the way a device will."""
+    key = load_private_key(key_path)
+    bundle_dir = Path(bundle_dir)
+    data = (bundle_dir / MANIFEST_NAME).read_bytes()
+    tmp = bundle_dir / f".{SIGNATURE_NAME}.tmp"
+    tmp.write_bytes(signature_document(key, data))
+    os.replace(tmp, bundle_dir / SIGNATURE_NAME)
+    return TrustedKeys({public_fingerprint(key): key.public_key()})
+
+
+def sign_existing_bundle(bundle_dir: Path, key_path: Path) -> str:
+    """Sign a bundle that is already written (after checking its files); returns the key's fingerprint.
+
+    The files are verified first, so a signature never vouches for a bundle that was already modified.
+    """
+    verify_bundle(bundle_dir)
+    keys = sign_manifest(bundle_dir, key_path)
+    return verify_bundle(bundle_dir, trusted_keys=keys).signer or ""
 
 
 def _check_destination(out: Path) -> None:
@@ -105,10 +130,12 @@ class StagedBundle:
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
-    def commit(self, manifest: Manifest) -> Path:
-        """Write the manifest, verify the staged bundle, then swap it in for ``out``."""
+    def commit(self, manifest: Manifest, sign_key: Path | None = None) -> Path:
+        """Write the manifest (and its signature with ``sign_key``), verify the staged bundle the way a device
+        will, then swap it in for ``out``."""
         write_manifest(self.path, manifest)
-        verify_bundle(self.path)
+        keys = sign_manifest(self.path, sign_key) if sign_key is not None else None
+        verify_bundle(self.path, trusted_keys=keys)
         _check_destination(self.out)  # it may have changed while we exported
         old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
         had_old = self.out.exists()

@@ -1,5 +1,6 @@
 """``edge-export``: checkpoint -> bundle (fp32 + optional fp16/int8 ONNX, manifest, accuracy gate), and
-``edge-export --build-engine BUNDLE`` on the device.
+``edge-export --build-engine BUNDLE`` on the device; ``edge-export --sign-key KEY BUNDLE`` signs a bundle that
+is already written (``--sign-key`` with ``--out`` signs the new bundle as it is written).
 
 Exit codes: 0 done; 1 a precision failed the accuracy gate (no bundle written); 2 bad input or missing
 dependency (checkpoint, images, bundle, TensorRT for --build-engine BUNDLE; no bundle written);
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from edge.deps import MissingDependency
 from edge.manifest import BundleError
+from edge.signing import SignatureError, load_private_key
 from export import ExportError, GateFailed
 from export.engine import ON_DEVICE_HINT, EngineUnavailable, build_bundle_engines, tensorrt_available
 
@@ -31,7 +33,7 @@ DEFAULT_FAR = 0.01  # calibration.scores.DEFAULT_FAR
 DEFAULT_MAX_BATCH = 8  # export.pipeline.DEFAULT_MAX_BATCH
 # errors a line engineer can act on (exit code 2), from the modules the device has; OSError: disk full,
 # permission denied, a path that is a file
-LIGHT_ERRORS = (ExportError, BundleError, MissingDependency, OSError)
+LIGHT_ERRORS = (ExportError, BundleError, SignatureError, MissingDependency, OSError)
 
 
 def say(message: str) -> None:
@@ -58,10 +60,10 @@ def engines_after_export(bundle: Path, precisions: list[str], max_batch: int) ->
     return EXIT_OK
 
 
-def build_engines_command(bundle: Path, max_batch: int | None) -> int:
+def build_engines_command(bundle: Path, max_batch: int | None, cache_dir: Path | None = None) -> int:
     say(f"building TensorRT engines for {bundle}…")
     try:
-        engines = build_bundle_engines(bundle, None, max_batch)
+        engines = build_bundle_engines(bundle, None, max_batch, cache_dir)
     except EngineUnavailable as exc:
         say(
             str(exc).replace(
@@ -71,6 +73,13 @@ def build_engines_command(bundle: Path, max_batch: int | None) -> int:
         return EXIT_INPUT
     for precision, path in engines.items():
         say(f"{precision} engine: {path}")
+    return EXIT_OK
+
+
+def sign_command(bundle: Path, key: Path) -> int:
+    from export.bundle import sign_existing_bundle
+
+    say(f"bundle {bundle} signed by {sign_existing_bundle(bundle, key)} ({bundle / 'manifest.sig'})")
     return EXIT_OK
 
 
@@ -131,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="build TensorRT engines into BUNDLE/engines (needs TensorRT: on the device)",
     )
     p.add_argument(
+        "--engine-cache-dir",
+        type=Path,
+        help="with --build-engine BUNDLE: where the engines go (default BUNDLE/engines); give the daemon's "
+        "model.engine_cache_dir when the bundle is installed read-only",
+    )
+    p.add_argument(
         "--no-gate",
         action="store_true",
         help="write the bundle even if a precision fails the gate (recorded in the manifest)",
@@ -148,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"target false-alarm rate on good parts for the default threshold (default {DEFAULT_FAR})",
     )
     p.add_argument("--name", help="model name in the manifest (default: <kind>-<data folder name>)")
+    p.add_argument(
+        "--sign-key",
+        type=Path,
+        help="Ed25519 private key (from edge-keygen): sign the manifest (writes manifest.sig). Devices whose "
+        "config names the public key in [model] trusted_keys refuse bundles it did not sign. Without --out: "
+        "sign the existing bundle SOURCE",
+    )
     return p
 
 
@@ -160,6 +182,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ExportError(
             f"--false-alarm-rate must be between 0 and 0.5 (e.g. 0.01), got {args.false_alarm_rate}"
         )
+    if args.sign_key is not None:
+        load_private_key(args.sign_key)  # a bad key fails now, not after a long export
 
 
 def export_command(args: argparse.Namespace) -> int:
@@ -182,6 +206,7 @@ def export_command(args: argparse.Namespace) -> int:
         data=args.data,
         name=args.name,
         false_alarm_rate=args.false_alarm_rate,
+        sign_key=args.sign_key,
     )
     try:
         export_bundle(opts)
@@ -196,11 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.out is None:
+            if args.sign_key is not None and not args.build_engine:
+                return sign_command(args.source, args.sign_key)
             if not args.build_engine:
                 parser.error(
-                    "--out BUNDLE is required to export (or use --build-engine BUNDLE on the device)"
+                    "--out BUNDLE is required to export (or use --build-engine BUNDLE on the device, "
+                    "or --sign-key KEY BUNDLE to sign a bundle)"
                 )
-            return build_engines_command(args.source, args.max_batch)
+            return build_engines_command(args.source, args.max_batch, args.engine_cache_dir)
         return export_command(args)
     except GateFailed as exc:
         say(f"error: {exc}")

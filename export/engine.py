@@ -36,9 +36,15 @@ def tensorrt_available() -> bool:
 
 
 def build_bundle_engines(
-    bundle_dir: Path, precisions: list[str] | None = None, max_batch: int | None = None
+    bundle_dir: Path,
+    precisions: list[str] | None = None,
+    max_batch: int | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Path]:
-    """Verify the bundle, then build (or reuse from the cache) one engine per precision."""
+    """Verify the bundle, then build (or reuse from the cache) one engine per precision.
+
+    ``cache_dir``: where engines go (default ``<bundle>/engines``); the daemon's ``model.engine_cache_dir``,
+    so an installed, root-owned bundle is never written to."""
     bundle_dir = Path(bundle_dir)
     manifest = verify_bundle(bundle_dir, precisions)
     require_tensorrt()
@@ -49,7 +55,7 @@ def build_bundle_engines(
         entry = precision_entry(manifest, precision)
         engines[precision] = build_engine(
             bundle_dir / entry.file,
-            bundle_dir / ENGINES_DIR,
+            Path(cache_dir) if cache_dir is not None else bundle_dir / ENGINES_DIR,
             precision,
             max_batch or manifest.input.max_batch,
             (manifest.input.height, manifest.input.width),

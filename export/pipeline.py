@@ -74,6 +74,7 @@ class ExportOptions:
     data: Path | None = None
     name: str | None = None
     false_alarm_rate: float = DEFAULT_FAR
+    sign_key: Path | None = None  # Ed25519 private key (edge-keygen): writes manifest.sig
 
     @property
     def precisions(self) -> list[str]:
@@ -272,7 +273,9 @@ def export_bundle(opts: ExportOptions) -> Path:
             say(
                 f"WARNING: {failed} failed the accuracy gate; writing the bundle anyway (--no-gate, recorded in the manifest)"
             )
-        stage.commit(build_manifest(opts, inputs, stage.path, norm, threshold, report, started))
+        stage.commit(
+            build_manifest(opts, inputs, stage.path, norm, threshold, report, started), opts.sign_key
+        )
     say(
         f"bundle written to {opts.out} in {time.perf_counter() - started:.1f} s "
         f"(threshold {threshold.value:.3f} normalised, {threshold.method})"

@@ -25,8 +25,11 @@ from edge.backends.tensorrt_engine import (
     HostBuffer,
     build_engine_bytes,
     cache_engine,
+    clean_stale_temp_files,
     engine_path,
+    hash_path,
     open_cuda,
+    read_cached_engine,
     tensorrt_module,
     timing_cache_name,
     trt_version,
@@ -109,15 +112,18 @@ class TensorRTBackend:
         gpu = self._cuda.info()
         version = trt_version(self._trt)
         path = engine_path(self.cache_dir, gpu, version, self.precision, self.onnx_sha256, self.max_batch)
-        if path.is_file():
-            engine = self._deserialize(path.read_bytes())
+        clean_stale_temp_files(self.cache_dir)
+        cached = read_cached_engine(path)  # None unless its bytes match the recorded sha256
+        if cached is not None:
+            engine = self._deserialize(cached)
             if engine is not None:
                 log.info("TensorRT: using cached engine %s", path)
                 self.engine_path = path
                 return engine
             log.warning("cached engine %s cannot be deserialized (corrupt or foreign); rebuilding it", path)
-            with contextlib.suppress(OSError):
-                path.unlink()
+            for stale in (path, hash_path(path)):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
         if not build_if_missing:
             raise BackendError(
                 f"no TensorRT engine at {path}; build it with `edge-export --build-engine {self.bundle_dir}` "

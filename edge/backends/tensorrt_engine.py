@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import logging
 import os
 import re
@@ -427,10 +428,27 @@ def build_engine_bytes(
     return bytes(serialized)
 
 
+HASH_SUFFIX = ".sha256"  # beside each engine: sha256 of its bytes, checked before TensorRT sees them
+TEMP_SUFFIX = ".tmp"
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames in ``directory`` durable: without it a power cut can lose a just-cached engine's name."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomically(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file and rename: never leaves a partial file behind."""
+    """Write ``data`` to ``path`` via a temporary file, rename, fsync the directory: never a partial file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temp_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
@@ -438,6 +456,7 @@ def write_atomically(path: Path, data: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -448,9 +467,92 @@ def write_atomically(path: Path, data: bytes) -> Path:
     return path
 
 
+def clean_stale_temp_files(cache_dir: Path) -> int:
+    """Remove temp files left by a writer that died (power cut, kill -9); returns how many went.
+
+    A temp file is named ``.<name>.<pid>.tmp``; one whose pid no longer runs is stale. A writer that is
+    still running (another build in progress) keeps its file.
+    """
+    removed = 0
+    try:
+        entries = list(Path(cache_dir).iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+            continue
+        pid_text = name[: -len(TEMP_SUFFIX)].rsplit(".", 1)[-1]
+        if pid_text.isdigit() and _pid_alive(int(pid_text)) and int(pid_text) != os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if not entry.is_symlink() and entry.is_file():
+                entry.unlink()
+                removed += 1
+    if removed:
+        log.info("removed %d stale temp file(s) from %s", removed, cache_dir)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def hash_path(engine: Path) -> Path:
+    return engine.with_name(engine.name + HASH_SUFFIX)
+
+
 def cache_engine(engine_bytes: bytes, path: Path) -> Path:
-    """Store a built engine in the cache, atomically; EngineCacheError when it cannot be written."""
-    return write_atomically(path, engine_bytes)
+    """Store a built engine and its sha256 in the cache, atomically; EngineCacheError when they cannot be
+    written. The hash is written after the engine, so a crash between the two leaves an engine without a
+    hash, which :func:`read_cached_engine` treats as absent (rebuilt), never as trusted."""
+    path = Path(path)
+    with contextlib.suppress(OSError):
+        hash_path(path).unlink()  # an old hash must never vouch for new bytes
+    write_atomically(path, engine_bytes)
+    write_atomically(hash_path(path), (hashlib.sha256(engine_bytes).hexdigest() + "\n").encode("ascii"))
+    return path
+
+
+def read_cached_engine(path: Path) -> bytes | None:
+    """The cached engine's bytes when they match the hash beside them, else None (removed, to be rebuilt).
+
+    Guards against a truncated or corrupted file reaching TensorRT's deserialiser (which can crash or, worse,
+    load a damaged engine). Links are not followed. The cache directory belongs to the service user, who
+    runs the engine anyway, so this is integrity against accidents, not authenticity (bundles have that).
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("cached engine %s cannot be opened (%s); rebuilding it", path, exc.strerror or exc)
+        _drop(path)
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read()
+    try:
+        expected = hash_path(path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        expected = ""
+    if hashlib.sha256(data).hexdigest() != expected:
+        log.warning("cached engine %s does not match its recorded sha256 (or has none); rebuilding it", path)
+        _drop(path)
+        return None
+    return data
+
+
+def _drop(path: Path) -> None:
+    for stale in (path, hash_path(path)):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def engine_path(
@@ -488,7 +590,8 @@ def build_engine(
     sha = onnx_sha256 or sha256_file(Path(onnx_path))
     gpu = gpu_info(device)
     path = engine_path(cache_dir, gpu, version, precision, sha, max_batch)
-    if path.is_file():
+    clean_stale_temp_files(Path(cache_dir))
+    if read_cached_engine(path) is not None:
         log.info("reusing cached TensorRT engine %s", path)
         return path
     timing = Path(cache_dir) / timing_cache_name(gpu, version) if timing_cache else None

@@ -88,10 +88,12 @@ def test_dry_run_prints_every_action_and_writes_nothing(root: Path, bundle: Path
         "would install /etc/edge-anomaly/config.toml (mode 0640, owner root:edge-anomaly)",
         "would install /var/lib/edge-anomaly/bundle/manifest.json (mode 0640, owner root:edge-anomaly)",
         "would install /var/lib/edge-anomaly/bundle/model.int8.onnx (mode 0640, owner root:edge-anomaly)",
-        "would create /var/lib/edge-anomaly/bundle/engines/ (mode 0750, owner edge-anomaly:edge-anomaly)",
+        "would create /var/lib/edge-anomaly/ (mode 0755, owner root:root)",
+        "would create /var/lib/edge-anomaly/engines/ (mode 0750, owner edge-anomaly:edge-anomaly)",
         "would install /etc/systemd/system/edge-anomaly.service (mode 0644, owner root:root)",
         "would install /etc/systemd/system/edge-anomaly.service.d/10-tensorrt.conf (mode 0644, owner root:root)",
-        "/opt/edge-anomaly/venv/bin/edge-export --build-engine /var/lib/edge-anomaly/bundle",
+        "/opt/edge-anomaly/venv/bin/edge-export --build-engine /var/lib/edge-anomaly/bundle "
+        "--engine-cache-dir /var/lib/edge-anomaly/engines",
         "would run: systemctl daemon-reload",
     ):
         assert expected in out, f"missing {expected!r} in:\n{out}"
@@ -110,7 +112,11 @@ def test_dry_run_plans_the_venv_with_system_site_packages(root: Path) -> None:
         f"would run: /usr/bin/python3 -m venv --system-site-packages {root}/opt/edge-anomaly/venv"
         in proc.stdout
     )
-    assert f"-m pip install {REPO}" in proc.stdout
+    # dependencies only from the hashed lock for this Python, then the package itself without resolving
+    assert re.search(
+        r"-m pip install --require-hashes -r \S+/deploy/requirements(-py\d+)?\.lock", proc.stdout
+    )
+    assert f"-m pip install --no-deps {REPO}" in proc.stdout
     assert snapshot(root) == {}
 
 
@@ -124,12 +130,13 @@ def test_scratch_install_writes_the_expected_files_and_modes(root: Path, bundle:
         "etc/systemd/system/edge-anomaly.service": "0o644",
         "etc/systemd/system/edge-anomaly.service.d/10-tensorrt.conf": "0o644",
         "etc/systemd/system/edge-anomaly.service.d/20-jetson.conf": "0o644",
-        "var/lib/edge-anomaly": "0o750",
+        "var/lib/edge-anomaly": "0o755",
         "var/lib/edge-anomaly/bundle": "0o750",
         "var/lib/edge-anomaly/bundle/manifest.json": "0o640",
         "var/lib/edge-anomaly/bundle/model.fp32.onnx": "0o640",
         "var/lib/edge-anomaly/bundle/model.int8.onnx": "0o640",
-        "var/lib/edge-anomaly/bundle/engines": "0o750",
+        "var/lib/edge-anomaly/engines": "0o750",
+        "var/lib/edge-anomaly/installed-paths": "0o644",
         "var/cache/edge-anomaly": "0o750",
         "opt/edge-anomaly/share/config.example.toml": "0o644",
     }
@@ -141,8 +148,10 @@ def test_scratch_install_writes_the_expected_files_and_modes(root: Path, bundle:
     ).read_text()
     for name in ("manifest.json", "model.fp32.onnx", "model.int8.onnx"):
         assert (root / "var/lib/edge-anomaly/bundle" / name).read_bytes() == (bundle / name).read_bytes()
-    # Engines are tied to one GPU and TensorRT version: never copied from the workstation.
-    assert list((root / "var/lib/edge-anomaly/bundle/engines").iterdir()) == []
+    # Engines are tied to one GPU and TensorRT version: never copied from the workstation, and they live in
+    # the service's own directory, not in the root-owned bundle.
+    assert not (root / "var/lib/edge-anomaly/bundle/engines").exists()
+    assert list((root / "var/lib/edge-anomaly/engines").iterdir()) == []
     assert (
         "MemoryDenyWriteExecute=no"
         in (root / "etc/systemd/system/edge-anomaly.service.d/10-tensorrt.conf").read_text()
@@ -210,17 +219,18 @@ def test_bundle_update_replaces_files_removes_stale_ones_and_keeps_engines(
 ) -> None:
     run_install(root, "--bundle", str(bundle), "--config", str(config))
     installed = root / "var/lib/edge-anomaly/bundle"
-    (installed / "engines" / "orin-trt10.3-int8-abc.engine").write_bytes(b"built on this device")
+    engines = root / "var/lib/edge-anomaly/engines"
+    (engines / "orin-trt10.3-int8-abc.engine").write_bytes(b"built on this device")
     new = tmp_path / "bundle-v2"
     new.mkdir()
     (new / "manifest.json").write_text(json.dumps({"schema_version": 1, "model": {"name": "gtrans-v2"}}))
     (new / "model.fp32.onnx").write_bytes(os.urandom(1024))
 
     proc = run_install(root, "--bundle", str(new), "--config", str(config))
-    assert sorted(p.name for p in installed.iterdir()) == ["engines", "manifest.json", "model.fp32.onnx"]
+    assert sorted(p.name for p in installed.iterdir()) == ["manifest.json", "model.fp32.onnx"]
     assert (installed / "model.fp32.onnx").read_bytes() == (new / "model.fp32.onnx").read_bytes()
     assert "removed /var/lib/edge-anomaly/bundle/model.int8.onnx" in proc.stdout
-    assert (installed / "engines" / "orin-trt10.3-int8-abc.engine").read_bytes() == b"built on this device"
+    assert (engines / "orin-trt10.3-int8-abc.engine").read_bytes() == b"built on this device"
 
 
 def test_prefix_is_carried_into_the_unit(root: Path) -> None:
@@ -235,7 +245,8 @@ def test_uninstall_keeps_state_and_config_and_purge_removes_them(
     root: Path, bundle: Path, config: Path
 ) -> None:
     run_install(root, "--bundle", str(bundle), "--config", str(config), "--tensorrt")
-    (root / "opt/edge-anomaly/venv/bin").mkdir(parents=True)  # stands in for the venv --skip-venv left out
+    # A file install.sh did not create (the venv is --skip-venv'd): it must survive the uninstall.
+    (root / "opt/edge-anomaly/venv/bin").mkdir(parents=True)
     (root / "opt/edge-anomaly/venv/bin/edge-run").write_text("#!/bin/sh\n")
 
     dry = run_install(root, "--uninstall", "--dry-run")
@@ -246,7 +257,9 @@ def test_uninstall_keeps_state_and_config_and_purge_removes_them(
     assert "skipped under --root: systemctl disable --now edge-anomaly.service" in proc.stdout
     assert not (root / "etc/systemd/system/edge-anomaly.service").exists()
     assert not (root / "etc/systemd/system/edge-anomaly.service.d").exists()
-    assert not (root / "opt/edge-anomaly").exists()
+    assert not (root / "opt/edge-anomaly/share").exists()  # what install.sh put there is gone
+    assert (root / "opt/edge-anomaly/venv/bin/edge-run").exists()  # what it did not make is not
+    assert "kept /opt/edge-anomaly" in proc.stdout
     assert (root / "etc/edge-anomaly/config.toml").read_text() == config.read_text()
     assert (root / "var/lib/edge-anomaly/bundle/manifest.json").read_bytes() == (
         bundle / "manifest.json"
@@ -255,8 +268,11 @@ def test_uninstall_keeps_state_and_config_and_purge_removes_them(
     purge = run_install(root, "--uninstall", "--purge")
     assert "skipped under --root: userdel edge-anomaly" in purge.stdout
     left = [p for p, (_, digest) in snapshot(root).items() if digest != "dir"]
-    assert left == []
-    for gone in ("etc/edge-anomaly", "var/lib/edge-anomaly", "var/cache/edge-anomaly"):
+    # only the file install.sh did not make, and the record that still lists the directory holding it
+    assert sorted(left) == ["opt/edge-anomaly/venv/bin/edge-run", "var/lib/edge-anomaly/installed-paths"]
+    record = (root / "var/lib/edge-anomaly/installed-paths").read_text().splitlines()
+    assert sorted(record) == ["D /opt/edge-anomaly", "D /var/lib/edge-anomaly"]
+    for gone in ("etc/edge-anomaly", "var/lib/edge-anomaly/bundle", "var/cache/edge-anomaly"):
         assert not (root / gone).exists()
 
 
@@ -314,6 +330,184 @@ def test_example_config_is_valid_for_the_daemon(tmp_path: Path) -> None:
     every_key = config_mod.load_config(full)
     assert [cam.name for cam in every_key.cameras] == ["cam0", "csi0"]
     assert every_key.cameras[1].source.startswith("nvarguscamerasrc")
+
+
+# ---- fail closed (issue 14) -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        "var/lib/edge-anomaly/bundle",
+        "var/lib/edge-anomaly/bundle/model.fp32.onnx",
+        "var/lib/edge-anomaly/engines",
+        "etc/edge-anomaly/config.toml",
+        "var/lib/edge-anomaly",
+    ],
+)
+def test_a_symlink_planted_in_a_managed_path_is_refused(
+    root: Path, bundle: Path, config: Path, tmp_path: Path, planted: str
+) -> None:
+    """As root, following a planted link would chmod/chown/overwrite its target: refuse instead."""
+    args = ("--bundle", str(bundle), "--config", str(config))
+    run_install(root, *args)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "shadow").write_text("root's secret\n")
+    victim.chmod(0o700)
+    path = root / planted
+    if path.is_dir():
+        import shutil
+
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+    path.symlink_to(victim if planted != "var/lib/edge-anomaly/bundle/model.fp32.onnx" else victim / "shadow")
+    before = snapshot(victim)
+    proc = run_install(root, *args, "--force-config", check=False)
+    assert proc.returncode != 0
+    assert "is a symbolic link" in proc.stderr and "never follows links" in proc.stderr
+    assert snapshot(victim) == before and stat.S_IMODE(victim.stat().st_mode) == 0o700
+    uninstall = run_install(root, "--uninstall", "--purge", check=False)
+    assert snapshot(victim) == before  # nor does uninstall reach through it
+    assert uninstall.returncode != 0 or (victim / "shadow").exists()
+
+
+@pytest.mark.parametrize(
+    "prefix", ["/usr", "/", "/opt", "/usr/lib", "/etc/edge", "/var/lib", "opt/edge", "/opt/../usr", "/edge"]
+)
+def test_a_hostile_prefix_is_refused(root: Path, prefix: str) -> None:
+    run_install(root)
+    for system in ("usr/bin", "opt/vendor"):
+        (root / system).mkdir(parents=True, exist_ok=True)
+        (root / system / "keep").write_text("not ours\n")
+    before = snapshot(root)
+    for action in (("--uninstall",), ("--uninstall", "--purge"), ()):
+        proc = run_install(root, *action, "--prefix", prefix, check=False)
+        assert proc.returncode != 0, proc.stdout
+        assert "--prefix" in proc.stderr
+    assert snapshot(root) == before
+
+
+def test_uninstall_removes_only_what_install_recorded(root: Path, config: Path) -> None:
+    """A prefix that exists but was not installed by install.sh is left alone, file by file."""
+    run_install(root, "--config", str(config))
+    data = root / "srv/data"
+    data.mkdir(parents=True)
+    (data / "share").mkdir()
+    (data / "share/README.md").write_text("the operator's own file\n")
+    proc = run_install(root, "--uninstall", "--prefix", "/srv/data")
+    assert (data / "share/README.md").read_text() == "the operator's own file\n"
+    assert "nothing under --prefix /srv/data was installed by install.sh" in proc.stdout
+    assert (root / "opt/edge-anomaly/share/README.md").exists()  # not the prefix being uninstalled
+
+
+def test_purge_keeps_operator_secrets_unless_named(root: Path, bundle: Path, config: Path) -> None:
+    run_install(root, "--bundle", str(bundle), "--config", str(config))
+    etc = root / "etc/edge-anomaly"
+    (etc / "tls").mkdir()
+    (etc / "tls/client.key").write_text("-----BEGIN PRIVATE KEY-----\n")
+    (etc / "mqtt-password").write_text("hunter2\n")
+
+    proc = run_install(root, "--uninstall", "--purge")
+    assert not (etc / "config.toml").exists()  # install.sh's own file
+    assert (etc / "tls/client.key").exists() and (etc / "mqtt-password").exists()
+    assert "kept /etc/edge-anomaly" in proc.stdout
+    assert not (root / "var/lib/edge-anomaly/bundle").exists()
+
+    bad = run_install(root, "--uninstall", "--purge", "--purge-also", "/var/lib/other", check=False)
+    assert bad.returncode != 0 and "only operator files under /etc/edge-anomaly" in bad.stderr
+    run_install(root, "--uninstall", "--purge", "--purge-also", "/etc/edge-anomaly/mqtt-password")
+    assert not (etc / "mqtt-password").exists() and (etc / "tls/client.key").exists()
+
+
+def test_force_config_backs_up_the_replaced_config(root: Path, config: Path, tmp_path: Path) -> None:
+    run_install(root, "--config", str(config))
+    installed = root / "etc/edge-anomaly/config.toml"
+    installed.write_text(installed.read_text() + "# local edit\n")
+    edited = installed.read_text()
+    other = tmp_path / "other.toml"
+    other.write_text(config.read_text().replace("press-7", "press-8"))
+
+    proc = run_install(root, "--config", str(other), "--force-config")
+    backups = list(installed.parent.glob("config.toml.bak-*"))
+    assert len(backups) == 1 and backups[0].read_text() == edited
+    assert stat.S_IMODE(backups[0].stat().st_mode) == 0o640
+    assert f"backed up /etc/edge-anomaly/config.toml to /etc/edge-anomaly/{backups[0].name}" in proc.stdout
+    assert installed.read_text() == other.read_text()
+    run_install(root, "--config", str(other), "--force-config")  # same content: nothing to back up
+    assert len(list(installed.parent.glob("config.toml.bak-*"))) == 1
+
+
+def test_an_old_layout_is_closed_on_update(root: Path, bundle: Path, config: Path) -> None:
+    """Before issue 14 the state directory was the service's and engines lived inside the bundle."""
+    run_install(root, "--bundle", str(bundle), "--config", str(config))
+    state = root / "var/lib/edge-anomaly"
+    (state / "bundle/engines").mkdir()
+    (state / "bundle/engines/old.engine").write_bytes(b"written by the service")
+    state.chmod(0o750)
+    proc = run_install(root, "--bundle", str(bundle), "--config", str(config))
+    assert not (state / "bundle/engines").exists()
+    assert "removed /var/lib/edge-anomaly/bundle/engines" in proc.stdout
+    assert stat.S_IMODE(state.stat().st_mode) == 0o755
+
+
+def test_lock_files_pin_and_hash_every_dependency() -> None:
+    locks = sorted(DEPLOY.glob("requirements*.lock"))
+    assert locks, "no deploy/requirements*.lock; run deploy/lock-requirements.sh"
+    for lock in locks:
+        text = lock.read_text(encoding="utf-8")
+        assert re.search(r"^# python: \d+$", text, re.M), lock
+        names = set()
+        for block in re.split(r"\n(?=[A-Za-z0-9])", text):
+            head = block.strip().splitlines()[0] if block.strip() else ""
+            if not head or head.startswith("#"):
+                continue
+            assert re.match(r"^[A-Za-z0-9_.-]+==[^ ;]+( ; [^\\]+)? \\$", head), (
+                f"{lock.name}: not pinned: {head}"
+            )
+            assert "--hash=sha256:" in block, f"{lock.name}: no hash for {head}"
+            names.add(head.split("==")[0].lower())
+        assert {"numpy", "paho-mqtt", "pydantic", "onnxruntime", "cryptography"} <= names, lock.name
+
+
+def test_without_a_fitting_lock_the_install_refuses_unless_allowed(root: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            "bash",
+            str(INSTALL),
+            "--root",
+            str(root),
+            "--dry-run",
+            "--source",
+            str(REPO),
+            "--extras",
+            "nosuchextra",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and "no hashed lock file" in proc.stderr
+    allowed = subprocess.run(
+        [
+            "bash",
+            str(INSTALL),
+            "--root",
+            str(root),
+            "--dry-run",
+            "--source",
+            str(REPO),
+            "--extras",
+            "nosuchextra",
+            "--allow-unpinned",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert "WITHOUT a hashed lock file" in allowed.stderr
 
 
 # The real (non --root) code paths: useradd, chown, ownership drift, userdel. They run as root inside a private
@@ -383,13 +577,14 @@ def test_real_install_sets_owners_creates_the_user_and_purges(
     }
     assert owners["/etc/edge-anomaly"] == ("root:edge-anomaly", "750")
     assert owners["/etc/edge-anomaly/config.toml"] == ("root:edge-anomaly", "640")
-    assert owners["/var/lib/edge-anomaly"] == ("edge-anomaly:edge-anomaly", "750")
+    assert owners["/var/lib/edge-anomaly"] == ("root:root", "755")  # the service cannot swap the bundle
     assert owners["/var/lib/edge-anomaly/bundle"] == ("root:edge-anomaly", "750")
     assert owners["/var/lib/edge-anomaly/bundle/model.fp32.onnx"] == ("root:edge-anomaly", "640")
-    assert owners["/var/lib/edge-anomaly/bundle/engines"] == ("edge-anomaly:edge-anomaly", "750")
+    assert owners["/var/lib/edge-anomaly/engines"] == ("edge-anomaly:edge-anomaly", "750")
+    assert owners["/var/lib/edge-anomaly/installed-paths"] == ("root:root", "644")
     assert ":/usr/sbin/nologin" in out["user"] and out["user"].count("\n") >= 2  # user and render group
     assert "done: 0 change(s)." in out["second"] and "try-restart" not in out["second"]
-    assert "run: chown root:edge-anomaly /etc/edge-anomaly/config.toml" in out["drift"]
+    assert "run: chown -h root:edge-anomaly /etc/edge-anomaly/config.toml" in out["drift"]
     assert "[stub] systemctl try-restart edge-anomaly.service" in out["drift"]
     assert "run: userdel edge-anomaly" in out["purge"]
     assert "no user" in out["after"] and "No such file" in out["after"]

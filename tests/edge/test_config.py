@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from edge.cli import EXIT_CONFIG, main
 from edge.config import CameraConfig, ConfigError, EdgeConfig, load_config, parse_overrides
+from tests.helpers.tiny_bundle import make_tiny_bundle
 
 BASE = """
 device_id = "press-7"
@@ -180,8 +181,12 @@ def test_check_config_prints_effective_config_with_secrets_masked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("EDGE_MQTT__PASSWORD", "s3cret-from-env")
+    bundle = make_tiny_bundle(tmp_path / "bundle", size=32)
     path = write(
-        tmp_path, BASE.replace("port = 1884", 'port = 1884\nusername = "edge"\npassword = "s3cret-file"')
+        tmp_path,
+        BASE.replace("port = 1884", 'port = 1884\nusername = "edge"\npassword = "s3cret-file"').replace(
+            "/opt/bundles/bottle", str(bundle)
+        ),
     )
     rc = main(["--config", str(path), "--check-config", "--set", "mqtt.qos_result=0"])
     out = capsys.readouterr()

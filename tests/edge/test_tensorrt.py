@@ -5,6 +5,7 @@ as TensorRT 8.6 or 10.x with cuda-python or pycuda; and, marked ``tensorrt``, ag
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -527,3 +528,55 @@ def test_numpy_dtype_falls_back_to_the_type_name(gpu8: FakeGPU) -> None:
     assert numpy_dtype(trt, trt.DataType.UINT8) == np.uint8
     with pytest.raises(BackendError, match="cannot map"):
         numpy_dtype(trt, "DataType.FP8")
+
+
+# ---- cache integrity ------------------------------------------------------------------------------------
+
+
+def test_each_cached_engine_has_its_hash_beside_it(
+    gpu8: FakeGPU, bundle: Path, manifest: Manifest, tmp_path: Path
+) -> None:
+    path = build(bundle, manifest, tmp_path)
+    assert te.hash_path(path).read_text().strip() == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("damage", ["other-engine", "no-hash", "flipped-byte"])
+def test_an_engine_that_does_not_match_its_hash_never_reaches_tensorrt(
+    gpu8: FakeGPU, bundle: Path, manifest: Manifest, tmp_path: Path, damage: str
+) -> None:
+    """Even bytes TensorRT would load (another valid engine) are rebuilt, not deserialised."""
+    path = build(bundle, manifest, tmp_path, max_batch=8)
+    good = path.read_bytes()
+    if damage == "other-engine":
+        path.write_bytes(build(bundle, manifest, tmp_path, max_batch=2).read_bytes())
+    elif damage == "no-hash":
+        te.hash_path(path).unlink()
+    else:
+        path.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    builds = gpu8.state.builds
+    before = len(gpu8.of("deserialize_cuda_engine"))
+    with load_backend("tensorrt", bundle, manifest, engine_cache_dir=tmp_path) as backend:
+        assert backend.engine_path == path
+    assert gpu8.state.builds == builds + 1  # rebuilt
+    assert len(gpu8.of("deserialize_cuda_engine")) == before + 1  # only the fresh build was deserialised
+    assert te.read_cached_engine(path) == path.read_bytes()
+
+
+def test_stale_temp_files_are_cleaned_but_a_live_writers_file_is_kept(tmp_path: Path) -> None:
+    dead = tmp_path / ".x.engine.999999999.tmp"
+    live = tmp_path / f".y.engine.{os.getppid()}.tmp"
+    keep = tmp_path / "z.engine"
+    for path in (dead, live, keep):
+        path.write_bytes(b"partial")
+    assert te.clean_stale_temp_files(tmp_path) == 1
+    assert not dead.exists() and live.exists() and keep.exists()
+
+
+def test_the_cache_directory_is_fsynced_after_each_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[Path] = []
+    real = te.fsync_dir
+    monkeypatch.setattr(te, "fsync_dir", lambda d: (synced.append(Path(d)), real(d)))
+    te.cache_engine(b"engine bytes", tmp_path / "e" / "a.engine")
+    assert synced == [tmp_path / "e", tmp_path / "e"]  # the engine's rename, then its hash's

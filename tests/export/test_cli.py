@@ -16,10 +16,12 @@ import pytest
 import torch
 
 from edge.manifest import MANIFEST_NAME, BundleError, sha256_file, verify_bundle
+from edge.signing import SIGNATURE_NAME, TrustedKeys
 from export.bundle import StagedBundle
 from export.cli import EXIT_GATE, EXIT_INPUT, EXIT_OK, main
 from export.engine import tensorrt_available
 from export.gate import torch_outputs
+from export.keygen import write_key_pair
 from export.onnx_export import inference_module
 from tests.export import TinyModel
 from training.checkpoint import load_checkpoint
@@ -55,9 +57,20 @@ def write_images(folder: Path, n: int, value: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def full_export(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Run]:
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """(private key, public key, fingerprint) from edge-keygen's own code."""
+    return write_key_pair(tmp_path_factory.mktemp("keys") / "export")
+
+
+@pytest.fixture(scope="module")
+def full_export(
+    tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory, signing_key: tuple[Path, Path, str]
+) -> tuple[Path, Run]:
     out = tmp_path_factory.mktemp("cli") / "bundle"
-    run = run_cli(tiny_model.checkpoint, "--out", out, "--fp16", "--int8", "--data", tiny_model.data)
+    run = run_cli(
+        tiny_model.checkpoint, "--out", out, "--fp16", "--int8", "--data", tiny_model.data,
+        "--sign-key", signing_key[0],
+    )  # fmt: skip
     return out, run
 
 
@@ -68,6 +81,7 @@ def test_full_export_writes_a_verified_bundle(tiny_model: TinyModel, full_export
     assert sorted(manifest.precisions) == ["fp16", "fp32", "int8"]
     assert sorted(p.name for p in out.iterdir()) == [
         MANIFEST_NAME,
+        SIGNATURE_NAME,
         "model.fp16.onnx",
         "model.fp32.onnx",
         "model.int8.onnx",
@@ -84,6 +98,16 @@ def test_full_export_writes_a_verified_bundle(tiny_model: TinyModel, full_export
         assert {"map_pearson_mean", "auroc_drop_pt", "good_score_err_mean"} <= set(entry.gate.metrics)
     assert manifest.threshold.method == "best-f1"  # a labelled set was given
     assert leftovers(out.parent) == []
+
+
+def test_sign_key_signs_the_exported_manifest(
+    full_export: tuple[Path, Run], signing_key: tuple[Path, Path, str]
+) -> None:
+    out, _ = full_export
+    _, public, fingerprint = signing_key
+    assert verify_bundle(out, trusted_keys=TrustedKeys.load([public])).signer == fingerprint
+    text = (out / MANIFEST_NAME).read_text(encoding="utf-8")
+    assert "NaN" not in text and "Infinity" not in text
 
 
 def test_normalisation_comes_from_the_held_out_good_images(
