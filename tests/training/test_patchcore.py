@@ -128,8 +128,11 @@ def test_bundle_runs_the_search_in_onnxruntime(
     bundle = tmp_path / "bundle"
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = export_main([str(patchcore_run), "--out", str(bundle), "--data", str(synthetic_dataset)])
+        rc = export_main([str(patchcore_run), "--out", str(bundle), "--int8", "--data", str(synthetic_dataset)])
     assert rc == EXIT_OK, err.getvalue()
+    from edge.manifest import verify_bundle
+
+    assert verify_bundle(bundle, ["fp32", "int8"]).model.kind == "patchcore"  # the daemon would load it
     ckpt = load_checkpoint(patchcore_run)
     model = InferenceModel(ckpt.model, ckpt.preprocess).eval()
     rng = np.random.default_rng(3)
