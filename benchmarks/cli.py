@@ -69,6 +69,15 @@ def parser() -> argparse.ArgumentParser:
         "--batch", type=_int_list, help="batch sizes (default 1,2,4,8 up to the bundle's max_batch)"
     )
     p.add_argument("--checkpoint", type=Path, help="training checkpoint for the torch-eager reference")
+    p.add_argument(
+        "--compare",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="BUNDLE",
+        help="model scenario: also measure this bundle's fp32 in the same interleaved rounds "
+        "(e.g. the PatchCore bundle beside GTrans); repeatable",
+    )
     p.add_argument("--torch-device", default="auto", help="torch device for the reference: auto, cpu, cuda")
     p.add_argument(
         "--duration",
@@ -215,6 +224,11 @@ def scenario_model(
     ]
     if args.checkpoint is not None:
         engines.append(open_torch(args.checkpoint, args.torch_device))
+    for other in args.compare:
+        manifest = load_manifest(other, ["fp32"])
+        engine = open_backend(args.backend, other, manifest, "fp32", ctx["options"])
+        engine.engine = f"{args.backend}[{manifest.model.kind}]"  # its own rows in the report
+        engines.append(engine)
     try:
         report["model"] = run_model_bench(engines, ctx["batches"], ctx["bench"], log=log)
     finally:

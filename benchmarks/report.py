@@ -187,6 +187,25 @@ def compute_ratios(report: dict[str, Any]) -> list[dict[str, Any]]:
     if report.get("model"):
         ratios += precision_ratios(report["model"], report.get("accuracy"), backend)
         ratios += torch_ratios(report["model"], backend, report["settings"]["precisions"])
+        ratios += compared_ratios(report["model"], backend)
+    return ratios
+
+
+def compared_ratios(model: dict[str, Any], backend: str) -> list[dict[str, Any]]:
+    """Each ``--compare`` bundle's fp32 latency against this bundle's fp32, at batch 1, measured in one run."""
+    ratios = []
+    engines = sorted({c["engine"] for c in model.get("cells", []) if c["engine"].startswith(f"{backend}[")})
+    for engine in engines:
+        mine = find_cell(model, backend, "fp32", 1)
+        other = find_cell(model, engine, "fp32", 1)
+        ratios.append(
+            _ratio(
+                f"{engine}_fp32_vs_{backend}_fp32_b1_latency",
+                f"{engine} fp32 ÷ this bundle's fp32, p50 latency at batch 1",
+                (f"{engine}/fp32/b1.latency_ms.p50", _get(other, "latency_ms", "p50")),
+                (f"{backend}/fp32/b1.latency_ms.p50", _get(mine, "latency_ms", "p50")),
+            )
+        )
     return ratios
 
 

@@ -360,3 +360,20 @@ def test_offered_rates() -> None:
     assert offered_fps(1e6, 1, 1.5) == MAX_CAMERA_FPS and offered_fps(0.1, 4, 0.5) == 1.0
     assert [pipeline_batch(c, 4) for c in (1, 2, 4, 8)] == [1, 2, 4, 4]
     assert math.isfinite(offered_fps(50.0, 1, 0.5))
+
+
+def test_compare_measures_another_bundle_in_the_same_rounds(bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["model", "--bundle", str(bundle), "--precision", "fp32", "--batch", "1", "--compare", str(bundle)]
+    rc = main([*args, "--duration", "0.2", "--rounds", "2", "--out", str(out), *QUICK])
+    assert rc == EXIT_OK
+    report = read_report(out)
+    engines = {c["engine"] for c in report["model"]["cells"]}
+    kind = json.loads((bundle / "manifest.json").read_text())["model"]["kind"]
+    assert engines == {"onnxruntime", f"onnxruntime[{kind}]"}
+    r = ratio(report, f"onnxruntime[{kind}]_fp32_vs_onnxruntime_fp32_b1_latency")
+    check_ratio(
+        r,
+        cell(report, f"onnxruntime[{kind}]", "fp32", 1)["latency_ms"]["p50"],
+        cell(report, "onnxruntime", "fp32", 1)["latency_ms"]["p50"],
+    )
