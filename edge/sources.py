@@ -6,8 +6,10 @@ newest one. What can go wrong on a line is reported through ``on_state(camera, s
 
 - cannot open: ``fault`` with a reason naming the uri, retried with capped exponential backoff;
 - a live stream breaks (repeated read failures): ``fault``, reconnect with backoff;
-- a file ends: reopened when ``loop`` is set, else ``fault`` "end of stream" and no more frames;
+- a file ends: reopened when ``loop`` is set, else ``ended`` "end of stream" (a normal end, not a fault);
 - no usable frame for ``fault_after_s`` (a hung stream, a camera sending only black frames): ``fault``.
+  Opening is not counted: it has its own timeout (an RTSP camera takes seconds to open), and the window
+  starts when the capture is open.
 
 Empty, unreadable or all-black frames are counted and never reach the slot (compressed MJPEG frames: never
 get scored, see below), so nothing downstream is scored from a stale or black image. A video file plays at
@@ -37,12 +39,13 @@ from typing import Any, Callable, Literal
 import cv2
 import numpy as np
 
+from edge.backoff import Backoff
 from edge.frames import Frame, FrameSlot, is_black
 from edge.priority import lower_current_thread_priority
 
 log = logging.getLogger(__name__)
 
-SourceState = Literal["online", "offline", "fault"]
+SourceState = Literal["online", "offline", "fault", "ended"]
 StateCallback = Callable[[str, str, str], None]
 CaptureFactory = Callable[[str], Any]
 
@@ -130,23 +133,6 @@ def _jpeg_passthrough(capture: Any) -> tuple[int, int] | None:
         return None
 
 
-class Backoff:
-    """Capped exponential backoff: initial, 2x, 4x ... up to ``maximum``; reset after a success."""
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self._next = initial
-
-    def next_delay(self) -> float:
-        delay = self._next
-        self._next = min(self._next * 2.0, self.maximum)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.initial
-
-
 class Pacer:
     """Spaces hand-overs ``1 / fps`` apart without bursting to catch up after a stall."""
 
@@ -184,7 +170,7 @@ class CameraSource:
         fps_cap: float | None = None,
         fault_after_s: float = 3.0,
         backoff_initial_s: float = 0.5,
-        backoff_max_s: float = 10.0,
+        backoff_max_s: float = 2.0,  # bounds recovery: a camera that is back is reopened within this
         on_state: StateCallback = _no_callback,
         capture_factory: CaptureFactory | None = None,
         decode_on_demand: bool = True,
@@ -219,6 +205,7 @@ class CameraSource:
         self._last_frame_mono: float | None = None
         self._rejected_since: float | None = None  # first frame the consumer rejected since its last good one
         self._watch_from = time.monotonic()
+        self._opening = False  # the watchdog leaves an open in progress to its own timeout
         self._threads: tuple[threading.Thread, ...] = ()
 
     # ---- public API ---------------------------------------------------------------------------------
@@ -324,10 +311,10 @@ class CameraSource:
         tick = min(0.25, self.fault_after_s / 4.0)
         while not self._stop.wait(tick):
             with self._lock:
-                if self._state == "fault":
+                if self._state in ("fault", "ended") or self._opening:
                     continue
                 now = time.monotonic()
-                since = self._last_frame_mono if self._last_frame_mono is not None else self._watch_from
+                since = max(self._last_frame_mono or 0.0, self._watch_from)  # the newer of last frame, open
                 if now - since >= self.fault_after_s:
                     self._fault(f"no frame for {self.fault_after_s:.1f} s")
                 elif self._rejected_since is not None and now - self._rejected_since >= self.fault_after_s:
@@ -355,10 +342,16 @@ class CameraSource:
     def _open_or_fault(self) -> Any:
         if self.kind == "file" and not os.path.isfile(self.uri):
             return self._open_failed(f"cannot open '{self.uri}': no such file")
+        with self._lock:
+            self._opening = True
         try:
             capture = self._open(self.uri)
         except Exception as exc:  # OpenCV raises cv2.error for some malformed pipelines
             return self._open_failed(f"cannot open '{self.uri}': {exc}")
+        finally:
+            with self._lock:
+                self._opening = False
+                self._watch_from = time.monotonic()
         if capture is None or not capture.isOpened():
             _release(capture)
             return self._open_failed(f"cannot open '{self.uri}' (OpenCV could not open it)")
@@ -378,7 +371,7 @@ class CameraSource:
             return "retry"
         if outcome == "eos":
             if not self.loop:
-                self._fault("end of stream")
+                self._set_state("ended", "end of stream")
                 return "end"
             self._count("loops")
             return "loop"
