@@ -34,9 +34,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Optional, Protocol, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, List, Literal, Optional, Protocol, Sequence, Tuple, Type, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from edge.mqtt import Inbound
 from edge.postprocess import ThresholdError
@@ -164,6 +164,19 @@ class StatusPayload(_Versioned):
     warnings: List[str] = Field(default_factory=list, description="e.g. 'broker not acknowledging for 12 s'")
 
 
+class ThresholdSetObject(_Payload):
+    threshold: float = Field(description="normalised threshold; must lie in the range threshold/state reports")
+
+
+class ThresholdSetPayload(RootModel[Union[float, ThresholdSetObject]]):
+    """``<prefix>/<camera>/threshold/set`` (sent by SCADA, never retained): a number or ``{"threshold": x}``.
+
+    At most 64 bytes; a plain-text number (``2.5``) is accepted too. The device parses it itself
+    (:func:`edge.postprocess.parse_threshold_payload`, which also refuses NaN, infinities and booleans);
+    this model exists so the command has a published schema like every other payload.
+    """
+
+
 class ThresholdStatePayload(_Versioned):
     """``<prefix>/<camera>/threshold/state``: retained when it reports the threshold in force; an answer
     with ``error`` is sent without retain and changes nothing."""
@@ -232,7 +245,7 @@ class Topic:
     qos: Optional[int]  # None: from the config (mqtt.qos_result / mqtt.qos_mask)
     retain: bool
     content_type: str
-    model: Optional[Type[_Payload]]  # None: not JSON (images) or parsed by its handler
+    model: Optional[Type[BaseModel]]  # None: not JSON (images)
 
     def filled(self, camera: str = "", key: str = "") -> str:
         return self.pattern.format(camera=camera, key=key)
@@ -252,7 +265,8 @@ TOPICS: Dict[str, Topic] = {
         Topic("result", "{camera}/result", "publish", None, False, "application/json", ResultPayload),
         Topic("mask", "{camera}/mask/{key}", "publish", None, False, "image/png", None),
         Topic("heatmap", "{camera}/heatmap/{key}", "publish", None, False, "image/jpeg", None),
-        Topic("threshold_set", "{camera}/threshold/set", "subscribe", 1, False, "text/plain", None),
+        Topic("threshold_set", "{camera}/threshold/set", "subscribe", 1, False, "application/json",
+              ThresholdSetPayload),
         Topic("threshold_state", "{camera}/threshold/state", "publish", 1, True, "application/json",
               ThresholdStatePayload),
         Topic("stats", "stats", "publish", 0, False, "application/json", StatsPayload),
@@ -260,7 +274,7 @@ TOPICS: Dict[str, Topic] = {
 }  # fmt: skip
 
 # The JSON-Schema document of each JSON payload, by topic name (what docs/schemas holds).
-SCHEMA_MODELS: Dict[str, Type[_Payload]] = {
+SCHEMA_MODELS: Dict[str, Type[BaseModel]] = {
     name: topic.model for name, topic in TOPICS.items() if topic.model is not None
 }
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edge.api import (
     SCHEMA_MODELS,
@@ -24,6 +26,7 @@ from edge.api import (
     topic_name_of,
 )
 from edge.mqtt import Inbound
+from edge.postprocess import parse_threshold_payload
 from edge.thresholds import ThresholdBook
 from tests.helpers.contract import SCHEMAS, check
 
@@ -177,3 +180,10 @@ def test_readme_examples_follow_the_published_schemas() -> None:
     for name, body in examples:
         topic = topics.get(name, "p/" + TOPICS[name].filled("line1"))
         check(topic, json.loads(body))
+
+
+@given(value=st.floats(0.0, 100.0), wrapped=st.booleans())
+def test_every_set_the_device_accepts_matches_the_published_command_schema(value: float, wrapped: bool) -> None:
+    payload = json.dumps({"threshold": value} if wrapped else value).encode()
+    assert parse_threshold_payload(payload, 0.0, 100.0) == value
+    check("p/line1/threshold/set", json.loads(payload))
