@@ -210,6 +210,22 @@ class MqttStats(_Payload):
     dropped: Dict[str, int] = Field(description="messages dropped per kind (result, mask, stats, ...)")
     subscribe_failures: int
     handler_errors: int
+    network_errors: int = Field(description="unexpected errors in the network thread (each one reconnects)")
+
+
+class CameraStats(_Payload):
+    frames_read: int
+    frames_dropped: int = Field(description="frames replaced unread in the camera's one-frame slot")
+    reconnects: int
+    read_errors: int
+    open_failures: int
+    black_frames: int = Field(description="black or undecodable frames skipped")
+    loops: int = Field(description="times a looping file restarted")
+    state: CameraStateName
+    reason: str
+    last_frame_age_s: Optional[float]
+    scored: int = 0
+    anomalous: int = 0
 
 
 class StatsPayload(_Versioned):
@@ -228,7 +244,7 @@ class StatsPayload(_Versioned):
     queues: Dict[str, int]
     latency_ms: Dict[str, Percentiles]
     mqtt: MqttStats
-    cameras: Dict[str, Dict[str, object]]
+    cameras: Dict[str, CameraStats]
     warnings: List[str] = Field(default_factory=list)
 
 

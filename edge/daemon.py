@@ -18,12 +18,21 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import cv2
 
 import edge
-from edge.api import DeviceApi, Identity, ModelRef, StatsPayload, iso_utc, new_run_id, status_will
+from edge.api import (
+    CameraStats,
+    DeviceApi,
+    Identity,
+    ModelRef,
+    StatsPayload,
+    iso_utc,
+    new_run_id,
+    status_will,
+)
 from edge.backends import Backend, load_backend
 from edge.config import CameraConfig, EdgeConfig
 from edge.health import MetricsServer, SdNotifier, Watchdog, watchdog_interval_s
@@ -233,11 +242,11 @@ class Daemon:
         per_cam: Dict[str, Dict[str, int]] = dict(base["cameras"])  # type: ignore[call-overload]
         mqtt = self.transport.snapshot()
         dropped: Dict[str, int] = dict(mqtt["dropped"])  # type: ignore[call-overload]
-        cams: Dict[str, Dict[str, object]] = {}
+        cams: Dict[str, CameraStats] = {}
         for cam in self.cameras:
-            src: Dict[str, object] = dict(cam.source.stats)
+            src: Dict[str, Any] = dict(cam.source.stats)
             src.update(per_cam.get(cam.cfg.name, {}))
-            cams[cam.cfg.name] = src
+            cams[cam.cfg.name] = CameraStats(**src)
         now = time.time()
         identity = self.api.identity
         return StatsPayload(

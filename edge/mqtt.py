@@ -28,6 +28,7 @@ and then paho's, so callbacks that paho may call under its own locks must not ta
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -179,6 +180,7 @@ class MqttTransport:
             "published": 0,
             "subscribe_failures": 0,
             "handler_errors": 0,
+            "network_errors": 0,
         }
         self.dropped: Dict[str, int] = {}
         self.client = self._make_client(client_id, will)
@@ -257,8 +259,16 @@ class MqttTransport:
     def _run(self) -> None:
         lower_current_thread_priority(self._network_thread_nice)
         while not self._stop.is_set():
-            if self._connect_once():
-                self._loop_until_disconnected()
+            try:
+                if self._connect_once():
+                    self._loop_until_disconnected()
+            except Exception:  # a bug here must not end the only thread that talks to the broker
+                self._count("network_errors")
+                log.exception("mqtt %s: network thread error; reconnecting with backoff", self.broker)
+                with contextlib.suppress(Exception):
+                    self.client.disconnect()
+                self._connected = False
+                self._notify_state()
             if not self._stop.is_set():
                 self._stop.wait(self._backoff.next_delay())
 
@@ -341,7 +351,10 @@ class MqttTransport:
         newer messages we flush. They are older, so they go first; they get new message ids (QoS 1 is
         at-least-once anyway).
         """
-        leftovers = client.drop_out_messages()
+        drop = getattr(client, "drop_out_messages", None)
+        if drop is None:  # paho < 2.2 (JetPack's lock pins 2.1): paho resends them itself, after our queue
+            return []
+        leftovers = drop()
         with self._pending_lock:
             self._pending.clear()  # everything paho held is either carried back here or was finished
         carried = [

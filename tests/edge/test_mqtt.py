@@ -428,3 +428,49 @@ def test_tls_connection_and_a_clear_certificate_error(
             t.stop(timeout=1)
         transports.clear()
         broker.stop()
+
+
+def test_paho_without_drop_out_messages_still_delivers_after_a_restart(
+    tmp_path: Path, prefix: str, transports: list[MqttTransport]
+) -> None:
+    """paho 2.1 (the JetPack lock's) has no drop_out_messages: paho resends its unacknowledged messages."""
+    broker = persistent_broker(tmp_path / "mosq").start()
+    try:
+        sub = Subscriber(broker.host, broker.port, [f"{prefix}/+/result"], persistent=True)
+        t = MqttTransport(mqtt_cfg(broker), prefix, f"pub-{uuid.uuid4().hex[:8]}", will=WILL)
+        t.client.drop_out_messages = None  # type: ignore[assignment,method-assign]  # as in paho < 2.2
+        transports.append(t)
+        t.start()
+        assert t.wait_connected(WAIT)
+        t.publish("cam1/result", b"0", 1, kind="result")
+        assert sub.wait_for(lambda m: len(m) >= 1)
+        broker.stop()
+        assert t.wait_for(lambda p: not p.connected, WAIT)
+        for seq in range(1, 4):
+            t.publish("cam1/result", f"{seq}".encode(), 1, kind="result")
+        broker.start()
+        assert sub.wait_for(lambda m: {x.payload for x in m} >= {b"0", b"1", b"2", b"3"}, 30)
+        sub.close()
+    finally:
+        broker.stop()
+
+
+def test_an_error_in_the_network_thread_is_counted_and_survived(
+    broker: Broker, prefix: str, transports: list[MqttTransport], caplog: pytest.LogCaptureFixture
+) -> None:
+    t = MqttTransport(mqtt_cfg(broker), prefix, f"pub-{uuid.uuid4().hex[:8]}", will=WILL)
+    transports.append(t)
+    real = t._carry_unacked
+    calls: list[int] = []
+
+    def broken_once(client):  # noqa: ANN001, ANN202
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in on_connect")
+        return real(client)
+
+    t._carry_unacked = broken_once  # type: ignore[method-assign]
+    t.start()
+    assert t.wait_connected(WAIT)
+    assert t.counters["network_errors"] == 1 and len(calls) == 2
+    assert any("network thread error" in r.getMessage() for r in caplog.records)
