@@ -9,7 +9,7 @@ newest one. What can go wrong on a line is reported through ``on_state(camera, s
 - a file ends: reopened when ``loop`` is set, else ``ended`` "end of stream" (a normal end, not a fault);
 - no usable frame for ``fault_after_s`` (a hung stream, a camera sending only black frames): ``fault``.
   Opening is not counted: it has its own timeout (an RTSP camera takes seconds to open), and the window
-  starts when the capture is open.
+  starts when the capture is open. An open still running after ``open_timeout_s`` is a ``fault``.
 
 Empty, unreadable or all-black frames are counted and never reach the slot (compressed MJPEG frames: never
 get scored, see below), so nothing downstream is scored from a stale or black image. A video file plays at
@@ -53,6 +53,7 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp:
 FILE_DEFAULT_FPS = 25.0  # when a file does not say its frame rate
 LIVE_ERRORS_BEFORE_RECONNECT = 3  # consecutive failed reads that mean the stream is gone
 NETWORK_TIMEOUT_MS = 5000  # OpenCV's FFmpeg open/read timeouts for network streams
+OPEN_TIMEOUT_S = 2 * NETWORK_TIMEOUT_MS / 1000.0  # an open still running after this is reported as a fault
 REJECTED_FAULT = "only black or undecodable frames"  # the fault reason reject_frame leads to
 
 
@@ -175,6 +176,7 @@ class CameraSource:
         capture_factory: CaptureFactory | None = None,
         decode_on_demand: bool = True,
         thread_nice: int = 0,
+        open_timeout_s: float = OPEN_TIMEOUT_S,
     ) -> None:
         _check_positive("fps_cap", fps_cap, allow_none=True)
         _check_positive("fault_after_s", fault_after_s)
@@ -192,6 +194,7 @@ class CameraSource:
         self.fault_after_s = fault_after_s
         self.decode_on_demand = decode_on_demand
         self.thread_nice = thread_nice
+        self.open_timeout_s = open_timeout_s
         self._on_state = on_state
         self._open = capture_factory or open_capture
         self._backoff = Backoff(backoff_initial_s, backoff_max_s)
@@ -205,7 +208,7 @@ class CameraSource:
         self._last_frame_mono: float | None = None
         self._rejected_since: float | None = None  # first frame the consumer rejected since its last good one
         self._watch_from = time.monotonic()
-        self._opening = False  # the watchdog leaves an open in progress to its own timeout
+        self._opening = False  # the watchdog gives an open in progress open_timeout_s, not fault_after_s
         self._threads: tuple[threading.Thread, ...] = ()
 
     # ---- public API ---------------------------------------------------------------------------------
@@ -311,9 +314,13 @@ class CameraSource:
         tick = min(0.25, self.fault_after_s / 4.0)
         while not self._stop.wait(tick):
             with self._lock:
-                if self._state in ("fault", "ended") or self._opening:
+                if self._state in ("fault", "ended"):
                     continue
                 now = time.monotonic()
+                if self._opening:  # OpenCV's own timeout should end it first; this catches a hung open
+                    if now - self._watch_from >= self.open_timeout_s:
+                        self._fault(f"camera did not open within {self.open_timeout_s:.1f} s")
+                    continue
                 since = max(self._last_frame_mono or 0.0, self._watch_from)  # the newer of last frame, open
                 if now - since >= self.fault_after_s:
                     self._fault(f"no frame for {self.fault_after_s:.1f} s")
@@ -344,6 +351,7 @@ class CameraSource:
             return self._open_failed(f"cannot open '{self.uri}': no such file")
         with self._lock:
             self._opening = True
+            self._watch_from = time.monotonic()
         try:
             capture = self._open(self.uri)
         except Exception as exc:  # OpenCV raises cv2.error for some malformed pipelines

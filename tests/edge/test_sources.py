@@ -649,3 +649,18 @@ def test_backoff_jitter_stays_within_its_band() -> None:
     draws = iter([0.0, 1.0, 0.5])
     b = Backoff(1.0, 4.0, jitter=0.5, rand=lambda: next(draws))
     assert [b.next_delay() for _ in range(3)] == [1.0, 1.0, 3.0]  # 1*(1-0), 2*(1-.5), 4*(1-.25)
+
+
+def test_an_open_that_hangs_past_its_own_timeout_is_a_fault(sources: list) -> None:
+    release = threading.Event()
+
+    def hung_open(uri: str) -> ScriptedCapture:
+        release.wait(WAIT)
+        return ScriptedCapture(n_good=1000)
+
+    states, slot = States(), FrameSlot()
+    start(sources, "cam", "rtsp://x/y", slot, on_state=states, open_timeout_s=0.3, capture_factory=hung_open)
+    _, _, reason = states.wait("fault")
+    assert reason == "camera did not open within 0.3 s"
+    release.set()
+    states.wait("online")
