@@ -323,7 +323,7 @@ def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
         version=edge.__version__,
         model=ModelRef(
             id=manifest.model_id(),
-            precision=config.model.precision,
+            precision=getattr(backend, "precision", config.model.precision),  # what the backend loaded
             backend=getattr(backend, "name", config.model.backend),
             signer=getattr(manifest, "signer", None),  # set by bundle signing, where the manifest has it
         ),
