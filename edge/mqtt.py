@@ -526,8 +526,12 @@ class MqttTransport:
                 self._pending.popleft()
             return time.monotonic() - self._pending[0][1] if self._pending else 0.0
 
+    def _stalled_for(self) -> float:
+        """Seconds the oldest message has waited for its ack while connected (an outage is not a stall)."""
+        return self.unacknowledged_s() if self._connected else 0.0
+
     def _check_acks(self) -> None:
-        waited = self.unacknowledged_s()
+        waited = self._stalled_for()
         stalled = waited >= self.cfg.ack_stall_s
         if stalled == self._stalled:
             return
@@ -549,7 +553,7 @@ class MqttTransport:
             hook(self.warnings())
 
     def warnings(self) -> List[str]:
-        waited = self.unacknowledged_s()
+        waited = self._stalled_for()
         if waited >= self.cfg.ack_stall_s:
             return [f"broker {self.broker} not acknowledging for {waited:.0f} s"]
         return []
