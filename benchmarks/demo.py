@@ -25,6 +25,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from benchmarks.local_broker import Broker
+from edge.api import AvailabilityPayload, ResultPayload, StatusPayload, topic_name_of
 from edge.manifest import BundleError, verify_bundle
 from training.synthetic import part_sequence, write_mvtec_dataset, write_video
 
@@ -76,21 +77,30 @@ class Watch:
     ended: threading.Event = field(default_factory=threading.Event)
     statuses: list[str] = field(default_factory=list)
     saved: int = 0
+    masks: dict[str, bytes] = field(default_factory=dict)  # by frame key, until their result arrives
 
     def on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         topic = msg.topic[len(self.prefix) + 1 :]
-        if topic == "status":
-            self.statuses.append(json.loads(msg.payload)["state"])
-            print(f"status       {msg.payload.decode()}", flush=True)
-        elif topic.endswith("/availability"):
-            text = msg.payload.decode()
-            print(f"availability {text}", flush=True)
-            if "end of stream" in text:
+        if not msg.payload:  # a cleared retained message
+            return
+        kind = topic_name_of(topic)
+        if kind == "status":
+            status = StatusPayload.model_validate_json(msg.payload)
+            self.statuses.append(status.state)
+            cams = ", ".join(f"{name} {cam.state}" for name, cam in status.cameras.items())
+            print(f"status       {status.state} ({cams})", flush=True)
+        elif kind == "availability":
+            event = AvailabilityPayload.model_validate_json(msg.payload)
+            print(f"availability {event.camera} {event.state}: {event.reason}", flush=True)
+            if event.state == "ended":
                 self.ended.set()
-        elif topic.endswith("/result"):
-            self.print_result(json.loads(msg.payload))
-        elif topic.endswith("/mask"):
-            self.save_overlay(msg)
+        elif kind == "result":
+            result = ResultPayload.model_validate_json(msg.payload)
+            self.print_result(result.model_dump(by_alias=True))
+            if result.mask is not None and result.frame_key in self.masks:
+                self.save_overlay(result.frame_id, self.masks.pop(result.frame_key))
+        elif kind == "mask":
+            self.masks[topic.rsplit("/", 1)[1]] = bytes(msg.payload)  # the mask comes before its result
 
     def print_result(self, r: dict) -> None:
         fid = r["frame_id"]
@@ -108,15 +118,10 @@ class Watch:
             flush=True,
         )
 
-    def save_overlay(self, msg: mqtt.MQTTMessage) -> None:
+    def save_overlay(self, fid: int, png: bytes) -> None:
         if self.saved >= self.max_overlays:
             return
-        props = getattr(msg, "properties", None)
-        corr = getattr(props, "CorrelationData", None) if props is not None else None
-        if corr is None:
-            return
-        fid = int(corr.decode())
-        mask = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), cv2.IMREAD_GRAYSCALE)
+        mask = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
         if mask is None or fid >= len(self.frames):
             return
         overlay = self.frames[fid].copy()

@@ -21,7 +21,6 @@ pipeline / bare compares numbers taken minutes apart at most, on the same machin
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing as mp
 import threading
@@ -165,29 +164,23 @@ class ResultSubscriber:
             self._subscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        from pydantic import ValidationError
+
+        from edge.api import ResultPayload, StatsPayload  # the published contract parses what SCADA would
+
         now_mono, now_wall = time.monotonic(), time.time()
         try:
-            doc = json.loads(message.payload)
-        except (ValueError, UnicodeDecodeError):
+            if message.topic.endswith("/stats"):
+                self.last_stats = StatsPayload.model_validate_json(message.payload).model_dump(by_alias=True)
+                return
+            doc = ResultPayload.model_validate_json(message.payload)
+        except (ValidationError, ValueError, UnicodeDecodeError):
             with self._lock:
                 self.bad_payloads += 1
             return
-        if message.topic.endswith("/stats"):
-            self.last_stats = doc
-            return
-        try:
-            rec = Received(
-                now_mono,
-                now_wall,
-                str(doc["camera"]),
-                int(doc["frame_id"]),
-                float(doc["capture_ts"]),
-                {k: float(v) for k, v in doc.get("latency_ms", {}).items()},
-            )
-        except (KeyError, TypeError, ValueError):
-            with self._lock:
-                self.bad_payloads += 1
-            return
+        rec = Received(
+            now_mono, now_wall, doc.camera, doc.frame_id, doc.capture_ts, doc.latency_ms.model_dump()
+        )
         with self._lock:
             self.count += 1
             self._lock.notify_all()

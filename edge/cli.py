@@ -221,7 +221,7 @@ def _install_signal_handlers(daemon: Any) -> Dict[int, Any]:
         log.info("received %s; stopping", signal.Signals(signum).name)
         daemon.stop()
 
-    previous = {}
+    previous: Dict[int, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             previous[sig] = signal.signal(sig, handler)

@@ -107,18 +107,36 @@ class MqttConfig(_Section):
         default=None, description="topic prefix; default edge-anomaly/<device_id>"
     )
     qos_result: int = Field(default=1, ge=0, le=2, description="QoS of result messages")
-    qos_mask: int = Field(default=0, ge=0, le=2, description="QoS of mask and heatmap images")
+    qos_mask: int = Field(default=1, ge=0, le=2, description="QoS of mask and heatmap images")
+    queue_masks: bool = Field(
+        default=True,
+        description="masks (QoS >= 1) wait in the offline queue like results; false: dropped (and counted) "
+        "whenever they cannot be sent at once",
+    )
     offline_queue_max: int = Field(
         default=1000,
         ge=0,
         le=1_000_000,
-        description="QoS>=1 messages kept while disconnected; the oldest are dropped first",
+        description="QoS>=1 messages in flight and queued together (broker down, slow or not acknowledging); "
+        "the oldest queued are dropped first, every drop counted",
+    )
+    ack_stall_s: float = Field(
+        default=10.0,
+        ge=0.5,
+        le=3600,
+        description="a message unacknowledged this long: 'broker not acknowledging' in status, stats, log",
     )
     stats_interval_s: float = Field(default=10.0, ge=0.2, le=3600, description="period of the stats topic")
     reconnect_min_s: int = Field(
-        default=1, ge=1, le=600, description="first reconnect delay; doubles per failure"
+        default=1, ge=1, le=600, description="first reconnect delay; doubles per failure (jittered)"
     )
-    reconnect_max_s: int = Field(default=30, ge=1, le=3600, description="longest reconnect delay")
+    reconnect_max_s: int = Field(
+        default=4,
+        ge=1,
+        le=3600,
+        description="longest reconnect delay: once the broker is back, the device is online within this "
+        "plus one connect (default: within 5 s)",
+    )
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -213,19 +231,26 @@ class PostprocessConfig(_Section):
     max_regions: int = Field(
         default=32, ge=1, le=1000, description="most regions listed in a result (largest first)"
     )
-    threshold_min: float = Field(
-        default=-1000.0, description="lowest threshold accepted over MQTT (normalised units)"
+    threshold_min: Optional[float] = Field(
+        default=None,
+        description="lowest threshold accepted over MQTT (normalised units); default from the bundle's "
+        "calibration: 0, the median good part",
     )
-    threshold_max: float = Field(
-        default=1000.0, description="highest threshold accepted over MQTT (normalised units)"
+    threshold_max: Optional[float] = Field(
+        default=None,
+        description="highest threshold accepted over MQTT (normalised units); default from the bundle's "
+        "calibration: 10x its default threshold, at least 100",
     )
     heatmap_jpeg_quality: int = Field(default=80, ge=10, le=100, description="JPEG quality of heatmap images")
 
     @model_validator(mode="after")
     def _range_is_a_range(self) -> PostprocessConfig:
         for name in ("threshold_min", "threshold_max"):
-            if not math.isfinite(getattr(self, name)):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number")
+        if self.threshold_min is None or self.threshold_max is None:
+            return self
         if self.threshold_min >= self.threshold_max:
             raise ValueError(
                 f"threshold_min ({self.threshold_min}) must be below threshold_max ({self.threshold_max})"
@@ -346,6 +371,11 @@ class EdgeConfig(BaseSettings):
     )
     health: HealthConfig = Field(default_factory=HealthConfig, description="systemd watchdog and metrics")
     cameras: List[CameraConfig] = Field(min_length=1, description="one [[cameras]] table per camera")
+    state_dir: Optional[Path] = Field(
+        default=None,
+        description="where the daemon keeps its own state (the threshold in force); default: systemd's "
+        "$STATE_DIRECTORY, else /var/lib/edge-anomaly when writable, else ~/.local/state/edge-anomaly",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -168,7 +168,7 @@ class _SnapshotCollector:
 
     def collect(self):  # noqa: ANN201 - prometheus-client's collector protocol
         core = self._core
-        snap = self._snapshot()
+        snap: Dict[str, Any] = self._snapshot()
         fps = core.GaugeMetricFamily("edge_fps", "frames scored per second over the last stats period")
         fps.add_metric([], float(snap.get("fps", 0.0) or 0.0))
         yield fps
@@ -194,5 +194,5 @@ class _SnapshotCollector:
             "edge_mqtt_backlog", "MQTT messages not yet acknowledged or still queued"
         )
         mqtt = dict(snap.get("mqtt", {}))
-        backlog.add_metric([], float(mqtt.get("backlog", 0)) + float(mqtt.get("offline_queue", 0)))
+        backlog.add_metric([], float(mqtt.get("in_flight", 0)) + float(mqtt.get("queued", 0)))
         yield backlog

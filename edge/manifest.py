@@ -342,7 +342,7 @@ def parse_manifest(data: bytes, where: str = MANIFEST_NAME) -> Manifest:
         raise BundleError(f"{where} is nested too deeply; re-export the bundle") from None
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: object) -> str:
     return " ".join(str(exc).split())[:200]
 
 

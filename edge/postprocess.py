@@ -15,9 +15,8 @@ from __future__ import annotations
 import json
 import math
 import re
-import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -145,7 +144,7 @@ class Postprocessor:
         )
         foreground = labels > 0
         peaks = np.full(n, -np.inf, np.float32)
-        np.maximum.at(peaks, labels[foreground], norm_map[foreground])
+        np.maximum.at(peaks, labels[foreground], norm_map[foreground])  # type: ignore[arg-type]  # int labels
         keep = np.zeros(n, bool)
         regions: List[Region] = []
         for i in range(1, n):
@@ -254,47 +253,3 @@ def _threshold_from_json(text: str) -> float:
         return float(data)
     except OverflowError as exc:  # a huge JSON integer
         raise ThresholdError("threshold is too large") from exc
-
-
-class ThresholdBook:
-    """The threshold in force per camera: config override > live MQTT value > the bundle's default.
-
-    Written from the MQTT thread (threshold/set), read by the inference thread, hence the lock.
-    """
-
-    def __init__(self, default: float, fixed: Dict[str, Optional[float]], lo: float, hi: float) -> None:
-        self.default = float(default)
-        self.lo, self.hi = float(lo), float(hi)
-        self._fixed = {cam: v for cam, v in fixed.items() if v is not None}
-        self._live: Dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def get(self, camera: str) -> Tuple[float, str]:
-        """(threshold, source) where source is 'config', 'mqtt' or 'manifest'."""
-        if camera in self._fixed:
-            return self._fixed[camera], "config"
-        with self._lock:
-            if camera in self._live:
-                return self._live[camera], "mqtt"
-        return self.default, "manifest"
-
-    def set_from_payload(self, camera: str, payload: bytes) -> Dict[str, object]:
-        """Apply a threshold/set payload; returns the threshold/state document (with 'error' on refusal)."""
-        try:
-            if camera in self._fixed:
-                raise ThresholdError(
-                    "this camera's threshold is fixed in the config file (cameras.threshold); remove it there "
-                    "to allow changes over MQTT"
-                )
-            value = parse_threshold_payload(payload, self.lo, self.hi)
-        except ThresholdError as exc:
-            state = self.state(camera)
-            state["error"] = str(exc)
-            return state
-        with self._lock:
-            self._live[camera] = value
-        return self.state(camera)
-
-    def state(self, camera: str) -> Dict[str, object]:
-        value, source = self.get(camera)
-        return {"threshold": value, "source": source}

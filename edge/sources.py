@@ -6,8 +6,10 @@ newest one. What can go wrong on a line is reported through ``on_state(camera, s
 
 - cannot open: ``fault`` with a reason naming the uri, retried with capped exponential backoff;
 - a live stream breaks (repeated read failures): ``fault``, reconnect with backoff;
-- a file ends: reopened when ``loop`` is set, else ``fault`` "end of stream" and no more frames;
+- a file ends: reopened when ``loop`` is set, else ``ended`` "end of stream" (a normal end, not a fault);
 - no usable frame for ``fault_after_s`` (a hung stream, a camera sending only black frames): ``fault``.
+  Opening is not counted: it has its own timeout (an RTSP camera takes seconds to open), and the window
+  starts when the capture is open. An open still running after ``open_timeout_s`` is a ``fault``.
 
 Empty, unreadable or all-black frames are counted and never reach the slot (compressed MJPEG frames: never
 get scored, see below), so nothing downstream is scored from a stale or black image. A video file plays at
@@ -37,13 +39,14 @@ from typing import Any, Callable, Literal
 import cv2
 import numpy as np
 
+from edge.backoff import Backoff
 from edge.frames import Frame, FrameSlot, is_black
 from edge.priority import lower_current_thread_priority
 from edge.redact import redact
 
 log = logging.getLogger(__name__)
 
-SourceState = Literal["online", "offline", "fault"]
+SourceState = Literal["online", "offline", "fault", "ended"]
 StateCallback = Callable[[str, str, str], None]
 CaptureFactory = Callable[[str], Any]
 
@@ -51,6 +54,7 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp:
 FILE_DEFAULT_FPS = 25.0  # when a file does not say its frame rate
 LIVE_ERRORS_BEFORE_RECONNECT = 3  # consecutive failed reads that mean the stream is gone
 NETWORK_TIMEOUT_MS = 5000  # OpenCV's FFmpeg open/read timeouts for network streams
+OPEN_TIMEOUT_S = 2 * NETWORK_TIMEOUT_MS / 1000.0  # an open still running after this is reported as a fault
 REJECTED_FAULT = "only black or undecodable frames"  # the fault reason reject_frame leads to
 
 
@@ -131,23 +135,6 @@ def _jpeg_passthrough(capture: Any) -> tuple[int, int] | None:
         return None
 
 
-class Backoff:
-    """Capped exponential backoff: initial, 2x, 4x ... up to ``maximum``; reset after a success."""
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self._next = initial
-
-    def next_delay(self) -> float:
-        delay = self._next
-        self._next = min(self._next * 2.0, self.maximum)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.initial
-
-
 class Pacer:
     """Spaces hand-overs ``1 / fps`` apart without bursting to catch up after a stall."""
 
@@ -185,11 +172,12 @@ class CameraSource:
         fps_cap: float | None = None,
         fault_after_s: float = 3.0,
         backoff_initial_s: float = 0.5,
-        backoff_max_s: float = 10.0,
+        backoff_max_s: float = 2.0,  # bounds recovery: a camera that is back is reopened within this
         on_state: StateCallback = _no_callback,
         capture_factory: CaptureFactory | None = None,
         decode_on_demand: bool = True,
         thread_nice: int = 0,
+        open_timeout_s: float = OPEN_TIMEOUT_S,
     ) -> None:
         _check_positive("fps_cap", fps_cap, allow_none=True)
         _check_positive("fault_after_s", fault_after_s)
@@ -208,6 +196,7 @@ class CameraSource:
         self.fault_after_s = fault_after_s
         self.decode_on_demand = decode_on_demand
         self.thread_nice = thread_nice
+        self.open_timeout_s = open_timeout_s
         self._on_state = on_state
         self._open = capture_factory or open_capture
         self._backoff = Backoff(backoff_initial_s, backoff_max_s)
@@ -221,6 +210,7 @@ class CameraSource:
         self._last_frame_mono: float | None = None
         self._rejected_since: float | None = None  # first frame the consumer rejected since its last good one
         self._watch_from = time.monotonic()
+        self._opening = False  # the watchdog gives an open in progress open_timeout_s, not fault_after_s
         self._threads: tuple[threading.Thread, ...] = ()
 
     # ---- public API ---------------------------------------------------------------------------------
@@ -327,10 +317,14 @@ class CameraSource:
         tick = min(0.25, self.fault_after_s / 4.0)
         while not self._stop.wait(tick):
             with self._lock:
-                if self._state == "fault":
+                if self._state in ("fault", "ended"):
                     continue
                 now = time.monotonic()
-                since = self._last_frame_mono if self._last_frame_mono is not None else self._watch_from
+                if self._opening:  # OpenCV's own timeout should end it first; this catches a hung open
+                    if now - self._watch_from >= self.open_timeout_s:
+                        self._fault(f"camera did not open within {self.open_timeout_s:.1f} s")
+                    continue
+                since = max(self._last_frame_mono or 0.0, self._watch_from)  # the newer of last frame, open
                 if now - since >= self.fault_after_s:
                     self._fault(f"no frame for {self.fault_after_s:.1f} s")
                 elif self._rejected_since is not None and now - self._rejected_since >= self.fault_after_s:
@@ -358,10 +352,17 @@ class CameraSource:
     def _open_or_fault(self) -> Any:
         if self.kind == "file" and not os.path.isfile(self.uri):
             return self._open_failed(f"cannot open '{self.display}': no such file")
+        with self._lock:
+            self._opening = True
+            self._watch_from = time.monotonic()
         try:
             capture = self._open(self.uri)
         except Exception as exc:  # OpenCV raises cv2.error for some malformed pipelines
             return self._open_failed(f"cannot open '{self.display}': {redact(str(exc))}")
+        finally:
+            with self._lock:
+                self._opening = False
+                self._watch_from = time.monotonic()
         if capture is None or not capture.isOpened():
             _release(capture)
             return self._open_failed(f"cannot open '{self.display}' (OpenCV could not open it)")
@@ -381,7 +382,7 @@ class CameraSource:
             return "retry"
         if outcome == "eos":
             if not self.loop:
-                self._fault("end of stream")
+                self._set_state("ended", "end of stream")
                 return "end"
             self._count("loops")
             return "loop"

@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PY=${PYTHON:-python3}
 $PY -m ruff check edge training export calibration benchmarks tests
+$PY -m mypy  # edge/, configured in pyproject.toml
 exec $PY -m pytest -q -p no:cacheprovider "$@"

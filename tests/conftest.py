@@ -33,6 +33,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_mvtec)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def state_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Daemons started by tests (in process or not) keep their state here, never in /var/lib/edge-anomaly.
+
+    systemd's STATE_DIRECTORY is what the daemon's default honours, and subprocesses inherit it.
+    """
+    folder = tmp_path_factory.mktemp("edge-state")
+    previous = os.environ.get("STATE_DIRECTORY")
+    os.environ["STATE_DIRECTORY"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("STATE_DIRECTORY", None)
+    else:
+        os.environ["STATE_DIRECTORY"] = previous
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """One real mosquitto for the whole session, on a free loopback port."""

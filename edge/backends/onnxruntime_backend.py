@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -90,7 +90,7 @@ class OnnxRuntimeBackend:
             "onnxruntime %s: %s on %s", precision, self.path.name, ", ".join(self._session.get_providers())
         )
 
-    def _open_session(self, ort: object, options: object, providers: list[object]) -> object:
+    def _open_session(self, ort: object, options: object, providers: list[object]) -> Any:
         try:
             return ort.InferenceSession(str(self.path), sess_options=options, providers=providers)  # type: ignore[attr-defined]
         except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)

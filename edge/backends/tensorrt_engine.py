@@ -186,7 +186,8 @@ class CudaPythonRuntime:
         nbytes = max(1, int(np.prod(shape)) * dtype.itemsize)
         ptr = int(self._call("cudaMallocHost", nbytes))
         raw = (ctypes.c_uint8 * nbytes).from_address(ptr)
-        array = np.frombuffer(raw, dtype=np.uint8)[: int(np.prod(shape)) * dtype.itemsize]
+        view = np.frombuffer(raw, dtype=np.uint8)  # type: ignore[call-overload]  # a ctypes array is a buffer
+        array = view[: int(np.prod(shape)) * dtype.itemsize]
         return HostBuffer(ptr, array.view(dtype).reshape(shape), raw)
 
     def free_host(self, buf: HostBuffer) -> None:

@@ -104,7 +104,7 @@ def test_mqtt_value_errors(tmp_path: Path) -> None:
         ("mqtt.qos_result=3", "mqtt.qos_result"),
         ("mqtt.topic_prefix=a/#", "wildcards"),
         ("model.backend=tensorflow", "unknown backend 'tensorflow'"),
-        ("postprocess.threshold_min=5000", "threshold_min"),
+        ("postprocess.threshold_min=nan", "threshold_min"),
     ]:
         with pytest.raises(ConfigError) as err:
             load_config(path, [override])

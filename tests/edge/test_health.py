@@ -120,7 +120,7 @@ def test_metrics_endpoint_serves_the_snapshot() -> None:
         "drops": {"camera_slots": 3, "mqtt_offline_queue": 7},
         "latency_ms": {"total": {"p50": 20.0, "p99": 45.0}},
         "cameras": {"line1": {"scored": 99}},
-        "mqtt": {"backlog": 2, "offline_queue": 1},
+        "mqtt": {"in_flight": 2, "queued": 1},
     }
     port = free_port()
     server = MetricsServer("127.0.0.1", port, lambda: snapshot)

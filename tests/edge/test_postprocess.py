@@ -15,7 +15,6 @@ from edge.manifest import ScoreNormalization
 from edge.postprocess import (
     MAX_THRESHOLD_PAYLOAD,
     Postprocessor,
-    ThresholdBook,
     ThresholdError,
     clip_roi,
     encode_heatmap_jpeg,
@@ -216,17 +215,3 @@ def test_accepted_spellings() -> None:
     assert parse_threshold_payload(b"-1e-1", LO, HI) == -0.1
     assert parse_threshold_payload(b"7", LO, HI) == 7.0
     assert parse_threshold_payload(b'{"threshold": 3}', LO, HI) == 3.0
-
-
-def test_threshold_precedence_and_refusal_changes_nothing() -> None:
-    book = ThresholdBook(default=4.0, fixed={"a": None, "b": 2.5}, lo=LO, hi=HI)
-    assert book.get("a") == (4.0, "manifest")
-    assert book.get("b") == (2.5, "config")
-    assert book.set_from_payload("a", b"1.25") == {"threshold": 1.25, "source": "mqtt"}
-    assert book.get("a") == (1.25, "mqtt")
-    refused = book.set_from_payload("a", b"1000")
-    assert refused["threshold"] == 1.25 and refused["source"] == "mqtt" and "outside" in str(refused["error"])
-    assert book.get("a") == (1.25, "mqtt")
-    fixed = book.set_from_payload("b", b"1.0")
-    assert fixed["threshold"] == 2.5 and "fixed in the config" in str(fixed["error"])
-    assert book.get("b") == (2.5, "config")

@@ -15,7 +15,7 @@ import pytest
 
 from edge.cli import EXIT_OK, EXIT_STARTUP, main
 from edge.config import load_config
-from edge.daemon import StartupError, build, result_document
+from edge.daemon import StartupError, build
 from edge.manifest import BundleError, verify_bundle
 from edge.signing import SIGNATURE_NAME, TrustedKeys
 from export.cli import main as export_main
@@ -196,21 +196,9 @@ def test_results_report_the_signer_and_the_loaded_precision(
     assert sign(bundle, keys["key"]) == 0
     daemon = build(load_config(config(tmp_path, bundle, [keys["pub"]])))
     try:
-
-        class _V:  # only the model dict matters here
-            frame_hw = (32, 32)
-            score = raw_score = threshold = defect_area = 0.0
-            anomalous = False
-            regions: list = []
-            regions_total = 0
-            roi = (0, 0, 32, 32)
-
-        class _F:
-            frame_id, capture_ts = 1, 0.0
-
-        doc = result_document("a", _F(), _V(), "bundle", {}, daemon.manifest, daemon.config, daemon.backend)  # type: ignore[arg-type]
-        assert doc["model"]["signer"] == str(keys["fp"])  # type: ignore[index]
-        assert doc["model"]["precision"] == daemon.backend.precision == "fp32"  # type: ignore[attr-defined,index]
+        model = daemon.api.identity.model  # the model object of every status and result (edge/api.py)
+        assert model.signer == str(keys["fp"])
+        assert model.precision == daemon.backend.precision == "fp32"  # type: ignore[attr-defined]
     finally:
         daemon.backend.close()  # type: ignore[attr-defined]
 

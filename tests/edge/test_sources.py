@@ -15,8 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.backoff import Backoff
 from edge.frames import BLACK_MAX, Frame, FrameSlot, UnusableFrame
-from edge.sources import REJECTED_FAULT, Backoff, CameraSource, Pacer, jpeg_packet, uri_kind, usable_image
+from edge.sources import REJECTED_FAULT, CameraSource, Pacer, jpeg_packet, uri_kind, usable_image
 from training.synthetic import write_video
 
 H, W = 48, 64
@@ -124,14 +125,14 @@ def test_file_plays_in_order_then_reports_end_of_stream_and_stops(tmp_path: Path
     src = start(sources, "cam1", str(path), slot, on_state=states)
 
     assert states.wait("online")[2] == "frames flowing"
-    camera, _, reason = states.wait("fault")
+    camera, _, reason = states.wait("ended")
     collector.wait_for_id(11)
     collector.stop()
 
     assert (camera, reason) == ("cam1", "end of stream")
     stats = src.stats
     assert stats["frames_read"] == 12
-    assert stats["state"] == "fault" and stats["reason"] == "end of stream"
+    assert stats["state"] == "ended" and stats["reason"] == "end of stream"
     assert len(collector.frames) + stats["frames_dropped"] == 12
     ids = [f.frame_id for f in collector.frames]
     assert ids == sorted(ids) and ids[-1] == 11
@@ -139,19 +140,19 @@ def test_file_plays_in_order_then_reports_end_of_stream_and_stops(tmp_path: Path
         assert f.camera == "cam1"
         assert f.full_image().shape == (H, W, 3) and f.full_image().dtype == np.uint8
         assert abs(frame_level(f) - level(f.frame_id)) < 4  # the frame with that id, not a neighbour
-    assert [c[1] for c in states.calls] == ["online", "fault"]  # only changes are reported
+    assert [c[1] for c in states.calls] == ["online", "ended"]  # only changes are reported
 
 
 def test_after_end_of_stream_no_further_frames_arrive(tmp_path: Path, sources: list) -> None:
     path = write_video(tmp_path / "short.avi", grey_frames(4), fps=200)
     states, slot = States(), FrameSlot()
     src = start(sources, "cam", str(path), slot, on_state=states, fault_after_s=0.2)
-    states.wait("fault")
+    states.wait("ended")
     last = slot.get_nowait()
     assert last is not None and last.frame_id == 3
     assert slot.get(timeout=0.6) is None  # longer than fault_after_s: the watchdog must not change anything
     assert src.stats["frames_read"] == 4
-    assert [c[1] for c in states.calls] == ["online", "fault"]
+    assert [c[1] for c in states.calls] == ["online", "ended"]
     assert states.calls[-1][2] == "end of stream"
 
 
@@ -159,7 +160,7 @@ def test_unread_frames_are_dropped_and_counted(tmp_path: Path, sources: list) ->
     path = write_video(tmp_path / "fast.avi", grey_frames(30), fps=1000)
     states, slot = States(), FrameSlot()
     src = start(sources, "cam", str(path), slot, on_state=states)
-    states.wait("fault")
+    states.wait("ended")
     assert src.stats["frames_read"] == 30
     assert src.stats["frames_dropped"] == 29 == slot.dropped
     newest = slot.get_nowait()
@@ -188,7 +189,7 @@ def test_file_is_paced_at_fps_cap(tmp_path: Path, sources: list) -> None:
     states, slot = States(), FrameSlot()
     collector = Collector(slot)
     start(sources, "cam", str(path), slot, fps_cap=50.0, on_state=states)
-    states.wait("fault")
+    states.wait("ended")
     collector.wait_for_id(9)
     collector.stop()
     first, last = collector.frames[0], collector.frames[-1]
@@ -202,7 +203,7 @@ def test_file_without_cap_plays_at_its_own_frame_rate(tmp_path: Path, sources: l
     states, slot = States(), FrameSlot()
     collector = Collector(slot)
     start(sources, "cam", str(path), slot, on_state=states)
-    states.wait("fault")
+    states.wait("ended")
     collector.wait_for_id(7)
     collector.stop()
     first, last = collector.frames[0], collector.frames[-1]
@@ -217,7 +218,7 @@ def test_black_frames_never_reach_the_slot(tmp_path: Path, sources: list) -> Non
     states, slot = States(), FrameSlot()
     collector = Collector(slot)
     src = start(sources, "cam", str(path), slot, on_state=states, decode_on_demand=False)
-    states.wait("fault")
+    states.wait("ended")
     collector.wait_for_id(3)
     collector.stop()
     assert src.stats["frames_read"] == 4
@@ -244,7 +245,7 @@ def test_missing_file_faults_naming_the_path_retries_with_backoff_and_recovers(
 
     write_video(tmp_path / "tmp.avi", grey_frames(3), fps=200).rename(path)  # appears atomically
     states.wait("online")
-    states.wait("fault", count=2)
+    states.wait("ended")
     assert states.calls[-1][2] == "end of stream"
     assert src.stats["frames_read"] == 3
 
@@ -531,7 +532,7 @@ def play_to_end(tmp_path: Path, sources: list, frames: list[np.ndarray], **kwarg
     states, slot = States(), FrameSlot()
     collector = Collector(slot)
     start(sources, "cam", str(path), slot, on_state=states, **kwargs)
-    states.wait("fault")
+    states.wait("ended")
     collector.wait_for_id(len(frames) - 1)
     collector.stop()
     return collector.frames
@@ -601,3 +602,65 @@ def test_frames_the_consumer_rejects_fault_the_camera_until_one_is_accepted(
         consumer.join(WAIT)
     src.accept_frame()  # the next frame the consumer can use ends the fault
     assert states.wait("online", count=2)[2] == "frames flowing"
+
+
+def test_a_slow_open_is_not_a_fault(sources: list) -> None:
+    """An RTSP camera takes seconds to open; that is not 'no frame' (opening has its own timeout)."""
+    release = threading.Event()
+    opening = threading.Event()
+
+    def slow_open(uri: str) -> ScriptedCapture:
+        opening.set()
+        release.wait(WAIT)  # far longer than fault_after_s
+        return ScriptedCapture(n_good=1000)
+
+    states, slot = States(), FrameSlot()
+    start(sources, "cam", "rtsp://x/y", slot, on_state=states, fault_after_s=0.1, capture_factory=slow_open)
+    assert opening.wait(WAIT)
+    assert slot.get(timeout=0.5) is None  # five fault windows pass while the open is in progress
+    release.set()
+    states.wait("online")
+    assert states.of("fault") == []
+
+
+def test_a_camera_that_comes_back_is_read_within_the_backoff_cap(sources: list) -> None:
+    """With the default cap (2 s) a camera that returns after a long outage is reopened promptly."""
+    back = threading.Event()
+    opens: list[float] = []
+
+    def factory(uri: str) -> ScriptedCapture:
+        opens.append(time.monotonic())
+        if not back.is_set():
+            raise OSError("connection refused")
+        return ScriptedCapture(n_good=1000)
+
+    states, slot = States(), FrameSlot()
+    src = start(sources, "cam", "rtsp://x/y", slot, on_state=states, capture_factory=factory)
+    states.wait("fault")
+    wait_until(lambda: len(opens) >= 5)  # 0.5 + 1 + 2 + 2 s: the backoff has reached its cap
+    back.set()
+    returned = time.monotonic()
+    states.wait("online")
+    assert time.monotonic() - returned < 3.0
+    assert src.stats["open_failures"] == len(opens) - 1
+
+
+def test_backoff_jitter_stays_within_its_band() -> None:
+    draws = iter([0.0, 1.0, 0.5])
+    b = Backoff(1.0, 4.0, jitter=0.5, rand=lambda: next(draws))
+    assert [b.next_delay() for _ in range(3)] == [1.0, 1.0, 3.0]  # 1*(1-0), 2*(1-.5), 4*(1-.25)
+
+
+def test_an_open_that_hangs_past_its_own_timeout_is_a_fault(sources: list) -> None:
+    release = threading.Event()
+
+    def hung_open(uri: str) -> ScriptedCapture:
+        release.wait(WAIT)
+        return ScriptedCapture(n_good=1000)
+
+    states, slot = States(), FrameSlot()
+    start(sources, "cam", "rtsp://x/y", slot, on_state=states, open_timeout_s=0.3, capture_factory=hung_open)
+    _, _, reason = states.wait("fault")
+    assert reason == "camera did not open within 0.3 s"
+    release.set()
+    states.wait("online")

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.broker import Broker
-from tests.helpers.mqtt import Received, Subscriber
+from tests.helpers.mqtt import Received, Subscriber, availability_text
 from tests.helpers.tiny_bundle import make_tiny_bundle
 from training.synthetic import part_sequence, write_video
 
@@ -268,8 +268,10 @@ def is_msg(
     def check(msg: Received) -> bool:
         if msg.topic != topic:
             return False
-        if payload is not None and msg.payload != payload:
+        # availability events are JSON; they compare as their one-line text ("fault: <reason>")
+        text = availability_text(msg).encode() if topic.endswith("/availability") and msg.payload else msg.payload
+        if payload is not None and text != payload:
             return False
-        return startswith is None or msg.payload.startswith(startswith)
+        return startswith is None or text.startswith(startswith)
 
     return check

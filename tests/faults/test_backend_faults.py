@@ -236,7 +236,7 @@ def test_a_hung_backend_silences_the_watchdog_until_it_returns(
     text = config_text(dev, broker, media.bundle, cams, health={"stall_after_s": STALL_AFTER_S})
     daemon = build(load_config(write_config(tmp_path, text)), notifier=SdNotifier(str(notify_socket.path)))
     gate = GatedBackend(daemon.backend)
-    daemon.backend = gate
+    daemon.backend = gate  # type: ignore[assignment]
     notify = notify_socket
     sub = Subscriber(broker.host, broker.port, [f"{prefix}/#"])
     run = Running(daemon)

@@ -266,7 +266,8 @@ BAD_PAYLOADS = st.one_of(
     .filter(_small),  # extra keys
     st.floats(allow_nan=False, allow_infinity=False)
     .filter(lambda x: abs(x) > 1000)
-    .map(lambda x: repr(x).encode()),  # outside [threshold_min, threshold_max]
+    .map(lambda x: repr(x).encode()),  # outside any sensible range
+    st.sampled_from([b"-1", b"-0.5", b"-1e-3", b"101", b'{"threshold": -2}']),  # outside the calibrated [0, 100]
 )
 
 
@@ -278,13 +279,14 @@ def test_bad_threshold_payloads_are_answered_with_an_error_and_change_nothing(
     state = station.set_threshold(payload)
     assert state.get("error"), f"{payload!r} was accepted: {state}"
     assert state["threshold"] == 4.0 and state["source"] == "manifest", state
+    assert state["range"] == [0.0, 100.0]  # from the bundle's calibration (default threshold 4)
 
 
 def test_threshold_set_for_an_unknown_camera_is_ignored_and_counted(station: Station) -> None:
     sub, prefix = station.sub, station.prefix
     sub.publish(f"{prefix}/ghost/threshold/set", b"1.0")
     assert sub.wait_for(
-        lambda m: any(s["errors"]["threshold_set_unknown_camera"] >= 1 for s in stats(sub, prefix)), WAIT
+        lambda m: any(s["commands"]["rejected_unknown_camera"] >= 1 for s in stats(sub, prefix)), WAIT
     )
     sub.barrier()
     assert sub.on(f"{prefix}/ghost/threshold/state") == []
@@ -297,7 +299,17 @@ def test_verdicts_never_changed_and_a_valid_value_still_works(station: Station) 
     got = results(sub, prefix, "line")
     assert got and {(r["threshold"], r["threshold_source"]) for r in got} == {(4.0, "manifest")}
     assert all(r["anomalous"] == (r["score"] > 4.0) for r in got)
+    # Every refusal was counted, and no error answer was retained (the retained state is the one in force).
+    assert sub.wait_for(lambda m: any(s["commands"]["rejected_invalid"] >= 10 for s in stats(sub, prefix)), WAIT)
+    late = Subscriber(sub.client.host, sub.client.port, [station.state_topic])
+    try:
+        late.barrier()
+    finally:
+        late.close()
+    kept = late.on(station.state_topic)
+    assert len(kept) == 1 and kept[0].retain and kept[0].json()["error"] is None
     # The channel works (so the refusals above are refusals, not a deaf subscriber).
-    assert station.set_threshold(b"-50") == {"threshold": -50.0, "source": "mqtt"}
-    assert sub.wait_for(lambda m: any(r["threshold"] == -50.0 for r in results(sub, prefix, "line")), WAIT)
-    assert all(r["anomalous"] for r in results(sub, prefix, "line") if r["threshold"] == -50.0)
+    state = station.set_threshold(b"0")
+    assert (state["threshold"], state["source"], state["error"]) == (0.0, "mqtt", None) and state["set_at"]
+    assert sub.wait_for(lambda m: any(r["threshold"] == 0.0 for r in results(sub, prefix, "line")), WAIT)
+    assert all(r["anomalous"] == (r["score"] > 0.0) for r in results(sub, prefix, "line") if r["threshold"] == 0.0)

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def test_broker_outage_keeps_newest_results_in_order_and_counts_the_rest(
     video = tmp_path / "line.avi"
     shutil.copy(media.video, video)
     cams = [{"name": "line", "source": str(video), "loop": True, "fps": FPS, "publish_mask": "never"}]
-    mqtt = {"offline_queue_max": BOUND, "reconnect_min_s": 1, "reconnect_max_s": 2}
+    mqtt = {"offline_queue_max": BOUND}  # the default reconnect backoff: the 5 s promise is the default's
     config = write_config(tmp_path, config_text(dev, broker, media.bundle, cams, mqtt=mqtt))
     # A persistent session: the broker keeps this subscription and queues for it across the restart.
     sub = Subscriber(broker.host, broker.port, [f"{prefix}/#"], persistent=True)
@@ -65,15 +66,22 @@ def test_broker_outage_keeps_newest_results_in_order_and_counts_the_rest(
         with pytest.raises(subprocess.TimeoutExpired):
             daemon.proc.wait(OUTAGE_S)  # the outage itself: the daemon must outlive it
         broker.start()
+        restarted_at = time.time()
 
-        # Reconnected: status re-published live (not the broker's retained copy), availability truthful.
-        wait_index(sub, lambda m: _status(m, prefix) == "online" and not m.retain, since=seen_before)
-        wait_index(sub, is_msg(f"{prefix}/line/availability", b"online"), since=seen_before)
+        # Reconnected: status re-published live (not the broker's retained copy), with the camera in it.
+        back = wait_index(sub, lambda m: _status(m, prefix) == "online" and not m.retain, since=seen_before)
+        # Back within 5 s of the broker's return (default reconnect backoff, capped at 4 s and jittered).
+        # (+ 2 s: this test's own subscriber reconnects with up to 2 s of backoff; its persistent session
+        # holds the message until it is back. tests/edge/test_mqtt.py measures the daemon's side alone.)
+        assert sub.snapshot()[back].received_at - restarted_at < 5.0 + 2.0
         late = Subscriber(broker.host, broker.port, [f"{prefix}/status", f"{prefix}/line/availability"])
-        assert late.wait_for(lambda m: len(m) >= 2, WAIT)
-        late.close()
-        assert late.on(f"{prefix}/status")[0].json()["state"] == "online"  # the Last Will was replaced
-        assert late.on(f"{prefix}/line/availability")[0].payload == b"online"
+        try:
+            late.barrier()
+        finally:
+            late.close()
+        status = late.on(f"{prefix}/status")[0].json()
+        assert status["state"] == "online" and status["cameras"]["line"]["state"] == "online"  # Will replaced
+        assert late.on(f"{prefix}/line/availability") == []  # never retained
 
         # Quiesce: take the video away; at the end of its current loop the camera faults and frames stop,
         # so the stats reach final numbers the received results can be checked against.
@@ -90,13 +98,13 @@ def test_broker_outage_keeps_newest_results_in_order_and_counts_the_rest(
         sub.close()
     log = daemon.output()
 
-    dropped = final["drops"]["mqtt_offline_queue"]
+    dropped = final["drops"]["mqtt_result"]
     assert dropped > 0, f"a {OUTAGE_S} s outage should overflow a queue of {BOUND}: {final['mqtt']}"
-    assert final["queues"]["mqtt_offline_max"] == BOUND and final["queues"]["mqtt_offline"] == 0
+    assert final["queues"]["mqtt_queue_max"] == BOUND and final["queues"]["mqtt_queued"] == 0
     assert final["mqtt"]["connects"] >= 2 and final["mqtt"]["disconnects"] >= 1
 
     # What the queue held was sent on reconnect: exactly BOUND results (it was full, then drained).
-    flushed = [int(n) for n in re.findall(r"sent (\d+) queued messages", log)]
+    flushed = [int(n) for n in re.findall(r"sending (\d+) queued messages", log)]
     assert BOUND in flushed[1:], log[-3000:]
 
     ids = [r["frame_id"] for r in results(sub, prefix, "line")]

@@ -27,7 +27,7 @@ from tests.faults.conftest import (
     write_config,
 )
 from tests.helpers.broker import Broker
-from tests.helpers.mqtt import Subscriber
+from tests.helpers.mqtt import Subscriber, availability_text
 
 
 def test_camera_missing_then_appearing_then_vanishing_and_returning(
@@ -57,7 +57,7 @@ def test_camera_missing_then_appearing_then_vanishing_and_returning(
     try:
         # 1. Not there at start: fault naming the path, retried with backoff, nothing scored.
         first_fault = wait_index(sub, is_msg(avail, startswith=b"fault: cannot open"))
-        reason = sub.snapshot()[first_fault].payload.decode()
+        reason = availability_text(sub.snapshot()[first_fault])
         assert str(camera) in reason and "no such file" in reason, reason
         assert sub.wait_for(lambda m: _camera_stats(sub, prefix, "open_failures") >= 3, WAIT)
         assert _camera_stats(sub, prefix, "reconnects") >= 2  # the retries really ran (with backoff)
@@ -78,6 +78,7 @@ def test_camera_missing_then_appearing_then_vanishing_and_returning(
         returned_at = time.time()
         parked.rename(camera)
         back = wait_index(sub, is_msg(avail, b"online"), since=gone)
+        recovery_s = sub.snapshot()[back].received_at - returned_at
         assert sub.wait_for(lambda m: len(results(sub, prefix, "line", since=back)) >= 5, WAIT)
         assert daemon.alive()
         assert daemon.terminate() == 0
@@ -96,8 +97,10 @@ def test_camera_missing_then_appearing_then_vanishing_and_returning(
     assert len(after) >= 5 and min(after) > max(before)
     final = stats(sub, prefix)[-1]["cameras"]["line"]
     assert final["open_failures"] >= 4 and final["loops"] >= 1
-    statuses = [m.payload for m in sub.on(avail)]
-    assert statuses.count(b"online") >= 2 and statuses[-1] == b"offline"  # offline: the clean shutdown
+    statuses = [availability_text(m) for m in sub.on(avail) if m.payload]
+    assert statuses.count("online") >= 2 and statuses[-1] == "offline"  # offline: the clean shutdown
+    assert recovery_s < 3.0, f"the camera was back for {recovery_s:.1f} s before it was read again"
+    assert not any(m.retain for m in sub.on(avail) if m.payload)  # a crash must not leave 'online' behind
 
 
 def _camera_stats(sub: Subscriber, prefix: str, key: str) -> int:

@@ -21,6 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tests.helpers.contract import check
+
 WAIT = 20.0  # upper bound for one wait; every wait ends as soon as its condition holds
 SESSION_EXPIRY_S = 3600  # a persistent v5 session outlives a broker restart by this much
 
@@ -37,7 +39,28 @@ class Received:
     properties: dict[str, Any] = field(default_factory=dict)
 
     def json(self) -> Any:
-        return json.loads(self.payload)
+        """The payload parsed, after validating it against the published JSON Schema of its topic."""
+        return check(self.topic, json.loads(self.payload))
+
+
+def availability_text(msg: Received) -> str:
+    """An availability event as one string: ``online``, ``offline``, ``fault: <reason>``, ``ended: <reason>``."""
+    doc = msg.json()
+    return doc["state"] if doc["state"] in ("online", "offline") else f"{doc['state']}: {doc['reason']}"
+
+
+def has_availability(topic: str, text: str, startswith: bool = False) -> Callable[[list[Received]], bool]:
+    """A wait_for predicate: an availability event on ``topic`` reading ``text`` (or starting with it)."""
+
+    def check(msgs: list[Received]) -> bool:
+        for m in msgs:
+            if m.topic == topic and m.payload:
+                got = availability_text(m)
+                if got == text or (startswith and got.startswith(text)):
+                    return True
+        return False
+
+    return check
 
 
 class Subscriber:

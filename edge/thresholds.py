@@ -1,0 +1,184 @@
+"""The threshold in force per camera, where it came from, and the daemon's own record of it.
+
+Precedence: the config file (``cameras.threshold``) > the last accepted MQTT ``threshold/set`` > the bundle's
+default. An MQTT set is written to the daemon's state file at once (atomically), so it survives a restart
+without depending on a retained command on the broker (retained commands are never replayed, see
+:mod:`edge.api`). A recorded value is dropped with a warning when the bundle's model changed or the value
+is outside the range accepted now.
+
+The accepted range comes from the bundle's calibration unless configured: normalised scores put the median
+good part at 0 and its 99th percentile at 1, so a threshold below 0 would call most good parts bad.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+from edge.postprocess import ThresholdError, parse_threshold_payload
+
+log = logging.getLogger("edge.thresholds")
+
+STATE_FORMAT = 1
+DEFAULT_STATE_DIR = Path("/var/lib/edge-anomaly")
+
+
+@dataclass(frozen=True)
+class InForce:
+    """One camera's threshold and its provenance."""
+
+    value: float
+    source: str  # 'config', 'mqtt' or 'manifest'
+    set_at: Optional[float] = None  # epoch seconds of the MQTT set
+
+
+def threshold_range(default: float, lo: Optional[float], hi: Optional[float]) -> Tuple[float, float]:
+    """[lo, hi] accepted over MQTT: the configured bounds, else from calibration (see module docstring)."""
+    low = lo if lo is not None else min(0.0, default)
+    high = hi if hi is not None else max(100.0, 10.0 * abs(default))
+    if low >= high:
+        raise ValueError(f"threshold range [{low:g}, {high:g}] is empty; check postprocess.threshold_min/max")
+    return low, high
+
+
+def resolve_state_dir(configured: Optional[Path]) -> Path:
+    """The configured folder, else systemd's StateDirectory, else /var/lib/edge-anomaly or the user's own."""
+    if configured is not None:
+        return Path(configured)
+    systemd = os.environ.get("STATE_DIRECTORY")
+    if systemd:
+        return Path(systemd.split(":")[0])
+    probe = DEFAULT_STATE_DIR if DEFAULT_STATE_DIR.exists() else DEFAULT_STATE_DIR.parent
+    if os.access(probe, os.W_OK):
+        return DEFAULT_STATE_DIR
+    return Path.home() / ".local" / "state" / "edge-anomaly"
+
+
+def atomic_write_json(path: Path, doc: object) -> None:
+    """Write-then-rename in the same folder, so a power cut leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ThresholdBook:
+    """Thresholds per camera. Written from the MQTT thread (threshold/set), read per frame by postprocess."""
+
+    def __init__(
+        self,
+        default: float,
+        fixed: Dict[str, Optional[float]],
+        lo: float,
+        hi: float,
+        state_file: Optional[Path] = None,
+        model_id: str = "",
+    ) -> None:
+        self.default = float(default)
+        self.lo, self.hi = float(lo), float(hi)
+        self.state_file = state_file
+        self.model_id = model_id
+        self._fixed = {cam: v for cam, v in fixed.items() if v is not None}
+        self._live: Dict[str, InForce] = {}
+        self._lock = threading.Lock()
+        if state_file is not None:
+            self._live = self._load(state_file)
+
+    # --- reading ------------------------------------------------------------------------------------------
+
+    def get(self, camera: str) -> Tuple[float, str]:
+        """(threshold, source): the hot path, once per frame."""
+        state = self.in_force(camera)
+        return state.value, state.source
+
+    def in_force(self, camera: str) -> InForce:
+        if camera in self._fixed:
+            return InForce(self._fixed[camera], "config")
+        with self._lock:
+            live = self._live.get(camera)
+        return live if live is not None else InForce(self.default, "manifest")
+
+    # --- the MQTT command -----------------------------------------------------------------------------------
+
+    def set_from_payload(self, camera: str, payload: bytes, now: Optional[float] = None) -> InForce:
+        """Apply a threshold/set payload and record it; :class:`ThresholdError` says why it was refused."""
+        if camera in self._fixed:
+            raise ThresholdError(
+                "this camera's threshold is fixed in the config file (cameras.threshold); remove it there "
+                "to allow changes over MQTT"
+            )
+        value = parse_threshold_payload(payload, self.lo, self.hi)
+        state = InForce(value, "mqtt", time.time() if now is None else now)
+        with self._lock:
+            self._live[camera] = state
+            snapshot = dict(self._live)
+        self._save(snapshot)
+        return state
+
+    # --- the state file ------------------------------------------------------------------------------------
+
+    def _save(self, live: Dict[str, InForce]) -> None:
+        if self.state_file is None:
+            return
+        doc = {
+            "format": STATE_FORMAT,
+            "model": self.model_id,
+            "thresholds": {cam: {"threshold": s.value, "set_at": s.set_at} for cam, s in live.items()},
+        }
+        try:
+            atomic_write_json(self.state_file, doc)
+        except OSError as exc:  # the set stays in force for this run; say that it will not survive a restart
+            log.error(
+                "cannot record the threshold in %s (%s); it is lost at the next restart", self.state_file, exc
+            )
+
+    def _load(self, path: Path) -> Dict[str, InForce]:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.error("ignoring the state file %s: %s", path, exc)
+            return {}
+        if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
+            log.error("ignoring the state file %s: not format %d", path, STATE_FORMAT)
+            return {}
+        if doc.get("model") != self.model_id:
+            log.warning(
+                "thresholds in %s were set for model %s, not %s; using the bundle's default",
+                path,
+                doc.get("model"),
+                self.model_id,
+            )
+            return {}
+        live: Dict[str, InForce] = {}
+        for cam, entry in (doc.get("thresholds") or {}).items():
+            try:
+                value = float(entry["threshold"])
+                set_at = entry.get("set_at")
+                set_at = None if set_at is None else float(set_at)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                log.error("ignoring the recorded threshold of %s in %s: malformed", cam, path)
+                continue
+            if not self.lo <= value <= self.hi:
+                log.warning(
+                    "ignoring the recorded threshold %g of %s: outside [%g, %g]", value, cam, self.lo, self.hi
+                )
+                continue
+            live[cam] = InForce(value, "mqtt", set_at)
+            log.info("threshold of %s is %g, as set over MQTT before the restart", cam, value)
+        return live

@@ -1,0 +1,65 @@
+"""ThresholdBook: precedence, refusals, the accepted range, and the state file that outlives a restart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge.postprocess import ThresholdError
+from edge.thresholds import InForce, ThresholdBook, resolve_state_dir, threshold_range
+
+LO, HI = -10.0, 100.0
+
+
+def test_precedence_and_a_refusal_changes_nothing() -> None:
+    book = ThresholdBook(default=4.0, fixed={"a": None, "b": 2.5}, lo=LO, hi=HI)
+    assert book.get("a") == (4.0, "manifest")
+    assert book.get("b") == (2.5, "config")
+    assert book.set_from_payload("a", b"1.25", now=1000.0) == InForce(1.25, "mqtt", 1000.0)
+    assert book.get("a") == (1.25, "mqtt")
+    with pytest.raises(ThresholdError, match="outside"):
+        book.set_from_payload("a", b"1000")
+    assert book.get("a") == (1.25, "mqtt")
+    with pytest.raises(ThresholdError, match="fixed in the config"):
+        book.set_from_payload("b", b"1.0")
+    assert book.get("b") == (2.5, "config")
+
+
+def test_range_comes_from_calibration_unless_configured() -> None:
+    assert threshold_range(4.0, None, None) == (0.0, 100.0)  # below the median good part: refused
+    assert threshold_range(30.0, None, None) == (0.0, 300.0)
+    assert threshold_range(4.0, -2.0, 8.0) == (-2.0, 8.0)
+    with pytest.raises(ValueError, match="empty"):
+        threshold_range(4.0, 200.0, None)
+    lo, hi = threshold_range(4.0, None, None)
+    book = ThresholdBook(default=4.0, fixed={}, lo=lo, hi=hi)
+    with pytest.raises(ThresholdError, match="outside the allowed range"):
+        book.set_from_payload("a", b"-1")
+
+
+def test_a_set_survives_a_restart_through_the_state_file(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "thresholds.json"
+    book = ThresholdBook(4.0, {}, LO, HI, state_file=path, model_id="m@1")
+    book.set_from_payload("a", b"2.5", now=1234.5)
+    again = ThresholdBook(4.0, {}, LO, HI, state_file=path, model_id="m@1")
+    assert again.in_force("a") == InForce(2.5, "mqtt", 1234.5)
+    assert again.in_force("b") == InForce(4.0, "manifest")
+
+
+def test_a_recorded_value_for_another_model_or_out_of_range_is_not_used(tmp_path: Path) -> None:
+    path = tmp_path / "thresholds.json"
+    ThresholdBook(4.0, {}, LO, HI, state_file=path, model_id="m@1").set_from_payload("a", b"50")
+    assert ThresholdBook(4.0, {}, LO, HI, state_file=path, model_id="m@2").get("a") == (4.0, "manifest")
+    assert ThresholdBook(4.0, {}, LO, 20.0, state_file=path, model_id="m@1").get("a") == (4.0, "manifest")
+    path.write_text("{not json", encoding="utf-8")
+    assert ThresholdBook(4.0, {}, LO, HI, state_file=path, model_id="m@1").get("a") == (4.0, "manifest")
+    path.write_text(json.dumps({"format": 1, "model": "m@1", "thresholds": {"a": {"x": 1}}}), encoding="utf-8")
+    assert ThresholdBook(4.0, {}, LO, HI, state_file=path, model_id="m@1").get("a") == (4.0, "manifest")
+
+
+def test_state_dir_default_prefers_systemd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert resolve_state_dir(tmp_path) == tmp_path
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/a:{tmp_path}/b")
+    assert resolve_state_dir(None) == tmp_path / "a"
