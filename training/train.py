@@ -23,6 +23,7 @@ from torch import nn
 
 from edge.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from training.checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, save_checkpoint
+from training.corruption import corrupt_batch
 from training.data import fingerprint, good_images, load_images, split_train_val
 from training.graph import Normalize
 from training.progress import Progress
@@ -95,16 +96,24 @@ def cache_targets(kind: str, model: nn.Module, x: torch.Tensor, batch: int = 16)
 
 
 def batch_loss(
-    kind: str, model: nn.Module, x: torch.Tensor, cached: list[torch.Tensor] | None, idx: torch.Tensor
+    kind: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    cached: list[torch.Tensor] | None,
+    idx: torch.Tensor,
+    corrupted: torch.Tensor | None = None,
 ):
+    """The loss of images ``idx``; ``corrupted`` (GTrans only) is what the student sees instead of them,
+    while the teacher's targets stay those of the clean images (a denoising student)."""
     if cached is None:
         return model.training_loss(x[idx])
     if kind == "gtrans":
         n_stem = 1 if model.teacher_stem else 0
+        student_input = cached[0][idx] if n_stem else None
+        if corrupted is not None:
+            student_input = model.agn_stem(corrupted) if n_stem else corrupted
         return model.training_loss(
-            x[idx],
-            teacher=[c[idx] for c in cached[n_stem:]],
-            student_input=cached[0][idx] if n_stem else None,
+            x[idx], teacher=[c[idx] for c in cached[n_stem:]], student_input=student_input
         )
     return model.training_loss(x[idx], frozen=cached[0][idx])
 
@@ -179,7 +188,8 @@ def train(cfg: TrainConfig) -> Path:
     log(
         f"loading {len(train_paths)} training images ({len(val_paths)} held out for validation)", cfg.progress
     )
-    x_train = images_to_tensor(load_images(train_paths, pre), pre)
+    u8_train = load_images(train_paths, pre)
+    x_train = images_to_tensor(u8_train, pre)
     x_val = images_to_tensor(load_images(val_paths, pre), pre) if val_paths else None
     if getattr(model, "training_free", False):
         return fit_memory(cfg, model, pre, x_train, x_val, data_info, ckpt_path)
@@ -207,7 +217,9 @@ def train(cfg: TrainConfig) -> Path:
     last = epochs if cfg.stop_after is None else min(epochs, cfg.stop_after)
     for epoch in range(state["epoch"], last):
         started = time.perf_counter()
-        train_loss = run_epoch(cfg, model, x_train, cached, optimizer, schedule, epoch, batch_size, progress)
+        train_loss = run_epoch(
+            cfg, model, (x_train, u8_train, pre), cached, optimizer, schedule, epoch, batch_size, progress
+        )
         val_loss = validation_loss(model, x_val)
         val_fit = held_out_loss(model, x_val)
         state["train_seconds"] += time.perf_counter() - started
@@ -262,13 +274,21 @@ def fit_memory(cfg, model, pre, x_train, x_val, data_info, ckpt_path: Path) -> P
     return ckpt_path
 
 
-def run_epoch(cfg, model, x_train, cached, optimizer, schedule, epoch, batch_size, progress) -> float:
+def run_epoch(cfg, model, train_set, cached, optimizer, schedule, epoch, batch_size, progress) -> float:
+    """One pass in a seeded order; a denoising GTrans gets its corruptions from the same seed, so a
+    resumed run replays them."""
+    x_train, u8_train, pre = train_set
     model.train()
     order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+    share = float(getattr(model.config, "denoise", 0.0)) if cfg.model == "gtrans" else 0.0
+    rng = np.random.default_rng([cfg.seed, epoch, 17])
     total, count = 0.0, 0
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        loss = batch_loss(cfg.model, model, x_train, cached, idx)
+        corrupted = None
+        if share > 0:
+            corrupted = images_to_tensor(corrupt_batch(u8_train[idx.numpy()], share, rng), pre)
+        loss = batch_loss(cfg.model, model, x_train, cached, idx, corrupted)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -39,6 +39,9 @@ class GTransConfig:
     # frozen first blocks (stride 4), so the part that must fit a few hundred images is smaller.
     student_stem: str = "scratch"
     stem_block: int = 2  # the AGN block whose output feeds a "teacher" stem (EfficientNet-Lite0: stride 4)
+    # Share of training images the student sees with a synthetic anomaly (training.corruption) while it
+    # must still give the teacher's features of the clean image: a denoising student. 0 turns it off.
+    denoise: float = 0.0
 
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -200,6 +203,11 @@ class GTrans(nn.Module):
         if self.teacher_stem:
             return feats[0], self.standardise(feats[1:])
         return x, self.standardise(feats)
+
+    @torch.no_grad()
+    def agn_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher-stem student's input for images the cache does not hold (corrupted ones)."""
+        return self.teacher(x, [self.config.stem_block])[0]
 
     def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.agn(x)[1]
