@@ -173,3 +173,22 @@ def test_gtrans_teacher_stem_is_frozen_and_batch_independent() -> None:
             torch.testing.assert_close(model(x[i : i + 1])[0], scores[i : i + 1], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="student_stem"):
         build_model("gtrans", {"image_size": 64, "student_stem": "imagenet"})
+
+
+def test_diagnose_reports_overfitting_and_each_scale(gtrans_run: Path, capsys) -> None:
+    from training.diagnose import diagnose, main
+
+    r = diagnose(gtrans_run, train_stride=4)
+    assert r["train_loss"] > 0 and r["held_out_loss"] > 0
+    assert r["overfit_ratio"] == pytest.approx(r["held_out_loss"] / r["train_loss"])
+    assert set(r["pasted"]) == {
+        "scale 0 alone",
+        "scale 1 alone",
+        "scale 2 alone",
+        "mean of scales (the model's own map)",
+        "mean of z-scored scales",
+    }
+    for m in r["pasted"].values():
+        assert 0.0 <= m["image_auroc"] <= 1.0 and 0.0 <= m["pixel_auroc"] <= 1.0
+    assert main([str(gtrans_run)]) == 0
+    assert "ratio" in capsys.readouterr().out
