@@ -131,12 +131,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", help="results file name and title (default: mvtec-<data folder name>)")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of models not run now from the existing results JSON (they keep the metrics "
+        "of their own evaluation; a metric added since shows as n/a)",
+    )
     args = p.parse_args(argv)
-    results = run_all(args.data, args.runs, tuple(args.models.split(",")), args.threads, args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    # one file per seed: seed-to-seed spread is part of the result (one seed alone can mislead)
+    models = tuple(args.models.split(","))
     base = args.name or f"mvtec-{args.data.name}"
+    # one file per seed: seed-to-seed spread is part of the result (one seed alone can mislead)
     name = base + (f"-seed{args.seed}" if args.seed else "")
+    kept: list[dict[str, Any]] = []
+    if args.merge and (args.out / f"{name}.json").is_file():
+        kept = [r for r in json.loads((args.out / f"{name}.json").read_text()) if r["model"] not in models]
+    results = run_all(args.data, args.runs, models, args.threads, args.seed)
+    order = {m: i for i, m in enumerate(MODELS)}
+    results = sorted([*results, *kept], key=lambda r: order.get(r["model"], len(order)))
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     title = None if args.name is None else f"`{args.name}`"
     (args.out / f"{name}.md").write_text(markdown(results, args.data, args.seed, title))

@@ -25,8 +25,20 @@ def _result(model: str, image: float) -> dict:
 def test_markdown_rows_come_from_the_results_and_name_the_seed() -> None:
     text = markdown([_result("gtrans", 0.9876), _result("conv-ae", 0.5)], Path("data/bottle"), seed=3)
     assert "# Results on MVTec AD `bottle`" in text and "Seed 3." in text
-    rows = [line for line in text.splitlines() if line.startswith("| gtrans |") or line.startswith("| conv-ae |")]
-    assert rows[0].split(" | ")[2:11] == ["0.988", "0.500", "n/a", "0.900", "0.800", "0.250", "3", "1.5 min", "12.5 |"]
+    rows = [
+        line for line in text.splitlines() if line.startswith("| gtrans |") or line.startswith("| conv-ae |")
+    ]
+    assert rows[0].split(" | ")[2:11] == [
+        "0.988",
+        "0.500",
+        "n/a",
+        "0.900",
+        "0.800",
+        "0.250",
+        "3",
+        "1.5 min",
+        "12.5 |",
+    ]
     assert "| gtrans | crack | 1.000 | 0.750 | 0.125 |" in text
     assert len(rows) == 4  # one summary row and one per-type row per model
     assert "pasted image AUROC" not in text  # results evaluated before edge-eval --pasted existed
@@ -49,3 +61,31 @@ def test_pasted_defect_numbers_get_their_own_table() -> None:
     lines = text.splitlines()
     assert any(line.startswith("| conv-ae | conv encoder") for line in lines)  # its main row stays
     assert not any(line.startswith("| conv-ae | 0.") for line in lines)  # and it gets no pasted row
+
+
+def test_merge_keeps_the_rows_of_models_not_run_now(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    import training.results as results
+
+    old = [_result("gtrans", 0.5), _result("anovit", 0.7)]
+    (tmp_path / "mvtec-bottle.json").write_text(json.dumps(old))
+    monkeypatch.setattr(
+        results, "run_all", lambda *a, **k: [_result("patchcore", 0.9), _result("gtrans", 0.99)]
+    )
+    data = tmp_path / "bottle"
+    assert (
+        results.main(["--data", str(data), "--out", str(tmp_path), "--models", "gtrans,patchcore", "--merge"])
+        == 0
+    )
+    rows = json.loads((tmp_path / "mvtec-bottle.json").read_text())
+    assert [(r["model"], r["image_auroc"]) for r in rows] == [
+        ("gtrans", 0.99),
+        ("patchcore", 0.9),
+        ("anovit", 0.7),
+    ]
+    assert results.main(["--data", str(data), "--out", str(tmp_path), "--models", "gtrans,patchcore"]) == 0
+    assert [r["model"] for r in json.loads((tmp_path / "mvtec-bottle.json").read_text())] == [
+        "gtrans",
+        "patchcore",
+    ]
