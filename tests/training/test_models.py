@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from tests.training.checks import assert_finds_blobs
 from training.checkpoint import build_model, load_checkpoint
 from training.cli import eval_main, train_main
 from training.data import load_images
-from training.graph import InferenceModel
-from training.synthetic import defective_part, good_part
 
 SMALL = {
     "gtrans": ["image_size=128", "depth=1", "dim=64"],
@@ -47,24 +46,7 @@ def test_training_lowers_loss(gtrans_run: Path) -> None:
 
 
 def test_defect_scores_higher_and_map_peaks_inside(gtrans_run: Path) -> None:
-    ckpt = load_checkpoint(gtrans_run)
-    model = InferenceModel(ckpt.model, ckpt.preprocess)
-    pre = ckpt.preprocess
-    rng = np.random.default_rng(123)
-    goods = np.stack([pre.frame_to_input(good_part(rng, 128)) for _ in range(6)])
-    defects = [defective_part(rng, 128, "blob") for _ in range(4)]
-    with torch.no_grad():
-        good_scores, _ = model(torch.from_numpy(goods))
-        bad_scores, bad_maps = model(
-            torch.from_numpy(np.stack([pre.frame_to_input(d.image) for d in defects]))
-        )
-    assert float(bad_scores.min()) > float(good_scores.max())
-    for d, amap in zip(defects, bad_maps.numpy(), strict=True):
-        peak = np.unravel_index(np.argmax(amap), amap.shape)
-        mask = d.mask > 0
-        # the peak lies in the defect or within a few pixels of it (the map is smoothed)
-        ys, xs = np.nonzero(mask)
-        assert np.min(np.hypot(ys - peak[0], xs - peak[1])) <= 4
+    assert_finds_blobs(gtrans_run, seed=123, max_peak_distance=4)
 
 
 @pytest.mark.parametrize("kind", ["gtrans", "conv-ae", "anovit"])

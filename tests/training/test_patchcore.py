@@ -13,11 +13,12 @@ import torch
 
 from export.cli import EXIT_OK
 from export.cli import main as export_main
+from tests.training.checks import assert_finds_blobs
 from training.checkpoint import build_model, load_checkpoint
 from training.cli import eval_main, train_main
 from training.graph import InferenceModel
 from training.models.patchcore import NearestBank, greedy_coreset
-from training.synthetic import defective_part, good_part
+from training.synthetic import good_part
 
 SMALL = ["image_size=128", "bank_size=512"]
 
@@ -90,22 +91,7 @@ def test_fit_fills_the_bank_from_training_patches_only(patchcore_run: Path) -> N
 
 
 def test_defects_score_higher_and_peak_inside(patchcore_run: Path) -> None:
-    ckpt = load_checkpoint(patchcore_run)
-    model = InferenceModel(ckpt.model, ckpt.preprocess)
-    pre = ckpt.preprocess
-    rng = np.random.default_rng(7)
-    goods = np.stack([pre.frame_to_input(good_part(rng, 128)) for _ in range(6)])
-    defects = [defective_part(rng, 128, "blob") for _ in range(4)]
-    with torch.no_grad():
-        good_scores, _ = model(torch.from_numpy(goods))
-        bad_scores, bad_maps = model(
-            torch.from_numpy(np.stack([pre.frame_to_input(d.image) for d in defects]))
-        )
-    assert float(bad_scores.min()) > float(good_scores.max())
-    for d, amap in zip(defects, bad_maps.numpy(), strict=True):
-        peak = np.unravel_index(np.argmax(amap), amap.shape)
-        ys, xs = np.nonzero(d.mask > 0)
-        assert np.min(np.hypot(ys - peak[0], xs - peak[1])) <= 6
+    assert_finds_blobs(patchcore_run, seed=7, max_peak_distance=6)
 
 
 def test_eval_reports_operating_points(
