@@ -145,6 +145,9 @@ def load_inputs(opts: ExportOptions) -> Inputs:
         good = labels == 0
         say(f"labelled set {opts.data}: {len(test_images)} images, {int(test_labels.sum())} defective")
     calib = None
+    refusal = getattr(ckpt.model, "int8_refusal", None)
+    if opts.int8 and refusal:
+        raise CheckpointError(f"--int8 is not offered for a {ckpt.kind} model: {refusal}; export without --int8")
     if opts.int8:
         calib_paths = _calibration_paths(opts, ckpt)
         calib = load_images(calib_paths, pre)

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.cli import EXIT_OK
+from export.cli import EXIT_INPUT, EXIT_OK
 from export.cli import main as export_main
 from tests.training.checks import assert_finds_blobs
 from training.checkpoint import build_model, load_checkpoint
@@ -114,11 +114,18 @@ def test_bundle_runs_the_search_in_onnxruntime(
     bundle = tmp_path / "bundle"
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = export_main([str(patchcore_run), "--out", str(bundle), "--int8", "--data", str(synthetic_dataset)])
+        refused = export_main(
+            [str(patchcore_run), "--out", str(bundle), "--int8", "--data", str(synthetic_dataset)]
+        )
+        assert refused == EXIT_INPUT and not bundle.exists()
+        assert "--int8 is not offered for a patchcore model" in err.getvalue()
+        rc = export_main(
+            [str(patchcore_run), "--out", str(bundle), "--fp16", "--data", str(synthetic_dataset)]
+        )
     assert rc == EXIT_OK, err.getvalue()
     from edge.manifest import verify_bundle
 
-    assert verify_bundle(bundle, ["fp32", "int8"]).model.kind == "patchcore"  # the daemon would load it
+    assert verify_bundle(bundle, ["fp32", "fp16"]).model.kind == "patchcore"  # the daemon would load it
     ckpt = load_checkpoint(patchcore_run)
     model = InferenceModel(ckpt.model, ckpt.preprocess).eval()
     rng = np.random.default_rng(3)
