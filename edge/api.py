@@ -228,6 +228,23 @@ class CameraStats(_Payload):
     anomalous: int = 0
 
 
+class EvidenceStats(_Payload):
+    """The evidence store's counters (present when ``evidence.enabled``)."""
+
+    offered: int = Field(description="frames the sampling rules chose to keep")
+    written: int
+    dropped_queue: int = Field(description="dropped because the writer was behind (scoring never waits)")
+    dropped_disk_full: int = Field(description="dropped while the disk was full")
+    write_errors: int
+    evicted_size: int = Field(description="oldest frames deleted to stay under max_bytes")
+    evicted_age: int = Field(description="frames deleted for being older than max_age_s")
+    bytes: int
+    rows: int
+    max_bytes: int
+    queued: int
+    disk_full: bool
+
+
 class StatsPayload(_Versioned):
     """``<prefix>/stats`` (QoS 0, every ``mqtt.stats_interval_s``)."""
 
@@ -246,6 +263,7 @@ class StatsPayload(_Versioned):
     mqtt: MqttStats
     cameras: Dict[str, CameraStats]
     warnings: List[str] = Field(default_factory=list)
+    evidence: Optional[EvidenceStats] = Field(default=None, description="null when the store is off")
 
 
 # --- the topic table -------------------------------------------------------------------------------------

@@ -278,6 +278,37 @@ class HealthConfig(_Section):
     )
 
 
+class EvidenceConfig(_Section):
+    """The on-disk evidence store (edge/evidence.py): anomalous frames and a sample of good ones, bounded."""
+
+    enabled: bool = Field(default=False, description="keep evidence on disk (read with edge-evidence)")
+    dir: Optional[Path] = Field(
+        default=None, description="where the store lives; default: <state_dir>/evidence"
+    )
+    max_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=4096,
+        le=2**50,
+        description="size cap of the stored images, masks and results; the oldest are deleted first",
+    )
+    max_age_s: float = Field(
+        default=30 * 86400.0, gt=0, le=10 * 365 * 86400.0, description="retention: older evidence is deleted"
+    )
+    jpeg_quality: int = Field(default=90, ge=10, le=100, description="JPEG quality of decoded frames kept")
+    good_every: int = Field(
+        default=100, ge=0, le=1_000_000, description="keep 1 in N good frames per camera (0: none)"
+    )
+    near_threshold: float = Field(
+        default=0.5,
+        ge=0,
+        le=1000,
+        description="also keep every good frame whose score lies within this much (normalised) of the threshold",
+    )
+    queue_max: int = Field(
+        default=32, ge=1, le=10_000, description="frames waiting for the writer; beyond it they are dropped, counted"
+    )
+
+
 class CameraConfig(_Section):
     name: str = Field(description="camera name, part of its topics: letters, digits, '_', '-', '.'")
     source: str = Field(
@@ -370,6 +401,9 @@ class EdgeConfig(BaseSettings):
         default_factory=PostprocessConfig, description="masks, regions, thresholds"
     )
     health: HealthConfig = Field(default_factory=HealthConfig, description="systemd watchdog and metrics")
+    evidence: EvidenceConfig = Field(
+        default_factory=EvidenceConfig, description="on-disk evidence store for review and retraining"
+    )
     cameras: List[CameraConfig] = Field(min_length=1, description="one [[cameras]] table per camera")
     state_dir: Optional[Path] = Field(
         default=None,

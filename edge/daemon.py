@@ -26,6 +26,7 @@ import edge
 from edge.api import (
     CameraStats,
     DeviceApi,
+    EvidenceStats,
     Identity,
     ModelRef,
     StatsPayload,
@@ -36,6 +37,7 @@ from edge.api import (
 from edge.backends import Backend, load_backend
 from edge.checks import verified_manifest
 from edge.config import CameraConfig, EdgeConfig
+from edge.evidence import EvidenceStore
 from edge.health import MetricsServer, SdNotifier, Watchdog, watchdog_interval_s
 from edge.inference import Camera, InferenceStage, SignallingSlot
 from edge.manifest import BundleError, Manifest
@@ -70,8 +72,10 @@ class Daemon:
         stats: Stats,
         ready: threading.Event,
         notifier: SdNotifier,
+        evidence: Optional[EvidenceStore] = None,
     ) -> None:
         self.config = config
+        self.evidence = evidence
         self.manifest = manifest
         self.cameras = cameras
         self.transport = transport
@@ -87,7 +91,7 @@ class Daemon:
             pre=manifest.input.preprocess(),
         )
         self.publisher = PublishStage(
-            api, api.thresholds, post, config, stats, config.model.helper_threads_nice
+            api, api.thresholds, post, config, stats, config.model.helper_threads_nice, evidence
         )
         max_batch = max(
             1, min(config.model.max_batch or manifest.input.max_batch, _backend_max_batch(backend))
@@ -168,6 +172,8 @@ class Daemon:
 
     def _start_threads(self) -> None:
         health = self.config.health
+        if self.evidence is not None:
+            self.evidence.start()
         self.publisher.start()
         stats_thread = threading.Thread(target=self._stats_loop, name="edge-stats", daemon=True)
         stats_thread.start()
@@ -192,6 +198,8 @@ class Daemon:
             cam.source.stop()
         self._drain()
         self.publisher.finish()
+        if self.evidence is not None:
+            self.evidence.close()
         for cam in self.cameras:
             cam.slot.close()
         if self._watchdog is not None:
@@ -285,7 +293,8 @@ class Daemon:
             latency_ms=base["latency_ms"],  # type: ignore[arg-type]
             mqtt=mqtt,  # type: ignore[arg-type]
             cameras=cams,
-            warnings=self.transport.warnings(),
+            warnings=self.transport.warnings() + (self.evidence.warnings() if self.evidence else []),
+            evidence=None if self.evidence is None else EvidenceStats(**self.evidence.snapshot()),
         )
 
     def _stats_loop(self) -> None:
@@ -350,6 +359,10 @@ def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
         queue_masks=mqtt.queue_masks,
     )
     cameras = [_camera(cam, ready, api, config.model.helper_threads_nice) for cam in config.enabled_cameras()]
+    evidence = None
+    if config.evidence.enabled:
+        folder = config.evidence.dir or resolve_state_dir(config.state_dir) / "evidence"
+        evidence = EvidenceStore(folder, config.evidence, config.model.helper_threads_nice)
     return Daemon(
         config,
         manifest,
@@ -360,6 +373,7 @@ def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
         Stats(names),
         ready,
         notifier if notifier is not None else SdNotifier(),
+        evidence,
     )
 
 

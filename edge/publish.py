@@ -14,6 +14,7 @@ from typing import Dict, Optional
 
 from edge.api import DeviceApi, iso_utc
 from edge.config import EdgeConfig
+from edge.evidence import EvidenceStore
 from edge.inference import ScoredBatch, ScoredFrame
 from edge.postprocess import Postprocessor, Verdict, encode_heatmap_jpeg, encode_mask_png
 from edge.priority import lower_current_thread_priority
@@ -39,6 +40,7 @@ class PublishStage:
         config: EdgeConfig,
         stats: Stats,
         helper_nice: int = 0,
+        evidence: Optional[EvidenceStore] = None,
     ) -> None:
         self.api = api
         self.thresholds = thresholds
@@ -47,6 +49,7 @@ class PublishStage:
         self.stats = stats
         self.queue: queue.Queue[Optional[ScoredBatch]] = queue.Queue(QUEUE_BATCHES)
         self._nice = helper_nice
+        self.evidence = evidence  # offered every published frame; keeps what its sampling rules ask for
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> None:
@@ -96,7 +99,7 @@ class PublishStage:
             "total": round((now - frame.capture_mono) * 1000.0, 3),
         }
         fh, fw = verdict.frame_hw
-        self.api.publish_result(
+        doc = self.api.publish_result(
             name,
             images,
             frame_id=frame.frame_id,
@@ -115,6 +118,8 @@ class PublishStage:
             latency_ms=latency,
         )
         self.stats.record_frame(name, verdict.anomalous, latency)
+        if self.evidence is not None:  # never blocks: a full writer queue drops (and counts) the frame
+            self.evidence.offer(name, frame, verdict, doc, doc.model.id)
 
     def _images(self, item: ScoredFrame, verdict: Verdict) -> Dict[str, bytes]:
         images: Dict[str, bytes] = {}
