@@ -174,6 +174,11 @@ class ModelConfig(_Section):
     precision: Literal["fp32", "fp16", "int8"] = Field(
         default="fp32", description="which model of the bundle to run"
     )
+    store: Optional[Path] = Field(
+        default=None,
+        description="bundle store: one verified bundle folder per recipe (product), <store>/<recipe>/; cameras "
+        "pick one with cameras.recipe or over MQTT <camera>/model/set (edge-run install-bundle fills it)",
+    )
     trusted_keys: List[Path] = Field(
         default_factory=list,
         max_length=32,
@@ -329,6 +334,10 @@ class CameraConfig(_Section):
         default=None,
         description="fixed threshold (normalised); overrides the bundle's and ignores MQTT threshold/set",
     )
+    recipe: Optional[str] = Field(
+        default=None,
+        description="recipe (bundle folder in model.store) this camera runs; default: model.bundle",
+    )
     publish_mask: PublishMask = Field(default="anomalous", description="when to publish the PNG defect mask")
     publish_heatmap: bool = Field(default=False, description="also publish a JPEG heatmap overlay")
     decode_on_demand: bool = Field(
@@ -341,6 +350,11 @@ class CameraConfig(_Section):
     @classmethod
     def _name_topic_safe(cls, value: str) -> str:
         return _topic_safe(value, "camera name")
+
+    @field_validator("recipe")
+    @classmethod
+    def _recipe_is_a_folder_name(cls, value: Optional[str]) -> Optional[str]:
+        return None if value is None else _topic_safe(value, "recipe")
 
     @field_validator("roi")
     @classmethod
@@ -432,6 +446,13 @@ class EdgeConfig(BaseSettings):
             seen[cam.name] = index
         if not any(cam.enabled for cam in self.cameras):
             raise ValueError("every camera is disabled; enable at least one")
+        return self
+
+    @model_validator(mode="after")
+    def _recipes_need_a_store(self) -> EdgeConfig:
+        named = [cam.name for cam in self.cameras if cam.recipe is not None]
+        if named and self.model.store is None:
+            raise ValueError(f"cameras {', '.join(named)} name a recipe but model.store is not set")
         return self
 
     @classmethod

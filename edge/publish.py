@@ -50,6 +50,7 @@ class PublishStage:
         self.queue: queue.Queue[Optional[ScoredBatch]] = queue.Queue(QUEUE_BATCHES)
         self._nice = helper_nice
         self.evidence = evidence  # offered every published frame; keeps what its sampling rules ask for
+        self._model_of: Dict[str, str] = {}  # camera -> id of the model of its last published frame
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> None:
@@ -82,9 +83,13 @@ class PublishStage:
         t_post = time.monotonic()
         name = item.camera.cfg.name
         frame = item.frame
+        model = item.model
+        post = self.post if model is None else model.post
+        if model is not None:
+            self._note_model(name, model.id, model.manifest.threshold.default)
         try:
             threshold, source = self.thresholds.get(name)
-            verdict = self.post(item.raw_score, item.raw_map, threshold, frame.hw, item.roi)
+            verdict = post(item.raw_score, item.raw_map, threshold, frame.hw, item.roi)
             images = self._images(item, verdict)
         except Exception:
             self.stats.incr("postprocess_errors")
@@ -102,6 +107,7 @@ class PublishStage:
         doc = self.api.publish_result(
             name,
             images,
+            model=None if model is None else model.ref,
             frame_id=frame.frame_id,
             capture_ts=round(frame.capture_ts, 6),
             capture_time=iso_utc(frame.capture_ts),
@@ -120,6 +126,15 @@ class PublishStage:
         self.stats.record_frame(name, verdict.anomalous, latency)
         if self.evidence is not None:  # never blocks: a full writer queue drops (and counts) the frame
             self.evidence.offer(name, frame, verdict, doc, doc.model.id)
+
+    def _note_model(self, camera: str, model_id: str, default_threshold: float) -> None:
+        """The first frame of a camera's new model (after a changeover): the threshold follows the model,
+        in publish order, so no frame of either model is judged with the other's threshold."""
+        last = self._model_of.get(camera)
+        self._model_of[camera] = model_id
+        if last is not None and last != model_id:
+            self.thresholds.model_changed(camera, default_threshold)
+            self.api.threshold_changed(camera)
 
     def _images(self, item: ScoredFrame, verdict: Verdict) -> Dict[str, bytes]:
         images: Dict[str, bytes] = {}

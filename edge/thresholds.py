@@ -94,6 +94,7 @@ class ThresholdBook:
         self.model_id = model_id
         self._fixed = {cam: v for cam, v in fixed.items() if v is not None}
         self._live: Dict[str, InForce] = {}
+        self._defaults: Dict[str, float] = {}  # per camera, after a changeover to another bundle
         self._lock = threading.Lock()
         if state_file is not None:
             self._live = self._load(state_file)
@@ -110,7 +111,28 @@ class ThresholdBook:
             return InForce(self._fixed[camera], "config")
         with self._lock:
             live = self._live.get(camera)
-        return live if live is not None else InForce(self.default, "manifest")
+            default = self._defaults.get(camera, self.default)
+        return live if live is not None else InForce(default, "manifest")
+
+    # --- changeover (edge.changeover) ----------------------------------------------------------------------
+
+    def model_changed(self, camera: str, default: float, keep_live: bool = False) -> None:
+        """The camera now runs another bundle: its default is that bundle's, and a threshold set over MQTT
+        for the previous model no longer applies (it was chosen for that model's scores)."""
+        with self._lock:
+            self._defaults[camera] = float(default)
+            dropped = None if keep_live else self._live.pop(camera, None)
+            snapshot = dict(self._live)
+        if dropped is not None:
+            log.warning(
+                "threshold %g of %s was set for the previous model; using the new bundle's default %g",
+                dropped.value, camera, default,
+            )  # fmt: skip
+            self._save(snapshot)
+
+    def set_fixed(self, fixed: Dict[str, Optional[float]]) -> None:
+        """New ``cameras.threshold`` values from a reloaded config."""
+        self._fixed = {cam: v for cam, v in fixed.items() if v is not None}
 
     # --- the MQTT command -----------------------------------------------------------------------------------
 
