@@ -351,10 +351,10 @@ def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
     first = boot[names[0]]
     manifest, backend = first.manifest, first.backend
     ready = threading.Event()
-    thresholds = _thresholds(config, manifest)
+    thresholds = _thresholds(config, manifest, {cam: m.id for cam, m in boot.items()})
     for cam, model in boot.items():  # cameras that start on another recipe than the first camera
         if model.manifest is not manifest:
-            thresholds.model_changed(cam, model.manifest.threshold.default, keep_live=True)
+            thresholds.model_changed(cam, model.manifest.threshold.default, model.id, keep_live=True)
     identity = Identity(
         device_id=config.device_id,
         run_id=new_run_id(),
@@ -401,7 +401,7 @@ def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
     )
 
 
-def _thresholds(config: EdgeConfig, manifest: Manifest) -> ThresholdBook:
+def _thresholds(config: EdgeConfig, manifest: Manifest, models: Dict[str, str]) -> ThresholdBook:
     default = manifest.threshold.default
     try:
         lo, hi = threshold_range(default, config.postprocess.threshold_min, config.postprocess.threshold_max)
@@ -415,6 +415,7 @@ def _thresholds(config: EdgeConfig, manifest: Manifest) -> ThresholdBook:
         hi=hi,
         state_file=Path(state_file),
         model_id=manifest.model_id(),
+        models={cam: mid for cam, mid in models.items() if mid != manifest.model_id()},
     )
 
 

@@ -133,7 +133,7 @@ class PublishStage:
         last = self._model_of.get(camera)
         self._model_of[camera] = model_id
         if last is not None and last != model_id:
-            self.thresholds.model_changed(camera, default_threshold)
+            self.thresholds.model_changed(camera, default_threshold, model_id)
             self.api.threshold_changed(camera)
 
     def _images(self, item: ScoredFrame, verdict: Verdict) -> Dict[str, bytes]:
