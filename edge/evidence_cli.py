@@ -57,6 +57,13 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--json", action="store_true", help="one JSON object per line")
         else:
             s.add_argument("--out", type=Path, required=True, help="folder to write (created)")
+            s.add_argument(
+                "--as-good",
+                action="store_true",
+                help="put every selected frame in train/good whatever its verdict: for onboarding a new "
+                "product, whose good parts the running model (trained on another product) calls anomalous. "
+                "Select a period when only good parts ran (--since/--until) and look through them",
+            )
     return p
 
 
@@ -86,7 +93,7 @@ def list_records(records: List[Record], as_json: bool) -> None:
     print(f"{len(records)} frame(s)", file=sys.stderr)
 
 
-def export(root: Path, records: List[Record], out: Path) -> Dict[str, int]:
+def export(root: Path, records: List[Record], out: Path, as_good: bool = False) -> Dict[str, int]:
     """Copy ``records`` into ``out`` in MVTec layout; returns counts per destination."""
     good_dir = out / "train" / "good"
     review = out / "review"
@@ -100,7 +107,7 @@ def export(root: Path, records: List[Record], out: Path) -> Dict[str, int]:
         if not src.is_file():  # evicted between the query and the copy
             counts["missing"] += 1
             continue
-        if not rec.anomalous:
+        if as_good or not rec.anomalous:
             shutil.copyfile(src, good_dir / f"{stem}.jpg")
             counts["train_good"] += 1
             continue
@@ -126,7 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         list_records(records, args.json)
         return EXIT_OK
     try:
-        counts = export(root, records, args.out)
+        counts = export(root, records, args.out, args.as_good)
     except OSError as exc:
         print(f"edge-evidence: export to {args.out} failed: {exc}", file=sys.stderr)
         return EXIT_ERROR
