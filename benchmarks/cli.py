@@ -13,6 +13,7 @@ written; 2 unusable input (bundle, dataset, options); 1 a measurement failed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -114,6 +115,16 @@ def parser() -> argparse.ArgumentParser:
         "--frame-size", type=int, help="generated video frame size in pixels (default 2x the model input)"
     )
     p.add_argument("--interval", type=float, default=5.0, help="soak: seconds between samples")
+    p.add_argument(
+        "--evidence",
+        action="store_true",
+        help="pipeline and soak: run the daemon with the evidence store on (OUT/evidence; a fresh store)",
+    )
+    p.add_argument("--evidence-max-mb", type=float, default=256.0, help="with --evidence: size cap (MiB)")
+    p.add_argument("--evidence-max-age-s", type=float, default=120.0, help="with --evidence: retention (s)")
+    p.add_argument(
+        "--evidence-good-every", type=int, default=10, help="with --evidence: keep 1 in N good frames"
+    )
     p.add_argument(
         "--out", type=Path, default=Path("bench-out"), help="output directory (default ./bench-out)"
     )
@@ -302,6 +313,7 @@ def scenario_pipeline(
         broker.stop()
         engine.close()
     section["video"] = video_info(video)
+    section["evidence_settings"] = ctx["evidence"]  # None: the store was off
     report["pipeline"] = section
 
 
@@ -351,6 +363,7 @@ def scenario_soak(
             args.interval,
             log,
         )
+        report["soak"]["evidence_settings"] = ctx["evidence"]
     finally:
         broker.stop()
 
@@ -387,6 +400,7 @@ def context(args: argparse.Namespace) -> dict[str, Any]:
     if "intra_op_threads" in options:
         daemon_options["intra_op_threads"] = options["intra_op_threads"]
     duration = args.duration if args.duration is not None else (600.0 if args.scenario == "soak" else 10.0)
+    evidence = evidence_settings(args)
     try:
         bench = BenchSettings(duration_s=duration, warmup_s=args.warmup, rounds=args.rounds)
     except ValueError as exc:
@@ -399,7 +413,28 @@ def context(args: argparse.Namespace) -> dict[str, Any]:
         "daemon_options": daemon_options,
         "duration": duration,
         "bench": bench,
+        "evidence": evidence,
     }
+
+
+def evidence_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    """With --evidence: the daemon children (spawned, so they read the environment) keep evidence."""
+    if not args.evidence:
+        return None
+    import shutil
+
+    folder = (args.out / "evidence").resolve()
+    shutil.rmtree(folder, ignore_errors=True)
+    settings = {
+        "enabled": "true",
+        "dir": str(folder),
+        "max_bytes": str(int(args.evidence_max_mb * 1024 * 1024)),
+        "max_age_s": str(args.evidence_max_age_s),
+        "good_every": str(args.evidence_good_every),
+    }
+    for key, value in settings.items():
+        os.environ[f"EDGE_EVIDENCE__{key.upper()}"] = value
+    return settings
 
 
 def torch_reference_section(checkpoint: Path | None, manifest: Any) -> dict[str, Any] | None:

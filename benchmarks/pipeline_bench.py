@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import threading
 import time
 import uuid
@@ -656,6 +657,7 @@ def run_soak(
     sub.start()
     daemon = DaemonProcess(config, max_s=START_TIMEOUT_S + FIRST_RESULT_TIMEOUT_S + duration_s + 60)
     samples: list[dict[str, Any]] = []
+    evidence_dir = os.environ.get("EDGE_EVIDENCE__DIR")
     try:
         daemon.start()
         if not sub.wait_first(FIRST_RESULT_TIMEOUT_S):
@@ -670,6 +672,8 @@ def run_soak(
                 break
             sample = process_sample(daemon.pid)
             sample.update({"t_s": now - t0, "results": sub.count})
+            if evidence_dir is not None:  # edge-bench --evidence: the store's files on disk, index excluded
+                sample["evidence_mb"] = folder_mb(evidence_dir)
             samples.append(sample)
             log_fn(
                 f"soak t={sample['t_s']:.0f}s rss={sample['rss_mb']:.1f} MiB threads={sample['threads']} "
@@ -702,4 +706,18 @@ def run_soak(
         "latency_total_ms": latency_summary([v for v in sub.recent_total_ms if v == v]),
         "capture_to_receive_ms": latency_summary(list(sub.recent_receive_ms)),
         "batch_histogram": {str(k): v for k, v in sorted(final.get("batch_histogram", {}).items())},
+        "evidence": snapshot.get("evidence"),
+        "evidence_mb_max": max((s.get("evidence_mb", 0.0) for s in samples), default=None),
     }
+
+
+def folder_mb(folder: str) -> float:
+    """MiB of the evidence store's frames, masks and results (what its cap bounds)."""
+    total = 0
+    for path in Path(folder).rglob("*"):
+        try:
+            if path.is_file() and not path.name.startswith("index.sqlite"):
+                total += path.stat().st_size
+        except OSError:  # evicted while we looked
+            continue
+    return total / (1024 * 1024)

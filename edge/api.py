@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Optional, Protocol, Sequence, Tuple, Type, Union
@@ -191,6 +191,51 @@ class ThresholdStatePayload(_Versioned):
     error: Optional[str] = None
 
 
+class ModelSetObject(_Payload):
+    recipe: Optional[str] = Field(
+        default=None, min_length=1, max_length=128, description="recipe name in the bundle store, or a bundle id"
+    )
+    rollback: bool = Field(default=False, description="true: go back to the recipe active before the last switch")
+
+
+class ModelSetPayload(RootModel[Union[str, ModelSetObject]]):
+    """``<prefix>/<camera>/model/set`` (sent by SCADA, never retained): which recipe the camera runs.
+
+    A plain-text recipe name or bundle id (``B``, ``gtrans@0123456789ab``), a JSON string, or
+    ``{"recipe": "B"}`` / ``{"rollback": true}``; at most 256 bytes. The answer is ``model/state``.
+    """
+
+
+class ActiveModelDoc(_Payload):
+    recipe: str = Field(description="recipe (bundle folder name) the camera runs")
+    model: ModelRef
+    since: str = Field(description="ISO-8601 UTC time of the switch (or of the start)")
+
+
+class LoadingDoc(_Payload):
+    recipe: str
+    origin: str = Field(description="what asked for it: mqtt, reload (SIGHUP), rollback")
+    since: str
+
+
+class ModelErrorDoc(_Payload):
+    recipe: str
+    message: str = Field(description="why the recipe was refused; the active model stayed")
+    at: str
+
+
+class ModelStatePayload(_Versioned):
+    """``<prefix>/<camera>/model/state`` (retained): the model in force, the one loading, the last refusal."""
+
+    camera: str
+    active: ActiveModelDoc
+    loading: Optional[LoadingDoc] = Field(description="a recipe being verified, loaded and warmed, or null")
+    previous: Optional[str] = Field(description="the recipe a rollback returns to, or null")
+    last_error: Optional[ModelErrorDoc] = Field(description="the last refused switch, or null")
+    recipes: List[str] = Field(description="recipes in the device's bundle store")
+    resident: int = Field(ge=0, description="models in memory on the device now (one more only during a swap)")
+
+
 class Percentiles(_Payload):
     p50: Optional[float]
     p99: Optional[float]
@@ -228,6 +273,23 @@ class CameraStats(_Payload):
     anomalous: int = 0
 
 
+class EvidenceStats(_Payload):
+    """The evidence store's counters (present when ``evidence.enabled``)."""
+
+    offered: int = Field(description="frames the sampling rules chose to keep")
+    written: int
+    dropped_queue: int = Field(description="dropped because the writer was behind (scoring never waits)")
+    dropped_disk_full: int = Field(description="dropped while the disk was full")
+    write_errors: int
+    evicted_size: int = Field(description="oldest frames deleted to stay under max_bytes")
+    evicted_age: int = Field(description="frames deleted for being older than max_age_s")
+    bytes: int
+    rows: int
+    max_bytes: int
+    queued: int
+    disk_full: bool
+
+
 class StatsPayload(_Versioned):
     """``<prefix>/stats`` (QoS 0, every ``mqtt.stats_interval_s``)."""
 
@@ -246,6 +308,7 @@ class StatsPayload(_Versioned):
     mqtt: MqttStats
     cameras: Dict[str, CameraStats]
     warnings: List[str] = Field(default_factory=list)
+    evidence: Optional[EvidenceStats] = Field(default=None, description="null when the store is off")
 
 
 # --- the topic table -------------------------------------------------------------------------------------
@@ -286,6 +349,8 @@ TOPICS: Dict[str, Topic] = {
         Topic("threshold_state", "{camera}/threshold/state", "publish", 1, True, "application/json",
               ThresholdStatePayload),
         Topic("stats", "stats", "publish", 0, False, "application/json", StatsPayload),
+        Topic("model_set", "{camera}/model/set", "subscribe", 1, False, "application/json", ModelSetPayload),
+        Topic("model_state", "{camera}/model/state", "publish", 1, True, "application/json", ModelStatePayload),
     )
 }  # fmt: skip
 
@@ -431,8 +496,11 @@ class DeviceApi:
             "rejected_invalid": 0,
             "rejected_unknown_camera": 0,
         }
+        # model/set goes to the changeover (edge.changeover); it answers on model/state. None: refused.
+        self.on_model_set: Optional[Callable[[str, bytes], Optional[str]]] = None
         transport.on_warnings = self._on_warnings
         transport.subscribe(TOPICS["threshold_set"].filter, self._on_threshold_set)
+        transport.subscribe(TOPICS["model_set"].filter, self._on_model_set)
 
     # --- retained state ------------------------------------------------------------------------------------
 
@@ -487,11 +555,14 @@ class DeviceApi:
 
     # --- results -------------------------------------------------------------------------------------------
 
-    def publish_result(self, camera: str, images: Dict[str, bytes], **fields: Any) -> ResultPayload:
+    def publish_result(
+        self, camera: str, images: Dict[str, bytes], model: Optional[ModelRef] = None, **fields: Any
+    ) -> ResultPayload:
         """Images first (each under the frame key), then the result that names them.
 
         ``fields`` are the frame's own ResultPayload fields (score, regions, latency_ms, ...); identity,
-        sequence, key and image references are added here.
+        sequence, key and image references are added here. ``model``: the model that scored the frame
+        (default: the device's), which after a changeover may differ from camera to camera.
         """
         with self._lock:
             seq = self._seq.get(camera, 0)
@@ -518,7 +589,7 @@ class DeviceApi:
             frame_key=key,
             mask=refs.get("mask"),
             heatmap=refs.get("heatmap"),
-            model=self.identity.model,
+            model=model or self.identity.model,
             **fields,
         )
         self.transport.publish(
@@ -571,6 +642,38 @@ class DeviceApi:
         log.info("threshold for %s is now %s (from MQTT)", camera, self.thresholds.get(camera)[0])
         self._publish_threshold_state(camera)
 
+    def _on_model_set(self, msg: Inbound) -> None:
+        """Commands act once, as for threshold/set; the changeover answers on the retained model/state."""
+        if not msg.payload and self._take_clear_echo(msg.suffix):
+            return
+        camera = camera_of(msg.suffix, TOPICS["model_set"])
+        if msg.retain:
+            self._count_command("rejected_retained")
+            log.warning("ignored a retained %s (commands act once); clearing it", msg.topic)
+            with self._lock:
+                self._clearing[msg.suffix] = self._clearing.get(msg.suffix, 0) + 1
+            self.transport.clear_retained(msg.suffix)
+            return
+        if camera is None or camera not in self._cameras or self.on_model_set is None:
+            self._count_command("rejected_unknown_camera")
+            log.warning("model/set for unknown camera %r ignored", camera)
+            return
+        error = self.on_model_set(camera, msg.payload)
+        self._count_command("accepted" if error is None else "rejected_invalid")
+
+    def publish_model_state(self, doc: ModelStatePayload) -> None:
+        self.transport.set_retained(
+            TOPICS["model_state"].filled(doc.camera), doc.to_bytes(), content_type="application/json"
+        )
+
+    def set_model(self, model: ModelRef) -> None:
+        """The device's model changed (every camera now runs ``model``): status says so."""
+        with self._lock:
+            if self.identity.model == model:
+                return
+            self.identity = replace(self.identity, model=model)
+        self._publish_status()
+
     def _take_clear_echo(self, suffix: str) -> bool:
         with self._lock:
             pending = self._clearing.get(suffix, 0)
@@ -588,6 +691,10 @@ class DeviceApi:
             range=(self.thresholds.lo, self.thresholds.hi),
             error=error,
         )
+
+    def threshold_changed(self, camera: str) -> None:
+        """The threshold in force changed outside a command (a changeover to another bundle)."""
+        self._publish_threshold_state(camera)
 
     def _publish_threshold_state(self, camera: str, error: Optional[str] = None) -> None:
         """The state in force is retained; an error answer is not, so it never outlives the moment."""

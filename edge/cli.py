@@ -4,6 +4,10 @@
     edge-run --config edge.toml --set mqtt.port=1884 --set cameras.0...   (see --help)
     edge-run --config edge.toml --check-config      # verify all a start would; config as JSON (secrets ***)
     edge-run --config edge.toml --max-frames 100    # demo / tests: stop after 100 scored frames
+    edge-run install-bundle BUNDLE --config edge.toml [--name RECIPE]   # verify, copy into model.store
+
+SIGHUP (``systemctl reload``) re-reads the config and the bundle store and switches the cameras whose
+recipe changed, without a restart (see edge/changeover.py).
 
 Exit codes: 0 clean stop (including SIGTERM/SIGINT); 2 invalid configuration (nothing was started);
 3 the daemon could not start (bundle, backend, camera set-up); 1 unexpected error.
@@ -160,6 +164,9 @@ def _overrides(args: argparse.Namespace) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["install-bundle"]:
+        return install_main(argv[1:])
     args = parser().parse_args(argv)
     from edge.config import ConfigError, load_config
 
@@ -175,7 +182,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         log.warning("%s", warning)
     if args.check_config:
         return _check(config)
-    return _run(config, args.max_frames, args.duration)
+    return _run(config, args.max_frames, args.duration, lambda: load_config(args.config, _overrides(args)))
 
 
 def _check(config: Any) -> int:
@@ -194,7 +201,7 @@ def _check(config: Any) -> int:
     return EXIT_OK
 
 
-def _run(config: Any, max_frames: Optional[int], duration: Optional[float]) -> int:
+def _run(config: Any, max_frames: Optional[int], duration: Optional[float], reloader: Any = None) -> int:
     from edge.config import ConfigError
     from edge.daemon import StartupError, build
 
@@ -206,6 +213,8 @@ def _run(config: Any, max_frames: Optional[int], duration: Optional[float]) -> i
     except StartupError as exc:
         log.error("%s", exc)
         return EXIT_STARTUP
+    if daemon.changeover is not None:
+        daemon.changeover.reloader = reloader
     previous = _install_signal_handlers(daemon)
     try:
         return daemon.run_until_stopped(max_frames=max_frames, duration_s=duration)
@@ -221,10 +230,13 @@ def _install_signal_handlers(daemon: Any) -> Dict[int, Any]:
         log.info("received %s; stopping", signal.Signals(signum).name)
         daemon.stop()
 
+    def reload(signum: int, frame: Any) -> None:
+        daemon.reload()  # only sets a flag: the changeover thread re-reads config and store
+
     previous: Dict[int, Any] = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig, action in ((signal.SIGTERM, handler), (signal.SIGINT, handler), (signal.SIGHUP, reload)):
         try:
-            previous[sig] = signal.signal(sig, handler)
+            previous[sig] = signal.signal(sig, action)
         except ValueError:  # not the main thread (embedded use): the caller stops the daemon itself
             break
     return previous
@@ -233,6 +245,45 @@ def _install_signal_handlers(daemon: Any) -> Dict[int, Any]:
 def _restore_signal_handlers(previous: Dict[int, Any]) -> None:
     for sig, old in previous.items():
         signal.signal(sig, old)
+
+
+def install_main(argv: List[str]) -> int:
+    """``edge-run install-bundle BUNDLE --config FILE [--name RECIPE]``."""
+    p = argparse.ArgumentParser(
+        prog="edge-run install-bundle",
+        description="Verify a bundle (hashes, signature with the config's trusted keys, numbers) and install it "
+        "into model.store as a recipe; a running daemon switches to it on systemctl reload (SIGHUP) when a "
+        "camera runs that recipe, or on <camera>/model/set.",
+    )
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--name", help="recipe name (default: the bundle's folder name)")
+    args = p.parse_args(argv)
+    from edge.changeover import RecipeError, install_bundle
+    from edge.checks import verified_manifest
+    from edge.config import ConfigError, load_config
+    from edge.manifest import BundleError
+
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"edge-run: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(config.log_level, config.log_format)
+
+    def verify(path: Path) -> Any:
+        return verified_manifest(config.model.model_copy(update={"bundle": path}))
+
+    try:
+        target = install_bundle(args.bundle, config, args.name, verify)
+    except (RecipeError, BundleError, OSError) as exc:
+        print(f"edge-run install-bundle: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    print(
+        f"installed {target}; apply with: systemctl reload edge-anomaly (or <camera>/model/set {target.name})"
+    )
+    return EXIT_OK
 
 
 if __name__ == "__main__":

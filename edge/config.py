@@ -174,6 +174,11 @@ class ModelConfig(_Section):
     precision: Literal["fp32", "fp16", "int8"] = Field(
         default="fp32", description="which model of the bundle to run"
     )
+    store: Optional[Path] = Field(
+        default=None,
+        description="bundle store: one verified bundle folder per recipe (product), <store>/<recipe>/; cameras "
+        "pick one with cameras.recipe or over MQTT <camera>/model/set (edge-run install-bundle fills it)",
+    )
     trusted_keys: List[Path] = Field(
         default_factory=list,
         max_length=32,
@@ -278,6 +283,37 @@ class HealthConfig(_Section):
     )
 
 
+class EvidenceConfig(_Section):
+    """The on-disk evidence store (edge/evidence.py): anomalous frames and a sample of good ones, bounded."""
+
+    enabled: bool = Field(default=False, description="keep evidence on disk (read with edge-evidence)")
+    dir: Optional[Path] = Field(
+        default=None, description="where the store lives; default: <state_dir>/evidence"
+    )
+    max_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=4096,
+        le=2**50,
+        description="size cap of the stored images, masks and results; the oldest are deleted first",
+    )
+    max_age_s: float = Field(
+        default=30 * 86400.0, gt=0, le=10 * 365 * 86400.0, description="retention: older evidence is deleted"
+    )
+    jpeg_quality: int = Field(default=90, ge=10, le=100, description="JPEG quality of decoded frames kept")
+    good_every: int = Field(
+        default=100, ge=0, le=1_000_000, description="keep 1 in N good frames per camera (0: none)"
+    )
+    near_threshold: float = Field(
+        default=0.5,
+        ge=0,
+        le=1000,
+        description="also keep every good frame whose score lies within this much (normalised) of the threshold",
+    )
+    queue_max: int = Field(
+        default=32, ge=1, le=10_000, description="frames waiting for the writer; beyond it they are dropped, counted"
+    )
+
+
 class CameraConfig(_Section):
     name: str = Field(description="camera name, part of its topics: letters, digits, '_', '-', '.'")
     source: str = Field(
@@ -298,6 +334,10 @@ class CameraConfig(_Section):
         default=None,
         description="fixed threshold (normalised); overrides the bundle's and ignores MQTT threshold/set",
     )
+    recipe: Optional[str] = Field(
+        default=None,
+        description="recipe (bundle folder in model.store) this camera runs; default: model.bundle",
+    )
     publish_mask: PublishMask = Field(default="anomalous", description="when to publish the PNG defect mask")
     publish_heatmap: bool = Field(default=False, description="also publish a JPEG heatmap overlay")
     decode_on_demand: bool = Field(
@@ -310,6 +350,11 @@ class CameraConfig(_Section):
     @classmethod
     def _name_topic_safe(cls, value: str) -> str:
         return _topic_safe(value, "camera name")
+
+    @field_validator("recipe")
+    @classmethod
+    def _recipe_is_a_folder_name(cls, value: Optional[str]) -> Optional[str]:
+        return None if value is None else _topic_safe(value, "recipe")
 
     @field_validator("roi")
     @classmethod
@@ -370,6 +415,9 @@ class EdgeConfig(BaseSettings):
         default_factory=PostprocessConfig, description="masks, regions, thresholds"
     )
     health: HealthConfig = Field(default_factory=HealthConfig, description="systemd watchdog and metrics")
+    evidence: EvidenceConfig = Field(
+        default_factory=EvidenceConfig, description="on-disk evidence store for review and retraining"
+    )
     cameras: List[CameraConfig] = Field(min_length=1, description="one [[cameras]] table per camera")
     state_dir: Optional[Path] = Field(
         default=None,
@@ -398,6 +446,13 @@ class EdgeConfig(BaseSettings):
             seen[cam.name] = index
         if not any(cam.enabled for cam in self.cameras):
             raise ValueError("every camera is disabled; enable at least one")
+        return self
+
+    @model_validator(mode="after")
+    def _recipes_need_a_store(self) -> EdgeConfig:
+        named = [cam.name for cam in self.cameras if cam.recipe is not None]
+        if named and self.model.store is None:
+            raise ValueError(f"cameras {', '.join(named)} name a recipe but model.store is not set")
         return self
 
     @classmethod

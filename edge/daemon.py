@@ -26,6 +26,7 @@ import edge
 from edge.api import (
     CameraStats,
     DeviceApi,
+    EvidenceStats,
     Identity,
     ModelRef,
     StatsPayload,
@@ -34,8 +35,10 @@ from edge.api import (
     status_will,
 )
 from edge.backends import Backend, load_backend
+from edge.changeover import Changeover, LoadedModel, ModelBook, RecipeError, RecipeStore, close_backend
 from edge.checks import verified_manifest
 from edge.config import CameraConfig, EdgeConfig
+from edge.evidence import EvidenceStore
 from edge.health import MetricsServer, SdNotifier, Watchdog, watchdog_interval_s
 from edge.inference import Camera, InferenceStage, SignallingSlot
 from edge.manifest import BundleError, Manifest
@@ -70,8 +73,13 @@ class Daemon:
         stats: Stats,
         ready: threading.Event,
         notifier: SdNotifier,
+        evidence: Optional[EvidenceStore] = None,
+        models: Optional[ModelBook] = None,
+        changeover: Optional[Changeover] = None,
     ) -> None:
         self.config = config
+        self.evidence = evidence
+        self.changeover = changeover
         self.manifest = manifest
         self.cameras = cameras
         self.transport = transport
@@ -86,15 +94,20 @@ class Daemon:
             config.postprocess.max_regions,
             pre=manifest.input.preprocess(),
         )
+        if models is None:  # one model for every camera, no changeover (a Daemon built by hand)
+            boot = LoadedModel(
+                config.model.bundle.name, config.model.bundle, manifest, backend,
+                manifest.input.preprocess(), post, api.identity.model,
+            )  # fmt: skip
+            models = ModelBook({cam.cfg.name: boot for cam in cameras})
+        self.models = models
         self.publisher = PublishStage(
-            api, api.thresholds, post, config, stats, config.model.helper_threads_nice
+            api, api.thresholds, post, config, stats, config.model.helper_threads_nice, evidence
         )
         max_batch = max(
             1, min(config.model.max_batch or manifest.input.max_batch, _backend_max_batch(backend))
         )
-        self.inference = InferenceStage(
-            backend, cameras, manifest.input.preprocess(), stats, self.publisher.queue, max_batch, self._stop
-        )
+        self.inference = InferenceStage(models, cameras, stats, self.publisher.queue, max_batch, self._stop)
         self._threads: List[threading.Thread] = []
         self._watchdog: Optional[Watchdog] = None
         self._metrics: Optional[MetricsServer] = None
@@ -120,6 +133,11 @@ class Daemon:
         """Ask the loop to finish; safe from signal handlers and any thread."""
         self._stop.set()
         self._ready.set()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config and the bundle store (safe from a signal handler)."""
+        if self.changeover is not None:
+            self.changeover.request_reload()
 
     @property
     def stopping(self) -> bool:
@@ -148,6 +166,8 @@ class Daemon:
     def _start(self) -> None:
         names = [c.cfg.name for c in self.cameras]
         self.api.announce()
+        if self.changeover is not None:
+            self.changeover.publish_all()
         if self.config.model.opencv_threads is not None:
             cv2.setNumThreads(self.config.model.opencv_threads)  # process-wide; set before any camera opens
         self.transport.start()
@@ -168,6 +188,10 @@ class Daemon:
 
     def _start_threads(self) -> None:
         health = self.config.health
+        if self.evidence is not None:
+            self.evidence.start()
+        if self.changeover is not None:
+            self.changeover.start()
         self.publisher.start()
         stats_thread = threading.Thread(target=self._stats_loop, name="edge-stats", daemon=True)
         stats_thread.start()
@@ -188,10 +212,14 @@ class Daemon:
         log.info("stopping: draining in-flight frames")
         self.notifier.notify("STOPPING=1", "STATUS=stopping")
         self._stop.set()
+        if self.changeover is not None:
+            self.changeover.stop()
         for cam in self.cameras:
             cam.source.stop()
         self._drain()
         self.publisher.finish()
+        if self.evidence is not None:
+            self.evidence.close()
         for cam in self.cameras:
             cam.slot.close()
         if self._watchdog is not None:
@@ -201,7 +229,8 @@ class Daemon:
         for thread in self._threads:
             thread.join(timeout=5)
         self.transport.stop(final_retained=self.api.final_retained())
-        _close(self.backend)
+        for model in self.models.resident_models():
+            _close(model.backend)
         self.notifier.close()
         log.info("stopped cleanly")
 
@@ -285,7 +314,8 @@ class Daemon:
             latency_ms=base["latency_ms"],  # type: ignore[arg-type]
             mqtt=mqtt,  # type: ignore[arg-type]
             cameras=cams,
-            warnings=self.transport.warnings(),
+            warnings=self.transport.warnings() + (self.evidence.warnings() if self.evidence else []),
+            evidence=None if self.evidence is None else EvidenceStats(**self.evidence.snapshot()),
         )
 
     def _stats_loop(self) -> None:
@@ -314,23 +344,23 @@ def _close(backend: Backend) -> None:
 
 
 def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
-    """Config -> bundle (verified) -> backend -> thresholds -> MQTT face -> cameras. Starts nothing."""
-    manifest = _verified_manifest(config)
-    backend = _load_backend(config, manifest)
-    ready = threading.Event()
+    """Config -> bundles (verified) -> backends -> thresholds -> MQTT face -> cameras. Starts nothing."""
+    store = RecipeStore(config.model.store, config.model.bundle)
+    boot = _boot_models(config, store)
     names = [cam.name for cam in config.enabled_cameras()]
-    thresholds = _thresholds(config, manifest)
+    first = boot[names[0]]
+    manifest, backend = first.manifest, first.backend
+    ready = threading.Event()
+    thresholds = _thresholds(config, manifest, {cam: m.id for cam, m in boot.items()})
+    for cam, model in boot.items():  # cameras that start on another recipe than the first camera
+        if model.manifest is not manifest:
+            thresholds.model_changed(cam, model.manifest.threshold.default, model.id, keep_live=True)
     identity = Identity(
         device_id=config.device_id,
         run_id=new_run_id(),
         started_at=time.time(),
         version=edge.__version__,
-        model=ModelRef(
-            id=manifest.model_id(),
-            precision=getattr(backend, "precision", config.model.precision),  # what the backend loaded
-            backend=getattr(backend, "name", config.model.backend),
-            signer=getattr(manifest, "signer", None),  # set by bundle signing, where the manifest has it
-        ),
+        model=first.ref,
     )
     mqtt = config.mqtt
     transport = MqttTransport(
@@ -350,6 +380,11 @@ def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
         queue_masks=mqtt.queue_masks,
     )
     cameras = [_camera(cam, ready, api, config.model.helper_threads_nice) for cam in config.enabled_cameras()]
+    book = ModelBook(boot)
+    evidence = None
+    if config.evidence.enabled:
+        folder = config.evidence.dir or resolve_state_dir(config.state_dir) / "evidence"
+        evidence = EvidenceStore(folder, config.evidence, config.model.helper_threads_nice)
     return Daemon(
         config,
         manifest,
@@ -360,10 +395,13 @@ def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
         Stats(names),
         ready,
         notifier if notifier is not None else SdNotifier(),
+        evidence,
+        book,
+        Changeover(config, book, store, thresholds, api, load_model),
     )
 
 
-def _thresholds(config: EdgeConfig, manifest: Manifest) -> ThresholdBook:
+def _thresholds(config: EdgeConfig, manifest: Manifest, models: Dict[str, str]) -> ThresholdBook:
     default = manifest.threshold.default
     try:
         lo, hi = threshold_range(default, config.postprocess.threshold_min, config.postprocess.threshold_max)
@@ -377,6 +415,7 @@ def _thresholds(config: EdgeConfig, manifest: Manifest) -> ThresholdBook:
         hi=hi,
         state_file=Path(state_file),
         model_id=manifest.model_id(),
+        models={cam: mid for cam, mid in models.items() if mid != manifest.model_id()},
     )
 
 
@@ -396,14 +435,59 @@ def _camera(cfg: CameraConfig, ready: threading.Event, api: DeviceApi, nice: int
     return Camera(cfg=cfg, slot=slot, source=source)
 
 
-def _verified_manifest(config: EdgeConfig) -> Manifest:
+def _boot_models(config: EdgeConfig, store: RecipeStore) -> Dict[str, LoadedModel]:
+    """Each enabled camera's configured recipe, verified and loaded (once per bundle)."""
+    loaded: Dict[Path, LoadedModel] = {}
+    models: Dict[str, LoadedModel] = {}
+    for cam in config.enabled_cameras():
+        recipe = store.configured(cam)
+        try:
+            path = store.path_of(recipe)
+        except RecipeError as exc:
+            raise StartupError(f"cameras {cam.name}: {exc}") from exc
+        if path not in loaded:
+            where = "model.bundle" if path == config.model.bundle else f"recipe {recipe} ({path})"
+            try:
+                manifest = verified_manifest(_model_at(config, path))  # the same checks as --check-config
+            except BundleError as exc:
+                raise StartupError(f"{where}: {exc}") from exc
+            loaded[path] = _loaded(config, path, recipe, manifest, _load_backend(config, manifest, path))
+        models[cam.name] = loaded[path]
+    return models
+
+
+def _model_at(config: EdgeConfig, bundle: Path) -> Any:
+    return config.model.model_copy(update={"bundle": bundle})
+
+
+def _loaded(config: EdgeConfig, bundle: Path, recipe: str, manifest: Manifest, backend: Backend) -> LoadedModel:
+    ref = ModelRef(
+        id=manifest.model_id(),
+        precision=getattr(backend, "precision", config.model.precision),  # what the backend loaded
+        backend=getattr(backend, "name", config.model.backend),
+        signer=getattr(manifest, "signer", None),  # set by bundle signing, where the manifest has it
+    )
+    post = Postprocessor(
+        manifest.normalization,
+        config.postprocess.min_region_area,
+        config.postprocess.max_regions,
+        pre=manifest.input.preprocess(),
+    )
+    return LoadedModel(recipe, bundle, manifest, backend, manifest.input.preprocess(), post, ref)
+
+
+def load_model(config: EdgeConfig, bundle: Path, recipe: str) -> LoadedModel:
+    """A changeover's load: verified as a start verifies, then loaded; raises with a message that says why."""
+    manifest = verified_manifest(_model_at(config, bundle))
+    backend = _load_backend(config, manifest, bundle)
     try:
-        return verified_manifest(config.model)  # the same checks as --check-config
-    except BundleError as exc:
-        raise StartupError(f"model.bundle: {exc}") from exc
+        return _loaded(config, bundle, recipe, manifest, backend)
+    except BaseException:
+        close_backend(backend)
+        raise
 
 
-def _load_backend(config: EdgeConfig, manifest: Manifest) -> Backend:
+def _load_backend(config: EdgeConfig, manifest: Manifest, bundle: Optional[Path] = None) -> Backend:
     # Only options the user set are passed, so a backend that does not take one is not bothered by it.
     options: Dict[str, object] = {}
     if config.model.providers is not None:
@@ -417,7 +501,7 @@ def _load_backend(config: EdgeConfig, manifest: Manifest) -> Backend:
         options[key] = config.model.engine_cache_dir
     try:
         return load_backend(
-            config.model.backend, config.model.bundle, manifest, config.model.precision, **options
+            config.model.backend, bundle or config.model.bundle, manifest, config.model.precision, **options
         )
     except StartupError:
         raise

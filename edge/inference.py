@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from edge.postprocess import Box, clip_roi
 from edge.preprocess import Preprocess
 from edge.sources import CameraSource
 from edge.stats import Stats
+
+if TYPE_CHECKING:  # edge.changeover imports the API and the backends; only its types are needed here
+    from edge.changeover import LoadedModel, ModelBook
 
 log = logging.getLogger("edge.inference")
 
@@ -60,6 +63,7 @@ class ScoredFrame:
     raw_map: np.ndarray  # (H, W) float32 at the model's input size, raw units
     t_infer: float  # time.monotonic() when the batch went into the backend
     inference_ms: float  # the whole batch's backend time
+    model: Optional[LoadedModel] = None  # the model that scored it (its post, threshold default and id)
 
 
 ScoredBatch = List[ScoredFrame]
@@ -70,17 +74,15 @@ class InferenceStage:
 
     def __init__(
         self,
-        backend: Backend,
+        models: ModelBook,
         cameras: List[Camera],
-        pre: Preprocess,
         stats: Stats,
         out: queue.Queue[Optional[ScoredBatch]],
         max_batch: int,
         stopping: threading.Event,
     ) -> None:
-        self.backend = backend
+        self.models = models
         self.cameras = cameras
-        self.pre = pre
         self.stats = stats
         self.out = out
         self.max_batch = max_batch
@@ -89,8 +91,21 @@ class InferenceStage:
         self._error_streak = 0
         self._roi_warned: Set[str] = set()
 
+    @property
+    def backend(self) -> Backend:
+        """The backend of the first camera's model (benchmarks and fault tests wrap it)."""
+        return self.models.active(self.cameras[0].cfg.name).backend
+
+    @backend.setter
+    def backend(self, value: Backend) -> None:
+        self.models.replace_backend(self.backend, value)
+
     def gather(self) -> List[Tuple[Camera, Frame]]:
-        """The newest unread frame of each camera that has one, up to max_batch, fair across cameras."""
+        """The newest unread frame of each camera that has one, up to max_batch, fair across cameras.
+
+        Staged model switches are applied first: this is the point between two batches where a camera
+        changes model, so each frame is scored once, by the old model or by the new one."""
+        self.models.apply_pending()
         n = len(self.cameras)
         batch: List[Tuple[Camera, Frame]] = []
         for k in range(n):
@@ -104,13 +119,22 @@ class InferenceStage:
         return batch
 
     def score(self, batch: List[Tuple[Camera, Frame]]) -> int:
-        """Score one gathered batch and queue it for publishing (blocks while publish is behind)."""
+        """Score one gathered batch and queue it for publishing (blocks while publish is behind).
+
+        Cameras on different models (recipes) are scored as one backend call per model."""
+        groups: Dict[int, List[Tuple[Camera, Frame]]] = {}
+        for cam, frame in batch:
+            groups.setdefault(id(self.models.active(cam.cfg.name)), []).append((cam, frame))
+        return sum(self._score_group(group) for group in groups.values())
+
+    def _score_group(self, batch: List[Tuple[Camera, Frame]]) -> int:
+        model = self.models.active(batch[0][0].cfg.name)
         prepared = self._prepare(batch)
         if not prepared:
             return 0
         t_infer = time.monotonic()
         try:
-            scores, maps = self.backend.run(np.stack([inp for _, _, _, inp in prepared]))
+            scores, maps = model.backend.run(np.stack([inp for _, _, _, inp in prepared]))
         except Exception:
             self._inference_failed(len(prepared))
             return 0
@@ -118,7 +142,7 @@ class InferenceStage:
         self._error_streak = 0
         self.stats.mark_inference()
         scored = [
-            ScoredFrame(cam, frame, roi, float(scores[i]), maps[i], t_infer, inference_ms)
+            ScoredFrame(cam, frame, roi, float(scores[i]), maps[i], t_infer, inference_ms, model)
             for i, (cam, frame, roi, _) in enumerate(prepared)
         ]
         self.out.put(scored)
@@ -126,8 +150,9 @@ class InferenceStage:
 
     def _prepare(self, batch: List[Tuple[Camera, Frame]]) -> List[Tuple[Camera, Frame, Box, np.ndarray]]:
         out = []
-        input_hw = (self.pre.height, self.pre.width)
         for cam, frame in batch:
+            pre: Preprocess = self.models.active(cam.cfg.name).pre
+            input_hw = (pre.height, pre.width)
             roi = clip_roi(cam.cfg.roi, frame.hw)
             if roi is None:
                 self._roi_outside(cam, frame)
@@ -142,7 +167,7 @@ class InferenceStage:
                     log.warning("%s; skipped", exc)
                 continue
             cam.source.accept_frame()
-            out.append((cam, frame, roi, self.pre.frame_to_input(image, prefiltered)))
+            out.append((cam, frame, roi, pre.frame_to_input(image, prefiltered)))
         return out
 
     def _roi_outside(self, cam: Camera, frame: Frame) -> None:

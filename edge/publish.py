@@ -14,6 +14,7 @@ from typing import Dict, Optional
 
 from edge.api import DeviceApi, iso_utc
 from edge.config import EdgeConfig
+from edge.evidence import EvidenceStore
 from edge.inference import ScoredBatch, ScoredFrame
 from edge.postprocess import Postprocessor, Verdict, encode_heatmap_jpeg, encode_mask_png
 from edge.priority import lower_current_thread_priority
@@ -39,6 +40,7 @@ class PublishStage:
         config: EdgeConfig,
         stats: Stats,
         helper_nice: int = 0,
+        evidence: Optional[EvidenceStore] = None,
     ) -> None:
         self.api = api
         self.thresholds = thresholds
@@ -47,6 +49,8 @@ class PublishStage:
         self.stats = stats
         self.queue: queue.Queue[Optional[ScoredBatch]] = queue.Queue(QUEUE_BATCHES)
         self._nice = helper_nice
+        self.evidence = evidence  # offered every published frame; keeps what its sampling rules ask for
+        self._model_of: Dict[str, str] = {}  # camera -> id of the model of its last published frame
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> None:
@@ -79,9 +83,13 @@ class PublishStage:
         t_post = time.monotonic()
         name = item.camera.cfg.name
         frame = item.frame
+        model = item.model
+        post = self.post if model is None else model.post
+        if model is not None:
+            self._note_model(name, model.id, model.manifest.threshold.default)
         try:
             threshold, source = self.thresholds.get(name)
-            verdict = self.post(item.raw_score, item.raw_map, threshold, frame.hw, item.roi)
+            verdict = post(item.raw_score, item.raw_map, threshold, frame.hw, item.roi)
             images = self._images(item, verdict)
         except Exception:
             self.stats.incr("postprocess_errors")
@@ -96,9 +104,10 @@ class PublishStage:
             "total": round((now - frame.capture_mono) * 1000.0, 3),
         }
         fh, fw = verdict.frame_hw
-        self.api.publish_result(
+        doc = self.api.publish_result(
             name,
             images,
+            model=None if model is None else model.ref,
             frame_id=frame.frame_id,
             capture_ts=round(frame.capture_ts, 6),
             capture_time=iso_utc(frame.capture_ts),
@@ -115,6 +124,17 @@ class PublishStage:
             latency_ms=latency,
         )
         self.stats.record_frame(name, verdict.anomalous, latency)
+        if self.evidence is not None:  # never blocks: a full writer queue drops (and counts) the frame
+            self.evidence.offer(name, frame, verdict, doc, doc.model.id)
+
+    def _note_model(self, camera: str, model_id: str, default_threshold: float) -> None:
+        """The first frame of a camera's new model (after a changeover): the threshold follows the model,
+        in publish order, so no frame of either model is judged with the other's threshold."""
+        last = self._model_of.get(camera)
+        self._model_of[camera] = model_id
+        if last is not None and last != model_id:
+            self.thresholds.model_changed(camera, default_threshold, model_id)
+            self.api.threshold_changed(camera)
 
     def _images(self, item: ScoredFrame, verdict: Verdict) -> Dict[str, bytes]:
         images: Dict[str, bytes] = {}

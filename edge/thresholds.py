@@ -87,13 +87,18 @@ class ThresholdBook:
         hi: float,
         state_file: Optional[Path] = None,
         model_id: str = "",
+        models: Optional[Dict[str, str]] = None,
     ) -> None:
         self.default = float(default)
         self.lo, self.hi = float(lo), float(hi)
         self.state_file = state_file
         self.model_id = model_id
+        # The model each camera runs, where it is not ``model_id`` (recipes, edge.changeover): a recorded
+        # threshold applies only to the model it was set for.
+        self._models: Dict[str, str] = dict(models or {})
         self._fixed = {cam: v for cam, v in fixed.items() if v is not None}
         self._live: Dict[str, InForce] = {}
+        self._defaults: Dict[str, float] = {}  # per camera, after a changeover to another bundle
         self._lock = threading.Lock()
         if state_file is not None:
             self._live = self._load(state_file)
@@ -110,7 +115,29 @@ class ThresholdBook:
             return InForce(self._fixed[camera], "config")
         with self._lock:
             live = self._live.get(camera)
-        return live if live is not None else InForce(self.default, "manifest")
+            default = self._defaults.get(camera, self.default)
+        return live if live is not None else InForce(default, "manifest")
+
+    # --- changeover (edge.changeover) ----------------------------------------------------------------------
+
+    def model_changed(self, camera: str, default: float, model_id: str, keep_live: bool = False) -> None:
+        """The camera now runs another bundle: its default is that bundle's, and a threshold set over MQTT
+        for the previous model no longer applies (it was chosen for that model's scores)."""
+        with self._lock:
+            self._defaults[camera] = float(default)
+            self._models[camera] = model_id
+            dropped = None if keep_live else self._live.pop(camera, None)
+            snapshot = dict(self._live)
+        if dropped is not None:
+            log.warning(
+                "threshold %g of %s was set for the previous model; using the new bundle's default %g",
+                dropped.value, camera, default,
+            )  # fmt: skip
+            self._save(snapshot)
+
+    def set_fixed(self, fixed: Dict[str, Optional[float]]) -> None:
+        """New ``cameras.threshold`` values from a reloaded config."""
+        self._fixed = {cam: v for cam, v in fixed.items() if v is not None}
 
     # --- the MQTT command -----------------------------------------------------------------------------------
 
@@ -137,7 +164,10 @@ class ThresholdBook:
         doc = {
             "format": STATE_FORMAT,
             "model": self.model_id,
-            "thresholds": {cam: {"threshold": s.value, "set_at": s.set_at} for cam, s in live.items()},
+            "thresholds": {
+                cam: {"threshold": s.value, "set_at": s.set_at, "model": self._models.get(cam, self.model_id)}
+                for cam, s in live.items()
+            },
         }
         try:
             atomic_write_json(self.state_file, doc)
@@ -157,7 +187,7 @@ class ThresholdBook:
         if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
             log.error("ignoring the state file %s: not format %d", path, STATE_FORMAT)
             return {}
-        if doc.get("model") != self.model_id:
+        if doc.get("model") != self.model_id and not self._models:
             log.warning(
                 "thresholds in %s were set for model %s, not %s; using the bundle's default",
                 path,
@@ -173,6 +203,12 @@ class ThresholdBook:
                 set_at = None if set_at is None else float(set_at)
             except (KeyError, TypeError, ValueError, AttributeError):
                 log.error("ignoring the recorded threshold of %s in %s: malformed", cam, path)
+                continue
+            recorded, running = entry.get("model", doc.get("model")), self._models.get(cam, self.model_id)
+            if recorded != running:
+                log.warning(
+                    "ignoring the recorded threshold of %s: set for model %s, not %s", cam, recorded, running
+                )
                 continue
             if not self.lo <= value <= self.hi:
                 log.warning(

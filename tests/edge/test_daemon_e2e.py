@@ -486,7 +486,8 @@ def test_large_mjpeg_frames_and_slow_postprocess_lose_nothing(
     sub = Subscriber(broker.host, broker.port, [f"{prefix}/#"])
     run = InProcess(tmp_path, config_toml(dev, broker, media["bundle"], cams, mqtt={"qos_mask": 1}))
     decoded_sizes: list[tuple[int, ...]] = []
-    prepare, post = run.daemon.inference._prepare, run.daemon.publisher.post
+    model = run.daemon.models.active("line")  # postprocess belongs to the model that scored the frame
+    prepare, post = run.daemon.inference._prepare, model.post
     release = threading.Event()
 
     def recording_prepare(batch):  # type: ignore[no-untyped-def]
@@ -499,7 +500,7 @@ def test_large_mjpeg_frames_and_slow_postprocess_lose_nothing(
         return post(*args, **kwargs)
 
     run.daemon.inference._prepare = recording_prepare  # type: ignore[method-assign]
-    run.daemon.publisher.post = slow_post  # type: ignore[assignment]
+    model.post = slow_post  # type: ignore[assignment]
     run.start()
     try:
         assert sub.wait_for(has_availability(f"{prefix}/line/availability", "ended: end of stream"), WAIT)

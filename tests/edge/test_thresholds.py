@@ -63,3 +63,18 @@ def test_state_dir_default_prefers_systemd(monkeypatch: pytest.MonkeyPatch, tmp_
     assert resolve_state_dir(tmp_path) == tmp_path
     monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/a:{tmp_path}/b")
     assert resolve_state_dir(None) == tmp_path / "a"
+
+
+def test_a_changeover_gives_the_camera_its_new_model_default_and_records_sets_per_model(tmp_path: Path) -> None:
+    state = tmp_path / "thresholds.json"
+    book = ThresholdBook(default=4.0, fixed={}, lo=LO, hi=HI, state_file=state, model_id="A@1")
+    book.set_from_payload("line", b"3.0")
+    book.model_changed("line", 6.0, "B@2")  # the set was made for A's scores: dropped, B's default applies
+    assert book.get("line") == (6.0, "manifest")
+    book.set_from_payload("line", b"7.5")
+    assert json.loads(state.read_text())["thresholds"]["line"]["model"] == "B@2"
+    # a restart with the camera on B keeps the set; a restart with the camera back on A does not
+    on_b = ThresholdBook(default=4.0, fixed={}, lo=LO, hi=HI, state_file=state, model_id="A@1", models={"line": "B@2"})
+    assert on_b.get("line") == (7.5, "mqtt")
+    on_a = ThresholdBook(default=4.0, fixed={}, lo=LO, hi=HI, state_file=state, model_id="A@1")
+    assert on_a.get("line") == (4.0, "manifest")

@@ -85,7 +85,32 @@ def reference_scores(images: np.ndarray, reference: np.ndarray) -> tuple[np.ndar
     return maps.max(axis=(1, 2)).astype(np.float32), maps.astype(np.float32)
 
 
-def _graph(reference: np.ndarray, precision: str) -> onnx.ModelProto:
+def _with_ballast(graph: onnx.GraphProto, ballast_mb: int) -> None:
+    """Add ``ballast_mb`` MiB of float32 weights that every run reads one element of (times 0, so scores are
+    unchanged). No optimiser can fold it away (the element depends on the batch size), so each loaded copy
+    of the model holds that much memory: what the changeover's memory tests measure."""
+    n = ballast_mb * 1024 * 1024 // 4
+    ballast = np.random.default_rng(ballast_mb).random(n, dtype=np.float32)
+    graph.initializer.extend([
+        numpy_helper.from_array(ballast, "ballast"),
+        numpy_helper.from_array(np.array([1], np.int64), "one_i64"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero_f32"),
+    ])  # fmt: skip
+    score = graph.output[0].name  # "score": rename its producer's output and add the ballast term
+    for node in graph.node:
+        for i, out in enumerate(node.output):
+            if out == score:
+                node.output[i] = "score_plain"
+    graph.node.extend([
+        helper.make_node("Shape", ["image"], ["n"], start=0, end=1),
+        helper.make_node("Sub", ["n", "one_i64"], ["last"]),
+        helper.make_node("Gather", ["ballast", "last"], ["picked"]),
+        helper.make_node("Mul", ["picked", "zero_f32"], ["nothing"]),
+        helper.make_node("Add", ["score_plain", "nothing"], [score]),
+    ])  # fmt: skip
+
+
+def _graph(reference: np.ndarray, precision: str, ballast_mb: int = 0) -> onnx.ModelProto:
     h, w = reference.shape[:2]
     kernel = gaussian_kernel(blur_sigma(h))
     compute = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
@@ -145,6 +170,8 @@ def _graph(reference: np.ndarray, precision: str) -> onnx.ModelProto:
         ],
         initializer=inits,
     )
+    if ballast_mb and precision != "fp16":
+        _with_ballast(graph, ballast_mb)
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tiny_bundle"
     )
@@ -167,6 +194,7 @@ def make_tiny_bundle(
     precisions: Sequence[str] = ("fp32",),
     max_batch: int = 8,
     threshold: float = THRESHOLD,
+    ballast_mb: int = 0,
 ) -> Path:
     """Write a complete bundle (ONNX files + manifest.json) to ``out_dir`` and return it.
 
@@ -180,7 +208,7 @@ def make_tiny_bundle(
     unknown = sorted(set(precisions) - {"fp32", "fp16", "int8"})
     if unknown:
         raise ValueError(f"unknown precision(s) {unknown}; use fp32, fp16 or int8")
-    models = {p: _graph(ref, p) for p in precisions}
+    models = {p: _graph(ref, p, ballast_mb) for p in precisions}
     fp32 = models["fp32"] if "fp32" in models else _graph(ref, "fp32")
     raw = _run_fp32(fp32, good_parts_rgb(N_CALIBRATION, size, CALIBRATION_SEED))
     offset = float(np.median(raw))
