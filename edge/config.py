@@ -329,6 +329,27 @@ class CameraConfig(_Section):
         return value
 
 
+class SparkplugConfig(_Section):
+    """A Sparkplug B 3.0 edge node beside the JSON API (README "Sparkplug B"); same broker as [mqtt]."""
+
+    enabled: bool = Field(default=False, description="publish NBIRTH/DBIRTH/DDATA under spBv1.0/<group_id>/")
+    group_id: str = Field(default="edge-anomaly", description="Sparkplug group id (first topic level after spBv1.0)")
+    edge_node_id: Optional[str] = Field(default=None, description="Sparkplug edge node id; default: device_id")
+    primary_host_id: Optional[str] = Field(
+        default=None,
+        description="wait for this host's retained spBv1.0/STATE/<id> {\"online\": true} before the births; "
+        "when it goes offline: NDEATH, disconnect, start over. None: publish births at once",
+    )
+    client_id: Optional[str] = Field(
+        default=None, max_length=128, description="MQTT client id of the Sparkplug session; default <client_id>-spb"
+    )
+
+    @field_validator("group_id", "edge_node_id", "primary_host_id")
+    @classmethod
+    def _id_topic_safe(cls, value: Optional[str]) -> Optional[str]:
+        return None if value is None else _topic_safe(value, "Sparkplug id")
+
+
 # The TOML file's values for the settings source below. A context variable (not a global) so that loading
 # two configs from two threads cannot mix them up; pydantic-settings sources are chosen per class, not per call.
 _FILE_VALUES: contextvars.ContextVar[Optional[Dict[str, Any]]] = contextvars.ContextVar(
@@ -370,10 +391,13 @@ class EdgeConfig(BaseSettings):
         default_factory=PostprocessConfig, description="masks, regions, thresholds"
     )
     health: HealthConfig = Field(default_factory=HealthConfig, description="systemd watchdog and metrics")
+    sparkplug: SparkplugConfig = Field(
+        default_factory=SparkplugConfig, description="Sparkplug B 3.0 edge node (off by default)"
+    )
     cameras: List[CameraConfig] = Field(min_length=1, description="one [[cameras]] table per camera")
     state_dir: Optional[Path] = Field(
         default=None,
-        description="where the daemon keeps its own state (the threshold in force); default: systemd's "
+        description="where the daemon keeps its own state (the threshold in force, the Sparkplug bdSeq); default: systemd's "
         "$STATE_DIRECTORY, else /var/lib/edge-anomaly when writable, else ~/.local/state/edge-anomaly",
     )
 
@@ -418,6 +442,14 @@ class EdgeConfig(BaseSettings):
     @property
     def client_id(self) -> str:
         return self.mqtt.client_id or f"edge-anomaly-{self.device_id}"
+
+    @property
+    def sparkplug_node_id(self) -> str:
+        return self.sparkplug.edge_node_id or self.device_id
+
+    @property
+    def sparkplug_client_id(self) -> str:
+        return self.sparkplug.client_id or f"{self.client_id}-spb"
 
     def enabled_cameras(self) -> List[CameraConfig]:
         return [cam for cam in self.cameras if cam.enabled]

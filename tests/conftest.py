@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.broker import Broker, mosquitto_binary
+from tests.helpers.sparkplug import Decoder, decode, install_decoder
 
 REPO = Path(__file__).resolve().parents[1]
 MVTEC_BOTTLE = Path(os.environ.get("EDGE_MVTEC_BOTTLE", REPO.parent / "shared" / "data" / "mvtec-bottle" / "bottle"))
@@ -65,6 +66,15 @@ def own_broker(tmp_path: Path) -> Iterator[Broker]:
     b = Broker(tmp_path / "mosquitto").start()
     yield b
     b.stop()
+
+
+@pytest.fixture(scope="session")
+def tahu() -> Decoder:
+    """Eclipse Tahu's JavaScript Sparkplug decoder (tests/node); skips with the reason when node is absent."""
+    reason = install_decoder()
+    if reason is not None:
+        pytest.skip(reason)
+    return decode
 
 
 @pytest.fixture(scope="session")
