@@ -58,7 +58,7 @@ NODE_METRICS: Tuple[MetricDef, ...] = (
     MetricDef("Properties/Backend", STRING, "", "inference backend"),
     MetricDef(
         "Properties/JSON Prefix", STRING, "",
-        "topic prefix of the JSON API; the PNG mask of a frame is at <prefix>/<camera>/mask/<Frame Key>",
+        "topic prefix of the JSON API; a frame's PNG mask is at prefix/camera/mask/Frame Key",
     ),
 )  # fmt: skip
 
@@ -75,7 +75,7 @@ DEVICE_METRICS: Tuple[MetricDef, ...] = (
     MetricDef("Inspection/Region Count", INT32, "", "defect regions found (before the max_regions cut)"),
     THRESHOLD,
     MetricDef("Inspection/Threshold Source", STRING, "", "config, mqtt (a set over JSON or Sparkplug) or manifest"),
-    MetricDef("Inspection/Frame Key", STRING, "", "<run_id>-<seq> of the JSON result (and its mask topic)"),
+    MetricDef("Inspection/Frame Key", STRING, "", "run_id-seq of the JSON result, the last level of its mask topic"),
     MetricDef("Camera/State", STRING, "", "online, offline, fault or ended"),
     MetricDef("Camera/Reason", STRING, "", "why (e.g. cannot open, no frame for 3.0 s)"),
     MetricDef("Latency/Total", DOUBLE, "ms", "capture to hand-over to MQTT"),

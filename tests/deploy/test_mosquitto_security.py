@@ -413,3 +413,30 @@ def test_make_certs_keeps_the_ca_when_adding_a_device(tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert "CN = line3-station3" in subject or "CN=line3-station3" in subject
+
+
+def test_sparkplug_topics_follow_the_same_identity_rules(secure_broker: SecureBroker) -> None:
+    """The shipped ACL's Sparkplug lines: a node writes its own births, data and deaths and reads its commands
+    and the host's STATE; SCADA reads every node and sends commands; a device cannot speak as another node."""
+    scada = _open(secure_broker, "scada", PASSWORDS["scada"], "scada")
+    device = _open(secure_broker, DEVICE, PASSWORDS[DEVICE], DEVICE)
+    other = _open(secure_broker, OTHER, PASSWORDS[OTHER], OTHER)
+    try:
+        assert not scada.subscribe("spBv1.0/#").is_failure
+        assert not device.subscribe(f"spBv1.0/line/DCMD/{DEVICE}/+").is_failure
+        assert not device.subscribe("spBv1.0/STATE/+").is_failure
+        for topic in (f"spBv1.0/line/NBIRTH/{DEVICE}", f"spBv1.0/line/DDATA/{DEVICE}/cam0"):
+            assert not getattr(_publish(device, topic, b"\x08\x01"), "is_failure", False), topic
+            assert scada.wait_for_topic(topic) == b"\x08\x01"
+        forged = _publish(other, f"spBv1.0/line/NBIRTH/{DEVICE}", b"\x08\x02")
+        assert getattr(forged, "value", 0) == 0x87  # Not authorized
+        assert getattr(_publish(other, f"spBv1.0/line/DCMD/{DEVICE}/cam0", b"x"), "value", 0) == 0x87
+        dcmd = f"spBv1.0/line/DCMD/{DEVICE}/cam0"
+        _publish(scada, dcmd, b"\x12\x00")
+        _publish(scada, "spBv1.0/STATE/scada", b'{"online": true, "timestamp": 1}')
+        assert device.wait_for_topic(dcmd) == b"\x12\x00"
+        assert device.wait_for_topic("spBv1.0/STATE/scada").startswith(b'{"online": true')
+        assert [p for t, p in scada.messages if t == f"spBv1.0/line/NBIRTH/{DEVICE}"] == [b"\x08\x01"]
+    finally:
+        for session in (other, device, scada):
+            session.close()
