@@ -230,7 +230,7 @@ class SparkplugNode:
             self._update(doc.camera, values, spb.now_ms(doc.capture_ts))
 
     def camera_state(self, camera: str, state: CameraState) -> None:
-        """A fault is a DDEATH; the first other state after it a DBIRTH; any other change DDATA."""
+        """A fault is a DDEATH, the camera's return (online) a DBIRTH, any other change DDATA."""
         values = {"Camera/State": state.state, "Camera/Reason": state.reason}
         with self._lock:
             cam = self._cameras.get(camera)
@@ -243,7 +243,8 @@ class SparkplugNode:
                 if cam.alive:
                     self._ddeath(camera, cam)
             elif not cam.alive:
-                self._dbirth(camera, cam)
+                if state.state == "online":
+                    self._dbirth(camera, cam)
             else:
                 self._ddata(camera, cam, values, spb.now_ms(time.time()))
 
@@ -502,8 +503,8 @@ class SparkplugNode:
         try:
             doc = json.loads(msg.payload)
             online, stamp = doc["online"], doc["timestamp"]
-            if not isinstance(online, bool) or isinstance(stamp, bool) or not isinstance(stamp, int):
-                raise ValueError("online must be a boolean and timestamp an integer")
+            if not isinstance(online, bool) or isinstance(stamp, bool) or not isinstance(stamp, (int, float)):
+                raise ValueError("online must be a boolean and timestamp a number (ms since the epoch)")
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("sparkplug: ignoring a malformed STATE on %s: %s", msg.topic, exc)
             return
@@ -514,7 +515,7 @@ class SparkplugNode:
                     "sparkplug: ignoring a STATE older than the last one seen (%d < %d)", stamp, self._host_ts
                 )
                 return
-            self._host_ts = stamp
+            self._host_ts = int(stamp)
             self._host_online = online
             if online:
                 self._maybe_birth()

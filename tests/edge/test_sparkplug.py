@@ -154,6 +154,9 @@ def test_births_data_seq_rebirth_and_threshold_commands(
     assert sum("Inspection/Anomalous" in d for d in data) < len(data) / 2
     thresholds = [d["Inspection/Threshold"] for d in data if "Inspection/Threshold" in d]
     assert thresholds[:2] == [2.5, 3.5] and thresholds[-1] == 3.5  # the refused write answered with 3.5
+    stats = [m.json() for m in host.sub.on(f"{prefix}/stats")]
+    assert stats and all("sparkplug_ddata" in d["drops"] for d in stats)  # drops of the second face counted too
+    assert stats[-1]["commands"]["accepted"] == 2 and stats[-1]["commands"]["rejected_invalid"] == 1
     json_states = [m.json() for m in host.sub.on(f"{prefix}/cam1/threshold/state")]
     assert json_states[-1]["threshold"] == 3.5 and json_states[-1]["error"]
 
@@ -287,3 +290,35 @@ def test_births_wait_for_the_primary_host_and_follow_its_state(
     kinds = [m.kind for m in msgs]
     first_death = kinds.index("NDEATH")
     assert "DDATA" not in kinds[first_death + 1 : kinds.index("NBIRTH", first_death)]
+
+
+def test_a_broker_outage_starts_a_new_session_with_the_next_bdseq(
+    own_broker: Broker, media: dict, tmp_path: Path, tahu: Decoder
+) -> None:
+    group, node, dev = _names("outage")
+    cams = [{"name": "cam1", "source": str(media["video"]), "fps": 20, "loop": True, "publish_mask": "never"}]
+    spb = {"enabled": True, "group_id": group, "edge_node_id": node}
+    mqtt = {"reconnect_min_s": 1, "reconnect_max_s": 1}
+    text = config_toml(dev, own_broker, media["bundle"], cams, sparkplug=spb, mqtt=mqtt)
+    host = Host(own_broker, group, node, tahu, f"edge-anomaly/{dev}")
+    run = InProcess(tmp_path, text).start()
+    try:
+        assert host.wait_count("DDATA", 3, "cam1")
+        own_broker.stop()  # no Will: the broker itself is gone
+        own_broker.start()
+        assert host.sub.wait_for(lambda _: host.sub.connects >= 2, WAIT)
+        # The host may have come back after the node's new NBIRTH; a late host asks for a rebirth.
+        deadline = time.monotonic() + WAIT
+        while not host.wait_count("NBIRTH", 2, timeout=2.0) and time.monotonic() < deadline:
+            host.command("NCMD", [("Node Control/Rebirth", "Boolean", True)])
+        assert host.wait_count("NBIRTH", 2) and host.wait_count(
+            "DDATA", host.raw_count("DDATA", "cam1") + 3, "cam1"
+        )
+    finally:
+        assert run.stop() == 0
+    assert host.wait_count("NDEATH", 1)
+    host.sub.close()
+    msgs = host.messages()
+    births = [m.metrics()["bdSeq"] for m in msgs if m.kind == "NBIRTH"]
+    deaths = [m.metrics()["bdSeq"] for m in msgs if m.kind == "NDEATH"]
+    assert births[-1] == (births[0] + 1) % 256 and deaths == [births[-1]]
