@@ -248,6 +248,14 @@ class SparkplugNode:
             else:
                 self._ddata(camera, cam, values, spb.now_ms(time.time()))
 
+    def rebirth(self) -> None:
+        """NBIRTH and every DBIRTH again (same bdSeq): what NCMD Rebirth does, and what a change of the metric
+        set (not just of values) needs."""
+        with self._lock:
+            self.counters["rebirth_requests"] += 1
+            if self._born:
+                self._births()
+
     def threshold(self, camera: str) -> None:
         """The threshold changed (JSON threshold/set or a DCMD): DDATA with the value in force."""
         with self._lock:
@@ -545,10 +553,7 @@ class SparkplugNode:
         for command in self._commands(msg) or []:
             named = command.name == spb.REBIRTH.name or command.alias == spb.NODE_ALIAS[spb.REBIRTH.name]
             if named and command.value is True:
-                with self._lock:
-                    self.counters["rebirth_requests"] += 1
-                    if self._born:
-                        self._births()
+                self.rebirth()
             else:
                 self._reject("NCMD %s = %r is not a command of this node", command.name or command.alias,
                              command.value)  # fmt: skip
