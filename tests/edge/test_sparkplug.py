@@ -321,4 +321,6 @@ def test_a_broker_outage_starts_a_new_session_with_the_next_bdseq(
     msgs = host.messages()
     births = [m.metrics()["bdSeq"] for m in msgs if m.kind == "NBIRTH"]
     deaths = [m.metrics()["bdSeq"] for m in msgs if m.kind == "NDEATH"]
-    assert births[-1] == (births[0] + 1) % 256 and deaths == [births[-1]]
+    assert births[-1] == (births[0] + 1) % 256 and deaths[-1] == births[-1]
+    # mosquitto may publish the first session's Will to clients it has not yet closed while it shuts down
+    assert set(deaths[:-1]) <= {births[0]}
