@@ -142,6 +142,8 @@ def run_checks(config: EdgeConfig) -> List[Check]:
         checks += [_readable(f"mqtt.tls.{name}", path) for name, path in files if path is not None]
     if config.sparkplug.enabled:
         checks.append(check_sparkplug(config))
+        own = (("cert_file", config.sparkplug.cert_file), ("key_file", config.sparkplug.key_file))
+        checks += [_readable(f"sparkplug.{name}", path) for name, path in own if path is not None]
     checks += [check_source(i, cam) for i, cam in enumerate(config.cameras) if cam.enabled]
     return checks
 

@@ -343,6 +343,18 @@ class SparkplugConfig(_Section):
     client_id: Optional[str] = Field(
         default=None, max_length=128, description="MQTT client id of the Sparkplug session; default <client_id>-spb"
     )
+    cert_file: Optional[Path] = Field(
+        default=None,
+        description="client certificate (PEM) of the Sparkplug session, with [mqtt.tls]'s CA; needed where the "
+        "broker takes the client id from the certificate (deploy/mosquitto): its CN must be edge_node_id",
+    )
+    key_file: Optional[Path] = Field(default=None, description="private key (PEM) of sparkplug.cert_file")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> SparkplugConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
 
     @field_validator("group_id", "edge_node_id", "primary_host_id")
     @classmethod
@@ -422,6 +434,8 @@ class EdgeConfig(BaseSettings):
             seen[cam.name] = index
         if not any(cam.enabled for cam in self.cameras):
             raise ValueError("every camera is disabled; enable at least one")
+        if self.sparkplug.cert_file is not None and self.mqtt.tls is None:
+            raise ValueError("sparkplug.cert_file needs TLS: add an [mqtt.tls] section (its CA is used)")
         return self
 
     @classmethod
@@ -450,6 +464,14 @@ class EdgeConfig(BaseSettings):
     @property
     def sparkplug_client_id(self) -> str:
         return self.sparkplug.client_id or f"{self.client_id}-spb"
+
+    @property
+    def sparkplug_tls(self) -> Optional[TlsConfig]:
+        """[mqtt.tls] with the Sparkplug session's own certificate when one is configured."""
+        tls, spb = self.mqtt.tls, self.sparkplug
+        if tls is None or spb.cert_file is None:
+            return tls
+        return tls.model_copy(update={"cert_file": spb.cert_file, "key_file": spb.key_file})
 
     def enabled_cameras(self) -> List[CameraConfig]:
         return [cam for cam in self.cameras if cam.enabled]

@@ -387,6 +387,7 @@ def _sparkplug(config: EdgeConfig, api: DeviceApi) -> SparkplugNode:
         api=api,
         json_prefix=config.topic_prefix,
         state_file=resolve_state_dir(config.state_dir) / f"sparkplug-{config.device_id}.json",
+        tls=config.sparkplug_tls,
         network_thread_nice=config.model.helper_threads_nice,
     )
     api.observers.append(node)

@@ -40,7 +40,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge.api import CameraState, DeviceApi, Identity, ResultPayload
 from edge.backoff import Backoff
-from edge.config import MqttConfig, SparkplugConfig
+from edge.config import MqttConfig, SparkplugConfig, TlsConfig
 from edge.mqtt import configure_tls, read_password
 from edge.priority import lower_current_thread_priority
 from edge.sparkplug import payload as spb
@@ -119,10 +119,12 @@ class SparkplugNode:
         api: DeviceApi,
         json_prefix: str,
         state_file: Optional[Path],
+        tls: Optional[TlsConfig] = None,
         network_thread_nice: int = 0,
     ) -> None:
         self.cfg = cfg
         self.mqtt = mqtt
+        self.tls = tls
         self.group = cfg.group_id
         self.node_id = node_id
         self.client_id = client_id
@@ -456,8 +458,8 @@ class SparkplugNode:
         client.will_set(self.topic("NDEATH"), will, qos=1, retain=False)
         if self.mqtt.username is not None or self._password is not None:
             client.username_pw_set(self.mqtt.username or "", self._password)
-        if self.mqtt.tls is not None:
-            configure_tls(client, self.mqtt.tls)
+        if self.tls is not None:
+            configure_tls(client, self.tls)
         client.on_socket_register_write = _network_thread_writes  # see edge.mqtt: only edge-spb writes
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
