@@ -112,6 +112,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--pipeline-precision", help="precision the daemon runs (default fp32, else the first)")
     p.add_argument(
+        "--sparkplug", action="store_true", help="pipeline: the daemon also runs its Sparkplug B node"
+    )
+    p.add_argument(
         "--frame-size", type=int, help="generated video frame size in pixels (default 2x the model input)"
     )
     p.add_argument("--interval", type=float, default=5.0, help="soak: seconds between samples")
@@ -292,6 +295,7 @@ def scenario_pipeline(
         warmup_s=args.warmup,
         latency_load=args.latency_load,
         camera_fps=args.camera_fps,
+        sparkplug=args.sparkplug,
     )
     engine = open_backend(args.backend, args.bundle, ctx["manifest"], precision, ctx["options"])
     broker = QuietBroker(args.out / "mosquitto").start()

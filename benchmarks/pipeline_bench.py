@@ -282,11 +282,14 @@ def daemon_config(
     camera_fps: float,
     model_options: dict[str, Any],
     stats_interval_s: float = 1.0,
+    sparkplug: bool = False,
 ) -> dict[str, Any]:
-    """An EdgeConfig as plain data: ``cameras`` looping copies of one video at ``camera_fps`` each."""
+    """An EdgeConfig as plain data: ``cameras`` looping copies of one video at ``camera_fps`` each
+    (``sparkplug``: the Sparkplug B node publishes beside the JSON topics)."""
     model: dict[str, Any] = {"bundle": str(bundle), "backend": backend, "precision": precision}
     model.update(model_options)
     return {
+        "sparkplug": {"enabled": sparkplug, "group_id": "edge-bench"},
         "device_id": prefix_id,
         "log_level": "WARNING",
         "mqtt": {"host": broker.host, "port": broker.port, "stats_interval_s": stats_interval_s},
@@ -388,11 +391,13 @@ def _run_pipeline_once(
     model_options: dict[str, Any],
     warmup_s: float,
     measure_s: float,
+    sparkplug: bool = False,
 ) -> dict[str, Any]:
     """Start the daemon, skip ``warmup_s`` after the first result, count results for ``measure_s``, stop."""
     prefix_id = f"bench-{uuid.uuid4().hex[:8]}"
     config = daemon_config(
-        prefix_id, broker, bundle, backend, precision, video, run.cameras, run.camera_fps, model_options
+        prefix_id, broker, bundle, backend, precision, video, run.cameras, run.camera_fps, model_options,
+        sparkplug=sparkplug,
     )
     sub = ResultSubscriber(broker.host, broker.port, f"edge-anomaly/{prefix_id}")
     sub.start()
@@ -465,6 +470,7 @@ class PipelineSettings:
     warmup_s: float = 2.0
     latency_load: float = 0.5  # 0 disables the paced runs
     camera_fps: float | None = None  # fixed offered fps per camera for every run (overrides the rules above)
+    sparkplug: bool = False  # the daemon also runs its Sparkplug B node (both faces on)
 
 
 def pipeline_batch(cameras: int, max_batch: int) -> int:
@@ -523,6 +529,7 @@ def run_pipeline_bench(
                     model_options,
                     settings.warmup_s,
                     settings.measure_s,
+                    sparkplug=settings.sparkplug,
                 )
                 result["round"] = r + 1
                 runs.append(result)
@@ -535,6 +542,7 @@ def run_pipeline_bench(
         "rounds": settings.rounds,
         "measure_s_per_run": settings.measure_s,
         "warmup_s_per_run": settings.warmup_s,
+        "sparkplug": settings.sparkplug,
         "bare": {str(b): bare_summary(c) for b, c in cells.items()},
         "runs": runs,
         "by_cameras": aggregate_runs(runs, settings.camera_counts),

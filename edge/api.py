@@ -458,6 +458,18 @@ class Transport(Protocol):
     def clear_retained(self, suffix: str) -> None: ...
 
 
+class ApiObserver(Protocol):
+    """Another face of the same API (the Sparkplug B node): told every result, camera change and threshold
+    change after the JSON face has published it. Called from the thread that made the change; must not block.
+    """
+
+    def result(self, doc: ResultPayload) -> None: ...
+
+    def camera_state(self, camera: str, state: CameraState) -> None: ...
+
+    def threshold(self, camera: str) -> None: ...
+
+
 class DeviceApi:
     """Publishes the typed payloads of one device and acts on its commands (the MQTT face of the daemon).
 
@@ -498,6 +510,8 @@ class DeviceApi:
         }
         # model/set goes to the changeover (edge.changeover); it answers on model/state. None: refused.
         self.on_model_set: Optional[Callable[[str, bytes], Optional[str]]] = None
+        self.observers: List[ApiObserver] = []
+        self.observer_errors = 0
         transport.on_warnings = self._on_warnings
         transport.subscribe(TOPICS["threshold_set"].filter, self._on_threshold_set)
         transport.subscribe(TOPICS["model_set"].filter, self._on_model_set)
@@ -535,14 +549,30 @@ class DeviceApi:
     def camera_state(self, camera: str, state: str, reason: str) -> None:
         """A camera changed state: one availability event, and the retained status updated."""
         since = iso_utc(time.time())
+        doc = CameraState(state=state, reason=reason, since=since)  # type: ignore[arg-type]
         with self._lock:
-            self._cameras[camera] = CameraState(state=state, reason=reason, since=since)  # type: ignore[arg-type]
+            self._cameras[camera] = doc
         event = AvailabilityPayload(camera=camera, state=state, reason=reason, since=since)  # type: ignore[arg-type]
         self.transport.publish(
             TOPICS["availability"].filled(camera), event.to_bytes(), 1, kind="availability",
             content_type="application/json",
         )  # fmt: skip
         self._publish_status()
+        self._notify(lambda o: o.camera_state(camera, doc))
+
+    def cameras_now(self) -> Dict[str, CameraState]:
+        with self._lock:
+            return dict(self._cameras)
+
+    def _notify(self, call: Callable[[ApiObserver], None]) -> None:
+        """Tell every other face; a failing one is logged and counted and never stops the JSON face."""
+        for observer in self.observers:
+            try:
+                call(observer)
+            except Exception:
+                with self._lock:
+                    self.observer_errors += 1
+                log.exception("%s failed to take an update", type(observer).__name__)
 
     def _on_warnings(self, warnings: List[str]) -> None:
         with self._lock:
@@ -596,6 +626,7 @@ class DeviceApi:
             TOPICS["result"].filled(camera), doc.to_bytes(), self.qos_result, kind="result",
             content_type="application/json", correlation=key.encode(),
         )  # fmt: skip
+        self._notify(lambda o: o.result(doc))
         return doc
 
     def publish_stats(self, doc: StatsPayload) -> None:
@@ -631,16 +662,23 @@ class DeviceApi:
             self._count_command("rejected_unknown_camera")
             log.warning("threshold/set for unknown camera %r ignored", camera)
             return
+        self.set_threshold(camera, msg.payload)
+
+    def set_threshold(self, camera: str, payload: bytes, origin: str = "MQTT") -> Optional[str]:
+        """The threshold command of every face: validate, record, answer on threshold/state, tell the other
+        faces. Returns None when accepted, else why it was refused (nothing changed then)."""
         try:
-            self.thresholds.set_from_payload(camera, msg.payload)
+            self.thresholds.set_from_payload(camera, payload)
         except ThresholdError as exc:
             self._count_command("rejected_invalid")
-            log.warning("threshold/set for %s refused: %s", camera, exc)
+            log.warning("threshold set for %s (%s) refused: %s", camera, origin, exc)
             self._publish_threshold_state(camera, error=str(exc))
-            return
+            return str(exc)
         self._count_command("accepted")
-        log.info("threshold for %s is now %s (from MQTT)", camera, self.thresholds.get(camera)[0])
+        log.info("threshold for %s is now %s (from %s)", camera, self.thresholds.get(camera)[0], origin)
         self._publish_threshold_state(camera)
+        self._notify(lambda o: o.threshold(camera))
+        return None
 
     def _on_model_set(self, msg: Inbound) -> None:
         """Commands act once, as for threshold/set; the changeover answers on the retained model/state."""

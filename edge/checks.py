@@ -94,6 +94,18 @@ def check_backend(config: EdgeConfig) -> Check:
     return Check("model.backend", True, f"{config.model.backend} ({runtime} importable)")
 
 
+def check_sparkplug(config: EdgeConfig) -> Check:
+    """[sparkplug] enabled: the generated payload code must import with the protobuf runtime installed."""
+    try:
+        import edge.sparkplug.payload  # noqa: F401 - the import is the check
+    except Exception as exc:  # ImportError, or a protobuf runtime too old for the generated code
+        return Check("sparkplug", False, f"the Sparkplug B payload code does not import: {exc}")
+    import google.protobuf
+
+    node = f"spBv1.0/{config.sparkplug.group_id}/+/{config.sparkplug_node_id}"
+    return Check("sparkplug", True, f"{node} (protobuf {google.protobuf.__version__})")
+
+
 def check_source(index: int, cam: CameraConfig) -> Check:
     from edge.sources import uri_kind  # cv2; only imported when checks run
 
@@ -128,6 +140,10 @@ def run_checks(config: EdgeConfig) -> List[Check]:
         tls = mqtt.tls
         files = (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file))
         checks += [_readable(f"mqtt.tls.{name}", path) for name, path in files if path is not None]
+    if config.sparkplug.enabled:
+        checks.append(check_sparkplug(config))
+        own = (("cert_file", config.sparkplug.cert_file), ("key_file", config.sparkplug.key_file))
+        checks += [_readable(f"sparkplug.{name}", path) for name, path in own if path is not None]
     checks += [check_source(i, cam) for i, cam in enumerate(config.cameras) if cam.enabled]
     return checks
 

@@ -374,6 +374,39 @@ class CameraConfig(_Section):
         return value
 
 
+class SparkplugConfig(_Section):
+    """A Sparkplug B 3.0 edge node beside the JSON API (README "Sparkplug B"); same broker as [mqtt]."""
+
+    enabled: bool = Field(default=False, description="publish NBIRTH/DBIRTH/DDATA under spBv1.0/<group_id>/")
+    group_id: str = Field(default="edge-anomaly", description="Sparkplug group id (first topic level after spBv1.0)")
+    edge_node_id: Optional[str] = Field(default=None, description="Sparkplug edge node id; default: device_id")
+    primary_host_id: Optional[str] = Field(
+        default=None,
+        description="wait for this host's retained spBv1.0/STATE/<id> {\"online\": true} before the births; "
+        "when it goes offline: NDEATH, disconnect, start over. None: publish births at once",
+    )
+    client_id: Optional[str] = Field(
+        default=None, max_length=128, description="MQTT client id of the Sparkplug session; default <client_id>-spb"
+    )
+    cert_file: Optional[Path] = Field(
+        default=None,
+        description="client certificate (PEM) of the Sparkplug session, with [mqtt.tls]'s CA; needed where the "
+        "broker takes the client id from the certificate (deploy/mosquitto): its CN must be edge_node_id",
+    )
+    key_file: Optional[Path] = Field(default=None, description="private key (PEM) of sparkplug.cert_file")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> SparkplugConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+    @field_validator("group_id", "edge_node_id", "primary_host_id")
+    @classmethod
+    def _id_topic_safe(cls, value: Optional[str]) -> Optional[str]:
+        return None if value is None else _topic_safe(value, "Sparkplug id")
+
+
 # The TOML file's values for the settings source below. A context variable (not a global) so that loading
 # two configs from two threads cannot mix them up; pydantic-settings sources are chosen per class, not per call.
 _FILE_VALUES: contextvars.ContextVar[Optional[Dict[str, Any]]] = contextvars.ContextVar(
@@ -418,10 +451,13 @@ class EdgeConfig(BaseSettings):
     evidence: EvidenceConfig = Field(
         default_factory=EvidenceConfig, description="on-disk evidence store for review and retraining"
     )
+    sparkplug: SparkplugConfig = Field(
+        default_factory=SparkplugConfig, description="Sparkplug B 3.0 edge node (off by default)"
+    )
     cameras: List[CameraConfig] = Field(min_length=1, description="one [[cameras]] table per camera")
     state_dir: Optional[Path] = Field(
         default=None,
-        description="where the daemon keeps its own state (the threshold in force); default: systemd's "
+        description="where the daemon keeps its own state (the threshold in force, the Sparkplug bdSeq); default: systemd's "
         "$STATE_DIRECTORY, else /var/lib/edge-anomaly when writable, else ~/.local/state/edge-anomaly",
     )
 
@@ -446,6 +482,8 @@ class EdgeConfig(BaseSettings):
             seen[cam.name] = index
         if not any(cam.enabled for cam in self.cameras):
             raise ValueError("every camera is disabled; enable at least one")
+        if self.sparkplug.cert_file is not None and self.mqtt.tls is None:
+            raise ValueError("sparkplug.cert_file needs TLS: add an [mqtt.tls] section (its CA is used)")
         return self
 
     @model_validator(mode="after")
@@ -473,6 +511,22 @@ class EdgeConfig(BaseSettings):
     @property
     def client_id(self) -> str:
         return self.mqtt.client_id or f"edge-anomaly-{self.device_id}"
+
+    @property
+    def sparkplug_node_id(self) -> str:
+        return self.sparkplug.edge_node_id or self.device_id
+
+    @property
+    def sparkplug_client_id(self) -> str:
+        return self.sparkplug.client_id or f"{self.client_id}-spb"
+
+    @property
+    def sparkplug_tls(self) -> Optional[TlsConfig]:
+        """[mqtt.tls] with the Sparkplug session's own certificate when one is configured."""
+        tls, spb = self.mqtt.tls, self.sparkplug
+        if tls is None or spb.cert_file is None:
+            return tls
+        return tls.model_copy(update={"cert_file": spb.cert_file, "key_file": spb.key_file})
 
     def enabled_cameras(self) -> List[CameraConfig]:
         return [cam for cam in self.cameras if cam.enabled]

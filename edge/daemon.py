@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import cv2
 
@@ -49,6 +49,9 @@ from edge.sources import CameraSource
 from edge.stats import Stats
 from edge.thresholds import ThresholdBook, resolve_state_dir, threshold_range
 
+if TYPE_CHECKING:  # imported at run time only when [sparkplug] is enabled (it needs protobuf)
+    from edge.sparkplug.node import SparkplugNode
+
 log = logging.getLogger("edge.daemon")
 
 IDLE_WAIT_S = 0.2  # longest the loop sleeps without a frame, so stop() is noticed promptly
@@ -76,6 +79,7 @@ class Daemon:
         evidence: Optional[EvidenceStore] = None,
         models: Optional[ModelBook] = None,
         changeover: Optional[Changeover] = None,
+        sparkplug: Optional[SparkplugNode] = None,
     ) -> None:
         self.config = config
         self.evidence = evidence
@@ -86,6 +90,7 @@ class Daemon:
         self.api = api
         self.stats = stats
         self.notifier = notifier
+        self.sparkplug = sparkplug
         self._ready = ready
         self._stop = threading.Event()
         post = Postprocessor(
@@ -171,6 +176,8 @@ class Daemon:
         if self.config.model.opencv_threads is not None:
             cv2.setNumThreads(self.config.model.opencv_threads)  # process-wide; set before any camera opens
         self.transport.start()
+        if self.sparkplug is not None:
+            self.sparkplug.start()
         self.stats.mark_started()
         for cam in self.cameras:
             cam.source.start()
@@ -228,6 +235,8 @@ class Daemon:
             self._metrics.stop()
         for thread in self._threads:
             thread.join(timeout=5)
+        if self.sparkplug is not None:
+            self.sparkplug.stop()  # NDEATH after the last DDATA
         self.transport.stop(final_retained=self.api.final_retained())
         for model in self.models.resident_models():
             _close(model.backend)
@@ -298,6 +307,7 @@ class Daemon:
                 "postprocess": counters.get("drops_postprocess", 0),
                 **{f"mqtt_{kind}": dropped.get(kind, 0) for kind in MQTT_DROP_KINDS},
                 **{f"mqtt_{kind}": n for kind, n in dropped.items()},
+                **({} if self.sparkplug is None else {"sparkplug_ddata": self.sparkplug.snapshot()["dropped_ddata"]}),
             },
             errors={
                 "inference": counters.get("inference_errors", 0),
@@ -385,6 +395,7 @@ def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
     if config.evidence.enabled:
         folder = config.evidence.dir or resolve_state_dir(config.state_dir) / "evidence"
         evidence = EvidenceStore(folder, config.evidence, config.model.helper_threads_nice)
+    sparkplug = _sparkplug(config, api) if config.sparkplug.enabled else None
     return Daemon(
         config,
         manifest,
@@ -398,7 +409,27 @@ def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
         evidence,
         book,
         Changeover(config, book, store, thresholds, api, load_model),
+        sparkplug,
     )
+
+
+def _sparkplug(config: EdgeConfig, api: DeviceApi) -> SparkplugNode:
+    """The Sparkplug B face, told everything the JSON face publishes (imported only when enabled)."""
+    from edge.sparkplug.node import SparkplugNode
+
+    node = SparkplugNode(
+        config.sparkplug,
+        config.mqtt,
+        node_id=config.sparkplug_node_id,
+        client_id=config.sparkplug_client_id,
+        api=api,
+        json_prefix=config.topic_prefix,
+        state_file=resolve_state_dir(config.state_dir) / f"sparkplug-{config.device_id}.json",
+        tls=config.sparkplug_tls,
+        network_thread_nice=config.model.helper_threads_nice,
+    )
+    api.observers.append(node)
+    return node
 
 
 def _thresholds(config: EdgeConfig, manifest: Manifest, models: Dict[str, str]) -> ThresholdBook:

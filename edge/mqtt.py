@@ -108,7 +108,7 @@ def read_password(cfg: MqttConfig) -> Optional[str]:
         ) from exc
 
 
-def _configure_tls(client: paho.Client, tls: TlsConfig) -> None:
+def configure_tls(client: paho.Client, tls: TlsConfig) -> None:
     for name in ("ca_file", "cert_file", "key_file"):
         path = getattr(tls, name)
         if path is not None and not Path(path).is_file():
@@ -203,7 +203,7 @@ class MqttTransport:
         if cfg.username is not None or password is not None:
             client.username_pw_set(cfg.username or "", password)
         if cfg.tls is not None:
-            _configure_tls(client, cfg.tls)
+            configure_tls(client, cfg.tls)
         # Only the network thread writes to the socket: without this, paho writes from whichever thread
         # publishes, and two threads' packets can interleave on the wire. Publishers now only queue packets
         # and wake the network thread's select() through paho's socket pair, as with loop_start().

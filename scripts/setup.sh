@@ -16,3 +16,12 @@ PY=${PYTHON:-python3}
 # torch==2.13.0 is the CPU wheel this kind of machine holds locally; a bare "torch" would fetch a CUDA build.
 echo "installing edge-anomaly[dev] and torch==2.13.0 (CPU)..." >&2
 $PY -m pip install -q --disable-pip-version-check torch==2.13.0 -e '.[dev]'
+
+# Eclipse Tahu's JavaScript sparkplug-payload decodes every Sparkplug message in the tests (an independent
+# implementation); pinned by tests/node/package-lock.json. Without node the Sparkplug tests skip and say so.
+if command -v npm >/dev/null 2>&1; then
+    echo "installing tests/node (sparkplug-payload, test-only)..." >&2
+    npm ci --silent --no-audit --no-fund --prefix tests/node >/dev/null
+else
+    echo "node/npm not found: the Sparkplug B tests will be skipped (apt-get install nodejs npm)" >&2
+fi

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import settings
 
 from tests.helpers.broker import Broker, mosquitto_binary
+from tests.helpers.sparkplug import Decoder, decode, install_decoder
 
 # Hypothesis's per-example deadline is a timed assertion: on a loaded 2-core CI machine a 0.2 ms example
 # can take 300 ms once, and the test fails for the machine, not the code. Behaviour is what tests check.
@@ -71,6 +72,15 @@ def own_broker(tmp_path: Path) -> Iterator[Broker]:
     b = Broker(tmp_path / "mosquitto").start()
     yield b
     b.stop()
+
+
+@pytest.fixture(scope="session")
+def tahu() -> Decoder:
+    """Eclipse Tahu's JavaScript Sparkplug decoder (tests/node); skips with the reason when node is absent."""
+    reason = install_decoder()
+    if reason is not None:
+        pytest.skip(reason)
+    return decode
 
 
 @pytest.fixture(scope="session")

@@ -413,3 +413,79 @@ def test_make_certs_keeps_the_ca_when_adding_a_device(tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert "CN = line3-station3" in subject or "CN=line3-station3" in subject
+
+
+def test_sparkplug_topics_follow_the_same_identity_rules(secure_broker: SecureBroker) -> None:
+    """The shipped ACL's Sparkplug lines: a node writes its own births, data and deaths and reads its commands
+    and the host's STATE; SCADA reads every node and sends commands; a device cannot speak as another node."""
+    scada = _open(secure_broker, "scada", PASSWORDS["scada"], "scada")
+    device = _open(secure_broker, DEVICE, PASSWORDS[DEVICE], DEVICE)
+    other = _open(secure_broker, OTHER, PASSWORDS[OTHER], OTHER)
+    try:
+        assert not scada.subscribe("spBv1.0/#").is_failure
+        assert not device.subscribe(f"spBv1.0/line/DCMD/{DEVICE}/+").is_failure
+        assert not device.subscribe("spBv1.0/STATE/+").is_failure
+        for topic in (f"spBv1.0/line/NBIRTH/{DEVICE}", f"spBv1.0/line/DDATA/{DEVICE}/cam0"):
+            assert not getattr(_publish(device, topic, b"\x08\x01"), "is_failure", False), topic
+            assert scada.wait_for_topic(topic) == b"\x08\x01"
+        forged = _publish(other, f"spBv1.0/line/NBIRTH/{DEVICE}", b"\x08\x02")
+        assert getattr(forged, "value", 0) == 0x87  # Not authorized
+        assert getattr(_publish(other, f"spBv1.0/line/DCMD/{DEVICE}/cam0", b"x"), "value", 0) == 0x87
+        dcmd = f"spBv1.0/line/DCMD/{DEVICE}/cam0"
+        _publish(scada, dcmd, b"\x12\x00")
+        _publish(scada, "spBv1.0/STATE/scada", b'{"online": true, "timestamp": 1}')
+        assert device.wait_for_topic(dcmd) == b"\x12\x00"
+        assert device.wait_for_topic("spBv1.0/STATE/scada").startswith(b'{"online": true')
+        assert [p for t, p in scada.messages if t == f"spBv1.0/line/NBIRTH/{DEVICE}"] == [b"\x08\x01"]
+    finally:
+        for session in (other, device, scada):
+            session.close()
+
+
+def test_the_daemon_runs_both_faces_on_the_shipped_broker(secure_broker: SecureBroker, tmp_path: Path) -> None:
+    """The broker takes the client id from the certificate, so two sessions of one identity would evict each
+    other (each eviction firing the other's Will). The Sparkplug session has its own certificate (CN =
+    edge_node_id): both faces stay connected, and each stays inside its own topics."""
+    from tests.edge.test_daemon_e2e import InProcess
+    from tests.helpers.mqtt import Received
+    from tests.helpers.tiny_bundle import make_tiny_bundle
+    from training.synthetic import part_sequence, write_video
+
+    node = f"{DEVICE}-spb"
+    certs = secure_broker.certs
+    make = [str(MOSQUITTO_DIR / "make-certs.sh"), str(certs), "--client", DEVICE, "--client", node]
+    subprocess.run(["bash", *make], check=True, capture_output=True, timeout=60)  # adds the node's, keeps the CA
+    bundle = make_tiny_bundle(tmp_path / "bundle", size=64)
+    frames, _ = part_sequence(12, 3, size=64, seed=51)
+    video = write_video(tmp_path / "parts.avi", frames, fps=10)
+    text = (
+        f'device_id = "{DEVICE}"\n[mqtt]\nhost = "{secure_broker.host}"\nport = {secure_broker.port}\n'
+        f'stats_interval_s = 0.3\n[mqtt.tls]\nca_file = "{certs / "ca.crt"}"\ncert_file = "{certs / f"{DEVICE}.crt"}"\n'
+        f'key_file = "{certs / f"{DEVICE}.key"}"\n[model]\nbundle = "{bundle}"\nintra_op_threads = 1\n'
+        f'[sparkplug]\nenabled = true\ngroup_id = "line"\nedge_node_id = "{node}"\n'
+        f'cert_file = "{certs / f"{node}.crt"}"\nkey_file = "{certs / f"{node}.key"}"\n'
+        f'[[cameras]]\nname = "cam0"\nsource = "{video}"\nloop = true\nfps = 10\npublish_mask = "never"\n'
+    )
+    scada = _open(secure_broker, "scada", PASSWORDS["scada"], "scada")
+    try:
+        assert not scada.subscribe("spBv1.0/#").is_failure and not scada.subscribe("edge-anomaly/#").is_failure
+        run = InProcess(tmp_path, text).start()
+        try:
+            for topic in (f"spBv1.0/line/NBIRTH/{node}", f"spBv1.0/line/DBIRTH/{node}/cam0"):
+                scada.wait_for_topic(topic)
+            with scada.got_message:
+                done = scada.got_message.wait_for(
+                    lambda: sum(t == f"spBv1.0/line/DDATA/{node}/cam0" for t, _ in scada.messages) >= 10
+                    and sum(t == f"edge-anomaly/{DEVICE}/cam0/result" for t, _ in scada.messages) >= 10,
+                    timeout=WAIT_S * 3,
+                )
+            assert done, [t for t, _ in scada.messages][-20:]
+        finally:
+            assert run.stop() == 0
+        scada.wait_for_topic(f"spBv1.0/line/NDEATH/{node}")
+    finally:
+        scada.close()
+    topics = [t for t, _ in scada.messages]
+    assert topics.count(f"spBv1.0/line/NBIRTH/{node}") == 1 and topics.count(f"spBv1.0/line/NDEATH/{node}") == 1
+    statuses = [Received(t, p, False, 1, 0.0).json()["state"] for t, p in scada.messages if t.endswith("/status")]
+    assert statuses.count("offline") == 1 and statuses[-1] == "offline"  # no eviction: offline only at the stop

@@ -156,3 +156,11 @@ def test_metrics_listen_on_loopback_by_default(tmp_path: Path, bundle: Path) -> 
 def test_redact(text: str, hidden: str) -> None:
     assert hidden not in redact(text)
     assert redact("rtsp://cam/stream") == "rtsp://cam/stream"
+
+
+def test_sparkplug_is_checked_when_enabled(tmp_path: Path, bundle: Path) -> None:
+    path = write(tmp_path, bundle)
+    path.write_text(path.read_text() + '[sparkplug]\nenabled = true\ngroup_id = "line1"\n', encoding="utf-8")
+    rc, _, err = run("--config", str(path), "--check-config")
+    assert rc == EXIT_OK, err
+    assert "ok      sparkplug: spBv1.0/line1/+/chk (protobuf " in err
