@@ -4,12 +4,14 @@
     edge-run --config edge.toml --set mqtt.port=1884 --set cameras.0...   (see --help)
     edge-run --config edge.toml --check-config      # verify all a start would; config as JSON (secrets ***)
     edge-run --config edge.toml --max-frames 100    # demo / tests: stop after 100 scored frames
+    edge-run --init-config edge.toml --bundle bundles/line1 --source 0   # a first config, with comments
 
 Exit codes: 0 clean stop (including SIGTERM/SIGINT); 2 invalid configuration (nothing was started);
 3 the daemon could not start (bundle, backend, camera set-up); 1 unexpected error.
 ``--check-config`` exits 2 for an invalid configuration and 3 when any check a start implies fails (bundle
 hashes, signature and numbers, password and TLS files, camera sources); it prints the effective config as
-JSON on stdout and one ``ok``/``FAILED`` line per check on stderr.
+JSON on stdout and one ``ok``/``FAILED`` line per check on stderr. ``--init-config PATH`` writes a small
+commented config (local broker, one camera or video file) and exits 0, or 2 when PATH exists.
 """
 
 from __future__ import annotations
@@ -110,7 +112,11 @@ def parser() -> argparse.ArgumentParser:
         epilog="Precedence: --set > environment (EDGE_..., nested with __, e.g. EDGE_MQTT__PORT=1884) > "
         "--config file > defaults. Exit codes: 0 ok, 2 bad config, 3 cannot start, 1 other error.",
     )
-    p.add_argument("--config", type=Path, help="TOML config file (see deploy/config.example.toml)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config file (--init-config writes a first one; every key: deploy/config.example.toml)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -126,6 +132,21 @@ def parser() -> argparse.ArgumentParser:
         help="verify everything a start would (bundle hashes, signature and numbers; password and TLS files; "
         "camera sources), print the effective config as JSON and one ok/FAILED line per check, exit "
         "(0 all ok, 2 bad config, 3 a check failed)",
+    )
+    p.add_argument(
+        "--init-config",
+        type=Path,
+        metavar="PATH",
+        help="write a small commented config for a broker on this machine and one camera to PATH, and exit "
+        "(never overwrites); with --bundle and --source",
+    )
+    p.add_argument(
+        "--bundle", type=Path, default=Path("bundle"), help="with --init-config: the bundle edge-export wrote"
+    )
+    p.add_argument(
+        "--source",
+        default="0",
+        help="with --init-config: the camera (device index, video file, rtsp:// URL; default 0 = /dev/video0)",
     )
     p.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="shortcut for --set log_level="
@@ -161,6 +182,8 @@ def _overrides(args: argparse.Namespace) -> List[str]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
+    if args.init_config is not None:
+        return _init_config(args.init_config, args.bundle, args.source)
     from edge.config import ConfigError, load_config
 
     try:
@@ -176,6 +199,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.check_config:
         return _check(config)
     return _run(config, args.max_frames, args.duration)
+
+
+def _init_config(path: Path, bundle: Path, source: str) -> int:
+    from edge.init_config import InitConfigError, write_initial_config
+
+    try:
+        write_initial_config(path, bundle, source)
+    except InitConfigError as exc:
+        print(f"edge-run: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"edge-run: wrote {path} (broker localhost:1883, bundle {bundle}, camera {redact(source)})")
+    if not (bundle / "manifest.json").is_file():
+        print(f"edge-run: note: {bundle} holds no bundle yet; edge-export --out {bundle} writes one")
+    print(f"edge-run: next: edge-run --config {path} --check-config, then edge-run --config {path}")
+    return EXIT_OK
 
 
 def _check(config: Any) -> int:
