@@ -6,7 +6,8 @@ newest one. What can go wrong on a line is reported through ``on_state(camera, s
 
 - cannot open: ``fault`` with a reason naming the uri, retried with capped exponential backoff;
 - a live stream breaks (repeated read failures): ``fault``, reconnect with backoff;
-- a file ends: reopened when ``loop`` is set, else ``fault`` "end of stream" and no more frames;
+- a file ends: reopened when ``loop`` is set, else ``offline`` "end of stream" (a normal stop of that camera,
+  not a fault) and no more frames;
 - no usable frame for ``fault_after_s`` (a hung stream, a camera sending only black frames): ``fault``.
 
 Empty, unreadable or all-black frames are counted and never reach the slot (compressed MJPEG frames: never
@@ -51,6 +52,7 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp:
 FILE_DEFAULT_FPS = 25.0  # when a file does not say its frame rate
 LIVE_ERRORS_BEFORE_RECONNECT = 3  # consecutive failed reads that mean the stream is gone
 NETWORK_TIMEOUT_MS = 5000  # OpenCV's FFmpeg open/read timeouts for network streams
+END_OF_STREAM = "end of stream"  # the reason of the offline state a file reaches at its end (no loop)
 REJECTED_FAULT = "only black or undecodable frames"  # the fault reason reject_frame leads to
 
 
@@ -219,6 +221,7 @@ class CameraSource:
             ("frames_read", "reconnects", "read_errors", "open_failures", "black_frames", "loops"), 0
         )
         self._last_frame_mono: float | None = None
+        self._ended = False  # a file reached its end: nothing more will come, and that is not a fault
         self._rejected_since: float | None = None  # first frame the consumer rejected since its last good one
         self._watch_from = time.monotonic()
         self._threads: tuple[threading.Thread, ...] = ()
@@ -298,6 +301,12 @@ class CameraSource:
     def _fault(self, reason: str) -> None:
         self._set_state("fault", reason)
 
+    def _end_of_stream(self) -> None:
+        """A video file played to its end: the camera stops normally (``offline``), it is not broken."""
+        with self._lock:
+            self._ended = True
+            self._set_state("offline", END_OF_STREAM)
+
     # ---- what the consumer found ----------------------------------------------------------------------
 
     def reject_frame(self, reason: str) -> None:
@@ -327,7 +336,7 @@ class CameraSource:
         tick = min(0.25, self.fault_after_s / 4.0)
         while not self._stop.wait(tick):
             with self._lock:
-                if self._state == "fault":
+                if self._state == "fault" or self._ended:
                     continue
                 now = time.monotonic()
                 since = self._last_frame_mono if self._last_frame_mono is not None else self._watch_from
@@ -381,7 +390,7 @@ class CameraSource:
             return "retry"
         if outcome == "eos":
             if not self.loop:
-                self._fault("end of stream")
+                self._end_of_stream()
                 return "end"
             self._count("loops")
             return "loop"

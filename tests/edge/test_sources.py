@@ -124,14 +124,14 @@ def test_file_plays_in_order_then_reports_end_of_stream_and_stops(tmp_path: Path
     src = start(sources, "cam1", str(path), slot, on_state=states)
 
     assert states.wait("online")[2] == "frames flowing"
-    camera, _, reason = states.wait("fault")
+    camera, _, reason = states.wait("offline")
     collector.wait_for_id(11)
     collector.stop()
 
     assert (camera, reason) == ("cam1", "end of stream")
     stats = src.stats
     assert stats["frames_read"] == 12
-    assert stats["state"] == "fault" and stats["reason"] == "end of stream"
+    assert stats["state"] == "offline" and stats["reason"] == "end of stream"  # a normal stop, not a fault
     assert len(collector.frames) + stats["frames_dropped"] == 12
     ids = [f.frame_id for f in collector.frames]
     assert ids == sorted(ids) and ids[-1] == 11
@@ -139,19 +139,19 @@ def test_file_plays_in_order_then_reports_end_of_stream_and_stops(tmp_path: Path
         assert f.camera == "cam1"
         assert f.full_image().shape == (H, W, 3) and f.full_image().dtype == np.uint8
         assert abs(frame_level(f) - level(f.frame_id)) < 4  # the frame with that id, not a neighbour
-    assert [c[1] for c in states.calls] == ["online", "fault"]  # only changes are reported
+    assert [c[1] for c in states.calls] == ["online", "offline"]  # only changes are reported
 
 
 def test_after_end_of_stream_no_further_frames_arrive(tmp_path: Path, sources: list) -> None:
     path = write_video(tmp_path / "short.avi", grey_frames(4), fps=200)
     states, slot = States(), FrameSlot()
     src = start(sources, "cam", str(path), slot, on_state=states, fault_after_s=0.2)
-    states.wait("fault")
+    states.wait("offline")
     last = slot.get_nowait()
     assert last is not None and last.frame_id == 3
     assert slot.get(timeout=0.6) is None  # longer than fault_after_s: the watchdog must not change anything
     assert src.stats["frames_read"] == 4
-    assert [c[1] for c in states.calls] == ["online", "fault"]
+    assert [c[1] for c in states.calls] == ["online", "offline"]
     assert states.calls[-1][2] == "end of stream"
 
 
@@ -159,7 +159,7 @@ def test_unread_frames_are_dropped_and_counted(tmp_path: Path, sources: list) ->
     path = write_video(tmp_path / "fast.avi", grey_frames(30), fps=1000)
     states, slot = States(), FrameSlot()
     src = start(sources, "cam", str(path), slot, on_state=states)
-    states.wait("fault")
+    states.wait("offline")  # end of stream
     assert src.stats["frames_read"] == 30
     assert src.stats["frames_dropped"] == 29 == slot.dropped
     newest = slot.get_nowait()
@@ -188,7 +188,7 @@ def test_file_is_paced_at_fps_cap(tmp_path: Path, sources: list) -> None:
     states, slot = States(), FrameSlot()
     collector = Collector(slot)
     start(sources, "cam", str(path), slot, fps_cap=50.0, on_state=states)
-    states.wait("fault")
+    states.wait("offline")  # end of stream
     collector.wait_for_id(9)
     collector.stop()
     first, last = collector.frames[0], collector.frames[-1]
@@ -202,7 +202,7 @@ def test_file_without_cap_plays_at_its_own_frame_rate(tmp_path: Path, sources: l
     states, slot = States(), FrameSlot()
     collector = Collector(slot)
     start(sources, "cam", str(path), slot, on_state=states)
-    states.wait("fault")
+    states.wait("offline")  # end of stream
     collector.wait_for_id(7)
     collector.stop()
     first, last = collector.frames[0], collector.frames[-1]
@@ -217,7 +217,7 @@ def test_black_frames_never_reach_the_slot(tmp_path: Path, sources: list) -> Non
     states, slot = States(), FrameSlot()
     collector = Collector(slot)
     src = start(sources, "cam", str(path), slot, on_state=states, decode_on_demand=False)
-    states.wait("fault")
+    states.wait("offline")  # end of stream
     collector.wait_for_id(3)
     collector.stop()
     assert src.stats["frames_read"] == 4
@@ -244,7 +244,7 @@ def test_missing_file_faults_naming_the_path_retries_with_backoff_and_recovers(
 
     write_video(tmp_path / "tmp.avi", grey_frames(3), fps=200).rename(path)  # appears atomically
     states.wait("online")
-    states.wait("fault", count=2)
+    states.wait("offline")
     assert states.calls[-1][2] == "end of stream"
     assert src.stats["frames_read"] == 3
 
@@ -531,7 +531,7 @@ def play_to_end(tmp_path: Path, sources: list, frames: list[np.ndarray], **kwarg
     states, slot = States(), FrameSlot()
     collector = Collector(slot)
     start(sources, "cam", str(path), slot, on_state=states, **kwargs)
-    states.wait("fault")
+    states.wait("offline")  # end of stream
     collector.wait_for_id(len(frames) - 1)
     collector.stop()
     return collector.frames
