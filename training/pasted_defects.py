@@ -120,12 +120,19 @@ def score_pasted(
     images, masks, labels, types = pasted_set(good, per_image, seed)
     scores, maps = predict(images)
     result = evaluate_maps(labels, scores, masks, maps, types)
-    result.update({"n_good": int(len(good)), "n_pasted": int(labels.sum()), "per_image": per_image, "seed": seed})
+    result.update(
+        {"n_good": int(len(good)), "n_pasted": int(labels.sum()), "per_image": per_image, "seed": seed}
+    )
     return result
 
 
 def evaluate_pasted(
-    checkpoint: Path, per_image: int = 3, seed: int = 0, batch: int = 8, threads: int | None = None
+    checkpoint: Path,
+    per_image: int = 3,
+    seed: int = 0,
+    batch: int = 8,
+    threads: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """``score_pasted`` on the good images the checkpoint's training held out (its ``val_files``)."""
     if threads:
@@ -145,7 +152,9 @@ def evaluate_pasted(
     rate: list[float] = []
 
     def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores, maps, img_s = predict(model, images, batch)
+        scores, maps, img_s = predict(
+            model, images, batch, progress="pasted-defect set" if progress else None
+        )
         rate.append(img_s)
         return scores, maps
 
