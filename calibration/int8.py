@@ -7,7 +7,9 @@ onnxruntime's ``quantize_static`` in QDQ format with:
 - Q/DQ only on the inputs of Conv / MatMul / Gemm (TensorRT fuses a DQ -> Conv -> Q chain; everything in
   between runs in the precision TensorRT picks),
 - float weights with a Q -> DQ pair (``AddQDQPairToWeight``) and float biases (``QuantizeBias`` off):
-  the form TensorRT 8.5's ONNX parser accepts; int32 bias dequantisation is not supported there,
+  the form TensorRT 8.5's ONNX parser accepts (it refuses an INT8 initializer as DequantizeLinear input;
+  TensorRT >= 10 would take one); int32 bias dequantisation is not supported there either. So the int8 file
+  is as large as the fp32 one; the engine built from it stores INT8 weights (README, "The bundle"),
 - the score/map tail (``exclude_nodes``) left in float: TensorRT would run it in higher precision anyway,
   and the threshold is applied to its output.
 
