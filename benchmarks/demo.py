@@ -75,7 +75,7 @@ def ensure_bundle(out: Path, precision: str) -> tuple[Path, Path]:
 
     print(
         f"no bundle yet: training a small GTrans on {N_GOOD} generated good parts and exporting it "
-        "(about 2 minutes on 2 cores)...",
+        "(2 to 7 minutes on 2 cores: 7 measured while other training shared them; later runs reuse it)...",
         flush=True,
     )
     started = time.perf_counter()
