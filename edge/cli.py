@@ -138,10 +138,15 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="write a small commented config for a broker on this machine and one camera to PATH, and exit "
-        "(never overwrites); with --bundle and --source",
+        "(never overwrites); with --bundle, --source and --trusted-key",
     )
     p.add_argument(
         "--bundle", type=Path, default=Path("bundle"), help="with --init-config: the bundle edge-export wrote"
+    )
+    p.add_argument(
+        "--trusted-key",
+        type=Path,
+        help="with --init-config: the .pub file (edge-keygen) whose signature the bundle must carry",
     )
     p.add_argument(
         "--source",
@@ -183,7 +188,7 @@ def _overrides(args: argparse.Namespace) -> List[str]:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     if args.init_config is not None:
-        return _init_config(args.init_config, args.bundle, args.source)
+        return _init_config(args.init_config, args.bundle, args.source, args.trusted_key)
     from edge.config import ConfigError, load_config
 
     try:
@@ -201,11 +206,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     return _run(config, args.max_frames, args.duration)
 
 
-def _init_config(path: Path, bundle: Path, source: str) -> int:
+def _init_config(path: Path, bundle: Path, source: str, trusted_key: Optional[Path]) -> int:
     from edge.init_config import InitConfigError, write_initial_config
 
     try:
-        write_initial_config(path, bundle, source)
+        write_initial_config(path, bundle, source, trusted_key=trusted_key)
     except InitConfigError as exc:
         print(f"edge-run: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -35,7 +35,13 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-def config_text(bundle: Path, source: str, device_id: Optional[str] = None, name: str = "THIS_FILE") -> str:
+def config_text(
+    bundle: Path,
+    source: str,
+    device_id: Optional[str] = None,
+    name: str = "THIS_FILE",
+    trusted_key: Optional[Path] = None,
+) -> str:
     kind = uri_kind(source)
     if kind == "file":
         source = str(Path(source).resolve())
@@ -57,9 +63,7 @@ def config_text(bundle: Path, source: str, device_id: Optional[str] = None, name
         "[model]",
         f"bundle = {_toml_string(str(bundle))}   # the folder edge-export --out wrote",
         f'precision = "{_precision(bundle)}"          # fp32, fp16 or int8: which model of the bundle to run',
-        "# Accept only bundles signed by your key (edge-keygen; edge-export --sign-key). Without it the daemon",
-        "# runs unsigned bundles and says so with a WARNING at start.",
-        '# trusted_keys = ["keys/line1.pub"]',
+        *_trust_lines(trusted_key),
         "",
         "[[cameras]]",
         'name = "cam0"               # part of its topics: edge-anomaly/<device_id>/cam0/result',
@@ -72,6 +76,19 @@ def config_text(bundle: Path, source: str, device_id: Optional[str] = None, name
     return "\n".join(lines) + "\n"
 
 
+def _trust_lines(trusted_key: Optional[Path]) -> list:
+    if trusted_key is not None:
+        return [
+            "# Only bundles signed with this key's private half (edge-export --sign-key) are run.",
+            f"trusted_keys = [{_toml_string(str(trusted_key.resolve()))}]",
+        ]
+    return [
+        "# Accept only bundles signed by your key (edge-keygen; edge-export --sign-key). Without it the daemon",
+        "# runs unsigned bundles and says so with a WARNING at start.",
+        '# trusted_keys = ["keys/line1.pub"]',
+    ]
+
+
 def _source_comment(kind: str) -> str:
     return {
         "device": "a device index: 0 = /dev/video0",
@@ -81,9 +98,15 @@ def _source_comment(kind: str) -> str:
     }.get(kind, "a device index, video file, rtsp:// URL or GStreamer pipeline")
 
 
-def write_initial_config(path: Path, bundle: Path, source: str, device_id: Optional[str] = None) -> Path:
+def write_initial_config(
+    path: Path,
+    bundle: Path,
+    source: str,
+    device_id: Optional[str] = None,
+    trusted_key: Optional[Path] = None,
+) -> Path:
     """Write the file; never replaces one that exists (InitConfigError)."""
-    text = config_text(bundle, source, device_id, name=str(path))
+    text = config_text(bundle, source, device_id, name=str(path), trusted_key=trusted_key)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     except FileExistsError:

@@ -48,6 +48,21 @@ def test_written_config_validates_and_passes_every_check(tmp_path: Path) -> None
     assert "FAILED" not in err
 
 
+def test_signed_bundle_and_its_key(tmp_path: Path) -> None:
+    from export.bundle import sign_existing_bundle
+    from export.keygen import write_key_pair
+
+    bundle = make_tiny_bundle(tmp_path / "bundle", size=32)
+    key, pub, _ = write_key_pair(tmp_path / "keys" / "line1")
+    sign_existing_bundle(bundle, key)
+    path = tmp_path / "edge.toml"
+    rc, _, err = run("--init-config", str(path), "--bundle", str(bundle), "--trusted-key", str(pub))
+    assert rc == EXIT_OK, err
+    assert load_config(path).model.trusted_keys == [pub.resolve()]
+    rc, _, err = run("--config", str(path), "--check-config")
+    assert rc == EXIT_OK and "signed by SHA256:" in err and "WARNING" not in err
+
+
 def test_camera_index_default_and_missing_bundle_note(tmp_path: Path) -> None:
     path = tmp_path / "edge.toml"
     rc, out, _ = run("--init-config", str(path), "--bundle", str(tmp_path / "nothing-yet"))
