@@ -33,6 +33,7 @@ EXIT_CONFIG = 2
 EXIT_STARTUP = 3
 
 log = logging.getLogger("edge.cli")
+INIT_ONLY = {"--bundle": "bundle", "--source": "source", "--trusted-key": "trusted_key"}
 
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -141,7 +142,7 @@ def parser() -> argparse.ArgumentParser:
         "(never overwrites); with --bundle, --source and --trusted-key",
     )
     p.add_argument(
-        "--bundle", type=Path, default=Path("bundle"), help="with --init-config: the bundle edge-export wrote"
+        "--bundle", type=Path, help="with --init-config: the bundle edge-export wrote (default: bundle)"
     )
     p.add_argument(
         "--trusted-key",
@@ -150,7 +151,6 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--source",
-        default="0",
         help="with --init-config: the camera (device index, video file, rtsp:// URL; default 0 = /dev/video0)",
     )
     p.add_argument(
@@ -186,9 +186,14 @@ def _overrides(args: argparse.Namespace) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     if args.init_config is not None:
-        return _init_config(args.init_config, args.bundle, args.source, args.trusted_key)
+        bundle = args.bundle if args.bundle is not None else Path("bundle")
+        return _init_config(args.init_config, bundle, args.source or "0", args.trusted_key)
+    given = [flag for flag, value in INIT_ONLY.items() if getattr(args, value) is not None]
+    if given:
+        p.error(f"{', '.join(given)} only go with --init-config PATH (a running daemon reads --config)")
     from edge.config import ConfigError, load_config
 
     try:

@@ -80,3 +80,9 @@ def test_never_overwrites(tmp_path: Path) -> None:
     assert rc == EXIT_CONFIG
     assert "already exists" in err
     assert path.read_text(encoding="utf-8") == "# mine\n"
+
+
+def test_init_options_without_init_config_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc, contextlib.redirect_stderr(io.StringIO()) as err:
+        main(["--config", str(tmp_path / "edge.toml"), "--bundle", "b"])
+    assert exc.value.code == 2 and "only go with --init-config" in err.getvalue()
