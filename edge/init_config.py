@@ -72,7 +72,7 @@ def config_text(
     ]
     if kind == "file":
         lines.append("loop = false                # true: play the file again and again (a demo line)")
-    lines.append('publish_mask = "anomalous"  # PNG defect mask on .../cam0/mask when a part is anomalous')
+    lines.append('publish_mask = "anomalous"  # PNG mask on .../cam0/mask/<frame_key>, anomalous parts')
     return "\n".join(lines) + "\n"
 
 
