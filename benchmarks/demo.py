@@ -1,10 +1,11 @@
 """The main job end to end, on a machine with no camera and no broker: ``edge-demo``.
 
 1. starts a local mosquitto on a free loopback port;
-2. makes (or reuses) a small trained bundle: generated good parts -> edge-train (GTrans) -> edge-export;
+2. makes (or reuses) a small trained, signed bundle: a folder of generated good parts -> edge-train (GTrans)
+   -> edge-export, the threshold fitted on the good parts training held out (no defect is ever used);
 3. writes a sample video of parts on a line, every few parts with a pasted defect;
 4. runs ``edge-run`` on that video, as the service would, and prints the MQTT results as they arrive
-   (score, verdict, regions, latency) next to the truth, saving overlay images of the defect masks;
+   (score, verdict, regions, latency) next to the truth, saving an overlay image of every defect found;
 5. stops the daemon with SIGTERM when the video has ended, and prints a summary. It finishes by itself.
 """
 
@@ -27,41 +28,78 @@ import paho.mqtt.client as mqtt
 from benchmarks.local_broker import Broker
 from edge.api import AvailabilityPayload, ResultPayload, StatusPayload, topic_name_of
 from edge.manifest import BundleError, verify_bundle
-from training.synthetic import part_sequence, write_mvtec_dataset, write_video
+from training.synthetic import part_sequence, write_good_folder, write_video
 
 FRAME_SIZE = 256  # camera frames; the model input is smaller and the daemon resizes
 MODEL_SIZE = 128
 
 
-def ensure_bundle(out: Path, precision: str) -> Path:
-    """Reuse ``out/bundle`` when it verifies; otherwise train a small GTrans on generated parts and export it."""
-    bundle = out / "bundle"
+N_GOOD = 80  # good parts to train on; a quarter is held out for the threshold (the daemon's default)
+VAL_FRACTION = 0.25
+N_CALIB = 100  # good parts for int8 calibration: enough that edge-export has no reason to warn
+EPOCHS = 10
+
+
+def signing_key(out: Path) -> tuple[Path, Path]:
+    """The demo's own Ed25519 pair (edge-keygen), so the daemon runs the bundle as production does: signed."""
+    from export.keygen import write_key_pair
+
+    key, pub = out / "keys" / "demo.key", out / "keys" / "demo.pub"
+    if not (key.is_file() and pub.is_file()):
+        for stale in (key, pub):
+            stale.unlink(missing_ok=True)
+        write_key_pair(out / "keys" / "demo")
+    return key, pub
+
+
+def reusable(bundle: Path, precision: str, pub: Path) -> bool:
+    from edge.signing import SignatureError, TrustedKeys
+
     try:
-        manifest = verify_bundle(bundle)
-        if precision in manifest.precisions:
-            print(f"reusing bundle {bundle} ({manifest.model_id()})", flush=True)
-            return bundle
-    except BundleError:
-        pass
+        manifest = verify_bundle(bundle, [precision], TrustedKeys.load([pub]))
+    except (BundleError, SignatureError):
+        return False
+    print(f"reusing bundle {bundle} ({manifest.model_id()}, signed by {manifest.signer})", flush=True)
+    return True
+
+
+def ensure_bundle(out: Path, precision: str) -> tuple[Path, Path]:
+    """``(bundle, public key)``: ``out/bundle`` when it verifies with the demo's key; else a small GTrans is
+    trained on a folder of generated good parts and exported, signed, with the threshold fitted on the good
+    parts training held out (``edge-export`` without ``--data``: no defect and no test image tunes it)."""
+    key, pub = signing_key(out)
+    bundle = out / "bundle"
+    if reusable(bundle, precision, pub):
+        return bundle, pub
     from export.cli import main as export_main
     from training.train import TrainConfig, train
 
     print(
-        "no bundle yet: training a small GTrans on generated parts (about a minute on 2 cores)...", flush=True
+        f"no bundle yet: training a small GTrans on {N_GOOD} generated good parts and exporting it "
+        "(2 to 7 minutes on 2 cores: 7 measured while other training shared them; later runs reuse it)...",
+        flush=True,
     )
-    data = write_mvtec_dataset(
-        out / "parts", n_train=64, n_test_good=8, n_test_defect=8, size=FRAME_SIZE, seed=1
-    )
+    started = time.perf_counter()
+    good = write_good_folder(out / "good-parts", N_GOOD, size=FRAME_SIZE, seed=1)
     ckpt = train(
         TrainConfig(
-            model="gtrans", data=data, out=out / "run", epochs=10, model_config={"image_size": MODEL_SIZE}
+            model="gtrans",
+            data=good,
+            out=out / "run",
+            epochs=EPOCHS,
+            val_fraction=VAL_FRACTION,
+            model_config={"image_size": MODEL_SIZE},
         )
     )
     flags = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8"]}[precision]
-    rc = export_main([str(ckpt), "--out", str(bundle), "--data", str(data), *flags])
+    if precision == "int8":
+        calib = write_good_folder(out / "calib-parts", N_CALIB, size=FRAME_SIZE, seed=2)
+        flags += ["--calib", str(calib)]
+    rc = export_main([str(ckpt), "--out", str(bundle), "--sign-key", str(key), *flags])
     if rc != 0:
         raise SystemExit(f"edge-export failed with exit code {rc}")
-    return bundle
+    print(f"trained and exported in {time.perf_counter() - started:.0f} s", flush=True)
+    return bundle, pub
 
 
 @dataclass
@@ -72,12 +110,12 @@ class Watch:
     truth: list[np.ndarray | None]
     frames: list[np.ndarray]
     overlays: Path
-    max_overlays: int = 4
     results: dict[int, dict] = field(default_factory=dict)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)  # by frame key, until their result arrives
     ended: threading.Event = field(default_factory=threading.Event)
     statuses: list[str] = field(default_factory=list)
-    saved: int = 0
-    masks: dict[str, bytes] = field(default_factory=dict)  # by frame key, until their result arrives
+    saved: list[Path] = field(default_factory=list)
+    keys: dict[str, int] = field(default_factory=dict)  # frame key -> frame id, of the results received
 
     def on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         topic = msg.topic[len(self.prefix) + 1 :]
@@ -89,6 +127,8 @@ class Watch:
             self.statuses.append(status.state)
             cams = ", ".join(f"{name} {cam.state}" for name, cam in status.cameras.items())
             print(f"status       {status.state} ({cams})", flush=True)
+            if any(cam.state == "ended" for cam in status.cameras.values()):
+                self.ended.set()  # the video reached its end: a normal stop, not a fault
         elif kind == "availability":
             event = AvailabilityPayload.model_validate_json(msg.payload)
             print(f"availability {event.camera} {event.state}: {event.reason}", flush=True)
@@ -96,11 +136,10 @@ class Watch:
                 self.ended.set()
         elif kind == "result":
             result = ResultPayload.model_validate_json(msg.payload)
+            self.keys[result.frame_key] = result.frame_id
             self.print_result(result.model_dump(by_alias=True))
-            if result.mask is not None and result.frame_key in self.masks:
-                self.save_overlay(result.frame_id, self.masks.pop(result.frame_key))
         elif kind == "mask":
-            self.masks[topic.rsplit("/", 1)[1]] = bytes(msg.payload)  # the mask comes before its result
+            self.keep_mask(topic.rsplit("/", 1)[1], bytes(msg.payload))
 
     def print_result(self, r: dict) -> None:
         fid = r["frame_id"]
@@ -117,26 +156,49 @@ class Watch:
             f"  {r['latency_ms'].get('total', 0):6.1f} ms  {regions}",
             flush=True,
         )
+        self.save_overlay(fid)
 
-    def save_overlay(self, fid: int, png: bytes) -> None:
-        if self.saved >= self.max_overlays:
-            return
+    def keep_mask(self, frame_key: str, png: bytes) -> None:
+        """A mask from ``<camera>/mask/<frame_key>``, kept until its result has arrived too."""
         mask = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
-        if mask is None or fid >= len(self.frames):
+        if mask is not None:
+            self.masks[frame_key] = mask
+            if frame_key in self.keys:
+                self.save_overlay(self.keys[frame_key])
+
+    def save_overlay(self, fid: int) -> None:
+        """One image per anomalous frame, once its result and its mask have both arrived (either order)."""
+        r = self.results.get(fid)
+        if r is None or r["mask"] is None or fid >= len(self.frames):
             return
-        overlay = self.frames[fid].copy()
-        overlay[mask > 0] = (0.4 * overlay[mask > 0] + 0.6 * np.array([0, 0, 255])).astype(np.uint8)
-        contours, _ = cv2.findContours(
-            (mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-        )
-        cv2.drawContours(overlay, contours, -1, (0, 255, 255), 1)
+        key = r["frame_key"]
+        mask = self.masks.get(key)
+        if mask is None:
+            return
         path = self.overlays / f"frame_{fid:03d}.png"
-        cv2.imwrite(str(path), np.hstack([self.frames[fid], overlay]))
-        self.saved += 1
+        cv2.imwrite(str(path), np.hstack([self.frames[fid], annotated_overlay(self.frames[fid], mask, r)]))
+        self.saved.append(path)
+        del self.masks[key]
         print(f"             saved {path}", flush=True)
 
 
-def write_config(out: Path, bundle: Path, video: Path, broker: Broker, precision: str) -> Path:
+def annotated_overlay(frame: np.ndarray, mask: np.ndarray, r: dict) -> np.ndarray:
+    """The frame with the defect mask in red, its outline in yellow, and frame / score / threshold / verdict."""
+    overlay = frame.copy()
+    on = mask > 0
+    overlay[on] = (0.4 * overlay[on] + 0.6 * np.array([0, 0, 255])).astype(np.uint8)
+    contours, _ = cv2.findContours(on.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(overlay, contours, -1, (0, 255, 255), 1)
+    verdict = "ANOMALOUS" if r["anomalous"] else "ok"
+    lines = [f"frame {r['frame_id']}", f"score {r['score']:.2f} / thr {r['threshold']:.2f}", verdict]
+    for i, text in enumerate(lines):
+        y = 16 + 16 * i
+        cv2.putText(overlay, text, (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(overlay, text, (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return overlay
+
+
+def write_config(out: Path, bundle: Path, pub: Path, video: Path, broker: Broker, precision: str) -> Path:
     config = out / "edge.toml"
     config.write_text(
         f"""device_id = "demo"
@@ -149,6 +211,7 @@ stats_interval_s = 2.0
 bundle = "{bundle.resolve()}"
 backend = "onnxruntime"
 precision = "{precision}"
+trusted_keys = ["{pub.resolve()}"]
 
 [[cameras]]
 name = "line1"
@@ -178,7 +241,7 @@ def summarise(watch: Watch) -> int:
             f"  capture->publish        p50 {np.percentile(latencies, 50):.1f} ms, p99 {np.percentile(latencies, 99):.1f} ms"
         )
     print(f"  status seen             {' -> '.join(watch.statuses)}")
-    print(f"  overlays                {watch.overlays}")
+    print(f"  overlays                {len(watch.saved)} saved in {watch.overlays} (one per anomalous frame)")
     return 0 if scored else 1
 
 
@@ -191,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    bundle = ensure_bundle(out, args.precision)
+    bundle, pub = ensure_bundle(out, args.precision)
     frames, truth = part_sequence(args.frames, args.defect_every, size=FRAME_SIZE, seed=7)
     video = write_video(out / "line1.avi", frames, fps=10)
     overlays = out / "overlays"
@@ -207,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     client.connect(broker.host, broker.port)
     client.subscribe("edge-anomaly/demo/#", qos=1)
     client.loop_start()
-    config = write_config(out, bundle, video, broker, args.precision)
+    config = write_config(out, bundle, pub, video, broker, args.precision)
     daemon = subprocess.Popen(
         [sys.executable, "-m", "edge.cli", "--config", str(config), "--log-level", "WARNING"]
     )

@@ -7,7 +7,9 @@ onnxruntime's ``quantize_static`` in QDQ format with:
 - Q/DQ only on the inputs of Conv / MatMul / Gemm (TensorRT fuses a DQ -> Conv -> Q chain; everything in
   between runs in the precision TensorRT picks),
 - float weights with a Q -> DQ pair (``AddQDQPairToWeight``) and float biases (``QuantizeBias`` off):
-  the form TensorRT 8.5's ONNX parser accepts; int32 bias dequantisation is not supported there,
+  the form TensorRT 8.5's ONNX parser accepts (it refuses an INT8 initializer as DequantizeLinear input;
+  TensorRT >= 10 would take one); int32 bias dequantisation is not supported there either. So the int8 file
+  is as large as the fp32 one; the engine built from it stores INT8 weights (README, "The bundle"),
 - the score/map tail (``exclude_nodes``) left in float: TensorRT would run it in higher precision anyway,
   and the threshold is applied to its output.
 
@@ -78,7 +80,9 @@ class CalibrationError(ValueError):
 class ImageBatchReader(CalibrationDataReader):
     """Feeds uint8 NHWC good images to the graph's input in fixed-size batches."""
 
-    def __init__(self, images: np.ndarray, input_name: str = "image", batch_size: int = 8) -> None:
+    def __init__(
+        self, images: np.ndarray, input_name: str = "image", batch_size: int = 8, progress: bool = False
+    ) -> None:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise CalibrationError(
                 f"calibration images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}"
@@ -89,16 +93,31 @@ class ImageBatchReader(CalibrationDataReader):
         self.input_name = input_name
         self.batch_size = max(1, int(batch_size))
         self._next = 0
+        self._bar = _calibration_bar(len(images)) if progress else None
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._next >= len(self.images):
+            if self._bar is not None:
+                self._bar.close()
             return None
         batch = self.images[self._next : self._next + self.batch_size]
         self._next += self.batch_size
+        if self._bar is not None:
+            self._bar.update(len(batch))
         return {self.input_name: np.ascontiguousarray(batch)}
 
     def rewind(self) -> None:
         self._next = 0
+
+
+def _calibration_bar(total: int) -> object:
+    """tqdm on stderr, as ``training.progress.bar`` (calibration does not import the training side)."""
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(
+        total=total, desc="int8 calibration", unit="img", file=sys.stderr, mininterval=0.5 if tty else 10.0
+    )
 
 
 def select_evenly(items: Sequence[T], count: int | None) -> list[T]:
@@ -118,6 +137,7 @@ class Int8Options:
     method: str = DEFAULT_METHOD
     batch_size: int = 8
     percentile: float = 99.999  # only for method="percentile"
+    progress: bool = False  # a bar on stderr while the calibration images run
 
     def calibrate_method(self) -> CalibrationMethod:
         if self.method not in CALIBRATION_METHODS:
@@ -145,7 +165,7 @@ def quantize_int8(
     method = options.calibrate_method()
     # onnxruntime's histogram collectors (percentile, entropy) fail on a short last batch: feed them one by one
     batch = options.batch_size if options.method == "minmax" else 1
-    reader = ImageBatchReader(images, input_name, batch)
+    reader = ImageBatchReader(images, input_name, batch, progress=options.progress)
     extra = {
         "ActivationSymmetric": True,
         "WeightSymmetric": True,

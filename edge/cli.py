@@ -5,6 +5,7 @@
     edge-run --config edge.toml --check-config      # verify all a start would; config as JSON (secrets ***)
     edge-run --config edge.toml --max-frames 100    # demo / tests: stop after 100 scored frames
     edge-run install-bundle BUNDLE --config edge.toml [--name RECIPE]   # verify, copy into model.store
+    edge-run --init-config edge.toml --bundle bundles/line1 --source 0   # a first config, with comments
 
 SIGHUP (``systemctl reload``) re-reads the config and the bundle store and switches the cameras whose
 recipe changed, without a restart (see edge/changeover.py).
@@ -13,7 +14,8 @@ Exit codes: 0 clean stop (including SIGTERM/SIGINT); 2 invalid configuration (no
 3 the daemon could not start (bundle, backend, camera set-up); 1 unexpected error.
 ``--check-config`` exits 2 for an invalid configuration and 3 when any check a start implies fails (bundle
 hashes, signature and numbers, password and TLS files, camera sources); it prints the effective config as
-JSON on stdout and one ``ok``/``FAILED`` line per check on stderr.
+JSON on stdout and one ``ok``/``FAILED`` line per check on stderr. ``--init-config PATH`` writes a small
+commented config (local broker, one camera or video file) and exits 0, or 2 when PATH exists.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ EXIT_CONFIG = 2
 EXIT_STARTUP = 3
 
 log = logging.getLogger("edge.cli")
+INIT_ONLY = {"--bundle": "bundle", "--source": "source", "--trusted-key": "trusted_key"}
 
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -114,7 +117,11 @@ def parser() -> argparse.ArgumentParser:
         epilog="Precedence: --set > environment (EDGE_..., nested with __, e.g. EDGE_MQTT__PORT=1884) > "
         "--config file > defaults. Exit codes: 0 ok, 2 bad config, 3 cannot start, 1 other error.",
     )
-    p.add_argument("--config", type=Path, help="TOML config file (see deploy/config.example.toml)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="TOML config file (--init-config writes a first one; every key: deploy/config.example.toml)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -130,6 +137,25 @@ def parser() -> argparse.ArgumentParser:
         help="verify everything a start would (bundle hashes, signature and numbers; password and TLS files; "
         "camera sources), print the effective config as JSON and one ok/FAILED line per check, exit "
         "(0 all ok, 2 bad config, 3 a check failed)",
+    )
+    p.add_argument(
+        "--init-config",
+        type=Path,
+        metavar="PATH",
+        help="write a small commented config for a broker on this machine and one camera to PATH, and exit "
+        "(never overwrites); with --bundle, --source and --trusted-key",
+    )
+    p.add_argument(
+        "--bundle", type=Path, help="with --init-config: the bundle edge-export wrote (default: bundle)"
+    )
+    p.add_argument(
+        "--trusted-key",
+        type=Path,
+        help="with --init-config: the .pub file (edge-keygen) whose signature the bundle must carry",
+    )
+    p.add_argument(
+        "--source",
+        help="with --init-config: the camera (device index, video file, rtsp:// URL; default 0 = /dev/video0)",
     )
     p.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="shortcut for --set log_level="
@@ -167,7 +193,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["install-bundle"]:
         return install_main(argv[1:])
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.init_config is not None:
+        bundle = args.bundle if args.bundle is not None else Path("bundle")
+        return _init_config(args.init_config, bundle, args.source or "0", args.trusted_key)
+    given = [flag for flag, value in INIT_ONLY.items() if getattr(args, value) is not None]
+    if given:
+        p.error(f"{', '.join(given)} only go with --init-config PATH (a running daemon reads --config)")
     from edge.config import ConfigError, load_config
 
     try:
@@ -183,6 +216,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.check_config:
         return _check(config)
     return _run(config, args.max_frames, args.duration, lambda: load_config(args.config, _overrides(args)))
+
+
+def _init_config(path: Path, bundle: Path, source: str, trusted_key: Optional[Path]) -> int:
+    from edge.init_config import InitConfigError, write_initial_config
+
+    try:
+        write_initial_config(path, bundle, source, trusted_key=trusted_key)
+    except InitConfigError as exc:
+        print(f"edge-run: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"edge-run: wrote {path} (broker localhost:1883, bundle {bundle}, camera {redact(source)})")
+    if not (bundle / "manifest.json").is_file():
+        print(f"edge-run: note: {bundle} holds no bundle yet; edge-export --out {bundle} writes one")
+    print(f"edge-run: next: edge-run --config {path} --check-config, then edge-run --config {path}")
+    return EXIT_OK
 
 
 def _check(config: Any) -> int:

@@ -26,6 +26,7 @@ import torch
 from edge.deps import require
 from edge.manifest import GateResult
 from export import ExportError
+from training.progress import bar
 
 Outputs = tuple[np.ndarray, np.ndarray]  # scores (N,), maps (N, H, W)
 
@@ -87,16 +88,23 @@ class GateReport:
         return [p for p, r in self.results.items() if not r.passed]
 
 
-def run_batched(fn: Callable[[np.ndarray], Outputs], images: np.ndarray, batch: int = 8) -> Outputs:
+def run_batched(
+    fn: Callable[[np.ndarray], Outputs], images: np.ndarray, batch: int = 8, progress: str | None = None
+) -> Outputs:
+    """``fn`` over ``images`` in batches; ``progress``: a bar on stderr with this label."""
     scores, maps = [], []
-    for start in range(0, len(images), batch):
-        s, m = fn(images[start : start + batch])
-        scores.append(np.asarray(s, np.float32))
-        maps.append(np.asarray(m, np.float32))
+    with bar(len(images), progress or "", enabled=progress is not None) as shown:
+        for start in range(0, len(images), batch):
+            s, m = fn(images[start : start + batch])
+            scores.append(np.asarray(s, np.float32))
+            maps.append(np.asarray(m, np.float32))
+            shown.update(len(scores[-1]))
     return np.concatenate(scores), np.concatenate(maps)
 
 
-def torch_outputs(module: torch.nn.Module, images: np.ndarray, batch: int = 8) -> Outputs:
+def torch_outputs(
+    module: torch.nn.Module, images: np.ndarray, batch: int = 8, progress: str | None = None
+) -> Outputs:
     module = module.eval()
 
     def run(x: np.ndarray) -> Outputs:
@@ -104,10 +112,10 @@ def torch_outputs(module: torch.nn.Module, images: np.ndarray, batch: int = 8) -
             s, m = module(torch.from_numpy(np.ascontiguousarray(x)))
         return s.numpy(), m.numpy()
 
-    return run_batched(run, images, batch)
+    return run_batched(run, images, batch, progress)
 
 
-def onnx_outputs(path: Path, images: np.ndarray, batch: int = 8) -> Outputs:
+def onnx_outputs(path: Path, images: np.ndarray, batch: int = 8, progress: str | None = None) -> Outputs:
     """Run an ONNX model on CPU; an unreadable model raises ExportError naming the file."""
     ort = require("onnxruntime", "train", "the accuracy gate")
     try:
@@ -121,7 +129,7 @@ def onnx_outputs(path: Path, images: np.ndarray, batch: int = 8) -> Outputs:
         s, m = sess.run(["score", "anomaly_map"], {"image": np.ascontiguousarray(x)})
         return s, m
 
-    return run_batched(run, images, batch)
+    return run_batched(run, images, batch, progress)
 
 
 def map_pearson(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
@@ -210,6 +218,7 @@ def run_gate(
     gate_set: GateSet,
     limits: dict[str, GateLimits] | None = None,
     reference: Outputs | None = None,
+    progress: bool = False,
 ) -> GateReport:
     """Compare each ONNX model (precision -> path) with the torch module on ``gate_set``."""
     limits = {**DEFAULT_LIMITS, **(limits or {})}
@@ -217,7 +226,7 @@ def run_gate(
     n_defects = 0 if gate_set.labels is None else int(gate_set.labels.sum())
     report = GateReport(n_images=len(gate_set.images), n_good=int(gate_set.good.sum()), n_defects=n_defects)
     for precision, path in models.items():
-        cand = onnx_outputs(path, gate_set.images)
+        cand = onnx_outputs(path, gate_set.images, progress=f"gate {precision}" if progress else None)
         report.results[precision] = judge(compare(ref, cand, gate_set), limits.get(precision, GateLimits()))
     return report
 

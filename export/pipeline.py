@@ -203,7 +203,7 @@ def write_int8(opts: ExportOptions, inputs: Inputs, fp32: Path, stage: Path) -> 
         stage / model_file("int8"),
         images,
         exclude_nodes=tail_nodes(model) + int8_float_nodes(model),
-        options=Int8Options(method=opts.calib_method),
+        options=Int8Options(method=opts.calib_method, progress=True),
         fixed_ranges=fixed,
     )
 
@@ -258,13 +258,13 @@ def export_bundle(opts: ExportOptions) -> Path:
     with StagedBundle(opts.out) as stage:
         files = write_models(opts, inputs, stage.path)
         say(f"running the torch fp32 reference on {len(inputs.gate_set.images)} images…")
-        reference = torch_outputs(module, inputs.gate_set.images)
+        reference = torch_outputs(module, inputs.gate_set.images, progress="torch reference")
         norm, threshold = calibrate_scores(
             reference[0], inputs.n_val, inputs.gate_set.labels, opts.false_alarm_rate
         )
         inputs.gate_set.scale = norm.scale
         say(f"accuracy gate ({', '.join(files)})…")
-        report = run_gate(module, files, inputs.gate_set, reference=reference)
+        report = run_gate(module, files, inputs.gate_set, reference=reference, progress=True)
         table = format_table(report)
         print(table, flush=True)
         if not report.passed:

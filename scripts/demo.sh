@@ -3,5 +3,5 @@
 # MQTT results printed as they arrive, overlay images in demo-out/overlays. Finishes by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-exec "${PYTHON:-python3}" -m benchmarks.demo "$@"
+bash scripts/setup.sh  # into the project's .venv (or $PYTHON when set)
+exec "${PYTHON:-.venv/bin/python}" -m benchmarks.demo "$@"

@@ -1,27 +1,57 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need on a fresh Debian machine: mosquitto (the real broker the
-# demo and the tests start on a loopback port) and this project with its dev extras and the CPU torch wheel.
+# demo and the tests start on a loopback port) and this project with its dev extras and the CPU torch wheel,
+# into the project's own virtual environment .venv (created here; the system Python is left alone).
+#
+#   PYTHON=/path/to/python bash scripts/setup.sh   installs into that interpreter instead of .venv
+#
+# demo.sh and test.sh run it first and then use .venv/bin/python (or $PYTHON). A second run skips pip when
+# pyproject.toml has not changed since the last successful install (.venv/.edge-anomaly-installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+# shellcheck source=scripts/lib/apt.sh
+. scripts/lib/apt.sh  # apt_get: waits (with a message) while another apt/dpkg holds the lock
+
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-    echo "installing mosquitto (Debian package)..." >&2
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+    echo "setup: installing mosquitto (Debian package)..." >&2
+    apt_get update -qq
+    apt_get install -y -qq mosquitto mosquitto-clients >/dev/null
 fi
 
-PY=${PYTHON:-python3}
+if [ -n "${PYTHON:-}" ]; then
+    PY=$PYTHON
+    STAMP=""
+else
+    if [ ! -x .venv/bin/python ]; then
+        echo "setup: creating the project virtual environment .venv..." >&2
+        if ! python3 -m venv .venv 2>/dev/null; then
+            rm -rf .venv
+            echo "setup: python3 cannot make a virtual environment here; installing python3-venv..." >&2
+            apt_get update -qq
+            apt_get install -y -qq python3-venv >/dev/null
+            python3 -m venv .venv
+        fi
+    fi
+    PY=.venv/bin/python
+    STAMP=.venv/.edge-anomaly-installed
+fi
+
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 # torch==2.13.0 is the CPU wheel this kind of machine holds locally; a bare "torch" would fetch a CUDA build.
-echo "installing edge-anomaly[dev] and torch==2.13.0 (CPU)..." >&2
-$PY -m pip install -q --disable-pip-version-check torch==2.13.0 -e '.[dev]'
+if [ -n "$STAMP" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+    echo "setup: .venv is up to date (pyproject.toml unchanged since the last install)" >&2
+else
+    echo "setup: installing edge-anomaly[dev] and torch==2.13.0 (CPU) into $PY (a few minutes the first time)..." >&2
+    "$PY" -m pip install -q --disable-pip-version-check torch==2.13.0 -e '.[dev]'
+    if [ -n "$STAMP" ]; then echo "$want" >"$STAMP"; fi
+fi
 
 # Eclipse Tahu's JavaScript sparkplug-payload decodes every Sparkplug message in the tests (an independent
 # implementation); pinned by tests/node/package-lock.json. Without node the Sparkplug tests skip and say so.
 if command -v npm >/dev/null 2>&1; then
-    echo "installing tests/node (sparkplug-payload, test-only)..." >&2
+    echo "setup: installing tests/node (sparkplug-payload, test-only)..." >&2
     npm ci --silent --no-audit --no-fund --prefix tests/node >/dev/null
 else
-    echo "node/npm not found: the Sparkplug B tests will be skipped (apt-get install nodejs npm)" >&2
+    echo "setup: node/npm not found: the Sparkplug B tests will be skipped (apt-get install nodejs npm)" >&2
 fi

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -101,18 +103,62 @@ def save_checkpoint(
     return path
 
 
+_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
+
+
+def _unreadable_reason(exc: Exception) -> str:
+    """Why torch could not read the file, in this project's words (torch's own text advises an unsafe load).
+
+    Only the name of a refused Python class is taken from torch's message; nothing else of it is shown.
+    """
+    text = str(exc)
+    found = _GLOBAL.search(text)
+    if found:
+        what = f" (it contains a {found.group(1)} object)"
+        return (
+            f"holds Python objects, not only plain data{what}. edge-anomaly reads checkpoints as data "
+            "(tensors, numbers, strings, lists, dicts) and never runs code from a file, so it will not load "
+            "this one. Use the checkpoint.pt that edge-train wrote, or train again."
+        )
+    if "central directory" in text or isinstance(exc, EOFError) or "zip archive" in text:
+        return (
+            "cannot be read: it is truncated or damaged (an interrupted copy?). Copy it again from the "
+            "training machine, or use the checkpoint.pt that edge-train wrote."
+        )
+    return (
+        "cannot be read as an edge-anomaly checkpoint: it is not a file written by edge-train, or it is "
+        "damaged. Use the checkpoint.pt in the edge-train --out folder."
+    )
+
+
+def _state_dict_mismatch(model: nn.Module, state: Any) -> str:
+    """``2 missing, 1 unexpected, 1 of another shape (first: decoder.0.weight)`` for a failed strict load."""
+    if not isinstance(state, dict):
+        return "state_dict is not a table of tensors"
+    want = model.state_dict()
+    missing = [k for k in want if k not in state]
+    extra = [k for k in state if k not in want]
+    shape = [k for k in want if k in state and getattr(state[k], "shape", None) != want[k].shape]
+    parts = [
+        f"{len(v)} {what}"
+        for v, what in ((missing, "missing"), (extra, "unexpected"), (shape, "of another shape"))
+        if v
+    ]
+    first = (missing + extra + shape)[:1]
+    return ", ".join(parts or ["tensors that do not load"]) + (f"; first: {first[0]}" if first else "")
+
+
 def load_checkpoint(path: Path, expect_kind: str | None = None) -> Checkpoint:
     """Load and rebuild the model in eval mode; every failure is a CheckpointError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol advice is not for our users
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated/foreign files
-        raise CheckpointError(
-            f"{path} cannot be read as an edge-anomaly checkpoint ({type(exc).__name__}: {str(exc)[:200]}). "
-            "It may be truncated, or not a checkpoint written by edge-train."
-        ) from exc
+        raise CheckpointError(f"{path} {_unreadable_reason(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an edge-anomaly checkpoint (no '{FORMAT}' format marker)")
     if payload.get("format_version") != FORMAT_VERSION:
@@ -125,8 +171,12 @@ def load_checkpoint(path: Path, expect_kind: str | None = None) -> Checkpoint:
     model = build_model(str(kind), payload["config"])
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the {kind} architecture: {exc}") from exc
+    except RuntimeError:
+        raise CheckpointError(
+            f"{path}: weights do not fit the {kind} architecture its config describes "
+            f"({_state_dict_mismatch(model, payload['state_dict'])}); the file was changed after edge-train "
+            "wrote it, or written by another version of this code. Train again or use the original file."
+        ) from None
     model.eval()
     return Checkpoint(
         kind=str(kind),

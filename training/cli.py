@@ -94,14 +94,21 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int)
+    p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     args = p.parse_args(argv)
     try:
         if args.pasted:
             from training.pasted_defects import evaluate_pasted
 
-            result = evaluate_pasted(args.checkpoint, args.per_image, batch=args.batch, threads=args.threads)
+            result = evaluate_pasted(
+                args.checkpoint,
+                args.per_image,
+                batch=args.batch,
+                threads=args.threads,
+                progress=not args.quiet,
+            )
         else:
-            result = evaluate(args.checkpoint, args.data, args.batch, args.threads)
+            result = evaluate(args.checkpoint, args.data, args.batch, args.threads, progress=not args.quiet)
     except (DatasetError, CheckpointError, ValueError) as exc:
         print(f"edge-eval: error: {exc}", file=sys.stderr)
         return 2

@@ -21,21 +21,24 @@ from training.checkpoint import Checkpoint, load_checkpoint
 from training.data import MVTecCategory, load_images, load_test_set, read_size
 from training.graph import InferenceModel
 from training.metrics import evaluate_maps, f1_at_threshold
+from training.progress import bar
 
 FALSE_ALARM_RATE = 0.01
 
 
 @torch.no_grad()
 def predict(
-    model: InferenceModel, images: np.ndarray, batch: int = 8
+    model: InferenceModel, images: np.ndarray, batch: int = 8, progress: str | None = None
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Scores (N,), maps (N,H,W) and images/s for uint8 images (N,H,W,3)."""
+    """Scores (N,), maps (N,H,W) and images/s for uint8 images (N,H,W,3); ``progress``: a bar with this label."""
     scores, maps = [], []
     started = time.perf_counter()
-    for i in range(0, len(images), batch):
-        s, m = model(torch.from_numpy(images[i : i + batch]))
-        scores.append(s.numpy())
-        maps.append(m.numpy())
+    with bar(len(images), progress or "", enabled=progress is not None) as shown:
+        for i in range(0, len(images), batch):
+            s, m = model(torch.from_numpy(images[i : i + batch]))
+            scores.append(s.numpy())
+            maps.append(m.numpy())
+            shown.update(len(s))
     elapsed = time.perf_counter() - started
     return np.concatenate(scores), np.concatenate(maps), len(images) / elapsed
 
@@ -49,18 +52,21 @@ def content_scores(maps: np.ndarray, sizes: list[tuple[int, int]], pre: Preproce
     return scores
 
 
-def good_threshold(ckpt: Checkpoint, model: InferenceModel) -> float | None:
+def good_threshold(ckpt: Checkpoint, model: InferenceModel, progress: bool = False) -> float | None:
     """The 1 % false-alarm quantile of the held-out good images (None when the checkpoint has none)."""
     val = [Path(p) for p in ckpt.data.get("val_files", []) if Path(p).is_file()]
     if not val:
         return None
     sizes: list[tuple[int, int]] = []
-    _, maps, _ = predict(model, load_images(val, ckpt.preprocess, sizes=sizes))
+    images = load_images(val, ckpt.preprocess, sizes=sizes)
+    _, maps, _ = predict(model, images, progress="held-out good images" if progress else None)
     scores = content_scores(maps, sizes, ckpt.preprocess)
     return float(np.quantile(scores, 1.0 - FALSE_ALARM_RATE))
 
 
-def evaluate(checkpoint: Path, data: Path, batch: int = 8, threads: int | None = None) -> dict[str, Any]:
+def evaluate(
+    checkpoint: Path, data: Path, batch: int = 8, threads: int | None = None, progress: bool = False
+) -> dict[str, Any]:
     if threads:
         torch.set_num_threads(threads)
     ckpt = load_checkpoint(checkpoint)
@@ -68,11 +74,13 @@ def evaluate(checkpoint: Path, data: Path, batch: int = 8, threads: int | None =
     category = MVTecCategory(Path(data))
     images, masks, labels, types, paths = load_test_set(category, ckpt.preprocess)
     predict(model, images[:batch], batch)  # warm-up, not counted
-    _, maps, rate = predict(model, images, batch)
+    _, maps, rate = predict(model, images, batch, progress="test images" if progress else None)
     sizes = [read_size(p) for p in paths]
     scores = content_scores(maps, sizes, ckpt.preprocess)
+    if progress:
+        print("computing image/pixel AUROC and AUPRO…", file=sys.stderr, flush=True)
     result = evaluate_maps(labels, scores, masks, maps, types)
-    threshold = good_threshold(ckpt, model)
+    threshold = good_threshold(ckpt, model, progress)
     if threshold is not None:
         result["f1_at_good_threshold"] = {
             "threshold": threshold,

@@ -125,7 +125,12 @@ def score_pasted(
 
 
 def evaluate_pasted(
-    checkpoint: Path, per_image: int = 3, seed: int = 0, batch: int = 8, threads: int | None = None
+    checkpoint: Path,
+    per_image: int = 3,
+    seed: int = 0,
+    batch: int = 8,
+    threads: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """``score_pasted`` on the good images the checkpoint's training held out (its ``val_files``)."""
     if threads:
@@ -145,7 +150,9 @@ def evaluate_pasted(
     rate: list[float] = []
 
     def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores, maps, img_s = predict(model, images, batch)
+        scores, maps, img_s = predict(
+            model, images, batch, progress="pasted-defect set" if progress else None
+        )
         rate.append(img_s)
         return scores, maps
 

@@ -1,9 +1,11 @@
-"""A one-line progress bar on stderr (loss, images/s, ETA), without a dependency for it."""
+"""Progress on stderr: the training line (loss, images/s, ETA) and :func:`bar`, tqdm for every other long
+step (evaluation, the export's reference run, int8 calibration, the accuracy gate)."""
 
 from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 
 class Progress:
@@ -49,3 +51,23 @@ def format_seconds(seconds: float) -> str:
         return "?"
     seconds = int(seconds)
     return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def bar(total: int, desc: str, unit: str = "img", enabled: bool = True) -> Any:
+    """A tqdm bar on stderr for a step that takes long (``with bar(n, "scoring") as b: ... b.update(k)``).
+
+    On a terminal it redraws twice a second; in a log (not a terminal) it writes a line every 10 s, so a
+    journal or CI log shows the step is alive without a line per batch."""
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        disable=not enabled,
+        mininterval=0.5 if tty else 10.0,
+        leave=True,
+        dynamic_ncols=tty,
+    )

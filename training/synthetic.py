@@ -89,6 +89,16 @@ def write_mvtec_dataset(
     return root
 
 
+def write_good_folder(root: Path, n: int, size: int = 128, seed: int = 0) -> Path:
+    """A plain folder of ``n`` good parts (PNG), the way a line delivers them: no MVTec layout, no defects."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        cv2.imwrite(str(root / f"part_{i:04d}.png"), good_part(rng, size))
+    return root
+
+
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
     """Write BGR frames to a lossless-enough MJPG AVI that OpenCV can read back everywhere."""
     path = Path(path)

@@ -67,9 +67,22 @@ def test_pickled_object_is_never_executed(tmp_path: Path) -> None:
 
     path = tmp_path / "evil.pt"
     torch.save({"format": "edge-anomaly-checkpoint", "payload": Evil()}, path)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
     assert not (tmp_path / "pwned").exists()
+    # the project's words, never torch's advice to load unsafely
+    assert "never runs code from a file" in str(err.value)
+    assert "weights_only" not in str(err.value) and "trust" not in str(err.value)
+
+
+def test_unreadable_messages_are_whole_sentences(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "c.pt", "conv-ae", small_model(), Preprocess(64, 64))
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    text = str(err.value)
+    assert "truncated or damaged" in text and text.endswith(".")
+    assert "miniz" not in text and "weights_only" not in text
 
 
 def test_foreign_dict_is_refused(tmp_path: Path) -> None:
