@@ -112,15 +112,17 @@ def test_broker_outage_keeps_newest_results_in_order_and_counts_the_rest(
     assert order == sorted(order), f"results delivered out of order: {order}"
     # Every scored frame is either delivered or a counted drop: nothing silently lost, nothing invented.
     assert len(order) + dropped == final["frames_scored"], (len(order), dropped, final["frames_scored"])
-    # The drops are the *oldest* results of the outage: one block of consecutive results that starts right
-    # after what was delivered before it. The only results that may come between are those paho had in flight
-    # when the connection broke, which the daemon resends first (and says how many in its log).
-    after = [i for i in order if i > max(ids_before)]
-    gaps = [b - a - 1 for a, b in zip([max(ids_before), *after], after, strict=False)]
-    block = gaps.index(max(gaps))  # results delivered between the pre-outage ones and the dropped block
-    assert gaps[block] >= dropped, f"the {dropped} dropped results are not one block: {order}"
+    # The drops are the oldest results of the outage: the first one comes right after what was delivered
+    # before it (or after what paho had in flight when the connection broke, which the daemon resends first
+    # and counts in its log), and every missing id is a counted drop. They need not be one block: after the
+    # reconnect, results in flight and queued share one bound, so while the broker works through the flushed
+    # backlog the queue can overflow again and drop its oldest once more (seen: 3-58, then 61-65).
     resent = sum(int(n) for n in re.findall(r"resending (\d+) message", log))
-    assert block <= resent, f"newer results were dropped while older ones were kept: {order}"
+    missing = sorted(set(range(max(ids_before) + 1, max(order) + 1)) - set(order))
+    assert len(missing) == dropped, (missing, dropped)
+    assert missing[0] <= max(ids_before) + 1 + resent, (
+        f"newer results were dropped while older ones were kept: {order}"
+    )
 
 
 def _status(msg: Received, prefix: str) -> str | None:
