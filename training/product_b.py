@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from training.synthetic import Defect
+from training.synthetic import Defect, part_sequence
 
 
 def _hexagon(cx: float, cy: float, radius: float, angle: float) -> np.ndarray:
@@ -67,15 +67,4 @@ def part_sequence_b(
     n: int, defect_every: int, size: int = 128, seed: int = 0
 ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
     """Frames of nuts for a video: every ``defect_every``-th is defective (0: none); masks (None = good)."""
-    rng = np.random.default_rng(seed)
-    frames: list[np.ndarray] = []
-    masks: list[np.ndarray | None] = []
-    for i in range(n):
-        if defect_every and i % defect_every == defect_every - 1:
-            d = defective_part_b(rng, size)
-            frames.append(d.image)
-            masks.append(d.mask)
-        else:
-            frames.append(good_part_b(rng, size))
-            masks.append(None)
-    return frames, masks
+    return part_sequence(n, defect_every, size, seed, good=good_part_b, defective=defective_part_b)

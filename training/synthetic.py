@@ -7,6 +7,7 @@ Only numpy and OpenCV, so the daemon's tests can use it too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,18 +117,24 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path
 
 
 def part_sequence(
-    n: int, defect_every: int, size: int = 128, seed: int = 0
+    n: int,
+    defect_every: int,
+    size: int = 128,
+    seed: int = 0,
+    good: Callable[[np.random.Generator, int], np.ndarray] = good_part,
+    defective: Callable[[np.random.Generator, int], Defect] = defective_part,
 ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
-    """Frames for a video: every ``defect_every``-th frame is defective; returns frames and masks (None = good)."""
+    """Frames for a video: every ``defect_every``-th frame is defective (0: none); returns frames and masks
+    (None = good). ``good`` and ``defective`` make the product (another generator: another product)."""
     rng = np.random.default_rng(seed)
     frames: list[np.ndarray] = []
     masks: list[np.ndarray | None] = []
     for i in range(n):
         if defect_every and i % defect_every == defect_every - 1:
-            d = defective_part(rng, size)
+            d = defective(rng, size)
             frames.append(d.image)
             masks.append(d.mask)
         else:
-            frames.append(good_part(rng, size))
+            frames.append(good(rng, size))
             masks.append(None)
     return frames, masks
