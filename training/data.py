@@ -69,14 +69,6 @@ def read_image(path: Path, pre: Preprocess) -> np.ndarray:
     return pre.frame_to_input(frame)
 
 
-def read_size(path: Path) -> tuple[int, int]:
-    """An image file's own (height, width)."""
-    frame = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if frame is None:
-        raise DatasetError(f"cannot read image {path}: the file is missing, corrupt or not an image")
-    return frame.shape[:2]
-
-
 def read_mask(path: Path | None, pre: Preprocess) -> np.ndarray:
     """A ground-truth mask as bool HxW at the model size; all False for a good image (``path`` None).
 
@@ -262,15 +254,15 @@ def load_images(
 
 
 def load_test_set(
-    category: MVTecCategory | Path, pre: Preprocess
+    category: MVTecCategory | Path, pre: Preprocess, sizes: list[tuple[int, int]] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[Path]]:
     """The whole test split: images (N,H,W,3) uint8, masks (N,H,W) bool, labels (N,) int (1 = defect),
-    defect types and paths, in the order of ``MVTecCategory.test_items``."""
+    defect types and paths, in the order of ``MVTecCategory.test_items``; ``sizes`` as in ``load_images``."""
     if not isinstance(category, MVTecCategory):
         category = MVTecCategory(category)
     items = category.test_items()
     paths = [item.path for item in items]
-    images = load_images(paths, pre)
+    images = load_images(paths, pre, sizes=sizes)
     masks = np.stack([read_mask(item.mask_path, pre) for item in items])
     labels = np.array([int(item.is_anomalous) for item in items], dtype=np.int64)
     types = [item.defect_type for item in items]

@@ -18,7 +18,7 @@ import torch
 
 from edge.preprocess import Preprocess
 from training.checkpoint import Checkpoint, load_checkpoint
-from training.data import MVTecCategory, load_images, load_test_set, read_size
+from training.data import MVTecCategory, load_images, load_test_set
 from training.graph import InferenceModel
 from training.metrics import evaluate_maps, f1_at_threshold
 from training.progress import bar
@@ -72,10 +72,10 @@ def evaluate(
     ckpt = load_checkpoint(checkpoint)
     model = InferenceModel(ckpt.model, ckpt.preprocess).eval()
     category = MVTecCategory(Path(data))
-    images, masks, labels, types, paths = load_test_set(category, ckpt.preprocess)
+    sizes: list[tuple[int, int]] = []  # each image's own size, read while loading: where it landed
+    images, masks, labels, types, _ = load_test_set(category, ckpt.preprocess, sizes=sizes)
     predict(model, images[:batch], batch)  # warm-up, not counted
     _, maps, rate = predict(model, images, batch, progress="test images" if progress else None)
-    sizes = [read_size(p) for p in paths]
     scores = content_scores(maps, sizes, ckpt.preprocess)
     if progress:
         print("computing image/pixel AUROC and AUPRO…", file=sys.stderr, flush=True)
