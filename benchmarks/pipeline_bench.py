@@ -454,6 +454,7 @@ def summarise_window(
         "drops": snapshot.get("drops", {}),
         "errors": snapshot.get("errors", {}),
         "frames_scored_total": snapshot.get("frames_scored"),
+        "evidence": snapshot.get("evidence"),  # written / dropped since the daemon started (--evidence)
         "bad_payloads": sub.bad_payloads,
         "samples_total_ms": subsample([r.latency_ms.get("total", float("nan")) for r in records]),
     }

@@ -544,7 +544,15 @@ def md_accuracy(accuracy: dict[str, Any]) -> list[str]:
     )
 
 
+def _evidence_cell(ev: dict[str, Any] | None) -> str:
+    if not ev:
+        return "-"
+    dropped = ev.get("dropped_queue", 0) + ev.get("dropped_disk_full", 0)
+    return f"{ev.get('written', 0)} / {dropped}"
+
+
 def md_pipeline(pipeline: dict[str, Any]) -> list[str]:
+    with_evidence = any(r.get("evidence") for r in pipeline["runs"])
     rows = []
     for r in pipeline["runs"]:
         lat = r["latency_ms"]["total"]
@@ -562,6 +570,7 @@ def md_pipeline(pipeline: dict[str, Any]) -> list[str]:
                 r["drops"].get("camera_slots"),
                 r["results"],
             ]
+            + ([_evidence_cell(r.get("evidence"))] if with_evidence else [])
         )
     bare = [
         [b, v["throughput_ips"], v["latency_ms"]["p50"], v["latency_ms"]["p99"]]
@@ -590,7 +599,8 @@ def md_pipeline(pipeline: dict[str, Any]) -> list[str]:
                 "capture→receive p99",
                 "slot drops",
                 "results",
-            ],
+            ]
+            + (["evidence written / dropped (daemon total)"] if with_evidence else []),
             rows,
         )
         + ["Bare backend in the same rounds:", ""]

@@ -312,6 +312,13 @@ class EvidenceConfig(_Section):
     queue_max: int = Field(
         default=32, ge=1, le=10_000, description="frames waiting for the writer; beyond it they are dropped, counted"
     )
+    writer_nice: int = Field(
+        default=19,
+        ge=0,
+        le=19,
+        description="nice increment of the writer thread: evidence is the first work to give way when the CPU "
+        "is short (its queue then drops, counted) so that inference keeps its rate",
+    )
 
 
 class CameraConfig(_Section):

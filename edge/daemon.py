@@ -394,7 +394,7 @@ def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
     evidence = None
     if config.evidence.enabled:
         folder = config.evidence.dir or resolve_state_dir(config.state_dir) / "evidence"
-        evidence = EvidenceStore(folder, config.evidence, config.model.helper_threads_nice)
+        evidence = EvidenceStore(folder, config.evidence)
     sparkplug = _sparkplug(config, api) if config.sparkplug.enabled else None
     return Daemon(
         config,

@@ -128,15 +128,15 @@ class _Item:
     result: Any  # the ResultPayload as published (serialised by the writer)
     model_id: str
     reason: str
+    mask_png: Optional[bytes] = None  # the mask as already encoded for MQTT: not encoded a second time
 
 
 class EvidenceStore:
     """Bounded, indexed, written by its own thread; :meth:`offer` is all the publish stage calls."""
 
-    def __init__(self, root: Path, cfg: EvidenceConfig, helper_nice: int = 0) -> None:
+    def __init__(self, root: Path, cfg: EvidenceConfig) -> None:
         self.root = Path(root)
         self.cfg = cfg
-        self._nice = helper_nice
         self._queue: queue.Queue[Optional[_Item]] = queue.Queue(cfg.queue_max)
         self._lock = threading.Lock()
         self._good_seen: Dict[str, int] = {}
@@ -167,8 +167,19 @@ class EvidenceStore:
             self._good_seen[camera] = n + 1
         return "sample" if n % self.cfg.good_every == 0 else None
 
-    def offer(self, camera: str, frame: Frame, verdict: Verdict, result: Any, model_id: str) -> bool:
-        """Queue the frame if it is to be kept; False when it is not kept or was dropped (counted)."""
+    def offer(
+        self,
+        camera: str,
+        frame: Frame,
+        verdict: Verdict,
+        result: Any,
+        model_id: str,
+        mask_png: Optional[bytes] = None,
+    ) -> bool:
+        """Queue the frame if it is to be kept; False when it is not kept or was dropped (counted).
+
+        ``mask_png``: the mask's PNG when the publish stage already made one, so the writer's CPU (which the
+        backend would otherwise lose) goes to the frame's JPEG only."""
         why = self.reason(camera, verdict.score, verdict.threshold, verdict.anomalous)
         if why is None:
             return False
@@ -179,7 +190,7 @@ class EvidenceStore:
                 self._counts["dropped_disk_full"] += 1
                 return False
         try:
-            self._queue.put_nowait(_Item(camera, frame, verdict, result, model_id, why))
+            self._queue.put_nowait(_Item(camera, frame, verdict, result, model_id, why, mask_png))
         except queue.Full:
             with self._lock:
                 self._counts["dropped_queue"] += 1
@@ -236,7 +247,7 @@ class EvidenceStore:
     # --- the writer thread -------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        lower_current_thread_priority(self._nice)
+        lower_current_thread_priority(self.cfg.writer_nice)
         try:
             self._db = self._open()
         except (OSError, sqlite3.Error) as exc:
@@ -319,7 +330,7 @@ class EvidenceStore:
         mask_name: Optional[str] = None
         if item.verdict.anomalous:
             mask_name = str(folder / f"{stem}_mask.png")
-            files.append((mask_name, encode_mask_png(item.verdict)))
+            files.append((mask_name, item.mask_png or encode_mask_png(item.verdict)))
         files.append((str(folder / f"{stem}.json"), json.dumps(doc, sort_keys=True).encode()))
         written: List[Path] = []
         try:

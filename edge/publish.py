@@ -125,7 +125,7 @@ class PublishStage:
         )
         self.stats.record_frame(name, verdict.anomalous, latency)
         if self.evidence is not None:  # never blocks: a full writer queue drops (and counts) the frame
-            self.evidence.offer(name, frame, verdict, doc, doc.model.id)
+            self.evidence.offer(name, frame, verdict, doc, doc.model.id, images.get("mask"))
 
     def _note_model(self, camera: str, model_id: str, default_threshold: float) -> None:
         """The first frame of a camera's new model (after a changeover): the threshold follows the model,

@@ -97,6 +97,35 @@ def test_keeps_anomalous_near_threshold_and_one_in_n_good(store_factory, tmp_pat
     assert snap["written"] == 6 and snap["rows"] == 6 and snap["bytes"] == sum(r.bytes for r in rows)
 
 
+def test_a_mask_already_encoded_for_mqtt_is_stored_as_it_is(store_factory, tmp_path: Path) -> None:
+    from edge.postprocess import encode_mask_png
+
+    store = store_factory()
+    f, v = frame(1), verdict(9.0)
+    published = encode_mask_png(v) + b""  # the bytes the publish stage sent on the mask topic
+    assert store.offer("line", f, v, {"run_id": "r1", "seq": 1, "capture_ts": f.capture_ts}, "m@1", published)
+    assert store.offer("line", frame(2), verdict(9.0), {"run_id": "r1", "seq": 2}, "m@1")  # none published
+    assert store.drain()
+    rows = query(tmp_path / "evidence")
+    root = tmp_path / "evidence"
+    assert (root / rows[0].mask).read_bytes() == published
+    own = cv2.imread(str(root / rows[1].mask), cv2.IMREAD_GRAYSCALE)
+    assert own[20, 20] == 255 and own[50, 50] == 0  # encoded by the writer when nothing was handed over
+
+
+def test_the_writer_thread_runs_at_the_configured_nice(store_factory) -> None:
+    import os
+
+    if not hasattr(os, "getpriority"):
+        pytest.skip("per-thread nice is Linux-only")
+    store = store_factory(writer_nice=7)
+    seen: list[int] = []
+    store._write = lambda db, item: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))  # type: ignore[method-assign]
+    offer(store, 1, 9.0)
+    assert store.drain()
+    assert seen == [min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)]
+
+
 def test_size_cap_deletes_oldest_first_and_counts(store_factory, tmp_path: Path) -> None:
     cap = 120_000  # a noise JPEG of 96x96 at quality 90 is ~20 kB: room for a handful
     store = store_factory(max_bytes=cap, good_every=1)
