@@ -626,6 +626,20 @@ def md_soak(soak: dict[str, Any]) -> list[str]:
             f"{_f(soak['latency_total_ms']['p50'])} / {_f(soak['latency_total_ms']['p99'])} ms",
         ],
     ]
+    ev = soak.get("evidence")
+    if ev:  # edge-bench soak --evidence: the store's bounds under load
+        rows += [
+            [
+                "evidence on disk, largest sample / cap",
+                f"{_f(soak.get('evidence_mb_max'), 1)} / {_f(ev['max_bytes'] / 2**20, 1)} MiB",
+            ],
+            [
+                "evidence written / evicted (size, age) / dropped (queue, disk full)",
+                f"{ev['written']} / {ev['evicted_size']}, {ev['evicted_age']} / "
+                f"{ev['dropped_queue']}, {ev['dropped_disk_full']}",
+            ],
+            ["evidence rows at the end", f"{ev['rows']} ({_f(ev['bytes'] / 2**20, 1)} MiB)"],
+        ]
     return [
         "## Soak",
         "",

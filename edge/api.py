@@ -726,7 +726,7 @@ class DeviceApi:
             threshold=state.value,
             source=state.source,  # type: ignore[arg-type]
             set_at=None if state.set_at is None else iso_utc(state.set_at),
-            range=(self.thresholds.lo, self.thresholds.hi),
+            range=self.thresholds.range(camera),
             error=error,
         )
 

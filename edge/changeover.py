@@ -30,7 +30,7 @@ import shutil
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -50,7 +50,7 @@ from edge.config import CameraConfig, EdgeConfig
 from edge.manifest import MANIFEST_NAME, BundleError, Manifest, read_manifest
 from edge.postprocess import Postprocessor
 from edge.preprocess import Preprocess
-from edge.thresholds import ThresholdBook
+from edge.thresholds import ThresholdBook, atomic_write_json
 
 log = logging.getLogger("edge.changeover")
 
@@ -254,6 +254,93 @@ class ModelBook:
 Loader = Callable[[EdgeConfig, Path, str], LoadedModel]
 
 
+@dataclass(frozen=True)
+class Choice:
+    """A recipe chosen over MQTT for one camera, and what it was chosen against."""
+
+    recipe: str
+    configured: str  # the config's recipe for the camera when the choice was made
+    previous: Optional[str]  # what a rollback returns to
+    set_at: float
+    origin: str  # 'mqtt' or 'rollback'
+
+
+class RecipeChoices:
+    """Recipes chosen over ``model/set``, kept in the daemon's state so that a restart comes back on them.
+
+    The last instruction wins: a choice made over MQTT outlives a restart as long as the config still names
+    the recipe it was made against; once the config names another one (an edit, then a restart or SIGHUP),
+    the config is the newer instruction and the choice is forgotten. Written atomically at each switch.
+    """
+
+    FORMAT = 1
+
+    def __init__(self, path: Optional[Path]) -> None:
+        self.path = path
+        self._choices: Dict[str, Choice] = self._load() if path is not None else {}
+        self._lock = threading.Lock()
+
+    def for_camera(self, camera: str, configured: str) -> Optional[Choice]:
+        """The choice to start ``camera`` on, or None when the config is newer (the stale choice is dropped)."""
+        with self._lock:
+            choice = self._choices.get(camera)
+        if choice is None or choice.configured == configured:
+            return choice
+        log.info(
+            "camera %s: the config now names recipe %s (recipe %s was chosen over MQTT against %s); the config "
+            "wins", camera, configured, choice.recipe, choice.configured,
+        )  # fmt: skip
+        self.forget(camera)
+        return None
+
+    def record(self, camera: str, choice: Choice) -> None:
+        with self._lock:
+            self._choices[camera] = choice
+        self._save()
+
+    def forget(self, camera: str) -> None:
+        with self._lock:
+            if self._choices.pop(camera, None) is None:
+                return
+        self._save()
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        with self._lock:
+            doc = {"format": self.FORMAT, "cameras": {cam: asdict(c) for cam, c in self._choices.items()}}
+        try:
+            atomic_write_json(self.path, doc)
+        except OSError as exc:  # in force for this run; say that a restart will not come back on it
+            log.error("cannot record the recipe choice in %s (%s); a restart starts on the config's", self.path, exc)
+
+    def _load(self) -> Dict[str, Choice]:
+        assert self.path is not None
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.error("ignoring the recipe choices in %s: %s", self.path, exc)
+            return {}
+        if not isinstance(doc, dict) or doc.get("format") != self.FORMAT:
+            log.error("ignoring the recipe choices in %s: not format %d", self.path, self.FORMAT)
+            return {}
+        out: Dict[str, Choice] = {}
+        for cam, entry in (doc.get("cameras") or {}).items():
+            try:
+                out[str(cam)] = Choice(
+                    recipe=str(entry["recipe"]),
+                    configured=str(entry["configured"]),
+                    previous=None if entry.get("previous") is None else str(entry["previous"]),
+                    set_at=float(entry["set_at"]),
+                    origin=str(entry.get("origin", "mqtt")),
+                )
+            except (KeyError, TypeError, ValueError):
+                log.error("ignoring the recorded recipe choice of %s in %s: malformed", cam, self.path)
+        return out
+
+
 class Changeover:
     """The switch requests of one device, worked one at a time by a thread of its own."""
 
@@ -265,8 +352,10 @@ class Changeover:
         thresholds: ThresholdBook,
         api: DeviceApi,
         load: Loader,
+        choices: Optional[RecipeChoices] = None,
     ) -> None:
         self.config = config
+        self.choices = choices if choices is not None else RecipeChoices(None)
         self.book = book
         self.store = store
         self.thresholds = thresholds
@@ -283,6 +372,11 @@ class Changeover:
         self._configured: Dict[str, str] = {c.name: store.configured(c) for c in cams}
         self._since: Dict[str, float] = dict.fromkeys(self._configured, now)
         self._previous: Dict[str, Optional[str]] = dict.fromkeys(self._configured)
+        for cam, configured in self._configured.items():  # a rollback after a restart still knows where to
+            choice = self.choices.for_camera(cam, configured)
+            if choice is not None and book.active(cam).recipe == choice.recipe:
+                self._previous[cam] = choice.previous
+                self._since[cam] = choice.set_at
         self._loading: Dict[str, LoadingDoc] = {}
         self._errors: Dict[str, ModelErrorDoc] = {}
         api.on_model_set = self.on_model_set
@@ -374,7 +468,7 @@ class Changeover:
             model = self._load_and_warm(todo, recipe, path, origin)
             if model is None:
                 return
-        self._apply(todo, model)
+        self._apply(todo, model, origin)
 
     def _already(self, camera: str, recipe: str, path: Path) -> bool:
         active = self.book.active(camera)
@@ -427,7 +521,7 @@ class Changeover:
         )
         return model
 
-    def _apply(self, cameras: List[str], model: LoadedModel) -> None:
+    def _apply(self, cameras: List[str], model: LoadedModel, origin: str = "mqtt") -> None:
         old = {cam: self.book.active(cam) for cam in cameras}
         done = self.book.stage(cameras, model)
         while not done.wait(APPLY_WAIT_S):
@@ -442,6 +536,12 @@ class Changeover:
                 self._previous[cam] = old[cam].recipe
                 self._since[cam] = now
         for cam in cameras:
+            if origin in ("mqtt", "rollback"):  # the operator's choice outlives a restart
+                self.choices.record(
+                    cam, Choice(model.recipe, self._configured[cam], old[cam].recipe, now, origin)
+                )
+            else:  # the config (reload) decided: it is the newer instruction
+                self.choices.forget(cam)
             log.info(
                 "camera %s: recipe %s (%s) -> %s (%s) between two frames; %d model(s) resident",
                 cam, old[cam].recipe, old[cam].id, model.recipe, model.id, self.book.resident(),
@@ -595,4 +695,35 @@ def install_bundle(
     except BaseException:
         shutil.rmtree(incoming, ignore_errors=True)
         raise
+    return target
+
+
+def rollback_bundle(config: EdgeConfig, name: str, verify: Callable[[Path], Manifest]) -> Path:
+    """Put back ``.previous-<name>``, the version the last install of recipe ``name`` replaced.
+
+    The kept version is verified first (exactly as an install verifies), then the two folders swap places
+    with renames, so the version rolled back from becomes ``.previous-<name>`` and a second rollback undoes
+    the first. Nothing changes when verification fails.
+    """
+    store = config.model.store
+    if store is None:
+        raise RecipeError("model.store is not set in the config: there is no bundle store to roll back in")
+    if not name or name.startswith(".") or "/" in name:
+        raise RecipeError(f"recipe name {name!r} must be a plain folder name")
+    store = Path(store)
+    target, previous = store / name, store / f".previous-{name}"
+    if not previous.is_dir():
+        raise RecipeError(f"recipe {name} has no replaced version to go back to ({previous} does not exist)")
+    verify(previous)
+    swap = store / f".rollback-{name}-{uuid.uuid4().hex[:8]}"
+    if target.exists():
+        target.rename(swap)
+    try:
+        previous.rename(target)
+    except BaseException:
+        if swap.exists():
+            swap.rename(target)
+        raise
+    if swap.exists():
+        swap.rename(previous)
     return target

@@ -5,13 +5,16 @@
     edge-run --config edge.toml --check-config      # verify all a start would; config as JSON (secrets ***)
     edge-run --config edge.toml --max-frames 100    # demo / tests: stop after 100 scored frames
     edge-run install-bundle BUNDLE --config edge.toml [--name RECIPE]   # verify, copy into model.store
+    edge-run install-bundle --rollback RECIPE --config edge.toml   # back to the version it replaced
     edge-run --init-config edge.toml --bundle bundles/line1 --source 0   # a first config, with comments
 
 SIGHUP (``systemctl reload``) re-reads the config and the bundle store and switches the cameras whose
 recipe changed, without a restart (see edge/changeover.py).
 
-Exit codes: 0 clean stop (including SIGTERM/SIGINT); 2 invalid configuration (nothing was started);
-3 the daemon could not start (bundle, backend, camera set-up); 1 unexpected error.
+Exit codes: 0 clean stop (including SIGTERM/SIGINT) with every result delivered; 2 invalid configuration
+(nothing was started); 3 the daemon could not start (bundle, backend, camera set-up); 4 it stopped cleanly
+but results never reached the broker (dropped while it was unreachable or not acknowledging, or still
+unacknowledged at the stop; the log names the broker and why); 1 unexpected error.
 ``--check-config`` exits 2 for an invalid configuration and 3 when any check a start implies fails (bundle
 hashes, signature and numbers, password and TLS files, camera sources); it prints the effective config as
 JSON on stdout and one ``ok``/``FAILED`` line per check on stderr. ``--init-config PATH`` writes a small
@@ -35,6 +38,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
+EXIT_UNDELIVERED = 4  # the same value as edge.daemon.EXIT_UNDELIVERED (a test holds them together)
 
 log = logging.getLogger("edge.cli")
 INIT_ONLY = {"--bundle": "bundle", "--source": "source", "--trusted-key": "trusted_key"}
@@ -296,19 +300,23 @@ def _restore_signal_handlers(previous: Dict[int, Any]) -> None:
 
 
 def install_main(argv: List[str]) -> int:
-    """``edge-run install-bundle BUNDLE --config FILE [--name RECIPE]``."""
+    """``edge-run install-bundle BUNDLE --config FILE [--name RECIPE]`` (or ``--rollback RECIPE``)."""
     p = argparse.ArgumentParser(
         prog="edge-run install-bundle",
         description="Verify a bundle (hashes, signature with the config's trusted keys, numbers) and install it "
         "into model.store as a recipe; a running daemon switches to it on systemctl reload (SIGHUP) when a "
-        "camera runs that recipe, or on <camera>/model/set.",
+        "camera runs that recipe, or on <camera>/model/set. --rollback RECIPE puts back the version the last "
+        "install replaced (verified the same way); the two swap places, so a second --rollback undoes it.",
     )
-    p.add_argument("bundle", type=Path)
+    p.add_argument("bundle", type=Path, nargs="?")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--name", help="recipe name (default: the bundle's folder name)")
+    p.add_argument("--rollback", metavar="RECIPE", help="reinstall the version of RECIPE that was replaced")
     args = p.parse_args(argv)
-    from edge.changeover import RecipeError, install_bundle
+    if (args.bundle is None) == (args.rollback is None):
+        p.error("give a BUNDLE to install, or --rollback RECIPE (not both)")
+    from edge.changeover import RecipeError, install_bundle, rollback_bundle
     from edge.checks import verified_manifest
     from edge.config import ConfigError, load_config
     from edge.manifest import BundleError
@@ -324,12 +332,16 @@ def install_main(argv: List[str]) -> int:
         return verified_manifest(config.model.model_copy(update={"bundle": path}))
 
     try:
-        target = install_bundle(args.bundle, config, args.name, verify)
+        if args.rollback is not None:
+            target = rollback_bundle(config, args.rollback, verify)
+        else:
+            target = install_bundle(args.bundle, config, args.name, verify)
     except (RecipeError, BundleError, OSError) as exc:
         print(f"edge-run install-bundle: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+    done = "rolled back" if args.rollback is not None else "installed"
     print(
-        f"installed {target}; apply with: systemctl reload edge-anomaly (or <camera>/model/set {target.name})"
+        f"{done} {target}; apply with: systemctl reload edge-anomaly (or <camera>/model/set {target.name})"
     )
     return EXIT_OK
 

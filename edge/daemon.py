@@ -35,7 +35,15 @@ from edge.api import (
     status_will,
 )
 from edge.backends import Backend, load_backend
-from edge.changeover import Changeover, LoadedModel, ModelBook, RecipeError, RecipeStore, close_backend
+from edge.changeover import (
+    Changeover,
+    LoadedModel,
+    ModelBook,
+    RecipeChoices,
+    RecipeError,
+    RecipeStore,
+    close_backend,
+)
 from edge.checks import verified_manifest
 from edge.config import CameraConfig, EdgeConfig
 from edge.evidence import EvidenceStore
@@ -53,6 +61,8 @@ if TYPE_CHECKING:  # imported at run time only when [sparkplug] is enabled (it n
     from edge.sparkplug.node import SparkplugNode
 
 log = logging.getLogger("edge.daemon")
+
+EXIT_UNDELIVERED = 4  # edge-run's exit status when results never reached the broker (README, "Exit status")
 
 IDLE_WAIT_S = 0.2  # longest the loop sleeps without a frame, so stop() is noticed promptly
 MQTT_DROP_KINDS = ("result", "mask", "heatmap", "stats", "availability")  # always in stats, 0 or not
@@ -93,6 +103,7 @@ class Daemon:
         self.sparkplug = sparkplug
         self._ready = ready
         self._stop = threading.Event()
+        self.undelivered_results = 0  # set at shutdown: results dropped or unacknowledged (non-zero exit)
         post = Postprocessor(
             manifest.normalization,
             config.postprocess.min_region_area,
@@ -149,7 +160,11 @@ class Daemon:
         return self._stop.is_set()
 
     def run_until_stopped(self, max_frames: Optional[int] = None, duration_s: Optional[float] = None) -> int:
-        """Start everything, score frames until stopped or a limit is hit, shut down cleanly; returns 0."""
+        """Start everything, score frames until stopped or a limit is hit, shut down cleanly.
+
+        Returns 0, or :data:`EXIT_UNDELIVERED` when results were lost on the way to the broker (dropped
+        from the bounded queue during the run, or still unacknowledged at the stop): a supervisor or a
+        script must not read a run whose results SCADA never saw as a success."""
         self._frame_limit = max_frames
         deadline = None if duration_s is None else time.monotonic() + duration_s
         try:
@@ -166,7 +181,7 @@ class Daemon:
                 self.step(wait)
         finally:
             self._shutdown()
-        return 0
+        return EXIT_UNDELIVERED if self.undelivered_results else 0
 
     def _start(self) -> None:
         names = [c.cfg.name for c in self.cameras]
@@ -237,7 +252,15 @@ class Daemon:
             thread.join(timeout=5)
         if self.sparkplug is not None:
             self.sparkplug.stop()  # NDEATH after the last DDATA
-        self.transport.stop(final_retained=self.api.final_retained())
+        left = self.transport.stop(final_retained=self.api.final_retained())
+        dropped = int(self.transport.snapshot()["dropped"].get("result", 0))  # type: ignore[attr-defined]
+        self.undelivered_results = dropped + left.get("result", 0)
+        if self.undelivered_results:
+            log.error(
+                "%d result(s) never reached broker %s (%d dropped from the full queue during the run, %d "
+                "undelivered at the stop); exiting with status %d",
+                self.undelivered_results, self.transport.broker, dropped, left.get("result", 0), EXIT_UNDELIVERED,
+            )  # fmt: skip
         for model in self.models.resident_models():
             _close(model.backend)
         self.notifier.close()
@@ -356,7 +379,8 @@ def _close(backend: Backend) -> None:
 def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
     """Config -> bundles (verified) -> backends -> thresholds -> MQTT face -> cameras. Starts nothing."""
     store = RecipeStore(config.model.store, config.model.bundle)
-    boot = _boot_models(config, store)
+    choices = RecipeChoices(resolve_state_dir(config.state_dir) / f"recipes-{config.device_id}.json")
+    boot = _boot_models(config, store, choices)
     names = [cam.name for cam in config.enabled_cameras()]
     first = boot[names[0]]
     manifest, backend = first.manifest, first.backend
@@ -408,7 +432,7 @@ def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
         notifier if notifier is not None else SdNotifier(),
         evidence,
         book,
-        Changeover(config, book, store, thresholds, api, load_model),
+        Changeover(config, book, store, thresholds, api, load_model, choices),
         sparkplug,
     )
 
@@ -447,6 +471,7 @@ def _thresholds(config: EdgeConfig, manifest: Manifest, models: Dict[str, str]) 
         state_file=Path(state_file),
         model_id=manifest.model_id(),
         models={cam: mid for cam, mid in models.items() if mid != manifest.model_id()},
+        bounds=(config.postprocess.threshold_min, config.postprocess.threshold_max),
     )
 
 
@@ -466,16 +491,13 @@ def _camera(cfg: CameraConfig, ready: threading.Event, api: DeviceApi, nice: int
     return Camera(cfg=cfg, slot=slot, source=source)
 
 
-def _boot_models(config: EdgeConfig, store: RecipeStore) -> Dict[str, LoadedModel]:
-    """Each enabled camera's configured recipe, verified and loaded (once per bundle)."""
+def _boot_models(config: EdgeConfig, store: RecipeStore, choices: RecipeChoices) -> Dict[str, LoadedModel]:
+    """Each enabled camera's recipe (the one chosen over MQTT before a restart, else the configured one),
+    verified and loaded (once per bundle)."""
     loaded: Dict[Path, LoadedModel] = {}
-    models: Dict[str, LoadedModel] = {}
-    for cam in config.enabled_cameras():
-        recipe = store.configured(cam)
-        try:
-            path = store.path_of(recipe)
-        except RecipeError as exc:
-            raise StartupError(f"cameras {cam.name}: {exc}") from exc
+
+    def load(recipe: str) -> LoadedModel:
+        path = store.path_of(recipe)
         if path not in loaded:
             where = "model.bundle" if path == config.model.bundle else f"recipe {recipe} ({path})"
             try:
@@ -483,7 +505,30 @@ def _boot_models(config: EdgeConfig, store: RecipeStore) -> Dict[str, LoadedMode
             except BundleError as exc:
                 raise StartupError(f"{where}: {exc}") from exc
             loaded[path] = _loaded(config, path, recipe, manifest, _load_backend(config, manifest, path))
-        models[cam.name] = loaded[path]
+        return loaded[path]
+
+    models: Dict[str, LoadedModel] = {}
+    for cam in config.enabled_cameras():
+        configured = store.configured(cam)
+        choice = choices.for_camera(cam.name, configured)
+        if choice is not None and choice.recipe != configured:
+            try:
+                models[cam.name] = load(choice.recipe)
+                log.info(
+                    "camera %s starts on recipe %s, chosen over MQTT at %s (the config names %s)",
+                    cam.name, choice.recipe, iso_utc(choice.set_at), configured,
+                )  # fmt: skip
+                continue
+            except (RecipeError, StartupError) as exc:  # the configured recipe is verified below, or fails
+                log.error(
+                    "camera %s: recipe %s, chosen over MQTT before the restart, cannot be used (%s); starting "
+                    "on the configured recipe %s", cam.name, choice.recipe, exc, configured,
+                )  # fmt: skip
+                choices.forget(cam.name)
+        try:
+            models[cam.name] = load(configured)
+        except RecipeError as exc:
+            raise StartupError(f"cameras {cam.name}: {exc}") from exc
     return models
 
 

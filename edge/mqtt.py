@@ -157,7 +157,8 @@ class MqttTransport:
         self._queue: Deque[Outgoing] = deque()
         self._retained: Dict[str, Outgoing] = {}
         self._retained_due: Dict[str, None] = {}  # topics whose latest value is not yet handed to paho
-        self._pending: Deque[Tuple[paho.MQTTMessageInfo, float, int]] = deque()  # (info, handed over, qos)
+        # (info, handed over, qos, kind): what paho holds, so an unacknowledged result is still a result
+        self._pending: Deque[Tuple[paho.MQTTMessageInfo, float, int, str]] = deque()
         self._pending_lock = threading.Lock()  # leaf lock: nothing else is taken while it is held
         self._counter_lock = threading.Lock()  # leaf lock too
         self._subscriptions: Dict[str, Handler] = {}
@@ -356,10 +357,16 @@ class MqttTransport:
             return []
         leftovers = drop()
         with self._pending_lock:
+            kinds = {info.mid: kind for info, _, _, kind in self._pending}
             self._pending.clear()  # everything paho held is either carried back here or was finished
         carried = [
             Outgoing(
-                m.topic, bytes(m.payload), m.qos, bool(m.retain), kind="resent", raw_properties=m.properties
+                m.topic,
+                bytes(m.payload),
+                m.qos,
+                bool(m.retain),
+                kind=kinds.get(m.mid, "resent"),
+                raw_properties=m.properties,
             )
             for m in leftovers
             # retained state is re-sent from self._retained with its current value; an old copy would
@@ -494,7 +501,7 @@ class MqttTransport:
         )
         self._count("published")
         with self._pending_lock:
-            self._pending.append((info, time.monotonic(), msg.qos))
+            self._pending.append((info, time.monotonic(), msg.qos, msg.kind))
 
     def _props(self, msg: Outgoing) -> Optional[Properties]:
         if msg.raw_properties is not None:
@@ -517,7 +524,19 @@ class MqttTransport:
         with self._pending_lock:
             while self._pending and _finished(self._pending[0][0]):
                 self._pending.popleft()
-            return sum(1 for info, _, qos in self._pending if not (qos0_only and qos) and not _finished(info))
+            return sum(1 for info, _, qos, _ in self._pending if not (qos0_only and qos) and not _finished(info))
+
+    def occupancy(self) -> Tuple[int, int, int]:
+        """(QoS 0 in flight, QoS >= 1 in flight, queued), read under one lock: the numbers the bound is about.
+
+        Separate calls can each be right and still add up to one too many, because a message may finish or
+        move from the queue to paho between them."""
+        with self._lock:
+            with self._pending_lock:
+                live = [qos for info, _, qos, _ in self._pending if not _finished(info)]
+            queued = len(self._queue)
+        qos0 = live.count(0)
+        return qos0, len(live) - qos0, queued
 
     def unacknowledged_s(self) -> float:
         """How long the oldest unfinished message has waited (0 when none waits)."""
@@ -579,22 +598,41 @@ class MqttTransport:
 
     # --- shutdown ----------------------------------------------------------------------------------------
 
-    def stop(self, final_retained: Sequence[Tuple[str, bytes]] = (), timeout: float = 5.0) -> None:
-        """Publish the final retained states, wait for acks, disconnect cleanly, end the network thread."""
+    def undelivered(self) -> Dict[str, int]:
+        """Messages not delivered yet, by kind: queued here, or handed to paho and not acknowledged."""
+        out: Dict[str, int] = {}
+        with self._lock:
+            kinds = [m.kind for m in self._queue] + [self._retained[t].kind for t in self._retained_due]
+        with self._pending_lock:
+            kinds += [kind for info, _, qos, kind in self._pending if qos and not _finished(info)]
+        for kind in kinds:
+            out[kind] = out.get(kind, 0) + 1
+        return out
+
+    def stop(self, final_retained: Sequence[Tuple[str, bytes]] = (), timeout: float = 5.0) -> Dict[str, int]:
+        """Publish the final retained states, wait for acks, disconnect cleanly, end the network thread.
+
+        Returns what was still undelivered at the end, by kind (empty when everything was acknowledged)."""
         if self._thread is None:
-            return
+            return {}
         for suffix, payload in final_retained:
             self.set_retained(suffix, payload)
         self._wait_flushed(timeout)
-        with self._lock:
-            lost = len(self._queue) + len(self._retained_due)
-        if lost:
-            log.warning("mqtt %s: stopping with %d message(s) not delivered", self.broker, lost)
+        left = self.undelivered()
+        if left:
+            log.warning(
+                "mqtt %s: stopping with %d message(s) not delivered (%s)%s",
+                self.broker,
+                sum(left.values()),
+                ", ".join(f"{n} {kind}" for kind, n in sorted(left.items())),
+                "" if self._connected else f"; the broker is unreachable: {self._last_error or 'never connected'}",
+            )
         self._stop.set()  # the network thread sends DISCONNECT and ends
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("mqtt %s: the network thread did not end within %.0f s", self.broker, timeout)
         self._thread = None
+        return left
 
     def _wait_flushed(self, timeout: float) -> None:
         """Until queue and flight are empty, the connection is lost or ``timeout`` passes."""

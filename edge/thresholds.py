@@ -88,9 +88,11 @@ class ThresholdBook:
         state_file: Optional[Path] = None,
         model_id: str = "",
         models: Optional[Dict[str, str]] = None,
+        bounds: Tuple[Optional[float], Optional[float]] = (None, None),
     ) -> None:
         self.default = float(default)
-        self.lo, self.hi = float(lo), float(hi)
+        self.lo, self.hi = float(lo), float(hi)  # the range of ``default``'s bundle
+        self._bounds = bounds  # postprocess.threshold_min/max as configured (None: from each bundle)
         self.state_file = state_file
         self.model_id = model_id
         # The model each camera runs, where it is not ``model_id`` (recipes, edge.changeover): a recorded
@@ -118,6 +120,17 @@ class ThresholdBook:
             default = self._defaults.get(camera, self.default)
         return live if live is not None else InForce(default, "manifest")
 
+    def range(self, camera: str) -> Tuple[float, float]:
+        """[lo, hi] accepted for ``camera``: from the calibration of the bundle it runs, unless configured."""
+        with self._lock:
+            default = self._defaults.get(camera)
+        if default is None:
+            return self.lo, self.hi
+        try:
+            return threshold_range(default, *self._bounds)
+        except ValueError:  # configured bounds that fit the first bundle but not this one: keep those
+            return self.lo, self.hi
+
     # --- changeover (edge.changeover) ----------------------------------------------------------------------
 
     def model_changed(self, camera: str, default: float, model_id: str, keep_live: bool = False) -> None:
@@ -126,13 +139,17 @@ class ThresholdBook:
         with self._lock:
             self._defaults[camera] = float(default)
             self._models[camera] = model_id
-            dropped = None if keep_live else self._live.pop(camera, None)
+        lo, hi = self.range(camera)
+        with self._lock:
+            live = self._live.get(camera)
+            out_of_range = live is not None and not lo <= live.value <= hi
+            dropped = self._live.pop(camera, None) if (not keep_live or out_of_range) else None
             snapshot = dict(self._live)
         if dropped is not None:
+            why = f"outside [{lo:g}, {hi:g}]" if out_of_range else "set for the previous model"
             log.warning(
-                "threshold %g of %s was set for the previous model; using the new bundle's default %g",
-                dropped.value, camera, default,
-            )  # fmt: skip
+                "threshold %g of %s was %s; using the bundle's default %g", dropped.value, camera, why, default
+            )
             self._save(snapshot)
 
     def set_fixed(self, fixed: Dict[str, Optional[float]]) -> None:
@@ -148,7 +165,7 @@ class ThresholdBook:
                 "this camera's threshold is fixed in the config file (cameras.threshold); remove it there "
                 "to allow changes over MQTT"
             )
-        value = parse_threshold_payload(payload, self.lo, self.hi)
+        value = parse_threshold_payload(payload, *self.range(camera))
         state = InForce(value, "mqtt", time.time() if now is None else now)
         with self._lock:
             self._live[camera] = state
@@ -210,7 +227,9 @@ class ThresholdBook:
                     "ignoring the recorded threshold of %s: set for model %s, not %s", cam, recorded, running
                 )
                 continue
-            if not self.lo <= value <= self.hi:
+            # a camera on another recipe is checked against its bundle's range once that is known
+            # (model_changed with keep_live); the others against this bundle's
+            if cam not in self._models and not self.lo <= value <= self.hi:
                 log.warning(
                     "ignoring the recorded threshold %g of %s: outside [%g, %g]", value, cam, self.lo, self.hi
                 )

@@ -115,3 +115,55 @@ def test_install_bundle_verifies_copies_and_keeps_the_previous_version(bundles: 
     no_store = tmp_path / "no-store.toml"
     no_store.write_text(f'[model]\nbundle = "{bundles / "src" / "A"}"\n[[cameras]]\nname = "x"\nsource = "0"\n')
     assert install(no_store, bundles / "src" / "B").returncode == 3
+
+
+def rollback(config: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", "install-bundle", "--config", str(config), *args],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_rollback_puts_back_the_replaced_version_and_a_second_one_undoes_it(bundles: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f'[model]\nbundle = "{bundles / "src" / "A"}"\nstore = "{store}"\n[[cameras]]\nname = "line"\nsource = "0"\n'
+    )
+    nothing = rollback(config, "--rollback", "cap")
+    assert nothing.returncode == 3 and "no replaced version" in nothing.stderr
+    assert install(config, bundles / "src" / "A", "--name", "cap").returncode == 0
+    assert install(config, bundles / "src" / "B", "--name", "cap").returncode == 0
+    id_a, id_b = read_manifest(store / ".previous-cap").model_id(), read_manifest(store / "cap").model_id()
+    back = rollback(config, "--rollback", "cap")
+    assert back.returncode == 0, back.stderr
+    assert "rolled back" in back.stdout and "systemctl reload" in back.stdout
+    assert read_manifest(store / "cap").model_id() == id_a
+    assert read_manifest(store / ".previous-cap").model_id() == id_b
+    assert rollback(config, "--rollback", "cap").returncode == 0  # and forward again
+    assert read_manifest(store / "cap").model_id() == id_b
+    # a kept version that no longer verifies is refused and nothing moves
+    manifest = json.loads((store / ".previous-cap" / "manifest.json").read_text())
+    manifest["precisions"]["fp32"]["sha256"] = "0" * 64
+    (store / ".previous-cap" / "manifest.json").write_text(json.dumps(manifest))
+    refused = rollback(config, "--rollback", "cap")
+    assert refused.returncode == 3 and "sha256" in refused.stderr
+    assert read_manifest(store / "cap").model_id() == id_b
+    assert sorted(p.name for p in store.iterdir()) == [".previous-cap", "cap"]
+    both = rollback(config, str(bundles / "src" / "A"), "--rollback", "cap")
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_a_recipe_choice_is_kept_until_the_config_names_another(tmp_path: Path) -> None:
+    from edge.changeover import Choice, RecipeChoices
+
+    path = tmp_path / "recipes.json"
+    choices = RecipeChoices(path)
+    choices.record("line", Choice("B", "A", "A", 1700000000.0, "mqtt"))
+    again = RecipeChoices(path)  # a restart
+    assert again.for_camera("line", "A") == Choice("B", "A", "A", 1700000000.0, "mqtt")
+    assert again.for_camera("side", "A") is None
+    assert again.for_camera("line", "C") is None  # the config was edited since: it wins, the choice goes
+    assert RecipeChoices(path).for_camera("line", "A") is None
+    path.write_text("{not json")
+    assert RecipeChoices(path).for_camera("line", "A") is None  # a damaged record is ignored, not fatal

@@ -181,6 +181,41 @@ def test_refused_recipes_leave_the_old_model_running(broker: Broker, store: dict
     assert run.daemon.models.resident() == 1
 
 
+def test_a_recipe_chosen_over_mqtt_survives_a_restart_and_can_still_be_rolled_back(
+    broker: Broker, store: dict, tmp_path: Path
+) -> None:
+    dev = f"keep-{uuid.uuid4().hex[:8]}"
+    prefix = f"edge-anomaly/{dev}"
+    cam = {"name": "line", "source": str(store["video"]), "fps": FPS, "loop": True, "publish_mask": "never"}
+    text = config_for(dev, broker, store["bundles"], cam)
+    text = text.replace(f'device_id = "{dev}"', f'device_id = "{dev}"\nstate_dir = "{tmp_path / "state"}"', 1)
+    sub = Subscriber(broker.host, broker.port, [f"{prefix}/#"])
+    run = InProcess(tmp_path, text).start()
+    try:
+        assert sub.wait_for(lambda m: len(results(sub, prefix, "line")) >= 5, WAIT)
+        sub.publish(f"{prefix}/line/model/set", b"B")
+        assert sub.wait_for(lambda m: active_is(sub, prefix, "B"), WAIT)
+        id_b = model_states(sub, prefix)[-1]["active"]["model"]["id"]
+    finally:
+        assert run.stop() == 0
+    sub.close()
+    assert json.loads((tmp_path / "state" / f"recipes-{dev}.json").read_text())["cameras"]["line"]["recipe"] == "B"
+
+    # a restart on the same config comes back on B, and knows A is what a rollback returns to
+    later = Subscriber(broker.host, broker.port, [f"{prefix}/#"])
+    again = InProcess(tmp_path, text).start()
+    try:
+        assert later.wait_for(lambda m: len(results(later, prefix, "line")) >= 5, WAIT)
+        assert {r["model"]["id"] for r in results(later, prefix, "line")} == {id_b}
+        state = model_states(later, prefix)[-1]
+        assert state["active"]["recipe"] == "B" and state["previous"] == "A"
+        later.publish(f"{prefix}/line/model/set", json.dumps({"rollback": True}).encode())
+        assert later.wait_for(lambda m: active_is(later, prefix, "A"), WAIT)
+    finally:
+        assert again.stop() == 0
+    later.close()
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

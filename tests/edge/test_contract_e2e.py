@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.daemon import EXIT_UNDELIVERED
 from tests.edge.test_daemon_e2e import WAIT, InProcess, config_toml, results
 from tests.helpers.broker import Broker
 from tests.helpers.contract import check
@@ -134,8 +135,9 @@ def test_a_broker_that_never_acknowledges_is_reported_and_bounded(media: dict, t
 
         assert fake.wait_for(reported, WAIT)
     finally:
-        assert run.stop() == 0
+        rc = run.stop()
         fake.close()
+    assert rc == EXIT_UNDELIVERED  # results were dropped: the exit status says so
     docs = [check(p.topic, json.loads(p.payload)) for p in fake.published if p.topic.endswith("/stats")]
     last = docs[-1]
     assert "not acknowledging" in last["warnings"][0] and last["mqtt"]["unacknowledged_s"] >= 1.0

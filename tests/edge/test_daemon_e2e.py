@@ -8,6 +8,7 @@ messages (or notify datagrams) with a timeout; nothing sleeps to synchronise.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 
 from edge.config import load_config
-from edge.daemon import Daemon, build
+from edge.daemon import EXIT_UNDELIVERED, Daemon, build
 from tests.edge.test_mqtt import persistent_broker
 from tests.helpers.broker import Broker
 from tests.helpers.mqtt import Received, Subscriber, availability_text, has_availability
@@ -307,9 +308,10 @@ def test_broker_restart_delivers_queued_results_in_order(media: dict, tmp_path: 
             WAIT,
         )
     finally:
-        assert run.stop() == 0
+        rc = run.stop()
         sub.close()
         broker.stop()
+    assert rc == EXIT_UNDELIVERED and run.daemon.undelivered_results == dropped  # lost results: not a success
     ids = [r["frame_id"] for r in results(sub, prefix, "line")]
     assert len(set(ids)) + dropped == run.daemon.stats.count("frames_scored")
     after = list(dict.fromkeys(ids[len(before) :]))  # QoS 1 may repeat one in flight at the outage
@@ -468,6 +470,42 @@ def test_startup_errors_exit_3_and_config_errors_exit_2(broker: Broker, media: d
     assert main(["--config", str(cfg), "--set", "model.precision=int8"]) == EXIT_STARTUP  # not in this bundle
     missing_secret = ["--set", "mqtt.password_file=/nonexistent/secret"]
     assert main(["--config", str(cfg), *missing_secret]) == EXIT_CONFIG
+
+
+def test_an_unreachable_broker_is_named_and_lost_results_exit_non_zero(
+    media: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    from edge import daemon as daemon_mod
+    from edge.cli import EXIT_UNDELIVERED, main
+
+    with socket.socket() as s:  # a port nobody listens on: every connect is refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nobody = SimpleNamespace(host="127.0.0.1", port=port)
+    cams = [{"name": "line", "source": str(media["video"]), "loop": True, "fps": 20}]
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(config_toml("gone", nobody, media["bundle"], cams), encoding="utf-8")  # type: ignore[arg-type]
+    caplog.set_level(logging.INFO)
+    assert EXIT_UNDELIVERED == daemon_mod.EXIT_UNDELIVERED != 0
+    assert main(["--config", str(cfg), "--max-frames", "6"]) == EXIT_UNDELIVERED
+    lines = [r.getMessage() for r in caplog.records]
+    refused = [m for m in lines if f"127.0.0.1:{port}: cannot connect" in m]
+    assert len(refused) == 1 and "refused" in refused[0].lower(), lines  # one line per state change
+    final = [r for r in caplog.records if "never reached broker" in r.getMessage()]
+    assert len(final) == 1 and final[0].levelno == logging.ERROR
+    n = int(final[0].getMessage().split()[0])
+    assert n >= 6 and f"127.0.0.1:{port}" in final[0].getMessage()
+
+
+def test_every_result_delivered_exits_0(broker: Broker, media: dict, tmp_path: Path) -> None:
+    from edge.cli import main
+
+    cams = [{"name": "line", "source": str(media["video"]), "loop": True, "fps": 20}]
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(config_toml(f"ok-{uuid.uuid4().hex[:6]}", broker, media["bundle"], cams), encoding="utf-8")
+    assert main(["--config", str(cfg), "--max-frames", "6"]) == 0
 
 
 # --- large MJPEG frames, slow postprocess ----------------------------------------------------------------

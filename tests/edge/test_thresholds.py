@@ -78,3 +78,27 @@ def test_a_changeover_gives_the_camera_its_new_model_default_and_records_sets_pe
     assert on_b.get("line") == (7.5, "mqtt")
     on_a = ThresholdBook(default=4.0, fixed={}, lo=LO, hi=HI, state_file=state, model_id="A@1")
     assert on_a.get("line") == (4.0, "manifest")
+
+
+def test_each_camera_accepts_the_range_of_the_bundle_it_runs(tmp_path: Path) -> None:
+    lo, hi = threshold_range(1.0, None, None)  # bundle A's calibration: [0, 100]
+    state = tmp_path / "thresholds.json"
+    book = ThresholdBook(default=1.0, fixed={}, lo=lo, hi=hi, state_file=state, model_id="A@1")
+    book.model_changed("line", 50.0, "B@2")  # B's scores are larger: its range reaches 500
+    assert book.range("line") == threshold_range(50.0, None, None) == (0.0, 500.0)
+    assert book.range("side") == (0.0, 100.0)
+    book.set_from_payload("line", b"300")
+    with pytest.raises(ThresholdError):
+        book.set_from_payload("side", b"300")  # still on A
+    # after a restart, line (on B) keeps 300; it is checked against B's range, not A's
+    again = ThresholdBook(1.0, {}, lo, hi, state_file=state, model_id="A@1", models={"line": "B@2"})
+    again.model_changed("line", 50.0, "B@2", keep_live=True)
+    assert again.get("line") == (300.0, "mqtt")
+    # the same record on a B whose calibration now tops out lower is dropped, not applied
+    low = ThresholdBook(1.0, {}, lo, hi, state_file=state, model_id="A@1", models={"line": "B@2"})
+    low.model_changed("line", 20.0, "B@2", keep_live=True)
+    assert low.get("line") == (20.0, "manifest")
+    # configured bounds hold for every bundle
+    fixed = ThresholdBook(1.0, {}, 0.5, 9.0, model_id="A@1", bounds=(0.5, 9.0))
+    fixed.model_changed("line", 50.0, "B@2")
+    assert fixed.range("line") == (0.5, 9.0)

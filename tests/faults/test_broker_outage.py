@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.daemon import EXIT_UNDELIVERED
 from tests.faults.conftest import (
     REPO,
     WAIT,
@@ -92,7 +93,7 @@ def test_broker_outage_keeps_newest_results_in_order_and_counts_the_rest(
         assert sub.wait_for(lambda m: _stable_stats(stats(sub, prefix, since=fault)), WAIT)
         final = stats(sub, prefix, since=fault)[-1]
         assert daemon.alive()
-        assert daemon.terminate() == 0
+        assert daemon.terminate() == EXIT_UNDELIVERED  # results were dropped: a clean stop, not a success
         sub.barrier()  # every result the broker routed here has arrived
     finally:
         sub.close()
@@ -105,6 +106,7 @@ def test_broker_outage_keeps_newest_results_in_order_and_counts_the_rest(
 
     # What the queue held was sent on reconnect: exactly BOUND results (it was full, then drained).
     flushed = [int(n) for n in re.findall(r"sending (\d+) queued messages", log)]
+    assert f"{dropped} result(s) never reached broker {broker.host}:{broker.port}" in log, log[-3000:]
     assert BOUND in flushed[1:], log[-3000:]
 
     ids = [r["frame_id"] for r in results(sub, prefix, "line")]

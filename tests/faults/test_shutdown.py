@@ -3,7 +3,8 @@
 - The real daemon in a subprocess, signalled while a looping video is being scored: exit code 0, STOPPING=1
   on the notify socket, retained status ``offline`` with reason ``shutdown`` (the clean message, not the
   Last Will's "connection lost"), availability ``offline``, each frame id published at most once, in order.
-- The same signal during a broker outage: still exit 0, promptly (no wait for acks that cannot come).
+- The same signal during a broker outage: a prompt stop (no wait for acks that cannot come) with exit 4,
+  because the results scored while the broker was away never reached it.
 - The same signal delivered exactly while a frame is inside the backend (in-process: ``edge.cli.main`` in
   this thread with its real signal handlers, the backend wrapped so a run can be held open): the result of
   that frame, and of every frame scored, is published before the daemon exits.
@@ -24,6 +25,7 @@ import pytest
 
 import edge.daemon
 from edge.cli import main
+from edge.daemon import EXIT_UNDELIVERED
 from tests.faults.conftest import (
     WAIT,
     DaemonProcess,
@@ -82,14 +84,15 @@ def test_sigterm_while_scoring_exits_0_with_clean_retained_state(
     assert late.on(f"{prefix}/line/availability") == []  # availability is an event, never retained
 
 
-def test_sigterm_while_the_broker_is_down_still_exits_0(
+def test_sigterm_while_the_broker_is_down_stops_promptly_and_says_results_were_lost(
     own_broker: Broker,
     media: Media,
     tmp_path: Path,
     spawn: Callable[..., DaemonProcess],
     notify_socket: NotifySocket,
 ) -> None:
-    """Stopping the service during a broker outage must not hang on acknowledgements that cannot come."""
+    """Stopping the service during a broker outage must not hang on acknowledgements that cannot come, and
+    must not call it a success either: the results scored while the broker was away never reached it."""
     dev = device_id("termdown")
     prefix = f"edge-anomaly/{dev}"
     cams = [{"name": "line", "source": str(media.video), "loop": True, "fps": 20, "publish_mask": "never"}]
@@ -102,9 +105,23 @@ def test_sigterm_while_the_broker_is_down_still_exits_0(
     finally:
         sub.close()
     own_broker.stop()
-    assert daemon.terminate() == 0, daemon.output()[-3000:]
+    # the first failed reconnect comes after reconnect_min_s, by which time frames were scored offline
+    assert _wait_for_output(daemon, f"{own_broker.host}:{own_broker.port}: cannot connect"), daemon.output()
+    assert daemon.terminate() == EXIT_UNDELIVERED, daemon.output()[-3000:]
     notify_socket.wait_for("STOPPING=1", after=notify_socket.wait_for("READY=1"))
-    assert "stopped cleanly" in daemon.output()
+    out = daemon.output()
+    assert "stopped cleanly" in out and f"never reached broker {own_broker.host}:{own_broker.port}" in out
+
+
+def _wait_for_output(daemon: DaemonProcess, text: str, timeout: float = WAIT) -> bool:
+    """A log line that has no event of its own to wait on (the daemon writes it to a file), polled."""
+    tick = threading.Event()
+    deadline = time.monotonic() + timeout
+    while text not in daemon.output():
+        if time.monotonic() > deadline or not daemon.alive():
+            return False
+        tick.wait(0.05)
+    return True
 
 
 class HeldBackend:
