@@ -79,19 +79,28 @@ def test_recipes_resolve_by_name_or_bundle_id(bundles: Path) -> None:
         recipes.resolve(".previous-B")
 
 
-def install(config: Path, bundle: Path, *extra: str) -> subprocess.CompletedProcess:
+def install_bundle_cli(config: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "edge.cli", "install-bundle", str(bundle), "--config", str(config), *extra],
+        [sys.executable, "-m", "edge.cli", "install-bundle", "--config", str(config), *args],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 
 
-def test_install_bundle_verifies_copies_and_keeps_the_previous_version(bundles: Path, tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    config = tmp_path / "edge.toml"
+def install(config: Path, bundle: Path, *extra: str) -> subprocess.CompletedProcess:
+    return install_bundle_cli(config, str(bundle), *extra)
+
+
+def store_config(tmp_path: Path, bundles: Path) -> tuple[Path, Path]:
+    """(store, config): a config whose model.bundle is recipe A and whose store is empty."""
+    store, config = tmp_path / "store", tmp_path / "edge.toml"
     config.write_text(
         f'[model]\nbundle = "{bundles / "src" / "A"}"\nstore = "{store}"\n[[cameras]]\nname = "line"\nsource = "0"\n'
     )
+    return store, config
+
+
+def test_install_bundle_verifies_copies_and_keeps_the_previous_version(bundles: Path, tmp_path: Path) -> None:
+    store, config = store_config(tmp_path, bundles)
     first = install(config, bundles / "src" / "A", "--name", "cap")
     assert first.returncode == 0, first.stderr
     assert "systemctl reload" in first.stdout
@@ -117,19 +126,9 @@ def test_install_bundle_verifies_copies_and_keeps_the_previous_version(bundles: 
     assert install(no_store, bundles / "src" / "B").returncode == 3
 
 
-def rollback(config: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "edge.cli", "install-bundle", "--config", str(config), *args],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-
-
 def test_rollback_puts_back_the_replaced_version_and_a_second_one_undoes_it(bundles: Path, tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    config = tmp_path / "edge.toml"
-    config.write_text(
-        f'[model]\nbundle = "{bundles / "src" / "A"}"\nstore = "{store}"\n[[cameras]]\nname = "line"\nsource = "0"\n'
-    )
+    store, config = store_config(tmp_path, bundles)
+    rollback = install_bundle_cli
     nothing = rollback(config, "--rollback", "cap")
     assert nothing.returncode == 3 and "no replaced version" in nothing.stderr
     assert install(config, bundles / "src" / "A", "--name", "cap").returncode == 0
