@@ -16,7 +16,7 @@ Rules it keeps:
 
 - It never slows scoring: the publish stage :meth:`offers <EvidenceStore.offer>` a frame and returns at once;
   a writer thread of its own encodes and writes. A full queue drops the frame (counted, ``dropped_queue``).
-- It stays bounded: after each write the oldest rows go until the files fit ``max_bytes``; rows older than
+- It stays bounded: before each write the oldest rows go until the new files fit ``max_bytes``; rows older than
   ``max_age_s`` go too. Every deletion is counted (``evicted_size``, ``evicted_age``).
 - A full disk (ENOSPC/EDQUOT, or SQLite's "disk is full") stops writing, is reported (``disk_full`` in the
   stats, a warning, one ERROR line in the log) and retried after ``RETRY_FULL_S``; scoring goes on and the
@@ -289,7 +289,6 @@ class EvidenceStore:
             if self._db is None:
                 self._db = self._open()
             self._write(self._db, item)
-            self._enforce_bounds(self._db)
         except (OSError, sqlite3.Error) as exc:
             self._disk_full_or_error(exc)
         except Exception:  # a bug must not end the writer: count, log, back off
@@ -332,6 +331,8 @@ class EvidenceStore:
             mask_name = str(folder / f"{stem}_mask.png")
             files.append((mask_name, item.mask_png or encode_mask_png(item.verdict)))
         files.append((str(folder / f"{stem}.json"), json.dumps(doc, sort_keys=True).encode()))
+        size = sum(len(data) for _, data in files)
+        self._enforce_bounds(db, incoming=size)  # room first, so the files on disk never exceed the cap
         written: List[Path] = []
         try:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
@@ -340,7 +341,6 @@ class EvidenceStore:
                 written.append(path)
                 with open(path, "wb") as fh:
                     fh.write(data)
-            size = sum(len(data) for _, data in files)
             h, w = item.frame.hw
             db.execute(
                 f"INSERT INTO evidence ({COLUMNS.partition(', ')[2]}) VALUES "
@@ -369,7 +369,8 @@ class EvidenceStore:
 
     # --- bounds ------------------------------------------------------------------------------------------
 
-    def _enforce_bounds(self, db: sqlite3.Connection) -> None:
+    def _enforce_bounds(self, db: sqlite3.Connection, incoming: int = 0) -> None:
+        """Delete rows past the retention age, then the oldest until ``incoming`` more bytes fit the cap."""
         now_mono = time.monotonic()
         if now_mono - self._last_sweep >= AGE_SWEEP_S:
             self._last_sweep = now_mono
@@ -380,7 +381,7 @@ class EvidenceStore:
             self._delete(db, [Record.from_row(r) for r in old], "evicted_age")
         while True:
             with self._lock:
-                over = self._bytes - self.cfg.max_bytes
+                over = self._bytes + incoming - self.cfg.max_bytes
             if over <= 0:
                 return
             oldest = db.execute(f"SELECT {COLUMNS} FROM evidence ORDER BY ts, id LIMIT 32").fetchall()

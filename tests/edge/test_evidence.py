@@ -142,6 +142,38 @@ def test_size_cap_deletes_oldest_first_and_counts(store_factory, tmp_path: Path)
     assert sum(p.stat().st_size for p in files) == snap["bytes"] <= cap
 
 
+def test_the_cap_holds_while_a_frame_is_being_written(tmp_path: Path) -> None:
+    """Room is made before the new files land, so the folder never exceeds the cap, even for a moment."""
+    root = tmp_path / "evidence"
+    cap = 120_000
+    store = EvidenceStore(root, EvidenceConfig(enabled=True, max_bytes=cap, good_every=1))
+    seen: list[int] = []
+
+    class Watching:  # the index connection, checking the folder at each row's INSERT (its files are written)
+        def __init__(self, db: object) -> None:
+            self._db = db
+
+        def execute(self, sql: str, *args: object) -> object:
+            if sql.lstrip().startswith("INSERT"):
+                seen.append(sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and "index" not in p.name))
+            return self._db.execute(sql, *args)  # type: ignore[attr-defined]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._db, name)
+
+    opened = store._open
+    store._open = lambda: Watching(opened())  # type: ignore[method-assign]
+    store.start()
+    try:
+        for i in range(30):
+            offer(store, i, 0.0)
+        assert store.drain()
+    finally:
+        store.close()
+    assert len(seen) == 30 and store.snapshot()["evicted_size"] > 0
+    assert max(seen) <= cap
+
+
 def test_retention_age_deletes_old_rows(store_factory, tmp_path: Path) -> None:
     store = store_factory(max_age_s=60, good_every=1)
     old = time.time() - 3600
