@@ -312,6 +312,13 @@ class EvidenceConfig(_Section):
     queue_max: int = Field(
         default=32, ge=1, le=10_000, description="frames waiting for the writer; beyond it they are dropped, counted"
     )
+    queue_max_mb: float = Field(
+        default=16.0,
+        gt=0,
+        le=4096,
+        description="memory the frames waiting for the writer may hold (full-resolution images); beyond it "
+        "they are dropped, counted: what the store can add to the daemon's RSS",
+    )
     writer_nice: int = Field(
         default=19,
         ge=0,

@@ -129,6 +129,15 @@ class _Item:
     model_id: str
     reason: str
     mask_png: Optional[bytes] = None  # the mask as already encoded for MQTT: not encoded a second time
+    nbytes: int = 0  # what the item holds in memory while it waits (counted against queue_max_mb)
+
+
+def _held_bytes(frame: Frame, verdict: Verdict, mask_png: Optional[bytes]) -> int:
+    """Memory a queued item keeps alive: the frame (decoded or JPEG), the model-size maps, the mask PNG."""
+    total = len(mask_png or b"")
+    for arr in (frame.image, frame.jpeg, verdict.norm_map, verdict.mask_model):
+        total += 0 if arr is None else int(arr.nbytes)
+    return total
 
 
 class EvidenceStore:
@@ -145,6 +154,7 @@ class EvidenceStore:
              "evicted_age"), 0,
         )  # fmt: skip
         self._bytes = 0
+        self._queued_bytes = 0  # memory held by items waiting for the writer (queue_max_mb)
         self._rows = 0
         self._full_until: Optional[float] = None  # monotonic time until which a full disk is not retried
         self._full_reason = ""
@@ -189,10 +199,17 @@ class EvidenceStore:
             if full:
                 self._counts["dropped_disk_full"] += 1
                 return False
+        nbytes = _held_bytes(frame, verdict, mask_png)
+        with self._lock:  # the byte bound: full-resolution frames add up fast, whatever queue_max says
+            if self._queued_bytes + nbytes > self.cfg.queue_max_mb * 2**20 and self._queued_bytes > 0:
+                self._counts["dropped_queue"] += 1
+                return False
+            self._queued_bytes += nbytes
         try:
-            self._queue.put_nowait(_Item(camera, frame, verdict, result, model_id, why, mask_png))
+            self._queue.put_nowait(_Item(camera, frame, verdict, result, model_id, why, mask_png, nbytes))
         except queue.Full:
             with self._lock:
+                self._queued_bytes -= nbytes
                 self._counts["dropped_queue"] += 1
             return False
         return True
@@ -261,6 +278,9 @@ class EvidenceStore:
                     return
                 self._handle(item)
             finally:
+                if item is not None:
+                    with self._lock:
+                        self._queued_bytes -= item.nbytes
                 self._queue.task_done()
                 if item is None and self._db is not None:
                     self._db.close()

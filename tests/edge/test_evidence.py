@@ -302,3 +302,23 @@ def test_export_writes_an_mvtec_layout_that_training_reads(store_factory, tmp_pa
     assert len(docs) == 3 and all(d["anomalous"] and d["mask"] for d in docs)
     missing = evidence_main(["list", "--dir", str(tmp_path / "nowhere")])
     assert missing == 2
+
+
+def test_frames_waiting_for_the_writer_are_bounded_in_bytes(tmp_path: Path) -> None:
+    """A slow writer pins at most queue_max_mb of frames (what the store can add to the daemon's RSS)."""
+    f = frame(0)
+    held = ev._held_bytes(f, verdict(9.0), None)
+    store = EvidenceStore(
+        tmp_path / "evidence", EvidenceConfig(enabled=True, queue_max=100, queue_max_mb=2.5 * held / 2**20)
+    )  # not started: nothing is taken off the queue yet
+    kept = [offer(store, i, 9.0) for i in range(6)]
+    assert kept == [True, True, False, False, False, False]
+    assert store.snapshot()["dropped_queue"] == 4 and store.snapshot()["queued"] == 2
+    store.start()
+    try:
+        assert store.drain()
+        assert offer(store, 10, 9.0) and offer(store, 11, 9.0)  # room again once written
+        assert store.drain()
+    finally:
+        store.close()
+    assert store.snapshot()["written"] == 4
