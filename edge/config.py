@@ -319,6 +319,11 @@ class EvidenceConfig(_Section):
         description="memory the frames waiting for the writer may hold (full-resolution images); beyond it "
         "they are dropped, counted: what the store can add to the daemon's RSS",
     )
+    writer_idle: bool = Field(
+        default=True,
+        description="run the writer in the idle scheduling class (Linux): it only uses CPU that inference "
+        "leaves free; under saturation its queue drops, counted",
+    )
     writer_nice: int = Field(
         default=19,
         ge=0,

@@ -45,7 +45,7 @@ import numpy as np
 from edge.config import EvidenceConfig
 from edge.frames import Frame
 from edge.postprocess import Verdict, encode_mask_png
-from edge.priority import lower_current_thread_priority
+from edge.priority import idle_current_thread, lower_current_thread_priority
 
 log = logging.getLogger("edge.evidence")
 
@@ -265,6 +265,8 @@ class EvidenceStore:
 
     def _loop(self) -> None:
         lower_current_thread_priority(self.cfg.writer_nice)
+        if self.cfg.writer_idle:
+            idle_current_thread()
         try:
             self._db = self._open()
         except (OSError, sqlite3.Error) as exc:

@@ -30,3 +30,19 @@ def lower_current_thread_priority(increment: int) -> bool:
     except OSError as exc:  # e.g. a seccomp filter: priorities are an optimisation, never a failure
         log.debug("could not lower the priority of thread %s: %s", threading.current_thread().name, exc)
         return False
+
+
+def idle_current_thread() -> bool:
+    """Put the calling thread in the idle scheduling class: it runs only on a core nothing else wants.
+
+    For work that may starve when the CPU is saturated and lose nothing but itself (the evidence writer:
+    its bounded queue then drops, counted). Linux only; False where it cannot be applied.
+    """
+    if not hasattr(os, "sched_setscheduler") or not hasattr(os, "SCHED_IDLE"):
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: the calling thread on Linux
+        return True
+    except OSError as exc:
+        log.debug("could not move thread %s to the idle class: %s", threading.current_thread().name, exc)
+        return False

@@ -113,17 +113,24 @@ def test_a_mask_already_encoded_for_mqtt_is_stored_as_it_is(store_factory, tmp_p
     assert own[20, 20] == 255 and own[50, 50] == 0  # encoded by the writer when nothing was handed over
 
 
-def test_the_writer_thread_runs_at_the_configured_nice(store_factory) -> None:
+def test_the_writer_thread_runs_at_the_configured_priority(store_factory) -> None:
     import os
 
     if not hasattr(os, "getpriority"):
         pytest.skip("per-thread nice is Linux-only")
-    store = store_factory(writer_nice=7)
+    store = store_factory(writer_nice=7, writer_idle=False)
     seen: list[int] = []
     store._write = lambda db, item: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))  # type: ignore[method-assign]
     offer(store, 1, 9.0)
     assert store.drain()
     assert seen == [min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)]
+    # by default the writer only takes CPU that nothing else wants (Linux's idle class)
+    idle = store_factory(root=store.root.parent / "idle")
+    policies: list[int] = []
+    idle._write = lambda db, item: policies.append(os.sched_getscheduler(0))  # type: ignore[method-assign]
+    offer(idle, 2, 9.0)
+    assert idle.drain()
+    assert policies == [os.SCHED_IDLE]
 
 
 def test_size_cap_deletes_oldest_first_and_counts(store_factory, tmp_path: Path) -> None:
