@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from training.synthetic import Defect, part_sequence
+from training.synthetic import Defect, draw_scratch, part_sequence
 
 
 def _hexagon(cx: float, cy: float, radius: float, angle: float) -> np.ndarray:
@@ -52,10 +52,7 @@ def defective_part_b(rng: np.random.Generator, size: int = 128, kind: str | None
         colour = (30, 60, 150) if rng.random() < 0.5 else (235, 240, 245)  # rust or a bright burr
     elif kind == "scratch":
         length = size * rng.uniform(0.15, 0.22)
-        theta = angle + np.pi / 2  # along the face, not into the hole
-        p1 = (int(cx - np.cos(theta) * length / 2), int(cy - np.sin(theta) * length / 2))
-        p2 = (int(cx + np.cos(theta) * length / 2), int(cy + np.sin(theta) * length / 2))
-        cv2.line(mask, p1, p2, 255, max(2, size // 40))
+        draw_scratch(mask, cx, cy, length, angle + np.pi / 2)  # along the face, not into the hole
         colour = (15, 15, 15)
     else:
         raise ValueError(f"unknown defect kind {kind!r}; use 'blob' or 'scratch'")

@@ -39,6 +39,13 @@ def good_part(rng: np.random.Generator, size: int = 128) -> np.ndarray:
     return bgr
 
 
+def draw_scratch(mask: np.ndarray, cx: int, cy: int, length: float, theta: float) -> None:
+    """A straight scratch of ``length`` px centred on (cx, cy) at angle ``theta``, into ``mask`` (255)."""
+    dx, dy = np.cos(theta) * length / 2, np.sin(theta) * length / 2
+    p1, p2 = (int(cx - dx), int(cy - dy)), (int(cx + dx), int(cy + dy))
+    cv2.line(mask, p1, p2, 255, max(2, mask.shape[0] // 40))
+
+
 def defective_part(rng: np.random.Generator, size: int = 128, kind: str | None = None) -> Defect:
     """A part with one pasted defect inside the disc; ``kind`` is 'blob' or 'scratch' (random if None)."""
     img = good_part(rng, size)
@@ -52,10 +59,7 @@ def defective_part(rng: np.random.Generator, size: int = 128, kind: str | None =
         colour = (25, 30, 40) if rng.random() < 0.5 else (240, 250, 255)
     elif kind == "scratch":
         length = size * rng.uniform(0.2, 0.3)
-        theta = rng.uniform(0, np.pi)
-        p1 = (int(cx - np.cos(theta) * length / 2), int(cy - np.sin(theta) * length / 2))
-        p2 = (int(cx + np.cos(theta) * length / 2), int(cy + np.sin(theta) * length / 2))
-        cv2.line(mask, p1, p2, 255, max(2, size // 40))
+        draw_scratch(mask, cx, cy, length, rng.uniform(0, np.pi))
         colour = (20, 20, 20)
     else:
         raise ValueError(f"unknown defect kind {kind!r}; use 'blob' or 'scratch'")
