@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,3 +97,24 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.synthetic import write_mvtec_dataset
 
     return write_mvtec_dataset(tmp_path_factory.mktemp("synthetic") / "parts", n_train=48, n_test_good=8, n_test_defect=8)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller's own EDGE_* variables must not change the configs a test writes or reads.
+
+    Modules that build configs ask for it with ``pytestmark = pytest.mark.usefixtures("clean_env")``."""
+    for key in list(os.environ):
+        if key.upper().startswith("EDGE_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen]]:
+    """Subprocesses a test starts; any still running at its end is killed."""
+    made: list[subprocess.Popen] = []
+    yield made
+    for proc in made:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -16,7 +16,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -222,15 +221,6 @@ def rss_mib(pid: int) -> float:
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
 
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen]]:
-    made: list[subprocess.Popen] = []
-    yield made
-    for proc in made:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 BALLAST_MB = 48

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -36,11 +35,7 @@ WAIT = 30.0
 DEFECT_EVERY = 3  # frames 2, 5, 8, ... are defective
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.upper().startswith("EDGE_"):
-            monkeypatch.delenv(key)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 @pytest.fixture(scope="module")
@@ -333,15 +328,6 @@ def spawn(config: Path, *args: str, env: dict | None = None) -> subprocess.Popen
         stderr=subprocess.STDOUT,
     )
 
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen]]:
-    made: list[subprocess.Popen] = []
-    yield made
-    for proc in made:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 def test_kill_9_leaves_status_offline_via_last_will(

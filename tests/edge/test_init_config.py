@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,7 @@ from edge.cli import EXIT_CONFIG, EXIT_OK, main
 from edge.config import load_config
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.upper().startswith("EDGE_"):
-            monkeypatch.delenv(key)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def run(*argv: str) -> tuple[int, str, str]:

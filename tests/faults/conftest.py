@@ -34,11 +34,8 @@ LOOP_FRAMES = 20
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An EDGE_* variable of the caller's shell must not change the configs these tests write."""
-    for key in list(os.environ):
-        if key.upper().startswith("EDGE_"):
-            monkeypatch.delenv(key)
+def _no_caller_env(clean_env: None) -> None:
+    """Every fault test: the caller's EDGE_* variables must not change the configs written here."""
 
 
 @dataclass(frozen=True)
