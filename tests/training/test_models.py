@@ -129,17 +129,16 @@ def test_images_load_in_model_colour_order(synthetic_dataset: Path) -> None:
 @pytest.mark.parametrize("stem", ["scratch", "teacher"])
 def test_gtrans_cached_loss_equals_the_one_graph_loss(stem: str) -> None:
     """Training reads the AGN's outputs from a cache; the loss must be what the model computes itself."""
-    from training.train import batch_loss, cache_targets
 
     torch.manual_seed(0)
     model = build_model("gtrans", {"image_size": 64, "depth": 1, "dim": 32, "student_stem": stem})
     x = torch.randn(6, 3, 64, 64)
-    cached = cache_targets("gtrans", model, x)
+    cached = model.eval().cache_frozen(x)
     assert len(cached) == len(model.config.teacher_blocks) + (stem == "teacher")
     model.eval()
     idx = torch.tensor([4, 1, 2])
     with torch.no_grad():
-        torch.testing.assert_close(batch_loss("gtrans", model, x, cached, idx), model.training_loss(x[idx]))
+        torch.testing.assert_close(model.batch_loss(x, cached, idx), model.training_loss(x[idx]))
 
 
 def test_gtrans_teacher_stem_is_frozen_and_batch_independent() -> None:

@@ -23,6 +23,7 @@ from torch import nn
 
 from training.anomaly_map import MapHead
 from training.backbones.vit import ViTS14
+from training.models.base import TrainableModel
 from training.models.conv_decoder import ConvDecoder, reconstruction_error
 
 
@@ -49,7 +50,7 @@ class AnoViTConfig:
     sigma: float = 4.0
 
 
-class AnoViT(nn.Module):
+class AnoViT(TrainableModel):
     def __init__(self, config: AnoViTConfig) -> None:
         super().__init__()
         self.config = config
@@ -122,6 +123,29 @@ class AnoViT(nn.Module):
         if not self.config.finetune_blocks:
             return self.neck(frozen)
         return self.neck(self.to_map(self.encoder.layers_from(frozen, self.first_tuned, self.layers)))
+
+    def load_pretrained(self) -> None:
+        from training.backbones.vit import load_vit_s14
+
+        self.encoder.load_state_dict(load_vit_s14(img_size=self.config.image_size).state_dict(), strict=True)
+
+    @torch.no_grad()
+    def cache_frozen(self, x: torch.Tensor, batch: int = 16) -> list[torch.Tensor] | None:
+        if not self.config.freeze_encoder:
+            return None
+        return [torch.cat([self.frozen_part(x[i : i + batch]) for i in range(0, len(x), batch)])]
+
+    def batch_loss(
+        self,
+        x: torch.Tensor,
+        cached: list[torch.Tensor] | None,
+        idx: torch.Tensor,
+        corrupted: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.training_loss(x[idx], frozen=None if cached is None else cached[0][idx])
+
+    def pretrained_trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.encoder.parameters() if p.requires_grad]
 
     def training_loss(self, x: torch.Tensor, frozen: torch.Tensor | None = None) -> torch.Tensor:
         features = self.encode(x) if frozen is None else self.encode_from(frozen)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from training.anomaly_map import MapHead
+from training.models.base import TrainableModel
 from training.models.conv_decoder import ConvDecoder, reconstruction_error
 
 
@@ -31,7 +32,7 @@ def conv_bn_relu(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     )
 
 
-class ConvAE(nn.Module):
+class ConvAE(TrainableModel):
     def __init__(self, config: ConvAEConfig) -> None:
         super().__init__()
         self.config = config

@@ -22,6 +22,7 @@ from torch import nn
 
 from training.anomaly_map import MapHead
 from training.backbones.efficientnet_lite import EfficientNetLite0
+from training.models.base import TrainableModel
 
 
 @dataclass
@@ -158,7 +159,7 @@ class Student(nn.Module):
         return outs
 
 
-class GTrans(nn.Module):
+class GTrans(TrainableModel):
     # The score *is* the teacher-student difference, so int8 noise in the frozen teacher reads as anomaly
     # (measured: map r 0.59 with the teacher quantised, 0.9996 without). Export keeps it in float.
     int8_keep_float = ("teacher",)
@@ -228,6 +229,39 @@ class GTrans(nn.Module):
             direction = 1.0 - F.cosine_similarity(s, t, dim=1, eps=1e-6).unsqueeze(1)
             maps.append(dist + self.config.cos_weight * direction)
         return maps
+
+    def load_pretrained(self) -> None:
+        from training.backbones.efficientnet_lite import load_efficientnet_lite0
+
+        self.teacher.load_state_dict(load_efficientnet_lite0(pretrained=True).state_dict(), strict=True)
+
+    @torch.no_grad()
+    def cache_frozen(self, x: torch.Tensor, batch: int = 16) -> list[torch.Tensor] | None:
+        """[the student's input (teacher stem only)] + the standardised targets per scale; fits the teacher's
+        channel statistics on the way, from the same pass."""
+        raw = [self.teacher.features(x[i : i + batch], self.agn_blocks()) for i in range(0, len(x), batch)]
+        per_block = [torch.cat(parts) for parts in zip(*raw, strict=True)]
+        stem = per_block[:1] if self.teacher_stem else []
+        targets = per_block[len(stem) :]
+        self.fit_teacher_stats(targets)
+        return stem + self.standardise(targets)
+
+    def batch_loss(
+        self,
+        x: torch.Tensor,
+        cached: list[torch.Tensor] | None,
+        idx: torch.Tensor,
+        corrupted: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``corrupted`` (a denoising student) is what the student sees instead of images ``idx``, while the
+        teacher's targets stay those of the clean images."""
+        if cached is None:
+            return self.training_loss(x[idx])
+        n_stem = 1 if self.teacher_stem else 0
+        student_input = cached[0][idx] if n_stem else None
+        if corrupted is not None:
+            student_input = self.agn_stem(corrupted) if n_stem else corrupted
+        return self.training_loss(x[idx], teacher=[c[idx] for c in cached[n_stem:]], student_input=student_input)
 
     def training_loss(
         self,

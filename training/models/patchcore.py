@@ -24,6 +24,7 @@ from torch import nn
 
 from training.anomaly_map import MapHead
 from training.backbones.efficientnet_lite import EfficientNetLite0
+from training.models.base import TrainableModel
 
 
 @dataclass
@@ -92,7 +93,7 @@ def greedy_coreset(features: torch.Tensor, n: int, projection_dim: int, seed: in
     return torch.from_numpy(picked)
 
 
-class PatchCore(nn.Module):
+class PatchCore(TrainableModel):
     # The search must stay float (|q|^2 - 2q.B + |B|^2 cancels large terms), and int8 noise in the teacher
     # moves every patch off its bank neighbour: on bottle the int8 map correlated 0.62 with fp32 (the gate
     # wants 0.95). With both float there is nothing left for int8 to speed up, so export refuses --int8.
@@ -116,6 +117,11 @@ class PatchCore(nn.Module):
         super().train(mode)
         self.teacher.eval()  # frozen: BatchNorm always in inference mode
         return self
+
+    def load_pretrained(self) -> None:
+        from training.backbones.efficientnet_lite import load_efficientnet_lite0
+
+        self.teacher.load_state_dict(load_efficientnet_lite0(pretrained=True).state_dict(), strict=True)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) normalised image -> (N, C, H/8, W/8) pooled multi-level patch features."""
