@@ -1,7 +1,8 @@
 """The one backoff of the runtime: capped exponential, optionally jittered, reset after a success.
 
-Cameras and the broker connection both retry with it. The cap is what bounds recovery time: once the camera
-or broker is back, the next attempt comes at most ``maximum`` seconds later, however long the outage was.
+Cameras, the broker connection and the inference loop (after a failed backend call) retry with it. The
+cap is what bounds recovery time: once the camera or broker is back, the next attempt comes at most
+``maximum`` seconds later, however long the outage was.
 Jitter (each delay drawn from [1 - jitter, 1] x the nominal delay) keeps a line of devices that lost the
 same broker from reconnecting in lock step.
 """

@@ -45,12 +45,13 @@ from edge.api import (
     ModelStatePayload,
     iso_utc,
 )
+from edge.atomic import write_json_atomically
 from edge.backends import Backend
 from edge.config import CameraConfig, EdgeConfig
 from edge.manifest import MANIFEST_NAME, BundleError, Manifest, read_manifest
 from edge.postprocess import Postprocessor
 from edge.preprocess import Preprocess
-from edge.thresholds import ThresholdBook, atomic_write_json
+from edge.thresholds import ThresholdBook
 
 log = logging.getLogger("edge.changeover")
 
@@ -310,7 +311,7 @@ class RecipeChoices:
         with self._lock:
             doc = {"format": self.FORMAT, "cameras": {cam: asdict(c) for cam, c in self._choices.items()}}
         try:
-            atomic_write_json(self.path, doc)
+            write_json_atomically(self.path, doc)
         except OSError as exc:  # in force for this run; say that a restart will not come back on it
             log.error("cannot record the recipe choice in %s (%s); a restart starts on the config's", self.path, exc)
 

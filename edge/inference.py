@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
 import numpy as np
 
 from edge.backends import Backend
+from edge.backoff import Backoff
 from edge.config import CameraConfig
 from edge.frames import Frame, FrameSlot, UnusableFrame
 from edge.postprocess import Box, clip_roi
@@ -30,7 +31,7 @@ if TYPE_CHECKING:  # edge.changeover imports the API and the backends; only its 
 
 log = logging.getLogger("edge.inference")
 
-ERROR_BACKOFF_MAX_S = 5.0
+ERROR_BACKOFF_S = (0.2, 5.0)  # first and longest wait after a failed backend call
 
 
 class SignallingSlot(FrameSlot):
@@ -89,6 +90,7 @@ class InferenceStage:
         self._stopping = stopping
         self._rr = 0  # round-robin start, so no camera is always last when a batch is full
         self._error_streak = 0
+        self._error_backoff = Backoff(*ERROR_BACKOFF_S)
         self._roi_warned: Set[str] = set()
 
     @property
@@ -139,7 +141,9 @@ class InferenceStage:
             self._inference_failed(len(prepared))
             return 0
         inference_ms = (time.monotonic() - t_infer) * 1000.0
-        self._error_streak = 0
+        if self._error_streak:
+            self._error_streak = 0
+            self._error_backoff.reset()
         self.stats.mark_inference()
         scored = [
             ScoredFrame(cam, frame, roi, float(scores[i]), maps[i], t_infer, inference_ms, model)
@@ -187,7 +191,7 @@ class InferenceStage:
         self._error_streak += 1
         self.stats.incr("inference_errors")
         self.stats.incr("drops_inference", n)
-        delay = min(ERROR_BACKOFF_MAX_S, 0.1 * 2 ** min(self._error_streak, 10))
+        delay = self._error_backoff.next_delay()
         log.exception(
             "inference failed (%d in a row); %d frame(s) dropped, retrying in %.1f s",
             self._error_streak,

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
+from edge.atomic import write_json_atomically
 from edge.postprocess import ThresholdError, parse_threshold_payload
 
 log = logging.getLogger("edge.thresholds")
@@ -59,21 +59,6 @@ def resolve_state_dir(configured: Optional[Path]) -> Path:
     if os.access(probe, os.W_OK):
         return DEFAULT_STATE_DIR
     return Path.home() / ".local" / "state" / "edge-anomaly"
-
-
-def atomic_write_json(path: Path, doc: object) -> None:
-    """Write-then-rename in the same folder, so a power cut leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ThresholdBook:
@@ -187,7 +172,7 @@ class ThresholdBook:
             },
         }
         try:
-            atomic_write_json(self.state_file, doc)
+            write_json_atomically(self.state_file, doc)
         except OSError as exc:  # the set stays in force for this run; say that it will not survive a restart
             log.error(
                 "cannot record the threshold in %s (%s); it is lost at the next restart", self.state_file, exc

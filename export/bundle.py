@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 
+from edge.atomic import write_atomically
 from edge.manifest import MANIFEST_NAME, Manifest, PrecisionEntry, sha256_file, verify_bundle
 from edge.preprocess import Preprocess
 from edge.signing import SIGNATURE_NAME, TrustedKeys, load_private_key, public_fingerprint, signature_document
@@ -77,9 +78,7 @@ def sign_manifest(bundle_dir: Path, key_path: Path) -> TrustedKeys:
     key = load_private_key(key_path)
     bundle_dir = Path(bundle_dir)
     data = (bundle_dir / MANIFEST_NAME).read_bytes()
-    tmp = bundle_dir / f".{SIGNATURE_NAME}.tmp"
-    tmp.write_bytes(signature_document(key, data))
-    os.replace(tmp, bundle_dir / SIGNATURE_NAME)
+    write_atomically(bundle_dir / SIGNATURE_NAME, signature_document(key, data))
     return TrustedKeys({public_fingerprint(key): key.public_key()})
 
 

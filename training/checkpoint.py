@@ -7,9 +7,7 @@ rebuilt from its config and loaded strictly, so a checkpoint from another archit
 from __future__ import annotations
 
 import importlib
-import os
 import re
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edge.atomic import atomic_file
 from edge.manifest import sha256_file
 from edge.preprocess import Preprocess
 
@@ -92,14 +91,8 @@ def save_checkpoint(
         "data": data or {},
         "train_state": train_state or {},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        torch.save(payload, fh)
     return path
 
 

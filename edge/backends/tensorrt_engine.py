@@ -32,6 +32,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from edge import atomic
+from edge.atomic import TEMP_SUFFIX
 from edge.deps import MissingDependency, require
 from edge.manifest import PRECISIONS, sha256_file
 
@@ -430,42 +432,15 @@ def build_engine_bytes(
 
 
 HASH_SUFFIX = ".sha256"  # beside each engine: sha256 of its bytes, checked before TensorRT sees them
-TEMP_SUFFIX = ".tmp"
-
-
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make renames in ``directory`` durable: without it a power cut can lose a just-cached engine's name."""
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomically(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file, rename, fsync the directory: never a partial file."""
-    path = Path(path)
-    tmp = _temp_name(path)
+    """``edge.atomic.write_atomically``, with an error that says what to do about a full or read-only cache."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        return atomic.write_atomically(path, data)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise EngineCacheError(
-            f"cannot write {path} ({exc.strerror or exc}); free disk space or make {path.parent} writable "
+            f"cannot write {path} ({exc.strerror or exc}); free disk space or make {Path(path).parent} writable "
             "(or set the engine cache directory elsewhere)"
         ) from exc
-    return path
 
 
 def clean_stale_temp_files(cache_dir: Path) -> int:

@@ -39,12 +39,12 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge.api import CameraState, DeviceApi, Identity, ResultPayload
+from edge.atomic import write_json_atomically
 from edge.backoff import Backoff
 from edge.config import MqttConfig, SparkplugConfig, TlsConfig
 from edge.mqtt import configure_tls, read_password
 from edge.priority import lower_current_thread_priority
 from edge.sparkplug import payload as spb
-from edge.thresholds import atomic_write_json
 
 log = logging.getLogger("edge.sparkplug")
 
@@ -88,7 +88,7 @@ class BdSeqStore:
             self._last = self._pending
             if self.path is not None:
                 try:
-                    atomic_write_json(self.path, {"format": STATE_FORMAT, "bdSeq": self._pending})
+                    write_json_atomically(self.path, {"format": STATE_FORMAT, "bdSeq": self._pending})
                 except OSError as exc:  # the session still works; a restart may repeat this bdSeq
                     log.error("cannot record the Sparkplug bdSeq in %s: %s", self.path, exc)
         return self._pending

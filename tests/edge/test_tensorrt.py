@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge import atomic
 from edge.backends import BackendError, load_backend
 from edge.backends import tensorrt_engine as te
 from edge.deps import MissingDependency
@@ -284,7 +285,7 @@ def test_disk_full_in_the_middle_of_writing_leaves_no_partial_file(
         def __exit__(self, *exc: object) -> None:
             self.fh.close()  # type: ignore[attr-defined]
 
-    monkeypatch.setattr(te, "open", lambda path, mode: HalfWriter(real_open(path, mode)), raising=False)
+    monkeypatch.setattr(atomic, "open", lambda path, mode: HalfWriter(real_open(path, mode)), raising=False)
     with pytest.raises(te.EngineCacheError, match="No space left on device"):
         te.cache_engine(data, tmp_path / "e" / "y.engine")
     assert list((tmp_path / "e").iterdir()) == []
@@ -576,7 +577,7 @@ def test_the_cache_directory_is_fsynced_after_each_rename(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     synced: list[Path] = []
-    real = te.fsync_dir
-    monkeypatch.setattr(te, "fsync_dir", lambda d: (synced.append(Path(d)), real(d)))
+    real = atomic.fsync_dir
+    monkeypatch.setattr(atomic, "fsync_dir", lambda d: (synced.append(Path(d)), real(d)))
     te.cache_engine(b"engine bytes", tmp_path / "e" / "a.engine")
     assert synced == [tmp_path / "e", tmp_path / "e"]  # the engine's rename, then its hash's

@@ -31,7 +31,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge.backends import tensorrt_engine as te
+from edge import atomic
 from edge.config import load_config
 from edge.daemon import Daemon, build
 from edge.health import SdNotifier
@@ -319,7 +319,7 @@ def unwritable_bundle(
                 raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
             return real_open(file, mode, *args, **kwargs)  # type: ignore[call-overload]
 
-        monkeypatch.setattr(te, "open", read_only_open, raising=False)
+        monkeypatch.setattr(atomic, "open", read_only_open, raising=False)  # the engine cache writes through it
         yield bundle, os.strerror(errno.EROFS)
         return
     if not _mount_tmpfs(mount, "1m"):
