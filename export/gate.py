@@ -1,8 +1,8 @@
 """The accuracy gate: every exported precision is compared with torch fp32 before it may ship.
 
 Modelled on Polygraphy's comparator: run the reference (``training.graph.InferenceModel`` in torch) and
-each ONNX model (onnxruntime, CPU) on the same images and judge the differences with numbers that mean
-something on the line:
+each ONNX model (through the device's own ONNX Runtime backend, on CPU) on the same images, and judge the
+differences with numbers that mean something on the line:
 
 - score error in normalised units (multiples of the good-score spread, the unit the threshold is in),
   on the held-out good images (``good_score_err_*``, what moves the false-alarm rate) and on all images;
@@ -116,20 +116,20 @@ def torch_outputs(
 
 
 def onnx_outputs(path: Path, images: np.ndarray, batch: int = 8, progress: str | None = None) -> Outputs:
-    """Run an ONNX model on CPU; an unreadable model raises ExportError naming the file."""
-    ort = require("onnxruntime", "train", "the accuracy gate")
+    """Run an ONNX model through the device's own ONNX Runtime backend (CPU): same session options, same
+    output checks. An unreadable model raises ExportError naming the file."""
+    require("onnxruntime", "train", "the accuracy gate")
+    from edge.backends import BackendError
+    from edge.backends.onnxruntime_backend import OnnxRuntimeBackend
+
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise ExportError(
-            f"onnxruntime cannot load {path} ({type(exc).__name__}: {str(exc)[:200]}); re-export it"
-        ) from exc
-
-    def run(x: np.ndarray) -> Outputs:
-        s, m = sess.run(["score", "anomaly_map"], {"image": np.ascontiguousarray(x)})
-        return s, m
-
-    return run_batched(run, images, batch, progress)
+        backend = OnnxRuntimeBackend.for_file(path, images.shape[1:3], max_batch=batch)
+    except BackendError as exc:
+        raise ExportError(str(exc)) from exc
+    try:
+        return run_batched(backend.run, images, batch, progress)
+    finally:
+        backend.close()
 
 
 def map_pearson(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:

@@ -71,20 +71,61 @@ class OnnxRuntimeBackend:
         max_batch: int | None = None,
         trt_cache_dir: Path | None = None,
     ) -> None:
+        max_batch = max_batch if max_batch is not None else manifest.input.max_batch
+        cache_dir = Path(trt_cache_dir) if trt_cache_dir else Path(bundle_dir) / "engines" / "ort-trt"
+        self._open(
+            Path(bundle_dir) / precision_entry(manifest, precision).file,
+            precision,
+            manifest.input.name,
+            (manifest.outputs.score, manifest.outputs.anomaly_map),
+            (manifest.input.height, manifest.input.width),
+            max_batch,
+            providers,
+            intra_op_threads,
+            cache_dir,
+        )
+
+    @classmethod
+    def for_file(
+        cls,
+        path: Path,
+        input_hw: tuple[int, int],
+        *,
+        input_name: str = "image",
+        outputs: tuple[str, str] = ("score", "anomaly_map"),
+        max_batch: int = 8,
+        precision: str = "fp32",
+    ) -> OnnxRuntimeBackend:
+        """The same backend for one ONNX file before its bundle exists: the export's accuracy gate judges
+        each precision with the very session, options and output checks a device will use (CPU)."""
+        backend = cls.__new__(cls)
+        backend._open(Path(path), precision, input_name, outputs, input_hw, max_batch, "cpu", None, None)
+        return backend
+
+    def _open(
+        self,
+        path: Path,
+        precision: str,
+        input_name: str,
+        outputs: tuple[str, str],
+        input_hw: tuple[int, int],
+        max_batch: int,
+        providers: str | Sequence[str],
+        intra_op_threads: int | None,
+        trt_cache_dir: Path | None,
+    ) -> None:
         ort = require("onnxruntime", "onnxruntime", "The onnxruntime backend")
         self.precision = precision
-        self.max_batch = _positive_int(
-            "max_batch", max_batch if max_batch is not None else manifest.input.max_batch
-        )
-        self.input_hw: tuple[int, int] = (manifest.input.height, manifest.input.width)
-        self.path = Path(bundle_dir) / precision_entry(manifest, precision).file
-        self._input = manifest.input.name
-        self._outputs = [manifest.outputs.score, manifest.outputs.anomaly_map]
+        self.max_batch = _positive_int("max_batch", max_batch)
+        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
+        self.path = path
+        self._input = input_name
+        self._outputs = list(outputs)
         chain = provider_chain(providers, ort.get_available_providers())
-        cache_dir = Path(trt_cache_dir) if trt_cache_dir else Path(bundle_dir) / "engines" / "ort-trt"
         options = _session_options(ort, intra_op_threads)
         self.providers = chain
-        self._session = self._open_session(ort, options, _with_provider_options(chain, precision, cache_dir))
+        provider_options = _with_provider_options(chain, precision, trt_cache_dir or path.parent / "ort-trt")
+        self._session = self._open_session(ort, options, provider_options)
         self._check_io()
         log.info(
             "onnxruntime %s: %s on %s", precision, self.path.name, ", ".join(self._session.get_providers())
