@@ -204,6 +204,7 @@ class CameraSource:
         self._lock = threading.RLock()  # guards state + counters; held while on_state runs, to keep order
         self._state = "offline"
         self._reason = "not started"
+        self._fault_from_rejects = False  # the current fault is the watchdog's, for rejected frames only
         self._counts: dict[str, int] = dict.fromkeys(
             ("frames_read", "reconnects", "read_errors", "open_failures", "black_frames", "loops"), 0
         )
@@ -272,6 +273,7 @@ class CameraSource:
                 return  # a grabber that wakes up after stop() (e.g. from a hung read) must not revive the camera
             reason = redact(reason)  # reasons reach the availability and stats topics
             self._reason = reason
+            self._fault_from_rejects = False  # set by the watchdog's own fault for rejected frames only
             if state == self._state:
                 return
             self._state = state
@@ -307,7 +309,7 @@ class CameraSource:
             if self._rejected_since is None:
                 return
             self._rejected_since = None
-            if self._state == "fault" and self._reason.startswith(REJECTED_FAULT):
+            if self._state == "fault" and self._fault_from_rejects:
                 self._set_state("online", "frames flowing")
 
     # ---- watchdog -----------------------------------------------------------------------------------
@@ -329,6 +331,7 @@ class CameraSource:
                     self._fault(f"no frame for {self.fault_after_s:.1f} s")
                 elif self._rejected_since is not None and now - self._rejected_since >= self.fault_after_s:
                     self._fault(f"{REJECTED_FAULT} for {self.fault_after_s:.1f} s")
+                    self._fault_from_rejects = True  # the one fault a usable frame ends (accept_frame)
 
     # ---- grabber ------------------------------------------------------------------------------------
 
