@@ -267,13 +267,13 @@ class CameraSource:
 
     # ---- state --------------------------------------------------------------------------------------
 
-    def _set_state(self, state: str, reason: str) -> None:
+    def _set_state(self, state: str, reason: str, from_rejects: bool = False) -> None:
         with self._lock:
             if self._stop.is_set() and state != "offline":
                 return  # a grabber that wakes up after stop() (e.g. from a hung read) must not revive the camera
             reason = redact(reason)  # reasons reach the availability and stats topics
             self._reason = reason
-            self._fault_from_rejects = False  # set by the watchdog's own fault for rejected frames only
+            self._fault_from_rejects = from_rejects
             if state == self._state:
                 return
             self._state = state
@@ -287,8 +287,9 @@ class CameraSource:
         with self._lock:
             self._counts[key] += n
 
-    def _fault(self, reason: str) -> None:
-        self._set_state("fault", reason)
+    def _fault(self, reason: str, from_rejects: bool = False) -> None:
+        """``from_rejects``: the fault is only that every delivered frame was rejected; a usable one ends it."""
+        self._set_state("fault", reason, from_rejects)
 
     # ---- what the consumer found ----------------------------------------------------------------------
 
@@ -330,8 +331,7 @@ class CameraSource:
                 if now - since >= self.fault_after_s:
                     self._fault(f"no frame for {self.fault_after_s:.1f} s")
                 elif self._rejected_since is not None and now - self._rejected_since >= self.fault_after_s:
-                    self._fault(f"{REJECTED_FAULT} for {self.fault_after_s:.1f} s")
-                    self._fault_from_rejects = True  # the one fault a usable frame ends (accept_frame)
+                    self._fault(f"{REJECTED_FAULT} for {self.fault_after_s:.1f} s", from_rejects=True)
 
     # ---- grabber ------------------------------------------------------------------------------------
 

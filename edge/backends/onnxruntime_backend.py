@@ -99,7 +99,8 @@ class OnnxRuntimeBackend:
         """The same backend for one ONNX file before its bundle exists: the export's accuracy gate judges
         each precision with the very session, options and output checks a device will use (CPU)."""
         backend = cls.__new__(cls)
-        backend._open(Path(path), precision, input_name, outputs, input_hw, max_batch, "cpu", None, None)
+        path = Path(path)
+        backend._open(path, precision, input_name, outputs, input_hw, max_batch, "cpu", None, path.parent / "ort-trt")
         return backend
 
     def _open(
@@ -112,7 +113,7 @@ class OnnxRuntimeBackend:
         max_batch: int,
         providers: str | Sequence[str],
         intra_op_threads: int | None,
-        trt_cache_dir: Path | None,
+        trt_cache_dir: Path,
     ) -> None:
         ort = require("onnxruntime", "onnxruntime", "The onnxruntime backend")
         self.precision = precision
@@ -124,8 +125,7 @@ class OnnxRuntimeBackend:
         chain = provider_chain(providers, ort.get_available_providers())
         options = _session_options(ort, intra_op_threads)
         self.providers = chain
-        provider_options = _with_provider_options(chain, precision, trt_cache_dir or path.parent / "ort-trt")
-        self._session = self._open_session(ort, options, provider_options)
+        self._session = self._open_session(ort, options, _with_provider_options(chain, precision, trt_cache_dir))
         self._check_io()
         log.info(
             "onnxruntime %s: %s on %s", precision, self.path.name, ", ".join(self._session.get_providers())

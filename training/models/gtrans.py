@@ -231,9 +231,7 @@ class GTrans(TrainableModel):
         return maps
 
     def load_pretrained(self) -> None:
-        from training.backbones.efficientnet_lite import load_efficientnet_lite0
-
-        self.teacher.load_state_dict(load_efficientnet_lite0(pretrained=True).state_dict(), strict=True)
+        self.teacher.load_imagenet()
 
     @torch.no_grad()
     def cache_frozen(self, x: torch.Tensor, batch: int = 16) -> list[torch.Tensor] | None:

@@ -119,9 +119,7 @@ class PatchCore(TrainableModel):
         return self
 
     def load_pretrained(self) -> None:
-        from training.backbones.efficientnet_lite import load_efficientnet_lite0
-
-        self.teacher.load_state_dict(load_efficientnet_lite0(pretrained=True).state_dict(), strict=True)
+        self.teacher.load_imagenet()
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) normalised image -> (N, C, H/8, W/8) pooled multi-level patch features."""
