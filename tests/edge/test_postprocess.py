@@ -16,6 +16,7 @@ from edge.postprocess import (
     MAX_THRESHOLD_PAYLOAD,
     Postprocessor,
     ThresholdError,
+    Verdict,
     clip_roi,
     encode_heatmap_jpeg,
     encode_mask_png,
@@ -133,6 +134,24 @@ def test_mask_png_and_heatmap_jpeg_decode() -> None:
     assert np.abs(heat[:10].astype(int) - 90).max() <= 8  # outside the ROI the frame is unchanged
     hot = heat[16 + 33, 16 + 50].astype(int)  # the peak pixel (model 25,33 -> camera x 16+50, y 16+33)
     assert hot[2] > hot[0]  # red over blue where the score is far above the threshold
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    model_hw=st.tuples(st.integers(1, 64), st.integers(1, 64)),
+    frame_hw=st.tuples(st.integers(1, 300), st.integers(1, 300)),
+    box=st.tuples(st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1)),
+    seed=st.integers(0, 2**16),
+)
+def test_mask_png_is_the_frame_mask_for_any_roi_and_scale(model_hw, frame_hw, box, seed) -> None:
+    """The PNG is built from packed model rows, not from frame_mask(): both must give the same pixels."""
+    fh, fw = frame_hw
+    x, y = int(box[0] * (fw - 1)), int(box[1] * (fh - 1))
+    w, h = 1 + int(box[2] * (fw - x - 1)), 1 + int(box[3] * (fh - y - 1))
+    mask = (np.random.default_rng(seed).random(model_hw) > 0.7).astype(np.uint8) * 255
+    v = Verdict(1.0, 1.0, 0.5, True, 0.1, [], 0, mask, mask.astype(np.float32), (x, y, w, h), (fh, fw))
+    decoded = cv2.imdecode(np.frombuffer(encode_mask_png(v), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert decoded.shape == (fh, fw) and np.array_equal(decoded, v.frame_mask())
 
 
 # --- threshold/set parsing ------------------------------------------------------------------------------
