@@ -127,7 +127,7 @@ class ResultSubscriber:
         self.keep = keep
         self.records: list[Received] = []
         self.count = 0
-        self.per_camera: Counter[str] = Counter()
+        self._unparsed: list[tuple[float, float, bytes]] = []
         self.bad_payloads = 0
         self.recent_total_ms: deque[float] = deque(maxlen=20000)
         self.recent_receive_ms: deque[float] = deque(maxlen=20000)
@@ -165,33 +165,47 @@ class ResultSubscriber:
             self._subscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        from pydantic import ValidationError
-
-        from edge.api import ResultPayload, StatsPayload  # the published contract parses what SCADA would
-
         now_mono, now_wall = time.monotonic(), time.time()
-        try:
-            if message.topic.endswith("/stats"):
-                self.last_stats = StatsPayload.model_validate_json(message.payload).model_dump(by_alias=True)
-                return
-            doc = ResultPayload.model_validate_json(message.payload)
-        except (ValidationError, ValueError, UnicodeDecodeError):
-            with self._lock:
-                self.bad_payloads += 1
+        if message.topic.endswith("/stats"):
+            doc = self._parse(message.payload, stats=True)
+            if doc is not None:
+                self.last_stats = doc.model_dump(by_alias=True)
             return
-        rec = Received(
-            now_mono, now_wall, doc.camera, doc.frame_id, doc.capture_ts, doc.latency_ms.model_dump()
-        )
+        if self.keep:  # parsed after the run (``window``): the subscriber shares the daemon's cores
+            with self._lock:
+                self._unparsed.append((now_mono, now_wall, message.payload))
+                self.count += 1
+                self._lock.notify_all()
+            self._first.set()
+            return
+        rec = self._received(now_mono, now_wall, message.payload)
         with self._lock:
             self.count += 1
             self._lock.notify_all()
-            self.per_camera[rec.camera] += 1
-            if self.keep:
-                self.records.append(rec)
-            else:
+            if rec is not None:
                 self.recent_total_ms.append(rec.latency_ms.get("total", float("nan")))
                 self.recent_receive_ms.append((rec.recv_wall - rec.capture_ts) * 1000.0)
         self._first.set()
+
+    def _parse(self, payload: bytes, stats: bool = False) -> Any:
+        """The payload parsed by the published contract (what SCADA would parse); None, counted, if it fails."""
+        from pydantic import ValidationError
+
+        from edge.api import ResultPayload, StatsPayload
+
+        try:
+            return (StatsPayload if stats else ResultPayload).model_validate_json(payload)
+        except (ValidationError, ValueError, UnicodeDecodeError):
+            with self._lock:
+                self.bad_payloads += 1
+            return None
+
+    def _received(self, recv_mono: float, recv_wall: float, payload: bytes) -> Received | None:
+        doc = self._parse(payload)
+        if doc is None:
+            return None
+        latency = doc.latency_ms.model_dump()
+        return Received(recv_mono, recv_wall, doc.camera, doc.frame_id, doc.capture_ts, latency)
 
     def wait_first(self, timeout: float) -> bool:
         return self._first.wait(timeout)
@@ -202,7 +216,12 @@ class ResultSubscriber:
             return self._lock.wait_for(lambda: self.count >= n, timeout)
 
     def window(self, t0: float, t1: float) -> list[Received]:
+        """The results received in [t0, t1); parses what arrived so far (bad payloads are counted then)."""
         with self._lock:
+            unparsed, self._unparsed = self._unparsed, []
+        parsed = [self._received(*item) for item in unparsed]
+        with self._lock:
+            self.records.extend(r for r in parsed if r is not None)
             return [r for r in self.records if t0 <= r.recv_mono < t1]
 
 
