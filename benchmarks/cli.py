@@ -96,6 +96,12 @@ def parser() -> argparse.ArgumentParser:
         "--pipeline-rounds", type=int, default=2, help="interleaved rounds of the pipeline runs (default 2)"
     )
     p.add_argument(
+        "--slices",
+        type=int,
+        default=5,
+        help="pipeline: measurement windows per saturated run, each followed by a bare slice (default 5)",
+    )
+    p.add_argument(
         "--cameras", type=_int_list, help="pipeline: camera counts (default 1,4); soak: one count (default 4)"
     )
     p.add_argument(
@@ -296,6 +302,7 @@ def scenario_pipeline(
         latency_load=args.latency_load,
         camera_fps=args.camera_fps,
         sparkplug=args.sparkplug,
+        slices=args.slices,
     )
     engine = open_backend(args.backend, args.bundle, ctx["manifest"], precision, ctx["options"])
     broker = QuietBroker(args.out / "mosquitto").start()
@@ -389,8 +396,8 @@ def context(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.duration is not None and args.duration <= 0:
         raise InputError(f"--duration must be positive, got {args.duration}")
-    if args.rounds < 1 or args.pipeline_rounds < 1:
-        raise InputError("--rounds and --pipeline-rounds must be at least 1")
+    if args.rounds < 1 or args.pipeline_rounds < 1 or args.slices < 1:
+        raise InputError("--rounds, --pipeline-rounds and --slices must be at least 1")
     if args.data is not None and not args.data.is_dir():
         raise InputError(f"--data {args.data} is not a directory (expected an MVTec-layout category)")
     if args.checkpoint is not None and not args.checkpoint.is_file():

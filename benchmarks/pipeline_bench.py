@@ -13,8 +13,9 @@ Two loads per camera count:
   keeps up with; capture -> publish latency is read here (under saturation it also includes waiting for
   the batch in flight, which is reported too, separately).
 
-Bare-backend slices at the same batch run in the same rounds, between the pipeline runs, so the ratio
-pipeline / bare compares numbers taken minutes apart at most, on the same machine state.
+Bare-backend slices at the same batch alternate with the saturated pipeline's measurement windows: the
+daemon is frozen (SIGSTOP) for each bare slice and thawed after it, so pipeline / bare compares numbers taken
+seconds apart on the same machine state, and the daemon's own start-up and warm-up are not repeated.
 
 ``soak`` runs one configuration for a long time and samples the daemon's RSS, threads and open fds.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
 import uuid
@@ -42,6 +44,7 @@ SATURATION = 1.5  # cameras offer this much more than the backend can take in "s
 MAX_CAMERA_FPS = 1000.0  # EdgeConfig's upper bound for cameras[].fps
 START_TIMEOUT_S = 180.0  # spawn + imports + backend load (a TensorRT engine build can take minutes)
 FIRST_RESULT_TIMEOUT_S = 120.0
+SETTLE_S = 0.5  # after a thawed daemon resumes: the frame in flight at the freeze is published first
 STOP_TIMEOUT_S = 60.0
 LATENCY_FIELDS = ("capture_to_infer", "inference", "postprocess", "total")
 
@@ -338,6 +341,7 @@ class DaemonProcess:
     conn: Any = None
     stop_event: Any = None
     final: dict[str, Any] = field(default_factory=dict)
+    _paused: bool = False
 
     def start(self) -> DaemonProcess:
         ctx = mp.get_context("spawn")
@@ -383,8 +387,19 @@ class DaemonProcess:
             self.kill()
         return self.final
 
+    def pause(self) -> None:
+        """Freeze every thread of the daemon (SIGSTOP), so a bare slice can run on the cores it used."""
+        os.kill(self.pid, signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        if self._paused:
+            os.kill(self.pid, signal.SIGCONT)
+            self._paused = False
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.is_alive():
+            self.resume()  # a stopped process would hold SIGTERM pending
             self.proc.terminate()
             self.proc.join(timeout=5)
 
@@ -411,8 +426,16 @@ def _run_pipeline_once(
     warmup_s: float,
     measure_s: float,
     sparkplug: bool = False,
+    between: Callable[[], dict[str, Any]] | None = None,
+    slices: int = 1,
 ) -> dict[str, Any]:
-    """Start the daemon, skip ``warmup_s`` after the first result, count results for ``measure_s``, stop."""
+    """Start the daemon, skip ``warmup_s`` after the first result, count results for ``measure_s``, stop.
+
+    With ``between``, the measurement is cut into ``slices`` windows and after each one the daemon is frozen
+    while ``between`` runs (a bare-backend slice), then thawed and given ``SETTLE_S`` before the next window.
+    Pipeline and bare then alternate seconds apart, so a change of machine speed (a shared VM's neighbours,
+    CPU frequency) lands on both sides of the ratio instead of on one.
+    """
     prefix_id = f"bench-{uuid.uuid4().hex[:8]}"
     config = daemon_config(
         prefix_id, broker, bundle, backend, precision, video, run.cameras, run.camera_fps, model_options,
@@ -420,7 +443,10 @@ def _run_pipeline_once(
     )
     sub = ResultSubscriber(broker.host, broker.port, f"edge-anomaly/{prefix_id}")
     sub.start()
-    daemon = DaemonProcess(config, max_s=START_TIMEOUT_S + FIRST_RESULT_TIMEOUT_S + warmup_s + measure_s + 60)
+    max_s = START_TIMEOUT_S + FIRST_RESULT_TIMEOUT_S + warmup_s + 3 * measure_s + SETTLE_S * slices + 60
+    daemon = DaemonProcess(config, max_s=max_s)
+    windows: list[tuple[float, float]] = []
+    interleaved: list[dict[str, Any]] = []
     try:
         daemon.start()
         if not sub.wait_first(FIRST_RESULT_TIMEOUT_S):
@@ -428,34 +454,50 @@ def _run_pipeline_once(
                 f"no result arrived within {FIRST_RESULT_TIMEOUT_S:.0f} s of the daemon starting"
             )
         time.sleep(warmup_s)  # warm-up window: results in it are not counted
-        t0 = time.monotonic()
-        time.sleep(measure_s)  # the measurement window itself
-        t1 = time.monotonic()
+        n = max(1, slices) if between is not None else 1
+        for k in range(n):
+            t0 = time.monotonic()
+            time.sleep(measure_s / n)  # one measurement window
+            windows.append((t0, time.monotonic()))
+            if between is not None:
+                daemon.pause()
+                try:
+                    interleaved.append(between())
+                finally:
+                    daemon.resume()
+                if k < n - 1:
+                    time.sleep(SETTLE_S)
         final = daemon.stop()
     finally:
         daemon.kill()
         sub.stop()
     if final.get("state") != "done":
         raise RuntimeError(f"the daemon did not stop cleanly: {final.get('error', final)}")
-    return summarise_window(run, sub.window(t0, t1), t0, t1, final, sub)
+    records = [r for t0, t1 in windows for r in sub.window(t0, t1)]
+    result = summarise_window(run, records, windows, final, sub)
+    if interleaved:
+        per_window = [len(sub.window(t0, t1)) / (t1 - t0) for t0, t1 in windows]
+        result["interleaved"] = [
+            {"pipeline_rps": rps, **bare} for rps, bare in zip(per_window, interleaved, strict=True)
+        ]
+    return result
 
 
 def summarise_window(
     run: PipelineRun,
     records: list[Received],
-    t0: float,
-    t1: float,
+    windows: list[tuple[float, float]],
     final: dict[str, Any],
     sub: ResultSubscriber,
 ) -> dict[str, Any]:
-    """Throughput, latencies and batch sizes of the results received in [t0, t1)."""
-    seconds = t1 - t0
+    """Throughput, latencies and batch sizes of the results received in the windows ``[t0, t1)``."""
+    seconds = sum(t1 - t0 for t0, t1 in windows)
     latency = {
         name: latency_summary([r.latency_ms[name] for r in records if name in r.latency_ms])
         for name in LATENCY_FIELDS
     }
     receive = [(r.recv_wall - r.capture_ts) * 1000.0 for r in records]
-    batches = [n for (t, n) in final.get("batch_calls", []) if t0 <= t < t1]
+    batches = [n for (t, n) in final.get("batch_calls", []) if any(t0 <= t < t1 for t0, t1 in windows)]
     snapshot = final.get("snapshot", {})
     return {
         "cameras": run.cameras,
@@ -491,6 +533,7 @@ class PipelineSettings:
     latency_load: float = 0.5  # 0 disables the paced runs
     camera_fps: float | None = None  # fixed offered fps per camera for every run (overrides the rules above)
     sparkplug: bool = False  # the daemon also runs its Sparkplug B node (both faces on)
+    slices: int = 5  # pipeline windows per saturated run, each followed by a bare slice of the same length
 
 
 def pipeline_batch(cameras: int, max_batch: int) -> int:
@@ -520,22 +563,30 @@ def run_pipeline_bench(
     batches = sorted({pipeline_batch(c, max_batch) for c in settings.camera_counts})
     pool = engine_pool(engine, max(batches))
     cells = {b: Cell(engine=engine, batch=b, inputs=pool[:b]) for b in batches}
-    for cell in cells.values():
+    offered_basis: dict[int, float] = {}  # bare images/s the next run's offered fps is set from
+    for b, cell in cells.items():
         warm_up(cell, bare)
+        samples = run_for(engine, cell.inputs, bare.warmup_s, bare.min_calls)
+        offered_basis[b] = b * len(samples) / (sum(samples) / 1000.0)
+    slices = max(1, settings.slices)
     runs: list[dict[str, Any]] = []
     for r in range(settings.rounds):
         for cams in settings.camera_counts:
             b = pipeline_batch(cams, max_batch)
             cell = cells[b]
-            samples = run_for(engine, cell.inputs, settings.measure_s, bare.min_calls)
-            cell.samples_ms.extend(samples)
-            cell.per_round_ips.append(b * len(samples) / (sum(samples) / 1000.0))
-            ips = cell.per_round_ips[-1]
+            round_samples: list[float] = []
+
+            def bare_slice(cell: Cell = cell, into: list[float] = round_samples) -> dict[str, Any]:
+                samples = run_for(engine, cell.inputs, settings.measure_s / slices, bare.min_calls)
+                cell.samples_ms.extend(samples)
+                into.extend(samples)
+                return {"bare_ips": cell.batch * len(samples) / (sum(samples) / 1000.0)}
+
             loads = [("saturated", SATURATION)] + (
                 [("paced", settings.latency_load)] if settings.latency_load > 0 else []
             )
             for load, factor in loads:
-                fps = settings.camera_fps or offered_fps(ips, cams, factor)
+                fps = settings.camera_fps or offered_fps(offered_basis[b], cams, factor)
                 log_fn(
                     f"pipeline round {r + 1}/{settings.rounds}: {cams} camera(s), {load}, {fps:.1f} fps each"
                 )
@@ -550,11 +601,21 @@ def run_pipeline_bench(
                     settings.warmup_s,
                     settings.measure_s,
                     sparkplug=settings.sparkplug,
+                    between=bare_slice if load == "saturated" else None,
+                    slices=slices,
                 )
                 result["round"] = r + 1
                 runs.append(result)
+                if load == "saturated":
+                    ips = b * len(round_samples) / (sum(round_samples) / 1000.0)
+                    cell.per_round_ips.append(ips)
+                    offered_basis[b] = ips
     return {
-        "method": "interleaved rounds: bare slice, then the daemon saturated and paced, per camera count",
+        "method": (
+            "per round and camera count: the daemon saturated, its measurement cut into windows with the daemon "
+            "frozen between them for a bare-backend slice (pipeline and bare alternate), then the daemon paced"
+        ),
+        "slices_per_saturated_run": slices,
         "engine": engine.engine,
         "precision": precision,
         "saturation_factor": SATURATION,

@@ -132,6 +132,12 @@ def test_all_end_to_end(bundle: Path, synthetic_dataset: Path, tmp_path: Path) -
         assert run["latency_ms"]["total"]["n"] == run["results"] and run["latency_ms"]["total"]["p50"] > 0
         assert run["batch_mean"] is not None and 1 <= run["batch_mean"] <= run["batch_expected"]
         assert run["bad_payloads"] == 0 and run["errors"]["inference"] == 0
+        if run["load"] == "saturated":  # bare slices alternate with the windows; the frozen daemon resumes
+            slices = run["interleaved"]
+            assert len(slices) == pipe["slices_per_saturated_run"] == 5
+            assert all(s["bare_ips"] > 0 for s in slices) and all(s["pipeline_rps"] > 0 for s in slices[1:])
+        else:
+            assert "interleaved" not in run
     assert set(pipe["runs"][2]["per_camera_results"]) <= {"cam0", "cam1", "cam2", "cam3"}
     for cams, batch in (("1", 1), ("4", 4)):
         entry = pipe["by_cameras"][cams]
