@@ -112,18 +112,17 @@ class Postprocessor:
         binary = (norm_map > threshold).astype(np.uint8)
         mh, mw = norm_map.shape
         sx, sy = roi[2] / mw, roi[3] / mh  # model pixel -> camera pixels
-        regions, kept = self._regions(binary, norm_map, roi, sx, sy)
+        regions, regions_total, kept = self._regions(binary, norm_map, roi, sx, sy)
         mask = (kept * 255).astype(np.uint8)
-        defect_area = float(kept.sum()) / float(mh * mw)
-        regions.sort(key=lambda r: r.area, reverse=True)
+        defect_area = float(np.count_nonzero(kept)) / float(mh * mw)
         return Verdict(
             score=score,
             raw_score=float(raw_score),
             threshold=float(threshold),
             anomalous=bool(math.isfinite(score) and score > threshold),
             defect_area=defect_area,
-            regions=regions[: self.max_regions],
-            regions_total=len(regions),
+            regions=regions,
+            regions_total=regions_total,
             mask_model=mask,
             norm_map=norm_map,
             roi=roi,
@@ -132,37 +131,38 @@ class Postprocessor:
 
     def _regions(
         self, binary: np.ndarray, norm_map: np.ndarray, roi: Box, sx: float, sy: float
-    ) -> Tuple[List[Region], np.ndarray]:
-        """Connected components with their peak; components under min_region_area are removed from the mask.
+    ) -> Tuple[List[Region], int, np.ndarray]:
+        """The kept regions, largest first and at most max_regions, with their peak; how many were kept; the
+        mask with the regions under min_region_area removed.
 
         Most frames of a good line have no pixel above the threshold, so they skip labelling altogether.
-        Grana's block-based labelling and a peak search over foreground pixels only take a third of the time
-        of OpenCV's default algorithm with a peak search over the whole map (0.23 against 0.80 ms, 256 px).
+        Grana's block-based labelling takes a third of the time of OpenCV's default algorithm. A region's
+        peak is searched inside its own box, and only for the regions reported: a per-label scatter-max over
+        all foreground pixels cost 0.6 ms on a map that is all foreground (256 px), against 0.1 ms.
         """
         if not binary.any():
-            return [], binary
+            return [], 0, binary
         n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
             binary, 8, cv2.CV_32S, cv2.CCL_GRANA
         )
-        foreground = labels > 0
-        peaks = np.full(n, -np.inf, np.float32)
-        np.maximum.at(peaks, labels[foreground], norm_map[foreground])  # type: ignore[arg-type]  # int labels
-        keep = np.zeros(n, bool)
+        areas = {i: int(round(int(stats[i, cv2.CC_STAT_AREA]) * sx * sy)) for i in range(1, n)}
+        kept = [i for i in range(1, n) if areas[i] >= self.min_region_area]
+        kept.sort(key=lambda i: areas[i], reverse=True)  # stable: equal areas stay in label order
         regions: List[Region] = []
-        for i in range(1, n):
-            x, y, w, h, count = (int(v) for v in stats[i])
-            area = int(round(count * sx * sy))
-            if area < self.min_region_area:
-                continue
-            keep[i] = True
+        for i in kept[: self.max_regions]:
+            x, y, w, h = (int(v) for v in stats[i, :4])
+            box = labels[y : y + h, x : x + w] == i
             x0 = roi[0] + int(math.floor(x * sx))
             y0 = roi[1] + int(math.floor(y * sy))
             x1 = roi[0] + int(math.ceil((x + w) * sx))
             y1 = roi[1] + int(math.ceil((y + h) * sy))
-            regions.append(Region(bbox=(x0, y0, x1 - x0, y1 - y0), area=area, peak=float(peaks[i])))
-        if keep[1:].all():  # the usual case: no region under min_region_area, the mask stays as it is
-            return regions, binary
-        return regions, keep[labels].astype(np.uint8)
+            peak = float(norm_map[y : y + h, x : x + w][box].max())
+            regions.append(Region(bbox=(x0, y0, x1 - x0, y1 - y0), area=areas[i], peak=peak))
+        if len(kept) == n - 1:  # the usual case: no region under min_region_area, the mask stays as it is
+            return regions, len(kept), binary
+        keep = np.zeros(n, bool)
+        keep[kept] = True
+        return regions, len(kept), keep[labels].astype(np.uint8)
 
 
 def encode_mask_png(verdict: Verdict) -> bytes:
