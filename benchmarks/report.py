@@ -583,7 +583,13 @@ def md_pipeline(pipeline: dict[str, Any]) -> list[str]:
             f"Daemon ({pipeline['engine']} {pipeline['precision']}) with looping video cameras, a real mosquitto and a "
             f"subscriber; results/s = results the subscriber received in the window. Saturated runs offer "
             f"{pipeline['saturation_factor']}× the bare backend's rate (slot drops expected); paced runs offer "
-            f"{pipeline['latency_load']}×. Bare slices ran in the same rounds.",
+            f"{pipeline['latency_load']}×. "
+            + (
+                f"Each saturated run's measurement was cut into {pipeline['slices_per_saturated_run']} windows, "
+                "each followed by a bare slice of the same length with the daemon frozen."
+                if pipeline.get("slices_per_saturated_run")
+                else "Bare slices ran in the same rounds."
+            ),
             "",
         ]
         + _table(
