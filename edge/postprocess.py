@@ -145,9 +145,9 @@ class Postprocessor:
         n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
             binary, 8, cv2.CV_32S, cv2.CCL_GRANA
         )
-        areas = {i: int(round(int(stats[i, cv2.CC_STAT_AREA]) * sx * sy)) for i in range(1, n)}
-        kept = [i for i in range(1, n) if areas[i] >= self.min_region_area]
-        kept.sort(key=lambda i: areas[i], reverse=True)  # stable: equal areas stay in label order
+        areas = np.rint(stats[:, cv2.CC_STAT_AREA].astype(np.float64) * sx * sy).astype(np.int64)  # camera px
+        kept = np.flatnonzero(areas[1:] >= self.min_region_area) + 1  # label 0 is the background
+        kept = kept[np.argsort(-areas[kept], kind="stable")]  # largest first; equal areas in label order
         regions: List[Region] = []
         for i in kept[: self.max_regions]:
             x, y, w, h = (int(v) for v in stats[i, :4])
@@ -157,7 +157,7 @@ class Postprocessor:
             x1 = roi[0] + int(math.ceil((x + w) * sx))
             y1 = roi[1] + int(math.ceil((y + h) * sy))
             peak = float(norm_map[y : y + h, x : x + w][box].max())
-            regions.append(Region(bbox=(x0, y0, x1 - x0, y1 - y0), area=areas[i], peak=peak))
+            regions.append(Region(bbox=(x0, y0, x1 - x0, y1 - y0), area=int(areas[i]), peak=peak))
         if len(kept) == n - 1:  # the usual case: no region under min_region_area, the mask stays as it is
             return regions, len(kept), binary
         keep = np.zeros(n, bool)
