@@ -473,12 +473,12 @@ def _run_pipeline_once(
         sub.stop()
     if final.get("state") != "done":
         raise RuntimeError(f"the daemon did not stop cleanly: {final.get('error', final)}")
-    records = [r for t0, t1 in windows for r in sub.window(t0, t1)]
-    result = summarise_window(run, records, windows, final, sub)
+    per_window = [sub.window(t0, t1) for t0, t1 in windows]
+    result = summarise_window(run, [r for got in per_window for r in got], windows, final, sub)
     if interleaved:
-        per_window = [len(sub.window(t0, t1)) / (t1 - t0) for t0, t1 in windows]
         result["interleaved"] = [
-            {"pipeline_rps": rps, **bare} for rps, bare in zip(per_window, interleaved, strict=True)
+            {"pipeline_rps": len(got) / (t1 - t0), **bare}
+            for got, (t0, t1), bare in zip(per_window, windows, interleaved, strict=True)
         ]
     return result
 

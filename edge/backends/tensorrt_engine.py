@@ -446,7 +446,8 @@ def write_atomically(path: Path, data: bytes) -> Path:
 def clean_stale_temp_files(cache_dir: Path) -> int:
     """Remove temp files left by a writer that died (power cut, kill -9); returns how many went.
 
-    A temp file is named ``.<name>.<pid>.tmp``; one whose pid no longer runs is stale. A writer that is
+    A temp file is named ``.<name>.<thread>.<pid>.tmp`` (``edge.atomic.temp_name``); one whose pid no
+    longer runs is stale. A writer that is
     still running (another build in progress) keeps its file.
     """
     removed = 0
