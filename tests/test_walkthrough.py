@@ -1,5 +1,6 @@
-"""The README's walk-through runs as written: good images -> edge-train -> edge-eval --pasted -> edge-export
--> edge-run --init-config -> edge-run on a video -> results on MQTT (scripts/walkthrough.sh, on generated data).
+"""The walk-through (docs/walkthrough.md) runs as written: good images -> edge-train -> edge-eval --pasted
+-> edge-export -> edge-run --init-config -> edge-run on a video -> results on MQTT (scripts/walkthrough.sh, on
+generated data).
 
 The commands are the installed console scripts' entry points (shims on PATH run them from this checkout);
 only the model is made tiny (TRAIN_ARGS) so the whole path takes about a minute on 2 cores.
@@ -25,7 +26,8 @@ TINY = "--epochs 4 --val-fraction 0.25 --set image_size=64 --set depth=1 --set d
 
 
 def shims(bin_dir: Path) -> Path:
-    """``edge-train`` & co. as in pyproject's [project.scripts], run by this interpreter from this checkout."""
+    """``edge-train`` & co. as in pyproject's [project.scripts], run by this interpreter from this
+    checkout."""
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     bin_dir.mkdir()
     for name, target in scripts.items():
@@ -62,7 +64,7 @@ def test_walkthrough_from_good_images_to_results_on_mqtt(broker: Broker, tmp_pat
         timeout=840,
     )
     out = done.stdout
-    print(out)  # the transcript, for `pytest -s` (the README's expected output comes from it)
+    print(out)  # the transcript, for `pytest -s` (docs/walkthrough.md's expected output comes from it)
     assert done.returncode == 0, out[-6000:]
     work = tmp_path / "work"
     # 1. edge-train prints the checkpoint's path

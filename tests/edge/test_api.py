@@ -170,10 +170,10 @@ def test_a_result_names_its_mask_only_when_the_mask_was_accepted(tmp_path: Path)
 
 
 def test_readme_examples_follow_the_published_schemas() -> None:
-    """README's MQTT API section shows one payload per JSON topic; each must validate as published."""
+    """docs/mqtt-api.md shows one payload per JSON topic; each must validate as published."""
     import re
 
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    text = (REPO / "docs" / "mqtt-api.md").read_text(encoding="utf-8")
     examples = re.findall(r"<!-- payload: (\w+) -->\n```json\n(.*?)\n```", text, re.S)
     assert sorted(name for name, _ in examples) == sorted(SCHEMA_MODELS)
     topics = {"status": "p/status", "stats": "p/stats"}

@@ -1,5 +1,5 @@
 """Sparkplug B pieces without a broker: payloads as Eclipse Tahu decodes them, commands as Tahu encodes them,
-the bdSeq record, and README's metric tables against the code's."""
+the bdSeq record, and docs/sparkplug.md's metric tables against the code's."""
 
 from __future__ import annotations
 
@@ -74,10 +74,10 @@ def test_bdseq_continues_across_restarts_wraps_and_is_written_once_per_value(tmp
 
 
 def test_readme_lists_every_metric_as_the_code_defines_it() -> None:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    text = (REPO / "docs" / "sparkplug.md").read_text(encoding="utf-8")
     for name, datatype, unit, meaning in spb.metric_table(spb.NODE_METRICS + spb.DEVICE_METRICS):
         row = f"| `{name}` | {datatype} | {unit} | {meaning} |"
-        assert row in text, f"README's Sparkplug metric table lacks or differs in: {row}"
+        assert row in text, f"docs/sparkplug.md's metric table lacks or differs in: {row}"
     assert len({spb.device_alias(i, m.name) for i in range(3) for m in spb.DEVICE_METRICS}) == 3 * len(
         spb.DEVICE_METRICS
     )
