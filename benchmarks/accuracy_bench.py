@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.model_bench import Engine, open_backend, open_torch
-from edge.manifest import Manifest
-from edge.preprocess import Preprocess
+from edge.capture.preprocess import Preprocess
+from edge.trust.manifest import Manifest
 
 MAX_ROC_POINTS = 400
 

@@ -156,7 +156,7 @@ class Progress:
 
 
 def load_manifest(bundle: Path, precisions: list[str] | None) -> Any:
-    from edge.manifest import BundleError, verify_bundle
+    from edge.trust.manifest import BundleError, verify_bundle
 
     try:
         return verify_bundle(bundle, precisions)
@@ -165,7 +165,7 @@ def load_manifest(bundle: Path, precisions: list[str] | None) -> Any:
 
 
 def pick_precisions(manifest: Any, asked: list[str] | None) -> list[str]:
-    from edge.manifest import PRECISIONS
+    from edge.trust.manifest import PRECISIONS
 
     if asked:
         unknown = [p for p in asked if p not in PRECISIONS]
@@ -453,7 +453,7 @@ def torch_reference_section(checkpoint: Path | None, manifest: Any) -> dict[str,
     """Whether the checkpoint is the bundle's source: only then are torch-vs-bundle accuracy drifts meaningful."""
     if checkpoint is None:
         return None
-    from edge.manifest import sha256_file
+    from edge.trust.manifest import sha256_file
 
     digest = sha256_file(checkpoint)
     matches = digest == manifest.model.checkpoint_sha256

@@ -26,8 +26,8 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from benchmarks.local_broker import Broker
-from edge.api import AvailabilityPayload, ResultPayload, StatusPayload, topic_name_of
-from edge.manifest import BundleError, verify_bundle
+from edge.faces.mqtt_json.api import AvailabilityPayload, ResultPayload, StatusPayload, topic_name_of
+from edge.trust.manifest import BundleError, verify_bundle
 from training.synthetic import part_sequence, write_good_folder, write_video
 
 FRAME_SIZE = 256  # camera frames; the model input is smaller and the daemon resizes
@@ -53,7 +53,7 @@ def signing_key(out: Path) -> tuple[Path, Path]:
 
 
 def reusable(bundle: Path, precision: str, pub: Path) -> bool:
-    from edge.signing import SignatureError, TrustedKeys
+    from edge.trust.signing import SignatureError, TrustedKeys
 
     try:
         manifest = verify_bundle(bundle, [precision], TrustedKeys.load([pub]))
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     client.loop_start()
     config = write_config(out, bundle, pub, video, broker, args.precision)
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "--config", str(config), "--log-level", "WARNING"]
+        [sys.executable, "-m", "edge.service.cli", "--config", str(config), "--log-level", "WARNING"]
     )
     try:
         ended = watch.ended.wait(timeout=120)

@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.manifest import Manifest
+from edge.trust.manifest import Manifest
 
 MAX_SAMPLES = 2000
 DEFAULT_BATCHES = (1, 2, 4, 8)
@@ -131,8 +131,8 @@ def batch_of(pool: np.ndarray, batch: int) -> np.ndarray:
 def open_backend(
     backend: str, bundle: Path, manifest: Manifest, precision: str, options: dict[str, object]
 ) -> Engine:
-    """One precision of the bundle through ``edge.backends.load_backend`` (what the daemon runs)."""
-    from edge.backends import load_backend
+    """One precision of the bundle through ``edge.scoring.backends.load_backend`` (what the daemon runs)."""
+    from edge.scoring.backends import load_backend
 
     b = load_backend(backend, bundle, manifest, precision, **options)
     device = ",".join(getattr(b, "providers", [])) or ("cuda" if backend == "tensorrt" else "cpu")
@@ -334,7 +334,7 @@ def _peak_rss_bytes() -> int:
 def _memory_child(conn: Any, spec: dict[str, Any]) -> None:
     """Child process: baseline RSS, load one engine, run a few batches, report current and peak RSS."""
     try:
-        from edge.manifest import read_manifest
+        from edge.trust.manifest import read_manifest
 
         baseline = _rss_bytes()
         if spec["kind"] == "torch":

@@ -33,8 +33,8 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from benchmarks.local_broker import Broker
-from edge.evidence import Record, query
-from edge.manifest import BundleError, verify_bundle
+from edge.stores.evidence import Record, query
+from edge.trust.manifest import BundleError, verify_bundle
 from training.product_b import part_sequence_b
 from training.synthetic import part_sequence, write_mvtec_dataset, write_video
 
@@ -139,7 +139,7 @@ def install(bundle: Path, config: Path, recipe: str) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "edge.cli",
+        "edge.service.cli",
         "install-bundle",
         str(bundle),
         "--config",
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         with steps.step("line runs recipe A (edge-run, evidence store on)"):
             evidence = root / "evidence"
             daemon = subprocess.Popen(
-                [sys.executable, "-m", "edge.cli", "--config", str(config)],
+                [sys.executable, "-m", "edge.service.cli", "--config", str(config)],
                 cwd=REPO,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             "recipe B from the line: edge-evidence export, edge-train + edge-export, install-bundle"
         ):
             data_b = root / "from-line-B"
-            cmd = [sys.executable, "-m", "edge.evidence_cli", "export", "--dir", str(evidence), "--out", str(data_b),
+            cmd = [sys.executable, "-m", "edge.stores.evidence_cli", "export", "--dir", str(evidence), "--out", str(data_b),
                    "--since", str(since), "--until", str(until), "--as-good", "--camera", "line"]  # fmt: skip
             done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
             if done.returncode != 0:

@@ -1,6 +1,6 @@
 """The whole daemon, measured from the outside: video files -> edge daemon -> real mosquitto -> a subscriber.
 
-The daemon runs as deployed (``edge.daemon.build(EdgeConfig(...))``) in a spawned child process, so its
+The daemon runs as deployed (``edge.service.daemon.build(EdgeConfig(...))``) in a spawned child process, so its
 memory, threads and file descriptors are its own and the measuring side (subscriber, bookkeeping) only
 shares the CPU. Cameras are looping video files; a result counts when the subscriber receives it.
 
@@ -194,7 +194,7 @@ class ResultSubscriber:
         """The payload parsed by the published contract (what SCADA would parse); None, counted, if it fails."""
         from pydantic import ValidationError
 
-        from edge.api import ResultPayload, StatsPayload
+        from edge.faces.mqtt_json.api import ResultPayload, StatsPayload
 
         try:
             return (StatsPayload if stats else ResultPayload).model_validate_json(payload)
@@ -254,7 +254,7 @@ def _daemon_child(conn: Any, stop: Any, config: dict[str, Any], max_s: float, lo
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         from edge.config import EdgeConfig
-        from edge.daemon import build
+        from edge.service.daemon import build
 
         daemon = build(EdgeConfig(**config))
     except Exception as exc:  # StartupError, ValidationError...: reported to the parent verbatim

@@ -1,7 +1,7 @@
 """Files -> a verified bundle, written atomically: a failed export leaves no partial bundle and the old one intact.
 
 Everything is written into a temp directory next to ``--out`` (same filesystem, so renames are atomic);
-only after the manifest is written and ``edge.manifest.verify_bundle`` accepts the result does it replace
+only after the manifest is written and ``edge.trust.manifest.verify_bundle`` accepts the result does it replace
 the old bundle: old renamed away, new renamed in, old deleted. If the second rename fails the old bundle
 is put back.
 """
@@ -18,10 +18,16 @@ from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 
-from edge.atomic import write_atomically
-from edge.manifest import MANIFEST_NAME, Manifest, PrecisionEntry, sha256_file, verify_bundle
-from edge.preprocess import Preprocess
-from edge.signing import SIGNATURE_NAME, TrustedKeys, load_private_key, public_fingerprint, signature_document
+from edge.capture.preprocess import Preprocess
+from edge.trust.manifest import MANIFEST_NAME, Manifest, PrecisionEntry, sha256_file, verify_bundle
+from edge.trust.signing import (
+    SIGNATURE_NAME,
+    TrustedKeys,
+    load_private_key,
+    public_fingerprint,
+    signature_document,
+)
+from edge.util.atomic import write_atomically
 from export import ExportError
 
 ENGINES_DIR = "engines"

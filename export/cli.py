@@ -18,9 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge.deps import MissingDependency
-from edge.manifest import BundleError
-from edge.signing import SignatureError, load_private_key
+from edge.trust.manifest import BundleError
+from edge.trust.signing import SignatureError, load_private_key
+from edge.util.deps import MissingDependency
 from export import ExportError, GateFailed
 from export.engine import ON_DEVICE_HINT, EngineUnavailable, build_bundle_engines, tensorrt_available
 

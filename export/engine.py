@@ -1,12 +1,12 @@
 """Bundle -> TensorRT engines in ``BUNDLE/engines``, on the device. A thin wrapper: the build and its cache
-key live in ``edge.backends.tensorrt_engine`` (the daemon builds with the same code on first start)."""
+key live in ``edge.scoring.backends.tensorrt_engine`` (the daemon builds with the same code on first start)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from edge.deps import MissingDependency, require
-from edge.manifest import precision_entry, verify_bundle
+from edge.trust.manifest import precision_entry, verify_bundle
+from edge.util.deps import MissingDependency, require
 from export import ExportError
 from export.bundle import ENGINES_DIR
 
@@ -48,7 +48,7 @@ def build_bundle_engines(
     bundle_dir = Path(bundle_dir)
     manifest = verify_bundle(bundle_dir, precisions)
     require_tensorrt()
-    from edge.backends.tensorrt_engine import build_engine
+    from edge.scoring.backends.tensorrt_engine import build_engine
 
     engines = {}
     for precision in precisions or list(manifest.precisions):

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge.deps import require
-from edge.manifest import GateResult
+from edge.trust.manifest import GateResult
+from edge.util.deps import require
 from export import ExportError
 from training.progress import bar
 
@@ -119,8 +119,8 @@ def onnx_outputs(path: Path, images: np.ndarray, batch: int = 8, progress: str |
     """Run an ONNX model through the device's own ONNX Runtime backend (CPU): same session options, same
     output checks. An unreadable model raises ExportError naming the file."""
     require("onnxruntime", "train", "the accuracy gate")
-    from edge.backends import BackendError
-    from edge.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from edge.scoring.backends import BackendError
+    from edge.scoring.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     try:
         backend = OnnxRuntimeBackend.for_file(path, images.shape[1:3], max_batch=batch)

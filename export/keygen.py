@@ -16,8 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from edge.deps import MissingDependency, require
-from edge.signing import fingerprint
+from edge.trust.signing import fingerprint
+from edge.util.deps import MissingDependency, require
 
 EXIT_OK, EXIT_INPUT = 0, 2
 

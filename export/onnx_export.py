@@ -23,7 +23,7 @@ import torch
 from onnx import TensorProto
 from torch import nn
 
-from edge.preprocess import Preprocess
+from edge.capture.preprocess import Preprocess
 from export import ExportError
 from training.anomaly_map import MapHead
 from training.checkpoint import Checkpoint, load_checkpoint

@@ -32,7 +32,7 @@ from calibration.scores import (
     threshold_best_f1,
     threshold_from_good,
 )
-from edge.manifest import Manifest
+from edge.trust.manifest import Manifest
 from export import ExportError, GateFailed
 from export.bundle import StagedBundle, exporter_versions, input_spec, model_file, precision_entry, utc_now
 from export.fp16 import fp16_from_file

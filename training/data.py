@@ -8,7 +8,7 @@ MVTec AD layout (one category)::
 
 A line engineer who only has photos of good parts can instead point training at a plain folder of them.
 
-Every image goes through ``edge.preprocess.Preprocess.frame_to_input``, the same resize and colour order the
+Every image goes through ``edge.capture.preprocess.Preprocess.frame_to_input``, the same resize and colour order the
 daemon applies to camera frames, so training never sees pixels the device would not produce.
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from edge.preprocess import Preprocess
+from edge.capture.preprocess import Preprocess
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GOOD = "good"

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge.preprocess import Preprocess
+from edge.capture.preprocess import Preprocess
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.data import MVTecCategory, load_images, load_test_set
 from training.graph import InferenceModel

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edge.preprocess import Preprocess
+from edge.capture.preprocess import Preprocess
 
 
 class Normalize(nn.Module):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from training.checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, save_checkpoint
 from training.corruption import corrupt_batch
 from training.data import fingerprint, good_images, load_images, split_train_val

@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.atomic import atomic_file
+from edge.util.atomic import atomic_file
 
 CACHE_ENV = "EDGE_ANOMALY_CACHE"
 DEFAULT_CACHE = Path("~/.cache/edge-anomaly/weights")

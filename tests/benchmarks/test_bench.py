@@ -204,7 +204,7 @@ def test_all_end_to_end(bundle: Path, synthetic_dataset: Path, tmp_path: Path) -
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small random conv-ae checkpoint: enough for the torch-eager plumbing (it is not the bundle's source)."""
-    from edge.preprocess import Preprocess
+    from edge.capture.preprocess import Preprocess
     from training.checkpoint import build_model, save_checkpoint
 
     config = {

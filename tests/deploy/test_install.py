@@ -315,9 +315,9 @@ def test_example_config_is_valid_for_the_daemon(tmp_path: Path) -> None:
     """config.example.toml, with its commented-out keys switched on too, loads with edge.config."""
     config_mod = pytest.importorskip("edge.config")
     try:
-        from edge.backends import BACKENDS  # noqa: F401  (the backend name check needs the registry)
+        from edge.scoring.backends import BACKENDS  # noqa: F401  (the backend name check needs the registry)
     except ImportError:
-        pytest.skip("edge.backends.BACKENDS does not exist yet; the backend name cannot be checked")
+        pytest.skip("edge.scoring.backends.BACKENDS does not exist yet; the backend name cannot be checked")
     text = (DEPLOY / "config.example.toml").read_text(encoding="utf-8")
     loaded = config_mod.load_config(DEPLOY / "config.example.toml")
     assert loaded.model.bundle == Path("/var/lib/edge-anomaly/bundle")

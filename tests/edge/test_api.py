@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.api import (
+from edge.faces.mqtt_json.api import (
     SCHEMA_MODELS,
     TOPICS,
     DeviceApi,
@@ -25,9 +25,9 @@ from edge.api import (
     status_will,
     topic_name_of,
 )
-from edge.mqtt import Inbound
-from edge.postprocess import parse_threshold_payload
-from edge.thresholds import ThresholdBook
+from edge.faces.mqtt_json.transport import Inbound
+from edge.results.postprocess import parse_threshold_payload
+from edge.results.thresholds import ThresholdBook
 from tests.helpers.contract import SCHEMAS, check
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,13 +40,13 @@ IDENTITY = Identity(
 def test_committed_schema_equals_the_generated_one(name: str) -> None:
     committed = (SCHEMAS / f"{name}.schema.json").read_text(encoding="utf-8")
     assert committed == schema_text(name), (
-        f"docs/schemas/{name}.schema.json is stale: run `python3 -m edge.api --write-schemas docs/schemas`"
+        f"docs/schemas/{name}.schema.json is stale: run `python3 -m edge.faces.mqtt_json.api --write-schemas docs/schemas`"
     )
 
 
 def test_regenerate_command_writes_every_schema(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "edge.api", "--write-schemas", str(tmp_path)],
+        [sys.executable, "-m", "edge.faces.mqtt_json.api", "--write-schemas", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.schema.json" for n in SCHEMA_MODELS)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.atomic import TEMP_SUFFIX, atomic_file, write_atomically, write_json_atomically
+from edge.util.atomic import TEMP_SUFFIX, atomic_file, write_atomically, write_json_atomically
 
 
 def test_a_write_that_fails_half_way_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.backends import BACKENDS, BackendError, load_backend
-from edge.backends.onnxruntime_backend import OnnxRuntimeBackend, provider_chain
-from edge.manifest import BundleError, Manifest, verify_bundle
+from edge.scoring.backends import BACKENDS, BackendError, load_backend
+from edge.scoring.backends.onnxruntime_backend import OnnxRuntimeBackend, provider_chain
+from edge.trust.manifest import BundleError, Manifest, verify_bundle
 from tests.helpers.tiny_bundle import (
     default_reference,
     defective_parts_rgb,
@@ -229,7 +229,7 @@ def test_tiny_bundle_manifest_is_complete(manifest: Manifest) -> None:
 def test_tensorrt_provider_caches_engines_and_follows_the_precision(
     tmp_path: Path, precision: str, fp16: bool, int8: bool
 ) -> None:
-    from edge.backends.onnxruntime_backend import _with_provider_options
+    from edge.scoring.backends.onnxruntime_backend import _with_provider_options
 
     chain = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     out = _with_provider_options(chain, precision, tmp_path / "ort-trt")

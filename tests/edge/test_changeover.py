@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.changeover import RecipeError, RecipeStore, parse_model_set
-from edge.manifest import read_manifest
+from edge.service.changeover import RecipeError, RecipeStore, parse_model_set
+from edge.trust.manifest import read_manifest
 from tests.helpers.tiny_bundle import default_reference, make_tiny_bundle
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,7 +81,7 @@ def test_recipes_resolve_by_name_or_bundle_id(bundles: Path) -> None:
 
 def install_bundle_cli(config: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "edge.cli", "install-bundle", "--config", str(config), *args],
+        [sys.executable, "-m", "edge.service.cli", "install-bundle", "--config", str(config), *args],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 
@@ -154,7 +154,7 @@ def test_rollback_puts_back_the_replaced_version_and_a_second_one_undoes_it(bund
 
 
 def test_a_recipe_choice_is_kept_until_the_config_names_another(tmp_path: Path) -> None:
-    from edge.changeover import Choice, RecipeChoices
+    from edge.service.changeover import Choice, RecipeChoices
 
     path = tmp_path / "recipes.json"
     choices = RecipeChoices(path)

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.manifest import MANIFEST_NAME, sha256_file
+from edge.trust.manifest import MANIFEST_NAME, sha256_file
 from tests.edge.test_daemon_e2e import WAIT, InProcess, config_toml, results, spawn
 from tests.helpers.broker import Broker
 from tests.helpers.mqtt import Subscriber, has_availability

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.cli import EXIT_CONFIG, EXIT_OK, EXIT_STARTUP, main
 from edge.config import load_config
-from edge.redact import redact
+from edge.service.cli import EXIT_CONFIG, EXIT_OK, EXIT_STARTUP, main
+from edge.util.redact import redact
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 pytestmark = pytest.mark.usefixtures("clean_env")

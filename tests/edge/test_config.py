@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from edge.cli import EXIT_CONFIG, main
 from edge.config import CameraConfig, ConfigError, EdgeConfig, load_config, parse_overrides
+from edge.service.cli import EXIT_CONFIG, main
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 BASE = """

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.daemon import EXIT_UNDELIVERED
+from edge.service.daemon import EXIT_UNDELIVERED
 from tests.edge.test_daemon_e2e import WAIT, InProcess, config_toml, results
 from tests.helpers.broker import Broker
 from tests.helpers.contract import check

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from edge.config import load_config
-from edge.daemon import EXIT_UNDELIVERED, Daemon, build
+from edge.service.daemon import EXIT_UNDELIVERED, Daemon, build
 from tests.edge.test_mqtt import persistent_broker
 from tests.helpers.broker import Broker
 from tests.helpers.mqtt import Received, Subscriber, availability_text, has_availability
@@ -321,7 +321,7 @@ def test_broker_restart_delivers_queued_results_in_order(media: dict, tmp_path: 
 
 def spawn(config: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "--config", str(config), *args],
+        [sys.executable, "-m", "edge.service.cli", "--config", str(config), *args],
         cwd=REPO,
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
@@ -421,7 +421,7 @@ def test_watchdog_only_while_frames_flow_and_clean_sigterm(
 
 
 def test_duration_limit_stops_cleanly(broker: Broker, media: dict, tmp_path: Path) -> None:
-    from edge.cli import main
+    from edge.service.cli import main
 
     dev = f"dur-{uuid.uuid4().hex[:8]}"
     prefix = f"edge-anomaly/{dev}"
@@ -446,7 +446,7 @@ def test_duration_limit_stops_cleanly(broker: Broker, media: dict, tmp_path: Pat
 
 
 def test_startup_errors_exit_3_and_config_errors_exit_2(broker: Broker, media: dict, tmp_path: Path) -> None:
-    from edge.cli import EXIT_CONFIG, EXIT_STARTUP, main
+    from edge.service.cli import EXIT_CONFIG, EXIT_STARTUP, main
 
     cams = [{"name": "line", "source": str(media["video"])}]
     cfg = tmp_path / "edge.toml"
@@ -463,8 +463,8 @@ def test_an_unreachable_broker_is_named_and_lost_results_exit_non_zero(
 ) -> None:
     from types import SimpleNamespace
 
-    from edge import daemon as daemon_mod
-    from edge.cli import EXIT_UNDELIVERED, main
+    from edge.service import daemon as daemon_mod
+    from edge.service.cli import EXIT_UNDELIVERED, main
 
     with socket.socket() as s:  # a port nobody listens on: every connect is refused at once
         s.bind(("127.0.0.1", 0))
@@ -486,7 +486,7 @@ def test_an_unreachable_broker_is_named_and_lost_results_exit_non_zero(
 
 
 def test_every_result_delivered_exits_0(broker: Broker, media: dict, tmp_path: Path) -> None:
-    from edge.cli import main
+    from edge.service.cli import main
 
     cams = [{"name": "line", "source": str(media["video"]), "loop": True, "fps": 20}]
     cfg = tmp_path / "edge.toml"

@@ -20,12 +20,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import evidence as ev
+from edge.capture.frames import Frame
 from edge.config import EvidenceConfig
-from edge.evidence import EvidenceStore, query
-from edge.evidence_cli import main as evidence_main
-from edge.frames import Frame
-from edge.postprocess import Verdict
+from edge.results.postprocess import Verdict
+from edge.stores import evidence as ev
+from edge.stores.evidence import EvidenceStore, query
+from edge.stores.evidence_cli import main as evidence_main
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 96
@@ -98,7 +98,7 @@ def test_keeps_anomalous_near_threshold_and_one_in_n_good(store_factory, tmp_pat
 
 
 def test_a_mask_already_encoded_for_mqtt_is_stored_as_it_is(store_factory, tmp_path: Path) -> None:
-    from edge.postprocess import encode_mask_png
+    from edge.results.postprocess import encode_mask_png
 
     store = store_factory()
     f, v = frame(1), verdict(9.0)
@@ -301,7 +301,7 @@ def test_export_writes_an_mvtec_layout_that_training_reads(store_factory, tmp_pa
     )
     assert len(good_images(only)) == 3  # line: frames 1, 5, 9 (3, 7, 11 are anomalous)
     listed = subprocess.run(
-        [sys.executable, "-m", "edge.evidence_cli", "list", "--dir", str(tmp_path / "evidence"), "--json",
+        [sys.executable, "-m", "edge.stores.evidence_cli", "list", "--dir", str(tmp_path / "evidence"), "--json",
          "--verdict", "anomalous"], capture_output=True, text=True, cwd=REPO, timeout=60,
     )  # fmt: skip
     assert listed.returncode == 0, listed.stderr

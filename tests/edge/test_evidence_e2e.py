@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.evidence import query
+from edge.stores.evidence import query
 from tests.edge.test_daemon_e2e import WAIT, InProcess, config_toml, results
 from tests.edge.test_evidence import full_disk  # noqa: F401  (fixture)
 from tests.helpers.broker import Broker
@@ -80,7 +80,7 @@ def test_a_short_soak_keeps_the_store_under_its_cap_and_age(
     """The 10-minute soak (edge-bench soak --evidence) in miniature: a looping camera, every frame kept,
     a 200 kB cap; the store's files stay under the cap the whole time (sampled). Evidence an hour old,
     left from an earlier run, goes at the first retention sweep (counted)."""
-    import edge.evidence as ev
+    import edge.stores.evidence as ev
     from benchmarks.pipeline_bench import folder_mb
     from edge.config import EvidenceConfig
     from tests.edge.test_evidence import offer

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.frames import Frame, FrameSlot, UnusableFrame
-from edge.preprocess import Preprocess
+from edge.capture.frames import Frame, FrameSlot, UnusableFrame
+from edge.capture.preprocess import Preprocess
 
 
 def make_frame(i: int, camera: str = "cam") -> Frame:

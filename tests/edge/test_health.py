@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.cli import JsonFormatter, KeyValueFormatter
-from edge.health import MetricsServer, SdNotifier, Watchdog, watchdog_interval_s
-from edge.stats import LatencyWindow, Stats
+from edge.service.cli import JsonFormatter, KeyValueFormatter
+from edge.service.health import MetricsServer, SdNotifier, Watchdog, watchdog_interval_s
+from edge.util.stats import LatencyWindow, Stats
 from tests.helpers.broker import free_port
 
 

@@ -45,7 +45,7 @@ def test_no_edge_module_imports_the_training_stack() -> None:
 
 
 def test_importing_the_daemon_loads_nothing_heavy() -> None:
-    report = run_python("import json, sys\nimport edge.daemon, edge.cli\nrc = 0\n" + REPORT)
+    report = run_python("import json, sys\nimport edge.service.daemon, edge.service.cli\nrc = 0\n" + REPORT)
     assert report == {"rc": 0, "heavy": []}
 
 
@@ -57,7 +57,7 @@ def test_running_the_daemon_loads_nothing_heavy(broker: Broker, tmp_path: Path) 
     cams = [{"name": "line", "source": str(video), "fps": 20}]
     cfg.write_text(config_toml(f"imp-{uuid.uuid4().hex[:8]}", broker, bundle, cams), encoding="utf-8")
     script = (
-        "import json, sys\nimport edge.cli\n"
-        f"rc = edge.cli.main(['--config', {str(cfg)!r}, '--max-frames', '3'])\n" + REPORT
+        "import json, sys\nimport edge.service.cli\n"
+        f"rc = edge.service.cli.main(['--config', {str(cfg)!r}, '--max-frames', '3'])\n" + REPORT
     )
     assert run_python(script) == {"rc": 0, "heavy": []}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.cli import EXIT_CONFIG, EXIT_OK, main
 from edge.config import load_config
+from edge.service.cli import EXIT_CONFIG, EXIT_OK, main
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 pytestmark = pytest.mark.usefixtures("clean_env")

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.manifest import ScoreNormalization
-from edge.postprocess import Postprocessor
-from edge.preprocess import Preprocess
+from edge.capture.preprocess import Preprocess
+from edge.results.postprocess import Postprocessor
+from edge.trust.manifest import ScoreNormalization
 
 LETTERBOX = Preprocess(height=64, width=64, resize="letterbox")
 

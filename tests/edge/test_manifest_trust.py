@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.cli import EXIT_STARTUP, main
-from edge.manifest import FILE_NAME, MAX_MANIFEST_BYTES, BundleError, verify_bundle
+from edge.service.cli import EXIT_STARTUP, main
+from edge.trust.manifest import FILE_NAME, MAX_MANIFEST_BYTES, BundleError, verify_bundle
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 FUZZ = settings(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edge.config import MqttConfig
-from edge.mqtt import MAX_IN_FLIGHT, Inbound, MqttTransport
+from edge.faces.mqtt_json.transport import MAX_IN_FLIGHT, Inbound, MqttTransport
 from tests.helpers.broker import Broker, free_port
 from tests.helpers.fake_broker import FakeBroker
 from tests.helpers.mqtt import Subscriber

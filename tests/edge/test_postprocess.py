@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.manifest import ScoreNormalization
-from edge.postprocess import (
+from edge.results.postprocess import (
     MAX_THRESHOLD_PAYLOAD,
     Postprocessor,
     ThresholdError,
@@ -22,6 +21,7 @@ from edge.postprocess import (
     encode_mask_png,
     parse_threshold_payload,
 )
+from edge.trust.manifest import ScoreNormalization
 
 NORM = ScoreNormalization(offset=0.1, scale=0.05)
 

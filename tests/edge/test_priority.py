@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from edge.priority import lower_current_thread_priority
+from edge.util.priority import lower_current_thread_priority
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux behaviour")
 

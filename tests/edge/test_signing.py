@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from edge.cli import EXIT_OK, EXIT_STARTUP, main
 from edge.config import load_config
-from edge.daemon import StartupError, build
-from edge.manifest import BundleError, verify_bundle
-from edge.signing import SIGNATURE_NAME, TrustedKeys
+from edge.service.cli import EXIT_OK, EXIT_STARTUP, main
+from edge.service.daemon import StartupError, build
+from edge.trust.manifest import BundleError, verify_bundle
+from edge.trust.signing import SIGNATURE_NAME, TrustedKeys
 from export.cli import main as export_main
 from export.keygen import main as keygen_main
 from tests.helpers.tiny_bundle import make_tiny_bundle

@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.backoff import Backoff
-from edge.frames import BLACK_MAX, Frame, FrameSlot, UnusableFrame
-from edge.sources import REJECTED_FAULT, CameraSource, Pacer, jpeg_packet, uri_kind, usable_image
+from edge.capture.frames import BLACK_MAX, Frame, FrameSlot, UnusableFrame
+from edge.capture.sources import REJECTED_FAULT, CameraSource, Pacer, jpeg_packet, uri_kind, usable_image
+from edge.util.backoff import Backoff
 from training.synthetic import write_video
 
 H, W = 48, 64

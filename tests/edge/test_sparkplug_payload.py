@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.sparkplug import payload as spb
-from edge.sparkplug.node import BdSeqStore
+from edge.faces.sparkplug import payload as spb
+from edge.faces.sparkplug.node import BdSeqStore
 from tests.helpers.sparkplug import Decoder, encode_command
 
 REPO = Path(__file__).resolve().parents[2]

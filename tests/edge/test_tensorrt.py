@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import atomic
-from edge.backends import BackendError, load_backend
-from edge.backends import tensorrt_engine as te
-from edge.deps import MissingDependency
-from edge.manifest import Manifest, verify_bundle
+from edge.scoring.backends import BackendError, load_backend
+from edge.scoring.backends import tensorrt_engine as te
+from edge.trust.manifest import Manifest, verify_bundle
+from edge.util import atomic
+from edge.util.deps import MissingDependency
 from tests.edge import fake_tensorrt
 from tests.edge.fake_tensorrt import FakeGPU, GpuSpec, engine_description, expected_outputs
 from tests.helpers.tiny_bundle import good_parts_rgb, make_tiny_bundle
@@ -521,7 +521,7 @@ def test_real_tensorrt_engine_is_cached_and_reused(bundle: Path, manifest: Manif
 
 
 def test_numpy_dtype_falls_back_to_the_type_name(gpu8: FakeGPU) -> None:
-    from edge.backends.tensorrt_backend import numpy_dtype
+    from edge.scoring.backends.tensorrt_backend import numpy_dtype
 
     trt = gpu8.trt
     assert numpy_dtype(trt, trt.DataType.HALF) == np.float16

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.postprocess import ThresholdError
-from edge.thresholds import InForce, ThresholdBook, resolve_state_dir, threshold_range
+from edge.results.postprocess import ThresholdError
+from edge.results.thresholds import InForce, ThresholdBook, resolve_state_dir, threshold_range
 
 LO, HI = -10.0, 100.0
 

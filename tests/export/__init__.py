@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edge.preprocess import Preprocess
+from edge.capture.preprocess import Preprocess
 from training.checkpoint import save_checkpoint
 from training.data import fingerprint, good_images, load_images, split_train_val
 from training.graph import Normalize

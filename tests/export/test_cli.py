@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from edge.manifest import MANIFEST_NAME, BundleError, sha256_file, verify_bundle
-from edge.signing import SIGNATURE_NAME, TrustedKeys
+from edge.trust.manifest import MANIFEST_NAME, BundleError, sha256_file, verify_bundle
+from edge.trust.signing import SIGNATURE_NAME, TrustedKeys
 from export.bundle import StagedBundle
 from export.cli import EXIT_GATE, EXIT_INPUT, EXIT_OK, main
 from export.engine import tensorrt_available

@@ -1,4 +1,4 @@
-"""Fixtures for the fault-injection tests: the real daemon (``python -m edge.cli``) in a subprocess, a real
+"""Fixtures for the fault-injection tests: the real daemon (``python -m edge.service.cli``) in a subprocess, a real
 mosquitto, a real ONNX bundle, real video files and a real sd_notify socket.
 
 Nothing here sleeps to synchronise: processes are waited on, notify datagrams are read with timeouts and
@@ -108,13 +108,13 @@ def daemon_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 class DaemonProcess:
-    """``python -m edge.cli --config …`` with stdout and stderr going to a file (no pipe to fill up)."""
+    """``python -m edge.service.cli --config …`` with stdout and stderr going to a file (no pipe to fill up)."""
 
     def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None, log: Path) -> None:
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in wait()/kill()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "--config", str(config), *args],
+            [sys.executable, "-m", "edge.service.cli", "--config", str(config), *args],
             cwd=REPO,
             env=daemon_env(env),
             stdout=self._log,

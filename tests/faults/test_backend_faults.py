@@ -31,11 +31,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edge import atomic
 from edge.config import load_config
-from edge.daemon import Daemon, build
-from edge.health import SdNotifier
-from edge.manifest import MANIFEST_NAME, sha256_file
+from edge.service.daemon import Daemon, build
+from edge.service.health import SdNotifier
+from edge.trust.manifest import MANIFEST_NAME, sha256_file
+from edge.util import atomic
 from tests.edge import fake_tensorrt
 from tests.faults.conftest import (
     SIZE,

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.manifest import MANIFEST_NAME, sha256_file
+from edge.trust.manifest import MANIFEST_NAME, sha256_file
 from tests.faults.conftest import (
     WAIT,
     DaemonProcess,

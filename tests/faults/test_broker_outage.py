@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.daemon import EXIT_UNDELIVERED
+from edge.service.daemon import EXIT_UNDELIVERED
 from tests.faults.conftest import (
     REPO,
     WAIT,
@@ -193,7 +193,7 @@ def test_password_never_leaks_and_the_broker_refuses_anonymous_clients(
 
 def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edge.cli", "--config", str(config), *args],
+        [sys.executable, "-m", "edge.service.cli", "--config", str(config), *args],
         capture_output=True,
         text=True,
         timeout=WAIT,

@@ -5,7 +5,7 @@
   Last Will's "connection lost"), availability ``offline``, each frame id published at most once, in order.
 - The same signal during a broker outage: a prompt stop (no wait for acks that cannot come) with exit 4,
   because the results scored while the broker was away never reached it.
-- The same signal delivered exactly while a frame is inside the backend (in-process: ``edge.cli.main`` in
+- The same signal delivered exactly while a frame is inside the backend (in-process: ``edge.service.cli.main`` in
   this thread with its real signal handlers, the backend wrapped so a run can be held open): the result of
   that frame, and of every frame scored, is published before the daemon exits.
 """
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import edge.daemon
-from edge.cli import main
-from edge.daemon import EXIT_UNDELIVERED
+import edge.service.daemon
+from edge.service.cli import main
+from edge.service.daemon import EXIT_UNDELIVERED
 from tests.faults.conftest import (
     WAIT,
     DaemonProcess,
@@ -176,14 +176,14 @@ def test_sigterm_during_inference_publishes_that_frames_result(
 ) -> None:
     held: list[HeldBackend] = []
     created = threading.Event()
-    real_load = edge.daemon.load_backend
+    real_load = edge.service.daemon.load_backend
 
     def load_held(*args: object, **kwargs: object) -> HeldBackend:
         held.append(HeldBackend(real_load(*args, **kwargs), hold_at=5))
         created.set()
         return held[-1]
 
-    monkeypatch.setattr(edge.daemon, "load_backend", load_held)
+    monkeypatch.setattr(edge.service.daemon, "load_backend", load_held)
     monkeypatch.setenv("NOTIFY_SOCKET", str(notify_socket.path))
     dev = device_id("midframe")
     prefix = f"edge-anomaly/{dev}"

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edge.manifest import MANIFEST_NAME, Manifest, sha256_file
+from edge.trust.manifest import MANIFEST_NAME, Manifest, sha256_file
 from training.synthetic import defective_part, good_part
 
 OPSET = 17

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edge.preprocess import Preprocess
+from edge.capture.preprocess import Preprocess
 from training.checkpoint import build_model, load_checkpoint, save_checkpoint
 from training.cli import train_main
 from training.weights import WeightsUnavailable, vit_s14_onnx

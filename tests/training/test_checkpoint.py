@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edge.preprocess import Preprocess
+from edge.capture.preprocess import Preprocess
 from training.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 
 

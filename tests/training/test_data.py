@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from edge.preprocess import Preprocess
+from edge.capture.preprocess import Preprocess
 from training.data import (
     DatasetError,
     ImageFolderDataset,

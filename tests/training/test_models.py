@@ -120,7 +120,7 @@ def test_bad_data_folder_is_a_clear_error(tmp_path: Path, capsys) -> None:
 def test_images_load_in_model_colour_order(synthetic_dataset: Path) -> None:
     ckpt_pre = build_model("conv-ae", {"image_size": 64}).config
     assert ckpt_pre.image_size == 64
-    from edge.preprocess import Preprocess
+    from edge.capture.preprocess import Preprocess
 
     imgs = load_images(sorted((synthetic_dataset / "train" / "good").glob("*.png"))[:2], Preprocess(64, 64))
     assert imgs.shape == (2, 64, 64, 3) and imgs.dtype == np.uint8

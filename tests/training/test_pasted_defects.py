@@ -76,7 +76,7 @@ def test_a_model_that_sees_the_change_scores_one_and_a_blind_one_chance() -> Non
 def test_a_checkpoint_without_held_out_images_is_a_clear_error(tmp_path: Path, capsys) -> None:
     import torch
 
-    from edge.preprocess import Preprocess
+    from edge.capture.preprocess import Preprocess
     from training.checkpoint import build_model, save_checkpoint
     from training.cli import eval_main
 

@@ -123,7 +123,7 @@ def test_bundle_runs_the_search_in_onnxruntime(
             [str(patchcore_run), "--out", str(bundle), "--fp16", "--data", str(synthetic_dataset)]
         )
     assert rc == EXIT_OK, err.getvalue()
-    from edge.manifest import verify_bundle
+    from edge.trust.manifest import verify_bundle
 
     assert verify_bundle(bundle, ["fp32", "fp16"]).model.kind == "patchcore"  # the daemon would load it
     ckpt = load_checkpoint(patchcore_run)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge.deps import require
+from edge.util.deps import require
 from training.weights import vit_s14_onnx
 
 

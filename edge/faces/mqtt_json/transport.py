@@ -1,0 +1,650 @@
+"""MQTT transport: one paho-mqtt 2 client, its connection, and one bounded queue. No topic or payload here.
+
+What to publish, on which topic and with which flags is :mod:`edge.faces.mqtt_json.api`'s business; this module only
+guarantees how messages travel:
+
+- **Bounded, in order, every drop counted.** Messages wait in our own queue and are handed to paho only while
+  fewer than ``MAX_IN_FLIGHT`` are unfinished there (QoS >= 1 not yet acknowledged, QoS 0 not yet written).
+  QoS >= 1 messages in flight and queued together never exceed ``mqtt.offline_queue_max`` (at least one),
+  whether the broker is gone, refuses, never acknowledges or stops reading; the oldest
+  queued message is dropped first and counted per kind (result, mask, stats, ...). paho's own queue is never
+  used, so memory stays bounded. Retained state is "latest value per topic", sent before the queue and again
+  at every connect (a broker restarted without persistence has forgotten it).
+- **Own network thread and reconnect policy.** The thread connects, runs ``client.loop()`` and reconnects
+  with a capped, jittered backoff (:class:`edge.util.backoff.Backoff`), so the device is back within
+  ``reconnect_max_s`` plus one connect of the broker's return. Each change of connection state is one log
+  line naming ``host:port`` and, for a failed attempt, the real error (``certificate verify failed``,
+  ``Connection refused``); every failed attempt is counted in ``connect_failures``.
+- **A broker that stops acknowledging is reported.** When the oldest message in flight has waited
+  ``mqtt.ack_stall_s``, a warning is logged and handed to ``on_warnings`` (the API puts it into ``status``
+  and ``stats``), and taken back when acknowledgements flow again.
+
+Subscriptions are registered with :meth:`subscribe` (paho's ``message_callback_add``) and renewed at every
+connect.
+
+Locking: paho calls on_publish while holding its outgoing-message lock, and our publish path takes our lock
+and then paho's, so callbacks that paho may call under its own locks must not take ``self._lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.config import ConfigError, MqttConfig, TlsConfig
+from edge.util.backoff import Backoff
+from edge.util.priority import lower_current_thread_priority
+
+log = logging.getLogger("edge.mqtt")
+
+MAX_IN_FLIGHT = 20  # messages handed to paho and not finished; more wait in our queue
+LOOP_TICK_S = 0.1  # longest the network thread waits in select() before checking acks and the queue
+RECONNECT_JITTER = 0.5  # each reconnect delay is drawn from [0.5, 1] x the nominal delay
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message waiting to be handed to paho."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool = False
+    kind: str = "other"  # what a drop is counted as: result, mask, heatmap, stats, status, ...
+    queue: bool = True  # False: drop rather than wait when it cannot be sent at once
+    content_type: Optional[str] = None
+    correlation: Optional[bytes] = None
+    user_properties: Tuple[Tuple[str, str], ...] = ()
+    raw_properties: Optional[Properties] = None  # set for messages carried over from paho
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A message that arrived on a subscribed topic."""
+
+    topic: str
+    suffix: str  # the topic below the prefix
+    payload: bytes
+    retain: bool
+
+
+Handler = Callable[[Inbound], None]
+WarningsHook = Callable[[List[str]], None]
+
+
+def _finished(info: paho.MQTTMessageInfo) -> bool:
+    """Whether paho is done with a message (acknowledged / written, or never accepted so never will be)."""
+    try:
+        return info.is_published()
+    except ValueError:  # refused by paho's own queue limit
+        return True
+    except RuntimeError:
+        # rc said "not connected" at hand-over; paho marks it published on the ack after a reconnect
+        return bool(getattr(info, "_published", False))
+
+
+def read_password(cfg: MqttConfig) -> Optional[str]:
+    """The broker password from the config or its file (read here, at start, never in a validator)."""
+    if cfg.password is not None:
+        return cfg.password.get_secret_value()
+    if cfg.password_file is None:
+        return None
+    try:
+        return Path(cfg.password_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"mqtt.password_file: cannot read {cfg.password_file}: {exc.strerror or exc}"
+        ) from exc
+
+
+def configure_tls(client: paho.Client, tls: TlsConfig) -> None:
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, name)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"mqtt.tls.{name}: {path} does not exist or is not a file")
+    try:
+        client.tls_set(
+            ca_certs=str(tls.ca_file) if tls.ca_file else None,
+            certfile=str(tls.cert_file) if tls.cert_file else None,
+            keyfile=str(tls.key_file) if tls.key_file else None,
+        )
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(f"mqtt.tls: the TLS files cannot be used: {exc}") from exc
+    client.tls_insecure_set(tls.insecure)
+
+
+def _network_thread_writes(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """paho's external-loop hook, used only to stop it writing from publishing threads (see _make_client)."""
+
+
+def _error_text(exc: BaseException) -> str:
+    """``certificate verify failed: …`` or ``[Errno 111] Connection refused``, without paho's wrapping."""
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 300 else text[:300] + "…"
+
+
+class MqttTransport:
+    """Owns the paho client: connection, subscriptions, retained state, the bounded queue."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        prefix: str,
+        client_id: str,
+        will: Optional[Tuple[str, bytes]] = None,
+        network_thread_nice: int = 0,
+    ) -> None:
+        self.cfg = cfg
+        self.prefix = prefix
+        self.v5 = cfg.protocol == "5"
+        self.broker = f"{cfg.host}:{cfg.port}"
+        self.bound = max(1, cfg.offline_queue_max)  # QoS >= 1 in flight + queued
+        self._max_in_flight = min(MAX_IN_FLIGHT, self.bound)
+        self.on_warnings: Optional[WarningsHook] = None
+        self._network_thread_nice = network_thread_nice
+        self._lock = threading.Lock()
+        self._queue: Deque[Outgoing] = deque()
+        self._retained: Dict[str, Outgoing] = {}
+        self._retained_due: Dict[str, None] = {}  # topics whose latest value is not yet handed to paho
+        # (info, handed over, qos, kind): what paho holds, so an unacknowledged result is still a result
+        self._pending: Deque[Tuple[paho.MQTTMessageInfo, float, int, str]] = deque()
+        self._pending_lock = threading.Lock()  # leaf lock: nothing else is taken while it is held
+        self._counter_lock = threading.Lock()  # leaf lock too
+        self._subscriptions: Dict[str, Handler] = {}
+        self._connected = False
+        self._state = threading.Condition()  # leaf: notified on connect, refusal and disconnect
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._failures_in_row = 0
+        self._last_error = ""
+        self._offline_since: Optional[float] = None
+        self._stalled = False
+        self._answered = False  # a CONNACK came for the current attempt
+        self._backoff = Backoff(
+            float(cfg.reconnect_min_s), float(cfg.reconnect_max_s), jitter=RECONNECT_JITTER
+        )
+        self.counters: Dict[str, int] = {
+            "connects": 0,
+            "disconnects": 0,
+            "connect_failures": 0,
+            "published": 0,
+            "subscribe_failures": 0,
+            "handler_errors": 0,
+            "network_errors": 0,
+        }
+        self.dropped: Dict[str, int] = {}
+        self.client = self._make_client(client_id, will)
+
+    # --- setup ------------------------------------------------------------------------------------------
+
+    def _make_client(self, client_id: str, will: Optional[Tuple[str, bytes]]) -> paho.Client:
+        cfg = self.cfg
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
+            clean_session=None if self.v5 else True,
+        )
+        client.enable_logger(logging.getLogger("edge.mqtt.paho"))
+        client.max_inflight_messages_set(self._max_in_flight)
+        if will is not None:
+            client.will_set(self.topic(will[0]), will[1], qos=1, retain=True)
+        password = read_password(cfg)
+        if cfg.username is not None or password is not None:
+            client.username_pw_set(cfg.username or "", password)
+        if cfg.tls is not None:
+            configure_tls(client, cfg.tls)
+        # Only the network thread writes to the socket: without this, paho writes from whichever thread
+        # publishes, and two threads' packets can interleave on the wire. Publishers now only queue packets
+        # and wake the network thread's select() through paho's socket pair, as with loop_start().
+        client.on_socket_register_write = _network_thread_writes
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.prefix}/{suffix}"
+
+    def subscribe(self, filter_suffix: str, handler: Handler) -> None:
+        """Call ``handler`` for each message on ``<prefix>/<filter_suffix>`` (subscribed at every connect)."""
+        full = self.topic(filter_suffix)
+        self._subscriptions[full] = handler
+        self.client.message_callback_add(full, self._dispatch(handler))
+
+    def _dispatch(self, handler: Handler) -> Callable[[paho.Client, Any, paho.MQTTMessage], None]:
+        head = self.prefix + "/"
+
+        def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+            msg = Inbound(
+                message.topic, message.topic[len(head) :], bytes(message.payload), bool(message.retain)
+            )
+            try:
+                handler(msg)
+            except Exception:  # a bug must not kill the network thread; count it and keep the connection
+                self._count("handler_errors")
+                log.exception("handler for %s failed", message.topic)
+
+        return on_message
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._counter_lock:
+            self.counters[name] = self.counters.get(name, 0) + n
+
+    def _drop(self, kind: str, n: int = 1) -> None:
+        with self._counter_lock:
+            self.dropped[kind] = self.dropped.get(kind, 0) + n
+
+    # --- the network thread ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin connecting in our network thread; returns at once (the broker may be down)."""
+        if self._thread is not None:
+            return
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
+        self._offline_since = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="edge-mqtt", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        lower_current_thread_priority(self._network_thread_nice)
+        while not self._stop.is_set():
+            try:
+                if self._connect_once():
+                    self._loop_until_disconnected()
+            except Exception:  # a bug here must not end the only thread that talks to the broker
+                self._count("network_errors")
+                log.exception("mqtt %s: network thread error; reconnecting with backoff", self.broker)
+                with contextlib.suppress(Exception):
+                    self.client.disconnect()
+                self._connected = False
+                self._notify_state()
+            if not self._stop.is_set():
+                self._stop.wait(self._backoff.next_delay())
+
+    def _connect_once(self) -> bool:
+        self._answered = False
+        try:
+            rc = self.client.reconnect()
+        except Exception as exc:  # OSError (refused, unreachable, TLS), ValueError (bad host), ...
+            self._connect_failed(_error_text(exc))
+            return False
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._connect_failed(paho.error_string(rc))
+            return False
+        return True
+
+    def _connect_failed(self, error: str) -> None:
+        self._failures_in_row += 1
+        if error != self._last_error:  # one line per change, not one per attempt
+            log.warning("mqtt %s: cannot connect: %s (retrying with backoff)", self.broker, error)
+            self._last_error = error
+        else:
+            log.debug("mqtt %s: attempt %d failed: %s", self.broker, self._failures_in_row, error)
+        self._count("connect_failures")  # after the log line, so whoever sees the count finds the line
+        self._notify_state()
+
+    def _loop_until_disconnected(self) -> None:
+        while True:
+            if self._stop.is_set():
+                self.client.disconnect()
+                self.client.loop_write()  # this thread writes the DISCONNECT; paho then closes the socket
+                return
+            rc = self.client.loop(timeout=LOOP_TICK_S)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                if not self._answered and not self._stop.is_set():  # TCP (and TLS) up, but no CONNACK
+                    self._connect_failed(
+                        f"connection closed before the broker answered ({paho.error_string(rc)})"
+                    )
+                return
+            if self._connected:
+                self._pump()
+            self._check_acks()
+
+    # --- paho callbacks (network thread) ----------------------------------------------------------------
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        self._answered = True
+        if reason_code.is_failure:
+            self._connect_failed(f"the broker refused the connection: {reason_code}")
+            return
+        for full in self._subscriptions:
+            client.subscribe(full, qos=1)
+        with self._lock:
+            carried = self._carry_unacked(client)
+            self._queue.extendleft(reversed(carried))
+            self._trim_queue()
+            self._retained_due = dict.fromkeys(self._retained)
+            queued = len(self._queue)
+            self._connected = True
+        self._count("connects")
+        offline = time.monotonic() - self._offline_since if self._offline_since is not None else 0.0
+        log.info(
+            "mqtt %s: connected (after %d failed attempt(s), %.1f s offline); sending %d queued messages",
+            self.broker,
+            self._failures_in_row,
+            offline,
+            queued,
+        )
+        self._failures_in_row = 0
+        self._last_error = ""
+        self._offline_since = None
+        self._backoff.reset()
+        self._notify_state()
+
+    def _carry_unacked(self, client: paho.Client) -> List[Outgoing]:
+        """Take back what paho would resend after this connect, to send it *before* our queue.
+
+        paho resends its unacknowledged messages after on_connect returns, which would put them behind the
+        newer messages we flush. They are older, so they go first; they get new message ids (QoS 1 is
+        at-least-once anyway).
+        """
+        drop = getattr(client, "drop_out_messages", None)
+        if drop is None:  # paho < 2.2 (JetPack's lock pins 2.1): paho resends them itself, after our queue
+            return []
+        leftovers = drop()
+        with self._pending_lock:
+            kinds = {info.mid: kind for info, _, _, kind in self._pending}
+            self._pending.clear()  # everything paho held is either carried back here or was finished
+        carried = [
+            Outgoing(
+                m.topic,
+                bytes(m.payload),
+                m.qos,
+                bool(m.retain),
+                kind=kinds.get(m.mid, "resent"),
+                raw_properties=m.properties,
+            )
+            for m in leftovers
+            # retained state is re-sent from self._retained with its current value; an old copy would
+            # overwrite it
+            if not (m.retain and m.topic in self._retained)
+        ]
+        if carried:
+            log.info("mqtt %s: resending %d message(s) unacknowledged when the connection dropped",
+                     self.broker, len(carried))  # fmt: skip
+        return carried
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        # No self._lock here (see module docstring); a bool write is atomic.
+        was_connected = self._connected
+        self._connected = False
+        self._notify_state()
+        if was_connected and not self._stop.is_set():
+            self._offline_since = time.monotonic()
+            self._count("disconnects")
+            log.warning("mqtt %s: connection lost (%s); reconnecting with backoff", self.broker, reason_code)
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
+        for rc in reason_codes:
+            if rc.is_failure:
+                self._count("subscribe_failures")
+                log.error("mqtt %s: the broker refused a subscription: %s", self.broker, rc)
+
+    # --- connection state -------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def _notify_state(self) -> None:
+        with self._state:
+            self._state.notify_all()
+
+    def wait_for(self, predicate: Callable[[MqttTransport], bool], timeout: float) -> bool:
+        """Wait until ``predicate(self)`` holds, re-checked at every connect, failure and disconnect."""
+        with self._state:
+            return self._state.wait_for(lambda: predicate(self), timeout)
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.wait_for(lambda p: p.connected, timeout)
+
+    # --- publishing (any thread) -------------------------------------------------------------------------
+
+    def publish(
+        self,
+        suffix: str,
+        payload: bytes,
+        qos: int,
+        *,
+        kind: str = "other",
+        queue: bool = True,
+        content_type: Optional[str] = None,
+        correlation: Optional[bytes] = None,
+        user_properties: Sequence[Tuple[str, str]] = (),
+        retain: bool = False,
+    ) -> bool:
+        """Send now when there is room in flight, else queue (bounded, oldest dropped) or drop.
+
+        QoS 0 and ``queue=False`` messages are never queued: they go now or are dropped and counted.
+        Returns False when this message was dropped at once (a queued one may still be dropped later,
+        oldest first, and is counted then).
+        """
+        msg = Outgoing(
+            self.topic(suffix), payload, qos, retain, kind, queue and qos > 0, content_type, correlation,
+            tuple(user_properties),
+        )  # fmt: skip
+        with self._lock:
+            if qos == 0:  # never queued, never behind the queue: stats still flow while results wait
+                if self._connected and self._room(qos0=True):
+                    self._send(msg)
+                    return True
+            elif self._connected and not self._queue and not self._retained_due and self._room():
+                self._send(msg)
+                return True
+            elif msg.queue:
+                self._queue.append(msg)
+                self._trim_queue()
+                self._pump_locked()
+                return True
+            self._drop(kind)
+            return False
+
+    def set_retained(
+        self, suffix: str, payload: bytes, qos: int = 1, content_type: Optional[str] = None
+    ) -> None:
+        """Remember the latest retained value of a topic and send it (before the queue; again on connect)."""
+        msg = Outgoing(self.topic(suffix), payload, qos, True, "state", True, content_type)
+        with self._lock:
+            self._retained[msg.topic] = msg
+            self._retained_due[msg.topic] = None
+            if self._connected:
+                self._pump_locked()
+
+    def clear_retained(self, suffix: str) -> None:
+        """Delete the broker's retained message on a topic we do not own (e.g. a retained command)."""
+        self.publish(suffix, b"", 1, kind="clear", retain=True, queue=False)
+
+    def _room(self, qos0: bool = False) -> bool:
+        return self.in_flight(qos0_only=qos0) < self._max_in_flight
+
+    def _trim_queue(self) -> None:
+        """Drop the oldest queued messages until in flight + queued fit the bound (caller holds the lock)."""
+        limit = max(0, self.bound - self.in_flight())
+        while len(self._queue) > limit:
+            self._drop(self._queue.popleft().kind)
+
+    def _pump(self) -> None:
+        with self._lock:
+            self._pump_locked()
+
+    def _pump_locked(self) -> None:
+        """Hand over retained state first, then the queue, while there is room in flight."""
+        while self._connected and self._retained_due and self._room():
+            topic = next(iter(self._retained_due))
+            del self._retained_due[topic]
+            self._send(self._retained[topic])
+        while self._connected and self._queue and not self._retained_due and self._room():
+            self._send(self._queue.popleft())
+
+    def _send(self, msg: Outgoing) -> None:
+        """Hand one message to paho (caller holds self._lock)."""
+        info = self.client.publish(
+            msg.topic, msg.payload, qos=msg.qos, retain=msg.retain, properties=self._props(msg)
+        )
+        self._count("published")
+        with self._pending_lock:
+            self._pending.append((info, time.monotonic(), msg.qos, msg.kind))
+
+    def _props(self, msg: Outgoing) -> Optional[Properties]:
+        if msg.raw_properties is not None:
+            return msg.raw_properties if self.v5 else None
+        if not self.v5 or (msg.content_type is None and msg.correlation is None and not msg.user_properties):
+            return None
+        props = Properties(PacketTypes.PUBLISH)
+        if msg.content_type is not None:
+            props.ContentType = msg.content_type
+        if msg.correlation is not None:
+            props.CorrelationData = msg.correlation
+        if msg.user_properties:
+            props.UserProperty = list(msg.user_properties)
+        return props
+
+    # --- acknowledgements --------------------------------------------------------------------------------
+
+    def in_flight(self, qos0_only: bool = False) -> int:
+        """Messages handed to paho and not finished (QoS >= 1 unacknowledged, QoS 0 unwritten)."""
+        with self._pending_lock:
+            while self._pending and _finished(self._pending[0][0]):
+                self._pending.popleft()
+            return sum(1 for info, _, qos, _ in self._pending if not (qos0_only and qos) and not _finished(info))
+
+    def occupancy(self) -> Tuple[int, int, int]:
+        """(QoS 0 in flight, QoS >= 1 in flight, queued), read under one lock: the numbers the bound is about.
+
+        Separate calls can each be right and still add up to one too many, because a message may finish or
+        move from the queue to paho between them."""
+        with self._lock:
+            with self._pending_lock:
+                live = [qos for info, _, qos, _ in self._pending if not _finished(info)]
+            queued = len(self._queue)
+        qos0 = live.count(0)
+        return qos0, len(live) - qos0, queued
+
+    def unacknowledged_s(self) -> float:
+        """How long the oldest unfinished message has waited (0 when none waits)."""
+        with self._pending_lock:
+            while self._pending and _finished(self._pending[0][0]):
+                self._pending.popleft()
+            return time.monotonic() - self._pending[0][1] if self._pending else 0.0
+
+    def _stalled_for(self) -> float:
+        """Seconds the oldest message has waited for its ack while connected (an outage is not a stall)."""
+        return self.unacknowledged_s() if self._connected else 0.0
+
+    def _check_acks(self) -> None:
+        waited = self._stalled_for()
+        stalled = waited >= self.cfg.ack_stall_s
+        if stalled == self._stalled:
+            return
+        self._stalled = stalled
+        if stalled:
+            log.warning(
+                "mqtt %s: broker not acknowledging for %.0f s (%d in flight, %d queued); the oldest queued "
+                "messages are dropped once %d are waiting",
+                self.broker,
+                waited,
+                self.in_flight(),
+                len(self._queue),
+                self.bound,
+            )
+        else:
+            log.info("mqtt %s: broker acknowledging again", self.broker)
+        hook = self.on_warnings
+        if hook is not None:
+            hook(self.warnings())
+
+    def warnings(self) -> List[str]:
+        waited = self._stalled_for()
+        if waited >= self.cfg.ack_stall_s:
+            return [f"broker {self.broker} not acknowledging for {waited:.0f} s"]
+        return []
+
+    # --- state for stats ---------------------------------------------------------------------------------
+
+    def snapshot(self) -> Dict[str, object]:
+        with self._lock:
+            queued = len(self._queue)
+        with self._counter_lock:
+            counters = dict(self.counters)
+            dropped = dict(self.dropped)
+        return {
+            "connected": self._connected,
+            "broker": self.broker,
+            "in_flight": self.in_flight(),
+            "queued": queued,
+            "queue_max": self.bound,
+            "unacknowledged_s": round(self.unacknowledged_s(), 3),
+            "dropped": dropped,
+            **counters,
+        }
+
+    # --- shutdown ----------------------------------------------------------------------------------------
+
+    def undelivered(self) -> Dict[str, int]:
+        """Messages not delivered yet, by kind: queued here, or handed to paho and not acknowledged."""
+        out: Dict[str, int] = {}
+        with self._lock:
+            kinds = [m.kind for m in self._queue] + [self._retained[t].kind for t in self._retained_due]
+        with self._pending_lock:
+            kinds += [kind for info, _, qos, kind in self._pending if qos and not _finished(info)]
+        for kind in kinds:
+            out[kind] = out.get(kind, 0) + 1
+        return out
+
+    def stop(self, final_retained: Sequence[Tuple[str, bytes]] = (), timeout: float = 5.0) -> Dict[str, int]:
+        """Publish the final retained states, wait for acks, disconnect cleanly, end the network thread.
+
+        Returns what was still undelivered at the end, by kind (empty when everything was acknowledged)."""
+        if self._thread is None:
+            return {}
+        for suffix, payload in final_retained:
+            self.set_retained(suffix, payload)
+        self._wait_flushed(timeout)
+        left = self.undelivered()
+        if left:
+            log.warning(
+                "mqtt %s: stopping with %d message(s) not delivered (%s)%s",
+                self.broker,
+                sum(left.values()),
+                ", ".join(f"{n} {kind}" for kind, n in sorted(left.items())),
+                "" if self._connected else f"; the broker is unreachable: {self._last_error or 'never connected'}",
+            )
+        self._stop.set()  # the network thread sends DISCONNECT and ends
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("mqtt %s: the network thread did not end within %.0f s", self.broker, timeout)
+        self._thread = None
+        return left
+
+    def _wait_flushed(self, timeout: float) -> None:
+        """Until queue and flight are empty, the connection is lost or ``timeout`` passes."""
+
+        def flushed(p: MqttTransport) -> bool:
+            return not p.connected or (not p._queue and not p._retained_due and p.in_flight() == 0)
+
+        deadline = time.monotonic() + timeout
+        while not flushed(self):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("mqtt %s: stopping before the broker acknowledged every message", self.broker)
+                return
+            with self._state:
+                self._state.wait(min(left, LOOP_TICK_S))

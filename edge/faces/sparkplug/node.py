@@ -1,0 +1,589 @@
+"""The Sparkplug B 3.0 edge node: its own MQTT session, births and deaths, seq and bdSeq, NCMD and DCMD.
+
+It is a second face of :class:`edge.faces.mqtt_json.api.DeviceApi` (an :class:`edge.faces.mqtt_json.api.ApiObserver`): every result, camera
+change and threshold change reaches it after the JSON face published it, and its threshold command goes
+through the JSON face's own ``set_threshold`` (same validation, record and ``threshold/state`` answer).
+
+Session (one paho client per connection, clean session; the network thread ``edge-spb`` owns it):
+
+1. bdSeq = the last one used + 1 (0-255, wrapping; kept in ``state_dir`` so it survives restarts), the
+   Will = NDEATH with that bdSeq at QoS 1, not retained; CONNECT.
+2. On CONNACK: subscribe NCMD, DCMD (and ``spBv1.0/STATE/<primary_host_id>``); births wait for the SUBACK.
+3. With a primary host: births wait for its STATE ``{"online": true, "timestamp": …}``. A STATE older than
+   the last one seen is ignored. When it says offline after the births: NDEATH, disconnect, back to 1.
+4. Births: NBIRTH (seq 0, every node metric, ``Node Control/Rebirth`` = false, bdSeq), then a DBIRTH per
+   camera that is not in fault. Then DDATA with the changed metrics of each result (QoS 0); seq +1 per
+   message of the node, 0-255 wrapping. A camera fault sends DDEATH, its return a DBIRTH.
+5. NCMD ``Node Control/Rebirth`` = true: step 4 again. Stop: NDEATH, then DISCONNECT.
+
+Threads: results arrive from the postprocess thread, camera changes from grabber threads, JSON threshold
+sets from the JSON network thread, commands and connection events in ``edge-spb``. One lock covers the seq
+and every hand-over to paho, so seq order is wire order. As in :mod:`edge.faces.mqtt_json.transport`, only ``edge-spb`` writes
+to the socket (publishers queue and wake it), and no paho callback that paho runs under its own locks is
+used. Data published while the node is not born (broker away, primary host offline) is dropped and counted:
+the births that follow carry the latest values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from edge.config import MqttConfig, SparkplugConfig, TlsConfig
+from edge.faces.mqtt_json.api import CameraState, DeviceApi, Identity, ResultPayload
+from edge.faces.mqtt_json.transport import configure_tls, read_password
+from edge.faces.sparkplug import payload as spb
+from edge.util.atomic import write_json_atomically
+from edge.util.backoff import Backoff
+from edge.util.priority import lower_current_thread_priority
+
+log = logging.getLogger("edge.sparkplug")
+
+NAMESPACE = "spBv1.0"
+LOOP_TICK_S = 0.1
+CONNACK_TIMEOUT_S = 10.0
+DEATH_ACK_TIMEOUT_S = 2.0
+MAX_UNWRITTEN = 100  # QoS 0 data messages handed to paho and not yet written; more are dropped and counted
+STATE_FORMAT = 1
+
+
+class BdSeqStore:
+    """bdSeq per connection, 0-255, remembered in a file so a restart continues the sequence.
+
+    A value is written once, when it is first taken; connection attempts that never got a CONNACK reuse it
+    (no Will was registered with it), so a long broker outage does not rewrite the file every few seconds.
+    """
+
+    def __init__(self, path: Optional[Path]) -> None:
+        self.path = path
+        self._last = self._load()
+        self._pending: Optional[int] = None
+
+    def _load(self) -> int:
+        if self.path is None:
+            return -1
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            value = int(doc["bdSeq"])
+        except FileNotFoundError:
+            return -1
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("ignoring the Sparkplug state file %s (%s); bdSeq starts at 0", self.path, exc)
+            return -1
+        return value if 0 <= value <= 255 else -1
+
+    def take(self) -> int:
+        """The bdSeq of the next connection attempt."""
+        if self._pending is None:
+            self._pending = (self._last + 1) % 256
+            self._last = self._pending
+            if self.path is not None:
+                try:
+                    write_json_atomically(self.path, {"format": STATE_FORMAT, "bdSeq": self._pending})
+                except OSError as exc:  # the session still works; a restart may repeat this bdSeq
+                    log.error("cannot record the Sparkplug bdSeq in %s: %s", self.path, exc)
+        return self._pending
+
+    def connected(self) -> None:
+        """The broker accepted a connection with the pending bdSeq: the next attempt takes a new one."""
+        self._pending = None
+
+
+@dataclass
+class _Camera:
+    index: int
+    values: Dict[str, spb.Value]  # current value of every device metric (what a DBIRTH carries)
+    sent: Dict[str, spb.Value] = field(default_factory=dict)  # last value sent since the last DBIRTH
+    alive: bool = False  # DBIRTH sent on this connection and no DDEATH since
+
+
+class SparkplugNode:
+    """One Sparkplug B edge node; each camera is a device. :meth:`start` connects, :meth:`stop` ends it."""
+
+    def __init__(
+        self,
+        cfg: SparkplugConfig,
+        mqtt: MqttConfig,
+        *,
+        node_id: str,
+        client_id: str,
+        api: DeviceApi,
+        json_prefix: str,
+        state_file: Optional[Path],
+        tls: Optional[TlsConfig] = None,
+        network_thread_nice: int = 0,
+    ) -> None:
+        self.cfg = cfg
+        self.mqtt = mqtt
+        self.tls = tls
+        self.group = cfg.group_id
+        self.node_id = node_id
+        self.client_id = client_id
+        self.api = api
+        self.v5 = mqtt.protocol == "5"
+        self.broker = f"{mqtt.host}:{mqtt.port}"
+        self._nice = network_thread_nice
+        self._bdseq = BdSeqStore(state_file)
+        self._backoff = Backoff(float(mqtt.reconnect_min_s), float(mqtt.reconnect_max_s), jitter=0.5)
+        self._password = read_password(mqtt)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._client: Optional[paho.Client] = None
+        self._connected = False
+        self._subscribed = False
+        self._accepted = False  # the broker accepted the current connection
+        self._sub_mid: Optional[int] = None
+        self._born = False
+        self._seq = 0
+        self._current_bdseq = 0
+        self._host_online = cfg.primary_host_id is None
+        self._host_ts = -1  # timestamp of the newest STATE seen (kept across connections)
+        self._host_went_offline = False
+        self._unwritten: Deque[paho.MQTTMessageInfo] = deque()
+        self._last_error = ""
+        self._node_values = self._initial_node_values(api.identity, json_prefix)
+        self._cameras: Dict[str, _Camera] = {}
+        for index, (name, state) in enumerate(api.cameras_now().items()):
+            self._cameras[name] = _Camera(index, self._initial_camera_values(name, state))
+        self.counters: Dict[str, int] = {
+            "connects": 0,
+            "connect_failures": 0,
+            "published": 0,
+            "births": 0,
+            "rebirth_requests": 0,
+            "host_offline": 0,
+            "stale_state": 0,
+            "dropped_ddata": 0,
+            "commands_rejected": 0,
+        }
+
+    # --- topics ---------------------------------------------------------------------------------------------
+
+    def topic(self, kind: str, device: Optional[str] = None) -> str:
+        base = f"{NAMESPACE}/{self.group}/{kind}/{self.node_id}"
+        return base if device is None else f"{base}/{device}"
+
+    @property
+    def state_topic(self) -> Optional[str]:
+        host = self.cfg.primary_host_id
+        return None if host is None else f"{NAMESPACE}/STATE/{host}"
+
+    # --- values ---------------------------------------------------------------------------------------------
+
+    def _initial_node_values(self, identity: Identity, json_prefix: str) -> Dict[str, spb.Value]:
+        return {
+            "bdSeq": 0,
+            "Node Control/Rebirth": False,
+            "Properties/Device ID": identity.device_id,
+            "Properties/Version": identity.version,
+            "Properties/Run ID": identity.run_id,
+            "Properties/Model": identity.model.id,
+            "Properties/Precision": identity.model.precision,
+            "Properties/Backend": identity.model.backend,
+            "Properties/JSON Prefix": json_prefix,
+        }
+
+    def _initial_camera_values(self, camera: str, state: CameraState) -> Dict[str, spb.Value]:
+        values: Dict[str, spb.Value] = dict.fromkeys(spb.DEVICE_INDEX)
+        values.update(self._threshold_values(camera))
+        values["Camera/State"] = state.state
+        values["Camera/Reason"] = state.reason
+        return values
+
+    def _threshold_values(self, camera: str) -> Dict[str, spb.Value]:
+        value, source = self.api.thresholds.get(camera)
+        return {"Inspection/Threshold": value, "Inspection/Threshold Source": source}
+
+    # --- the API faces' updates (any thread) ------------------------------------------------------------------
+
+    def result(self, doc: ResultPayload) -> None:
+        """DDATA with the metrics of this result that changed (timestamped with the capture time)."""
+        values: Dict[str, spb.Value] = {
+            "Inspection/Score": doc.score,
+            "Inspection/Anomalous": doc.anomalous,
+            "Inspection/Defect Area": doc.defect_area,
+            "Inspection/Region Count": doc.regions_total,
+            "Inspection/Threshold": doc.threshold,
+            "Inspection/Threshold Source": doc.threshold_source,
+            "Inspection/Frame Key": doc.frame_key,
+            "Latency/Total": doc.latency_ms.total,
+            "Latency/Inference": doc.latency_ms.inference,
+        }
+        model = doc.model
+        node: Dict[str, spb.Value] = {
+            "Properties/Model": model.id, "Properties/Precision": model.precision,
+            "Properties/Backend": model.backend,
+        }  # fmt: skip
+        with self._lock:
+            if any(self._node_values[k] != v for k, v in node.items()):  # a new model: NDATA
+                self._node_values.update(node)
+                if self._born:
+                    self._ndata(node)
+            self._update(doc.camera, values, spb.now_ms(doc.capture_ts))
+
+    def camera_state(self, camera: str, state: CameraState) -> None:
+        """A fault is a DDEATH, the camera's return (online) a DBIRTH, any other change DDATA."""
+        values = {"Camera/State": state.state, "Camera/Reason": state.reason}
+        with self._lock:
+            cam = self._cameras.get(camera)
+            if cam is None:
+                return
+            cam.values.update(values)
+            if not self._born:
+                return
+            if state.state == "fault":
+                if cam.alive:
+                    self._ddeath(camera, cam)
+            elif not cam.alive:
+                if state.state == "online":
+                    self._dbirth(camera, cam)
+            else:
+                self._ddata(camera, cam, values, spb.now_ms(time.time()))
+
+    def rebirth(self) -> None:
+        """NBIRTH and every DBIRTH again (same bdSeq): what NCMD Rebirth does, and what a change of the metric
+        set (not just of values) needs."""
+        with self._lock:
+            self.counters["rebirth_requests"] += 1
+            if self._born:
+                self._births()
+
+    def threshold(self, camera: str) -> None:
+        """The threshold changed (JSON threshold/set or a DCMD): DDATA with the value in force."""
+        with self._lock:
+            self._update(camera, self._threshold_values(camera), spb.now_ms(time.time()))
+
+    def _update(self, camera: str, values: Dict[str, spb.Value], ts: int, force: Sequence[str] = ()) -> None:
+        cam = self._cameras.get(camera)
+        if cam is None:
+            return
+        cam.values.update(values)
+        if not (self._born and cam.alive):
+            self.counters["dropped_ddata"] += 1
+            return
+        changed = {k: v for k, v in values.items() if k in force or cam.sent.get(k, _UNSENT) != v}
+        if changed:
+            self._ddata(camera, cam, changed, ts)
+
+    # --- messages (caller holds self._lock) -----------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        seq = self._seq
+        self._seq = (seq + 1) % 256
+        return seq
+
+    def _send(self, topic: str, data: bytes, qos: int = 0) -> Optional[paho.MQTTMessageInfo]:
+        client = self._client
+        if client is None or not self._connected:
+            return None
+        info = client.publish(topic, data, qos=qos, retain=False)
+        self.counters["published"] += 1
+        if qos == 0:
+            self._unwritten.append(info)
+        return info
+
+    def _room(self) -> bool:
+        while self._unwritten and self._unwritten[0].is_published():
+            self._unwritten.popleft()
+        return len(self._unwritten) < MAX_UNWRITTEN
+
+    def _births(self) -> None:
+        """NBIRTH (seq 0) and a DBIRTH per camera not in fault: everything a host needs to know."""
+        now = spb.now_ms(time.time())
+        self._seq = 0
+        self._node_values["bdSeq"] = self._current_bdseq
+        self._node_values["Node Control/Rebirth"] = False
+        entries = [(m, spb.NODE_ALIAS[m.name], self._node_values[m.name], now) for m in spb.NODE_METRICS]
+        self._send(self.topic("NBIRTH"), spb.encode(now, entries, self._next_seq(), names=True))
+        self._born = True
+        self.counters["births"] += 1
+        for name, cam in self._cameras.items():
+            cam.alive = False
+            if cam.values["Camera/State"] != "fault":
+                self._dbirth(name, cam)
+        log.info(
+            "sparkplug %s: NBIRTH %s (bdSeq %d), %d camera(s) born",
+            self.broker, self.topic("NBIRTH"), self._current_bdseq,
+            sum(c.alive for c in self._cameras.values()),
+        )  # fmt: skip
+
+    def _dbirth(self, name: str, cam: _Camera) -> None:
+        now = spb.now_ms(time.time())
+        entries = [
+            (m, spb.device_alias(cam.index, m.name), cam.values[m.name], now) for m in spb.DEVICE_METRICS
+        ]
+        self._send(self.topic("DBIRTH", name), spb.encode(now, entries, self._next_seq(), names=True))
+        cam.sent = dict(cam.values)
+        cam.alive = True
+
+    def _ddeath(self, name: str, cam: _Camera) -> None:
+        now = spb.now_ms(time.time())
+        self._send(self.topic("DDEATH", name), spb.encode(now, [], self._next_seq()))
+        cam.alive = False
+
+    def _ddata(self, name: str, cam: _Camera, values: Dict[str, spb.Value], ts: int) -> None:
+        if not self._room():
+            self.counters["dropped_ddata"] += 1
+            return
+        entries = [(spb.METRIC_BY_NAME[k], spb.device_alias(cam.index, k), v, ts) for k, v in values.items()]
+        self._send(self.topic("DDATA", name), spb.encode(spb.now_ms(time.time()), entries, self._next_seq()))
+        cam.sent.update(values)
+
+    def _ndata(self, values: Dict[str, spb.Value]) -> None:
+        now = spb.now_ms(time.time())
+        entries = [(spb.METRIC_BY_NAME[k], spb.NODE_ALIAS[k], v, now) for k, v in values.items()]
+        self._send(self.topic("NDATA"), spb.encode(now, entries, self._next_seq()))
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="edge-spb", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """NDEATH, then DISCONNECT (done by the network thread), then the thread ends."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("sparkplug %s: the network thread did not end within %.0f s", self.broker, timeout)
+        self._thread = None
+
+    def snapshot(self) -> Dict[str, int]:
+        with self._lock:
+            return dict(self.counters)
+
+    # --- the network thread ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        lower_current_thread_priority(self._nice)
+        while not self._stop.is_set():
+            try:
+                established = self._session()
+            except Exception:  # a bug here must not end the node: count, log, reconnect with backoff
+                log.exception("sparkplug %s: session error; reconnecting", self.broker)
+                established = False
+            with self._lock:
+                self._connected = self._born = False
+                self._client = None
+            if established:
+                self._backoff.reset()
+            if not self._stop.is_set():
+                self._stop.wait(self._backoff.next_delay())
+
+    def _session(self) -> bool:
+        """One connection from CONNECT to its end; True when the broker accepted it."""
+        bdseq = self._bdseq.take()
+        client = self._make_client(bdseq)
+        with self._lock:
+            self._client = client
+            self._current_bdseq = bdseq
+            self._subscribed = False
+            self._accepted = False
+            self._sub_mid = None
+            self._host_went_offline = False
+            self._host_online = self.cfg.primary_host_id is None
+        kwargs: Dict[str, Any] = {"keepalive": self.mqtt.keepalive}
+        if self.v5:
+            kwargs["clean_start"] = True  # and no session expiry: the session ends with the connection
+        try:
+            client.connect(self.mqtt.host, self.mqtt.port, **kwargs)
+        except Exception as exc:  # refused, unreachable, TLS, bad host
+            self._connect_failed(str(exc) or type(exc).__name__)
+            return False
+        deadline = time.monotonic() + CONNACK_TIMEOUT_S
+        while not self._stop.is_set():
+            rc = client.loop(timeout=LOOP_TICK_S)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+            if not self._connected and time.monotonic() > deadline:
+                self._connect_failed(f"no CONNACK within {CONNACK_TIMEOUT_S:.0f} s")
+                break
+            if self._host_went_offline:
+                log.warning("sparkplug %s: primary host offline; NDEATH, disconnecting", self.broker)
+                self._die(client)
+                break
+        else:
+            self._die(client)
+        if self._accepted and not self._stop.is_set():
+            log.warning("sparkplug %s: session with bdSeq %d ended; reconnecting", self.broker, bdseq)
+        return self._accepted
+
+    def _die(self, client: paho.Client) -> None:
+        """NDEATH (the Will's twin) and DISCONNECT; waits up to DEATH_ACK_TIMEOUT_S for the broker's ack."""
+        with self._lock:
+            info = self._send(
+                self.topic("NDEATH"), spb.death(spb.now_ms(time.time()), self._current_bdseq), 1
+            )
+            self._born = False
+        deadline = time.monotonic() + DEATH_ACK_TIMEOUT_S
+        while info is not None and not info.is_published() and time.monotonic() < deadline:
+            if client.loop(timeout=LOOP_TICK_S) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+        client.disconnect()
+        client.loop_write()
+        if not self._stop.is_set():
+            return
+        log.info("sparkplug %s: NDEATH (bdSeq %d) sent, disconnected", self.broker, self._current_bdseq)
+
+    def _connect_failed(self, error: str) -> None:
+        with self._lock:
+            self.counters["connect_failures"] += 1
+        if error != self._last_error:
+            log.warning("sparkplug %s: cannot connect: %s (retrying with backoff)", self.broker, error)
+            self._last_error = error
+
+    def _make_client(self, bdseq: int) -> paho.Client:
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
+            clean_session=None if self.v5 else True,
+        )
+        client.enable_logger(logging.getLogger("edge.sparkplug.paho"))
+        will = spb.death(spb.now_ms(time.time()), bdseq)
+        client.will_set(self.topic("NDEATH"), will, qos=1, retain=False)
+        if self.mqtt.username is not None or self._password is not None:
+            client.username_pw_set(self.mqtt.username or "", self._password)
+        if self.tls is not None:
+            configure_tls(client, self.tls)
+        client.on_socket_register_write = _network_thread_writes  # see edge.faces.mqtt_json.transport: only edge-spb writes
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        client.message_callback_add(self.topic("NCMD"), self._on_ncmd)
+        client.message_callback_add(self.topic("DCMD", "+"), self._on_dcmd)
+        if self.state_topic is not None:
+            client.message_callback_add(self.state_topic, self._on_state)
+        return client
+
+    # --- paho callbacks (edge-spb) --------------------------------------------------------------------------
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if rc.is_failure:
+            self._connect_failed(f"the broker refused the connection: {rc}")
+            return
+        self._bdseq.connected()
+        self._last_error = ""
+        filters: List[Tuple[str, int]] = [(self.topic("NCMD"), 1), (self.topic("DCMD", "+"), 1)]
+        if self.state_topic is not None:
+            filters.append((self.state_topic, 1))
+        _, mid = client.subscribe(filters)
+        with self._lock:
+            self._connected = self._accepted = True
+            self._sub_mid = mid
+            self.counters["connects"] += 1
+        log.info("sparkplug %s: connected as %s (bdSeq %d)", self.broker, self.client_id, self._current_bdseq)
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        if mid != self._sub_mid:
+            return
+        if any(code.is_failure for code in codes):
+            log.error("sparkplug %s: the broker refused a subscription (%s); no births", self.broker, codes)
+            return
+        with self._lock:
+            self._subscribed = True
+            self._maybe_birth()
+
+    def _maybe_birth(self) -> None:
+        if self._connected and self._subscribed and self._host_online and not self._born:
+            self._births()
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        with self._lock:
+            was = self._connected
+            self._connected = self._born = False
+        if was and not self._stop.is_set():
+            log.warning("sparkplug %s: connection lost (%s)", self.broker, rc)
+
+    def _on_state(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        try:
+            doc = json.loads(msg.payload)
+            online, stamp = doc["online"], doc["timestamp"]
+            if not isinstance(online, bool) or isinstance(stamp, bool) or not isinstance(stamp, (int, float)):
+                raise ValueError("online must be a boolean and timestamp a number (ms since the epoch)")
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("sparkplug: ignoring a malformed STATE on %s: %s", msg.topic, exc)
+            return
+        with self._lock:
+            if stamp < self._host_ts:
+                self.counters["stale_state"] += 1
+                log.info(
+                    "sparkplug: ignoring a STATE older than the last one seen (%d < %d)", stamp, self._host_ts
+                )
+                return
+            self._host_ts = int(stamp)
+            self._host_online = online
+            if online:
+                self._maybe_birth()
+            elif self._born:
+                self.counters["host_offline"] += 1
+                self._host_went_offline = True  # the loop sends NDEATH and disconnects
+        log.info(
+            "sparkplug: primary host %s is %s", self.cfg.primary_host_id, "online" if online else "offline"
+        )
+
+    def _commands(self, msg: paho.MQTTMessage) -> Optional[List[spb.Command]]:
+        if msg.retain:  # commands act once: a retained one is old
+            self._reject("ignored a retained command on %s (send commands without retain)", msg.topic)
+            return None
+        try:
+            return spb.decode_commands(bytes(msg.payload))
+        except spb.PayloadError as exc:
+            self._reject("ignored a command on %s: %s", msg.topic, exc)
+            return None
+
+    def _reject(self, text: str, *args: Any) -> None:
+        with self._lock:
+            self.counters["commands_rejected"] += 1
+        log.warning("sparkplug: " + text, *args)
+
+    def _on_ncmd(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        for command in self._commands(msg) or []:
+            named = command.name == spb.REBIRTH.name or command.alias == spb.NODE_ALIAS[spb.REBIRTH.name]
+            if named and command.value is True:
+                self.rebirth()
+            else:
+                self._reject("NCMD %s = %r is not a command of this node", command.name or command.alias,
+                             command.value)  # fmt: skip
+
+    def _on_dcmd(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        camera = msg.topic.rsplit("/", 1)[1]
+        cam = self._cameras.get(camera)
+        if cam is None:
+            self._reject("DCMD for unknown device %r", camera)
+            return
+        alias = spb.device_alias(cam.index, spb.THRESHOLD.name)
+        for command in self._commands(msg) or []:
+            if command.name != spb.THRESHOLD.name and command.alias != alias:
+                self._reject("DCMD %s on %s is not writable", command.name or command.alias, camera)
+                continue
+            value = spb.number(command)
+            error = "not a number" if value is None else self.api.set_threshold(
+                camera, repr(value).encode(), origin="Sparkplug DCMD"
+            )  # fmt: skip
+            if error is not None:  # answer with the value in force, so the host's tag shows what holds
+                self._reject("DCMD threshold on %s refused: %s", camera, error)
+                with self._lock:
+                    self._update(camera, self._threshold_values(camera), spb.now_ms(time.time()),
+                                 force=(spb.THRESHOLD.name,))  # fmt: skip
+
+
+_UNSENT = object()
+
+
+def _network_thread_writes(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """paho's external-loop hook, set only so publishing threads never write to the socket themselves."""
