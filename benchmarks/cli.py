@@ -450,7 +450,8 @@ def evidence_settings(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def torch_reference_section(checkpoint: Path | None, manifest: Any) -> dict[str, Any] | None:
-    """Whether the checkpoint is the bundle's source: only then are torch-vs-bundle accuracy drifts meaningful."""
+    """Whether the checkpoint is the bundle's source: only then are torch-vs-bundle accuracy drifts
+    meaningful."""
     if checkpoint is None:
         return None
     from edge.trust.manifest import sha256_file
@@ -465,7 +466,8 @@ def torch_reference_section(checkpoint: Path | None, manifest: Any) -> dict[str,
         "note": ""
         if matches
         else "the checkpoint is not the one this bundle was exported from: torch-eager "
-        "speed is still a reference for the runtime, but its accuracy drift vs the bundle compares different models",
+        "speed is still a reference for the runtime, but its accuracy drift vs the bundle compares different "
+        "models",
     }
 
 
@@ -487,7 +489,8 @@ def settings_section(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str,
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> tuple[dict[str, Path], dict[str, str]]:
-    """Measure, write the report; returns its paths and the parts that failed (``all`` carries on past one)."""
+    """Measure, write the report; returns its paths and the parts that failed (``all`` carries on past
+    one)."""
     from benchmarks.report import REPORT_SCHEMA, compute_ratios, write_report
 
     log = Progress(args.quiet)

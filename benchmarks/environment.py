@@ -133,7 +133,7 @@ def onnxruntime_providers() -> list[str] | None:
 
 def mosquitto_version() -> str | None:
     """First line of ``mosquitto -h`` (it prints its version there), or None where it is not installed."""
-    from benchmarks.local_broker import mosquitto_binary
+    from tools.local_broker import mosquitto_binary
 
     binary = mosquitto_binary()
     if binary is None:

@@ -60,7 +60,8 @@ class BenchSettings:
     def __post_init__(self) -> None:
         if self.duration_s <= 0 or self.warmup_s < 0 or self.rounds < 1 or self.min_calls < 1:
             raise ValueError(
-                f"benchmark settings out of range: duration {self.duration_s} s (> 0), warm-up {self.warmup_s} s "
+                f"benchmark settings out of range: duration {self.duration_s} s (> 0), warm-up "
+                f"{self.warmup_s} s "
                 f"(>= 0), rounds {self.rounds} (>= 1), min calls {self.min_calls} (>= 1)"
             )
 
@@ -107,7 +108,8 @@ def subsample(values: Sequence[float], limit: int = MAX_SAMPLES) -> list[float]:
 
 
 def generated_inputs(n: int, input_hw: tuple[int, int], color_order: str, seed: int = 7) -> np.ndarray:
-    """``n`` generated good parts at the model's size and colour order: realistic pixels, no dataset needed."""
+    """``n`` generated good parts at the model's size and colour order: realistic pixels, no dataset
+    needed."""
     from training.synthetic import good_part
 
     rng = np.random.default_rng(seed)
@@ -259,7 +261,8 @@ def cell_result(cell: Cell) -> dict[str, Any]:
 def make_cells(
     engines: Sequence[Engine], batches: Sequence[int], data_pool: np.ndarray | None = None
 ) -> list[Cell]:
-    """One cell per engine and batch; inputs are dataset images when given (and the size fits), else generated."""
+    """One cell per engine and batch; inputs are dataset images when given (and the size fits), else
+    generated."""
     cells = []
     biggest = max(batches)
     for engine in engines:

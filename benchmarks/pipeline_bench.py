@@ -1,6 +1,7 @@
 """The whole daemon, measured from the outside: video files -> edge daemon -> real mosquitto -> a subscriber.
 
-The daemon runs as deployed (``edge.service.daemon.build(EdgeConfig(...))``) in a spawned child process, so its
+The daemon runs as deployed (``edge.service.daemon.build(EdgeConfig(...))``) in a spawned child process, so
+its
 memory, threads and file descriptors are its own and the measuring side (subscriber, bookkeeping) only
 shares the CPU. Cameras are looping video files; a result counts when the subscriber receives it.
 
@@ -37,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.local_broker import Broker
 from benchmarks.model_bench import BenchSettings, Cell, Engine, latency_summary, run_for, subsample, warm_up
+from tools.local_broker import Broker
 
 SATURATION = 1.5  # cameras offer this much more than the backend can take in "saturated" runs
 MAX_CAMERA_FPS = 1000.0  # EdgeConfig's upper bound for cameras[].fps
@@ -50,7 +51,8 @@ LATENCY_FIELDS = ("capture_to_infer", "inference", "postprocess", "total")
 
 
 class QuietBroker(Broker):
-    """``Broker`` with error/warning logging only: per-message debug logging would cost CPU the daemon needs."""
+    """``Broker`` with error/warning logging only: per-message debug logging would cost CPU the daemon
+    needs."""
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
         super().__init__(workdir, port, log_types=("error", "warning"), max_queued_messages=100000)
@@ -191,10 +193,11 @@ class ResultSubscriber:
         self._first.set()
 
     def _parse(self, payload: bytes, stats: bool = False) -> Any:
-        """The payload parsed by the published contract (what SCADA would parse); None, counted, if it fails."""
+        """The payload parsed by the published contract (what SCADA would parse); None, counted, if it
+        fails."""
         from pydantic import ValidationError
 
-        from edge.faces.mqtt_json.api import ResultPayload, StatsPayload
+        from edge.results.payloads import ResultPayload, StatsPayload
 
         try:
             return (StatsPayload if stats else ResultPayload).model_validate_json(payload)
@@ -228,7 +231,8 @@ class ResultSubscriber:
             return [r for r in self.records if t0 <= r.recv_mono < t1]
 
 
-# --- the daemon in a child process ---------------------------------------------------------------------------
+# --- the daemon in a child process
+# ---------------------------------------------------------------------------
 
 
 class BatchCounter:
@@ -438,7 +442,15 @@ def _run_pipeline_once(
     """
     prefix_id = f"bench-{uuid.uuid4().hex[:8]}"
     config = daemon_config(
-        prefix_id, broker, bundle, backend, precision, video, run.cameras, run.camera_fps, model_options,
+        prefix_id,
+        broker,
+        bundle,
+        backend,
+        precision,
+        video,
+        run.cameras,
+        run.camera_fps,
+        model_options,
         sparkplug=sparkplug,
     )
     sub = ResultSubscriber(broker.host, broker.port, f"edge-anomaly/{prefix_id}")
@@ -521,7 +533,8 @@ def summarise_window(
     }
 
 
-# --- the interleaved pipeline benchmark ------------------------------------------------------------------------
+# --- the interleaved pipeline benchmark
+# ------------------------------------------------------------------------
 
 
 @dataclass
@@ -542,7 +555,8 @@ def pipeline_batch(cameras: int, max_batch: int) -> int:
 
 
 def offered_fps(bare_ips: float, cameras: int, factor: float) -> float:
-    """Per-camera fps so that all cameras together offer ``factor`` x ``bare_ips``, within EdgeConfig's range."""
+    """Per-camera fps so that all cameras together offer ``factor`` x ``bare_ips``, within EdgeConfig's
+    range."""
     return float(min(MAX_CAMERA_FPS, max(1.0, factor * bare_ips / cameras)))
 
 
@@ -612,8 +626,10 @@ def run_pipeline_bench(
                     offered_basis[b] = ips
     return {
         "method": (
-            "per round and camera count: the daemon saturated, its measurement cut into windows with the daemon "
-            "frozen between them for a bare-backend slice (pipeline and bare alternate), then the daemon paced"
+            "per round and camera count: the daemon saturated, its measurement cut into windows with the "
+            "daemon "
+            "frozen between them for a bare-backend slice (pipeline and bare alternate), then the daemon "
+            "paced"
         ),
         "slices_per_saturated_run": slices,
         "engine": engine.engine,
@@ -679,7 +695,8 @@ def _samples(runs: list[dict[str, Any]]) -> list[float]:
     return [v for r in runs for v in r["samples_total_ms"] if v == v]  # drop NaN
 
 
-# --- soak --------------------------------------------------------------------------------------------------------
+# --- soak
+# --------------------------------------------------------------------------------------------------------
 
 
 def process_sample(pid: int) -> dict[str, Any]:
@@ -696,7 +713,8 @@ def process_sample(pid: int) -> dict[str, Any]:
 
 
 def growth(samples: list[dict[str, Any]], window_s: float) -> dict[str, Any]:
-    """RSS growth in % from the first window's median to the last window's median; threads/fds first vs last."""
+    """RSS growth in % from the first window's median to the last window's median; threads/fds first vs
+    last."""
     if not samples:
         return {"rss_growth_pct": None}
     t_end = samples[-1]["t_s"]
@@ -728,7 +746,8 @@ def run_soak(
     interval_s: float,
     log_fn: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
-    """Run the daemon for ``duration_s`` (after its first result) and sample its process every ``interval_s``."""
+    """Run the daemon for ``duration_s`` (after its first result) and sample its process every
+    ``interval_s``."""
     prefix_id = f"soak-{uuid.uuid4().hex[:8]}"
     config = daemon_config(
         prefix_id,

@@ -167,7 +167,8 @@ def torch_ratios(model: dict[str, Any], backend: str, precisions: list[str]) -> 
             out.append(
                 _ratio(
                     f"{backend}_{precision}_vs_torch_{which}",
-                    f"{backend} {precision.upper()} ÷ torch eager FP32 (batch {batch}{', best' if which == 'best' else ''})",
+                    f"{backend} {precision.upper()} ÷ torch eager FP32 (batch "
+                    f"{batch}{', best' if which == 'best' else ''})",
                     (_cell_field(backend, precision, batch, "throughput_ips"), cell["throughput_ips"]),
                     (
                         _cell_field("torch-eager", "fp32", batch, "throughput_ips"),
@@ -192,7 +193,8 @@ def compute_ratios(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def compared_ratios(model: dict[str, Any], backend: str) -> list[dict[str, Any]]:
-    """Each ``--compare`` bundle's fp32 latency against this bundle's fp32, at batch 1, measured in one run."""
+    """Each ``--compare`` bundle's fp32 latency against this bundle's fp32, at batch 1, measured in one
+    run."""
     ratios = []
     engines = sorted({c["engine"] for c in model.get("cells", []) if c["engine"].startswith(f"{backend}[")})
     for engine in engines:
@@ -580,12 +582,15 @@ def md_pipeline(pipeline: dict[str, Any]) -> list[str]:
         [
             "## Full pipeline",
             "",
-            f"Daemon ({pipeline['engine']} {pipeline['precision']}) with looping video cameras, a real mosquitto and a "
+            f"Daemon ({pipeline['engine']} {pipeline['precision']}) with looping video cameras, a real "
+            f"mosquitto and a "
             f"subscriber; results/s = results the subscriber received in the window. Saturated runs offer "
-            f"{pipeline['saturation_factor']}× the bare backend's rate (slot drops expected); paced runs offer "
+            f"{pipeline['saturation_factor']}× the bare backend's rate (slot drops expected); paced runs "
+            f"offer "
             f"{pipeline['latency_load']}×. "
             + (
-                f"Each saturated run's measurement was cut into {pipeline['slices_per_saturated_run']} windows, "
+                f"Each saturated run's measurement was cut into {pipeline['slices_per_saturated_run']} "
+                f"windows, "
                 "each followed by a bare slice of the same length with the daemon frozen."
                 if pipeline.get("slices_per_saturated_run")
                 else "Bare slices ran in the same rounds."
@@ -712,4 +717,3 @@ def _int8_flags(flags: dict[str, bool] | None) -> str:
     have = [k for k, v in flags.items() if v]
     lacking = [k for k, v in flags.items() if not v]
     return f"has {', '.join(have) or 'none'}; lacks {', '.join(lacking) or 'none'}"
-

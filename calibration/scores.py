@@ -31,7 +31,8 @@ import numpy as np
 DEFAULT_FAR = 0.01
 DEFAULT_MARGIN = 0.5
 SPREAD_QUANTILE = 0.99
-# floor of the scale, relative to |median|: a model that scores every good part alike still gets a usable scale
+# floor of the scale, relative to |median|: a model that scores every good part alike still gets a usable
+# scale
 REL_SCALE_FLOOR = 1e-3
 ABS_SCALE_FLOOR = 1e-8
 
@@ -99,7 +100,8 @@ def threshold_from_good(
 
 
 def threshold_best_f1(normalised: object, labels: object) -> Threshold:
-    """Threshold maximising F1 of ``score >= threshold`` (label 1 = defect); ties go to the higher threshold."""
+    """Threshold maximising F1 of ``score >= threshold`` (label 1 = defect); ties go to the higher
+    threshold."""
     s = _scores(normalised, "scores")
     y = np.asarray(labels).ravel()
     if y.shape != s.shape:

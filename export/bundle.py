@@ -1,7 +1,9 @@
-"""Files -> a verified bundle, written atomically: a failed export leaves no partial bundle and the old one intact.
+"""Files -> a verified bundle, written atomically: a failed export leaves no partial bundle and the old one
+intact.
 
 Everything is written into a temp directory next to ``--out`` (same filesystem, so renames are atomic);
-only after the manifest is written and ``edge.trust.manifest.verify_bundle`` accepts the result does it replace
+only after the manifest is written and ``edge.trust.manifest.verify_bundle`` accepts the result does it
+replace
 the old bundle: old renamed away, new renamed in, old deleted. If the second rename fails the old bundle
 is put back.
 """

@@ -90,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge-export",
         description="Export a checkpoint to a bundle (ONNX fp32/fp16/int8 + manifest.json), checked by an "
-        "accuracy gate against torch; or, with --build-engine and no --out, build the TensorRT engines of a bundle.",
-        epilog="Exit codes: 0 ok, 1 accuracy gate failed (nothing written), 2 bad input or missing dependency, "
+        "accuracy gate against torch; or, with --build-engine and no --out, build the TensorRT engines of a "
+        "bundle.",
+        epilog="Exit codes: 0 ok, 1 accuracy gate failed (nothing written), 2 bad input or missing "
+        "dependency, "
         "3 bundle written but its engine build failed.",
     )
     p.add_argument(

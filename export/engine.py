@@ -1,5 +1,6 @@
 """Bundle -> TensorRT engines in ``BUNDLE/engines``, on the device. A thin wrapper: the build and its cache
-key live in ``edge.scoring.backends.tensorrt_engine`` (the daemon builds with the same code on first start)."""
+key live in ``edge.scoring.backends.tensorrt_engine`` (the daemon builds with the same code on first
+start)."""
 
 from __future__ import annotations
 

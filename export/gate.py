@@ -44,7 +44,8 @@ class GateLimits:
         return {k: float(v) for k, v in self.__dict__.items() if v is not None}
 
 
-# AUROC drop and map correlation: the project's defaults (DESIGN.md, the bundle). The good-score error (mean, in good-spreads) guards
+# AUROC drop and map correlation: the project's defaults (DESIGN.md, the bundle). The good-score error (mean,
+# in good-spreads) guards
 # the false-alarm rate, which the threshold was calibrated for on fp32 scores: a shift of 1.0 moves a typical
 # good part to where the worst 1 % of good parts were.
 DEFAULT_LIMITS: dict[str, GateLimits] = {
@@ -67,7 +68,8 @@ class GateSet:
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8 or len(self.images) == 0:
             raise ExportError(
-                f"gate images must be a non-empty uint8 (N, H, W, 3) array, got {self.images.dtype} {self.images.shape}"
+                f"gate images must be a non-empty uint8 (N, H, W, 3) array, got {self.images.dtype} "
+                f"{self.images.shape}"
             )
         if self.scale <= 0:
             raise ExportError(f"gate score scale must be > 0, got {self.scale}")

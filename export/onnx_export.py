@@ -167,7 +167,8 @@ def _check_module_outputs(module: nn.Module, x: torch.Tensor, pre: Preprocess) -
     want_map = (x.shape[0], pre.height, pre.width)
     if tuple(score.shape) != (x.shape[0],) or tuple(amap.shape) != want_map:
         raise ExportError(
-            f"model outputs have shapes score {tuple(score.shape)}, anomaly_map {tuple(amap.shape)}; expected "
+            f"model outputs have shapes score {tuple(score.shape)}, anomaly_map {tuple(amap.shape)}; "
+            f"expected "
             f"({x.shape[0]},) and {want_map} for a {pre.height}x{pre.width} input. The checkpoint's model "
             "config and its preprocess size disagree; re-train or fix the checkpoint."
         )
@@ -230,7 +231,8 @@ def onnx_from_module(
 
 
 def onnx_from_checkpoint(checkpoint: Checkpoint | Path, path: Path, opset: int = DEFAULT_OPSET) -> Path:
-    """Checkpoint (or its file) -> fp32 ONNX at ``path``: uint8 NHWC ``image`` -> ``score``, ``anomaly_map``."""
+    """Checkpoint (or its file) -> fp32 ONNX at ``path``: uint8 NHWC ``image`` -> ``score``,
+    ``anomaly_map``."""
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(Path(checkpoint))
     onnx_from_module(inference_module(ckpt), ckpt.preprocess, Path(path), opset)
     return Path(path)

@@ -126,7 +126,8 @@ def load_inputs(opts: ExportOptions) -> Inputs:
     ckpt = load_checkpoint(opts.checkpoint)
     pre = ckpt.preprocess
     say(
-        f"loaded {ckpt.kind} checkpoint {opts.checkpoint} (sha256 {ckpt.sha256[:12]}, input {pre.height}x{pre.width})"
+        f"loaded {ckpt.kind} checkpoint {opts.checkpoint} (sha256 {ckpt.sha256[:12]}, input "
+        f"{pre.height}x{pre.width})"
     )
     val = load_images(
         _recorded_paths(
@@ -147,7 +148,9 @@ def load_inputs(opts: ExportOptions) -> Inputs:
     calib = None
     refusal = getattr(ckpt.model, "int8_refusal", None)
     if opts.int8 and refusal:
-        raise CheckpointError(f"--int8 is not offered for a {ckpt.kind} model: {refusal}; export without --int8")
+        raise CheckpointError(
+            f"--int8 is not offered for a {ckpt.kind} model: {refusal}; export without --int8"
+        )
     if opts.int8:
         calib_paths = _calibration_paths(opts, ckpt)
         calib = load_images(calib_paths, pre)
@@ -274,7 +277,8 @@ def export_bundle(opts: ExportOptions) -> Path:
                     f"{failed} failed the accuracy gate; no bundle written (see the table above)", table
                 )
             say(
-                f"WARNING: {failed} failed the accuracy gate; writing the bundle anyway (--no-gate, recorded in the manifest)"
+                f"WARNING: {failed} failed the accuracy gate; writing the bundle anyway (--no-gate, recorded "
+                f"in the manifest)"
             )
         stage.commit(
             build_manifest(opts, inputs, stage.path, norm, threshold, report, started), opts.sign_key

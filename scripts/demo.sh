@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh  # into the project's .venv (or $PYTHON when set)
-exec "${PYTHON:-.venv/bin/python}" -m benchmarks.demo "$@"
+exec "${PYTHON:-.venv/bin/python}" -m tools.demo "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Onboard a new product from the line, end to end on generated parts (see benchmarks/onboard.py).
+"""Onboard a new product from the line, end to end on generated parts (see tools/onboard.py).
 
     python3 scripts/onboard_demo.py [--out onboard-demo] [--epochs 8] [--fresh]
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.onboard import main  # noqa: E402
+from tools.onboard import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

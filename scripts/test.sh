@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh  # into the project's .venv (or $PYTHON when set)
 PY=${PYTHON:-.venv/bin/python}
-$PY -m ruff check edge training export calibration benchmarks tests
+$PY -m ruff check edge training export calibration benchmarks tools tests
 $PY -m mypy  # edge/, configured in pyproject.toml
 exec $PY -m pytest -q -p no:cacheprovider "$@"

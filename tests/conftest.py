@@ -19,7 +19,9 @@ settings.register_profile("edge-anomaly", deadline=None)
 settings.load_profile("edge-anomaly")
 
 REPO = Path(__file__).resolve().parents[1]
-MVTEC_BOTTLE = Path(os.environ.get("EDGE_MVTEC_BOTTLE", REPO.parent / "shared" / "data" / "mvtec-bottle" / "bottle"))
+MVTEC_BOTTLE = Path(
+    os.environ.get("EDGE_MVTEC_BOTTLE", REPO.parent / "shared" / "data" / "mvtec-bottle" / "bottle")
+)
 
 
 def _has_tensorrt() -> bool:
@@ -31,8 +33,12 @@ def _has_tensorrt() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    skip_trt = pytest.mark.skip(reason="TensorRT is not installed here (tests marked 'tensorrt' run on a device)")
-    skip_mvtec = pytest.mark.skip(reason=f"MVTec AD bottle not found at {MVTEC_BOTTLE} (set EDGE_MVTEC_BOTTLE)")
+    skip_trt = pytest.mark.skip(
+        reason="TensorRT is not installed here (tests marked 'tensorrt' run on a device)"
+    )
+    skip_mvtec = pytest.mark.skip(
+        reason=f"MVTec AD bottle not found at {MVTEC_BOTTLE} (set EDGE_MVTEC_BOTTLE)"
+    )
     has_trt = _has_tensorrt()
     for item in items:
         if "tensorrt" in item.keywords and not has_trt:
@@ -93,10 +99,13 @@ def mvtec_bottle() -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small MVTec-layout dataset of generated parts (train/good, test/{good,blob,scratch}, ground_truth)."""
+    """A small MVTec-layout dataset of generated parts (train/good, test/{good,blob,scratch},
+    ground_truth)."""
     from training.synthetic import write_mvtec_dataset
 
-    return write_mvtec_dataset(tmp_path_factory.mktemp("synthetic") / "parts", n_train=48, n_test_good=8, n_test_defect=8)
+    return write_mvtec_dataset(
+        tmp_path_factory.mktemp("synthetic") / "parts", n_train=48, n_test_good=8, n_test_defect=8
+    )
 
 
 @pytest.fixture

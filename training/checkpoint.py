@@ -156,7 +156,8 @@ def load_checkpoint(path: Path, expect_kind: str | None = None) -> Checkpoint:
         raise CheckpointError(f"{path} is not an edge-anomaly checkpoint (no '{FORMAT}' format marker)")
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has checkpoint format version {payload.get('format_version')}; this code reads {FORMAT_VERSION}"
+            f"{path} has checkpoint format version {payload.get('format_version')}; this code reads "
+            f"{FORMAT_VERSION}"
         )
     kind = payload.get("kind")
     if expect_kind is not None and kind != expect_kind:

@@ -8,7 +8,8 @@ MVTec AD layout (one category)::
 
 A line engineer who only has photos of good parts can instead point training at a plain folder of them.
 
-Every image goes through ``edge.capture.preprocess.Preprocess.frame_to_input``, the same resize and colour order the
+Every image goes through ``edge.capture.preprocess.Preprocess.frame_to_input``, the same resize and colour
+order the
 daemon applies to camera frames, so training never sees pixels the device would not produce.
 """
 
@@ -129,7 +130,8 @@ class MVTecCategory:
         return [t for t in self.test_types if t != GOOD]
 
     def mask_for(self, image: Path, defect_type: str) -> Path:
-        """The ground-truth mask of a defect image; DatasetError naming the expected path when it is missing."""
+        """The ground-truth mask of a defect image; DatasetError naming the expected path when it is
+        missing."""
         folder = self.root / "ground_truth" / defect_type
         stem = image.stem + MASK_SUFFIX
         for suffix in (".png", *IMAGE_SUFFIXES):
@@ -245,7 +247,8 @@ def load_images(
         frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if frame is None:
             raise DatasetError(
-                f"cannot read image {path}: the file is missing, corrupt or not an image; replace or remove it"
+                f"cannot read image {path}: the file is missing, corrupt or not an image; replace or remove "
+                f"it"
             )
         if sizes is not None:
             sizes.append(frame.shape[:2])

@@ -64,7 +64,10 @@ def diagnose(checkpoint: Path, train_stride: int = 6) -> dict[str, Any]:
     def score(raw: torch.Tensor) -> dict[str, float]:
         with torch.no_grad():
             s, amap = head(raw)
-        return {"image_auroc": image_auroc(labels, s.numpy()), "pixel_auroc": pixel_auroc(masks, amap.numpy())}
+        return {
+            "image_auroc": image_auroc(labels, s.numpy()),
+            "pixel_auroc": pixel_auroc(masks, amap.numpy()),
+        }
 
     variants = {f"scale {i} alone": score(m) for i, m in enumerate(maps)}
     variants["mean of scales (the model's own map)"] = score(torch.stack(maps).mean(0))

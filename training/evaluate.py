@@ -30,7 +30,8 @@ FALSE_ALARM_RATE = 0.01
 def predict(
     model: InferenceModel, images: np.ndarray, batch: int = 8, progress: str | None = None
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Scores (N,), maps (N,H,W) and images/s for uint8 images (N,H,W,3); ``progress``: a bar with this label."""
+    """Scores (N,), maps (N,H,W) and images/s for uint8 images (N,H,W,3); ``progress``: a bar with this
+    label."""
     scores, maps = [], []
     started = time.perf_counter()
     with bar(len(images), progress or "", enabled=progress is not None) as shown:
@@ -119,10 +120,12 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"recall at {float(fpr):.1%} false alarms on the good test images: {recall:.3f}")
     if "f1_at_good_threshold" in result:
         lines.append(
-            f"F1 at the 1% false-alarm threshold of held-out good images: {result['f1_at_good_threshold']['f1']:.3f}"
+            f"F1 at the 1% false-alarm threshold of held-out good images: "
+            f"{result['f1_at_good_threshold']['f1']:.3f}"
         )
     lines.append(
-        f"throughput {result['throughput_img_s']:.1f} img/s (batch {result['batch']}, {result['threads']} threads)"
+        f"throughput {result['throughput_img_s']:.1f} img/s (batch {result['batch']}, {result['threads']} "
+        f"threads)"
     )
     return "\n".join(lines)
 

@@ -63,7 +63,8 @@ def _masks_maps(masks: Any, maps: Any) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"masks must be (N, H, W) or (H, W), got shape {m.shape}")
     if m.shape != a.shape:
         raise ValueError(
-            f"masks {m.shape} and anomaly maps {a.shape} differ in shape; resize the maps to the mask size first"
+            f"masks {m.shape} and anomaly maps {a.shape} differ in shape; resize the maps to the mask size "
+            f"first"
         )
     a = a.astype(np.float32, copy=False)
     if not np.isfinite(a).all():
@@ -245,7 +246,8 @@ def evaluate_maps(labels: Any, scores: Any, masks: Any, maps: Any, types: Sequen
     t = np.asarray([str(v) for v in types], dtype=object)
     if not (y.size == len(m) == t.size):
         raise ValueError(
-            f"evaluate_maps needs one entry per image: {y.size} labels/scores, {len(m)} masks/maps, {t.size} types"
+            f"evaluate_maps needs one entry per image: {y.size} labels/scores, {len(m)} masks/maps, {t.size} "
+            f"types"
         )
     result: dict[str, Any] = {
         "image_auroc": image_auroc(y, s),

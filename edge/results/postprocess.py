@@ -12,9 +12,7 @@ threshold (normalised units) serves both the image verdict and the pixel mask.
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -193,7 +191,8 @@ def _packed_frame_rows(mask_model: np.ndarray, roi: Box, frame_hw: Tuple[int, in
 
 
 def png_1bit(packed_rows: np.ndarray, hw: Tuple[int, int]) -> bytes:
-    """A 1-bit greyscale PNG from bit-packed rows (zlib level 1: masks are mostly zeros, level 1 is enough)."""
+    """A 1-bit greyscale PNG from bit-packed rows (zlib level 1: masks are mostly zeros, level 1 is
+    enough)."""
     h, w = hw
     scanlines = np.zeros((h, packed_rows.shape[1] + 1), np.uint8)  # filter byte 0 ("None") on every row
     scanlines[:, 1:] = packed_rows
@@ -238,56 +237,3 @@ def encode_heatmap_jpeg(frame_bgr: np.ndarray, verdict: Verdict, quality: int = 
     if not ok:
         raise RuntimeError("OpenCV could not encode the heatmap as JPEG")
     return buf.tobytes()
-
-
-# --- thresholds ------------------------------------------------------------------------------------------
-
-MAX_THRESHOLD_PAYLOAD = 64
-_PLAIN_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
-
-
-class ThresholdError(ValueError):
-    """A threshold/set payload that cannot be used; the message goes back on threshold/state."""
-
-
-def _reject_constant(name: str) -> float:
-    raise ThresholdError(f"{name} is not a usable threshold")
-
-
-def parse_threshold_payload(payload: bytes, lo: float, hi: float) -> float:
-    """A ``threshold/set`` payload -> the new threshold, or :class:`ThresholdError` saying why not.
-
-    Accepted: a plain number (``1.5``, ``-2e-1``) or JSON ``1.5`` / ``{"threshold": 1.5}``; at most 64 bytes,
-    finite, within [lo, hi]. Anything else (NaN, Infinity, booleans, extra JSON keys, text) is refused.
-    """
-    if len(payload) > MAX_THRESHOLD_PAYLOAD:
-        raise ThresholdError(f"payload is {len(payload)} bytes; at most {MAX_THRESHOLD_PAYLOAD} are accepted")
-    try:
-        text = payload.decode("utf-8").strip()
-    except UnicodeDecodeError as exc:
-        raise ThresholdError("payload is not UTF-8 text") from exc
-    value = float(text) if _PLAIN_NUMBER.match(text) else _threshold_from_json(text)
-    if not math.isfinite(value):
-        raise ThresholdError(f"threshold {text!r} is not a finite number")
-    if not lo <= value <= hi:
-        raise ThresholdError(f"threshold {value:g} is outside the allowed range [{lo:g}, {hi:g}]")
-    return value
-
-
-def _threshold_from_json(text: str) -> float:
-    try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except ThresholdError:
-        raise
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ThresholdError('payload is neither a number nor JSON {"threshold": <number>}') from exc
-    if isinstance(data, dict):
-        if set(data) != {"threshold"}:
-            raise ThresholdError('JSON payload must be exactly {"threshold": <number>}')
-        data = data["threshold"]
-    if isinstance(data, bool) or not isinstance(data, (int, float)):
-        raise ThresholdError(f"threshold must be a number, got {type(data).__name__}")
-    try:
-        return float(data)
-    except OverflowError as exc:  # a huge JSON integer
-        raise ThresholdError("threshold is too large") from exc

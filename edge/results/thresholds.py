@@ -3,7 +3,8 @@
 Precedence: the config file (``cameras.threshold``) > the last accepted MQTT ``threshold/set`` > the bundle's
 default. An MQTT set is written to the daemon's state file at once (atomically), so it survives a restart
 without depending on a retained command on the broker (retained commands are never replayed, see
-:mod:`edge.faces.mqtt_json.api`). A recorded value is dropped with a warning when the bundle's model changed or the value
+:mod:`edge.faces.mqtt_json.api`). A recorded value is dropped with a warning when the bundle's model changed
+or the value
 is outside the range accepted now.
 
 The accepted range comes from the bundle's calibration unless configured: normalised scores put the median
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-from edge.results.postprocess import ThresholdError, parse_threshold_payload
+from edge.commands import ThresholdError, parse_threshold_payload
 from edge.util.atomic import write_json_atomically
 
 log = logging.getLogger("edge.thresholds")
@@ -80,7 +81,8 @@ class ThresholdBook:
         self._bounds = bounds  # postprocess.threshold_min/max as configured (None: from each bundle)
         self.state_file = state_file
         self.model_id = model_id
-        # The model each camera runs, where it is not ``model_id`` (recipes, edge.service.changeover): a recorded
+        # The model each camera runs, where it is not ``model_id`` (recipes, edge.service.changeover): a
+        # recorded
         # threshold applies only to the model it was set for.
         self._models: Dict[str, str] = dict(models or {})
         self._fixed = {cam: v for cam, v in fixed.items() if v is not None}
@@ -116,7 +118,8 @@ class ThresholdBook:
         except ValueError:  # configured bounds that fit the first bundle but not this one: keep those
             return self.lo, self.hi
 
-    # --- changeover (edge.service.changeover) ----------------------------------------------------------------------
+    # --- changeover (edge.service.changeover)
+    # ----------------------------------------------------------------------
 
     def model_changed(self, camera: str, default: float, model_id: str, keep_live: bool = False) -> None:
         """The camera now runs another bundle: its default is that bundle's, and a threshold set over MQTT
@@ -133,7 +136,11 @@ class ThresholdBook:
         if dropped is not None:
             why = f"outside [{lo:g}, {hi:g}]" if out_of_range else "set for the previous model"
             log.warning(
-                "threshold %g of %s was %s; using the bundle's default %g", dropped.value, camera, why, default
+                "threshold %g of %s was %s; using the bundle's default %g",
+                dropped.value,
+                camera,
+                why,
+                default,
             )
             self._save(snapshot)
 

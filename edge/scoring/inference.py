@@ -27,7 +27,7 @@ from edge.util.backoff import Backoff
 from edge.util.stats import Stats
 
 if TYPE_CHECKING:  # edge.service.changeover imports the API and the backends; only its types are needed here
-    from edge.service.changeover import LoadedModel, ModelBook
+    from edge.scoring.models import LoadedModel, ModelBook
 
 log = logging.getLogger("edge.inference")
 

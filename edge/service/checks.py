@@ -169,7 +169,8 @@ def secret_warnings(config: EdgeConfig, config_path: Optional[Path], overrides: 
     for name, path in secret_files:
         if path is not None and world_readable(path):
             warnings.append(
-                f"{name} {path} is readable by every user on this machine; chmod 600 (or 640 root:<service group>)"
+                f"{name} {path} is readable by every user on this machine; chmod 600 (or 640 root:<service "
+                f"group>)"
             )
     if config.health.metrics_port is not None and config.health.metrics_host not in (
         "127.0.0.1",
@@ -177,7 +178,8 @@ def secret_warnings(config: EdgeConfig, config_path: Optional[Path], overrides: 
         "localhost",
     ):
         warnings.append(
-            f"health.metrics_host is {config.health.metrics_host}: /metrics (unauthenticated) is reachable from "
+            f"health.metrics_host is {config.health.metrics_host}: /metrics (unauthenticated) is reachable "
+            f"from "
             "the network; keep it on 127.0.0.1 unless a firewall limits who can scrape"
         )
     return warnings

@@ -53,7 +53,8 @@ def _extras(record: logging.LogRecord) -> Dict[str, Any]:
 class KeyValueFormatter(logging.Formatter):
     """``ts=… level=… logger=… msg="…"`` plus any ``extra=`` fields: greppable in journald.
 
-    Every line goes through :func:`edge.util.redact.redact`, so a camera URL's password never reaches the journal
+    Every line goes through :func:`edge.util.redact.redact`, so a camera URL's password never reaches the
+    journal
     whichever module logged it (the JSON formatter does the same)."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -159,7 +160,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--source",
-        help="with --init-config: the camera (device index, video file, rtsp:// URL; default 0 = /dev/video0)",
+        help="with --init-config: the camera (device index, video file, rtsp:// URL; "
+        "default 0 = /dev/video0)",
     )
     p.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="shortcut for --set log_level="
@@ -303,7 +305,8 @@ def install_main(argv: List[str]) -> int:
     """``edge-run install-bundle BUNDLE --config FILE [--name RECIPE]`` (or ``--rollback RECIPE``)."""
     p = argparse.ArgumentParser(
         prog="edge-run install-bundle",
-        description="Verify a bundle (hashes, signature with the config's trusted keys, numbers) and install it "
+        description="Verify a bundle (hashes, signature with the config's trusted keys, numbers) and install "
+        "it "
         "into model.store as a recipe; a running daemon switches to it on systemctl reload (SIGHUP) when a "
         "camera runs that recipe, or on <camera>/model/set. --rollback RECIPE puts back the version the last "
         "install replaced (verified the same way); the two swap places, so a second --rollback undoes it.",
@@ -317,8 +320,8 @@ def install_main(argv: List[str]) -> int:
     if (args.bundle is None) == (args.rollback is None):
         p.error("give a BUNDLE to install, or --rollback RECIPE (not both)")
     from edge.config import ConfigError, load_config
-    from edge.service.changeover import RecipeError, install_bundle, rollback_bundle
     from edge.service.checks import verified_manifest
+    from edge.stores.recipes import RecipeError, install_bundle, rollback_bundle
     from edge.trust.manifest import BundleError
 
     try:
@@ -340,9 +343,7 @@ def install_main(argv: List[str]) -> int:
         print(f"edge-run install-bundle: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     done = "rolled back" if args.rollback is not None else "installed"
-    print(
-        f"{done} {target}; apply with: systemctl reload edge-anomaly (or <camera>/model/set {target.name})"
-    )
+    print(f"{done} {target}; apply with: systemctl reload edge-anomaly (or <camera>/model/set {target.name})")
     return EXIT_OK
 
 

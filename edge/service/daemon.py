@@ -2,7 +2,8 @@
 
 Threads and how they talk:
 
-    grabber thread per camera --(FrameSlot, newest frame wins, drops counted)--> inference stage (caller's thread)
+    grabber thread per camera --(FrameSlot, newest frame wins, drops counted)--> inference stage (caller's
+    thread)
     inference stage --(bounded queue, blocks when full: nothing dropped)--> publish stage (postprocess thread)
     publish stage --(DeviceApi: typed payloads)--> MqttTransport (network thread + bounded queue) --> broker
     network thread --(threshold/set)--> DeviceApi --> ThresholdBook <-- publish stage reads it per frame
@@ -25,35 +26,29 @@ import cv2
 import edge
 from edge.capture.sources import CameraSource
 from edge.config import CameraConfig, EdgeConfig
-from edge.faces.mqtt_json.api import (
+from edge.faces.mqtt_json.api import DeviceApi
+from edge.faces.mqtt_json.topics import status_will
+from edge.faces.mqtt_json.transport import MqttTransport
+from edge.results.payloads import (
     CameraStats,
-    DeviceApi,
     EvidenceStats,
     Identity,
     ModelRef,
     StatsPayload,
     iso_utc,
     new_run_id,
-    status_will,
 )
-from edge.faces.mqtt_json.transport import MqttTransport
 from edge.results.postprocess import Postprocessor
 from edge.results.thresholds import ThresholdBook, resolve_state_dir, threshold_range
 from edge.scoring.backends import Backend, load_backend
 from edge.scoring.inference import Camera, InferenceStage, SignallingSlot
-from edge.service.changeover import (
-    Changeover,
-    LoadedModel,
-    ModelBook,
-    RecipeChoices,
-    RecipeError,
-    RecipeStore,
-    close_backend,
-)
+from edge.scoring.models import LoadedModel, ModelBook, close_backend
+from edge.service.changeover import Changeover
 from edge.service.checks import verified_manifest
 from edge.service.health import MetricsServer, SdNotifier, Watchdog, watchdog_interval_s
 from edge.service.publish import PublishStage
 from edge.stores.evidence import EvidenceStore
+from edge.stores.recipes import RecipeChoices, RecipeError, RecipeStore
 from edge.trust.manifest import BundleError, Manifest
 from edge.util.stats import Stats
 
@@ -259,7 +254,8 @@ class Daemon:
             log.error(
                 "%d result(s) never reached broker %s (%d dropped from the full queue during the run, %d "
                 "undelivered at the stop); exiting with status %d",
-                self.undelivered_results, self.transport.broker, dropped, left.get("result", 0), EXIT_UNDELIVERED,
+                self.undelivered_results, self.transport.broker, dropped, left.get("result", 0),
+                EXIT_UNDELIVERED,
             )  # fmt: skip
         for model in self.models.resident_models():
             _close(model.backend)
@@ -330,7 +326,11 @@ class Daemon:
                 "postprocess": counters.get("drops_postprocess", 0),
                 **{f"mqtt_{kind}": dropped.get(kind, 0) for kind in MQTT_DROP_KINDS},
                 **{f"mqtt_{kind}": n for kind, n in dropped.items()},
-                **({} if self.sparkplug is None else {"sparkplug_ddata": self.sparkplug.snapshot()["dropped_ddata"]}),
+                **(
+                    {}
+                    if self.sparkplug is None
+                    else {"sparkplug_ddata": self.sparkplug.snapshot()["dropped_ddata"]}
+                ),
             },
             errors={
                 "inference": counters.get("inference_errors", 0),
@@ -521,7 +521,8 @@ def _boot_models(config: EdgeConfig, store: RecipeStore, choices: RecipeChoices)
                 continue
             except (RecipeError, StartupError) as exc:  # the configured recipe is verified below, or fails
                 log.error(
-                    "camera %s: recipe %s, chosen over MQTT before the restart, cannot be used (%s); starting "
+                    "camera %s: recipe %s, chosen over MQTT before the restart, cannot be used (%s); "
+                    "starting "
                     "on the configured recipe %s", cam.name, choice.recipe, exc, configured,
                 )  # fmt: skip
                 choices.forget(cam.name)
@@ -536,7 +537,9 @@ def _model_at(config: EdgeConfig, bundle: Path) -> Any:
     return config.model.model_copy(update={"bundle": bundle})
 
 
-def _loaded(config: EdgeConfig, bundle: Path, recipe: str, manifest: Manifest, backend: Backend) -> LoadedModel:
+def _loaded(
+    config: EdgeConfig, bundle: Path, recipe: str, manifest: Manifest, backend: Backend
+) -> LoadedModel:
     ref = ModelRef(
         id=manifest.model_id(),
         precision=getattr(backend, "precision", config.model.precision),  # what the backend loaded

@@ -80,7 +80,8 @@ def watchdog_interval_s(environ: Optional[Dict[str, str]] = None) -> Optional[fl
 
 
 class Watchdog:
-    """A thread that sends WATCHDOG=1 every ``interval_s`` while ``seconds_since_inference`` < ``stall_after_s``.
+    """A thread that sends WATCHDOG=1 every ``interval_s`` while ``seconds_since_inference`` <
+    ``stall_after_s``.
 
     When the flow stops it sends one STATUS= line saying so and stays silent, so systemd restarts the service
     after WatchdogSec; when frames flow again it resumes petting.

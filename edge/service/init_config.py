@@ -49,15 +49,18 @@ def config_text(
     device = device_id or _default_device_id()
     lines = [
         "# edge-anomaly: a first configuration, written by `edge-run --init-config`.",
-        f"# Check it (bundle, camera, files; one ok/FAILED line each):  edge-run --config {name} --check-config",
+        f"# Check it (bundle, camera, files; one ok/FAILED line each):  edge-run --config {name} "
+        f"--check-config",
         f"# Run it:                                                    edge-run --config {name}",
-        "# Every key, and the production form (TLS, password file, signed bundles): deploy/config.example.toml.",
+        "# Every key, and the production form (TLS, password file, signed bundles): "
+        "deploy/config.example.toml.",
         "# Any key can be overridden without editing: EDGE_MQTT__PORT=1884 or --set mqtt.port=1884.",
         "",
         f"device_id = {_toml_string(device)}   # part of every topic: edge-anomaly/<device_id>/...",
         "",
         "[mqtt]",
-        'host = "localhost"          # a broker on this machine (apt install mosquitto), plain TCP, no password',
+        'host = "localhost"          # a broker on this machine (apt install mosquitto), plain TCP, no '
+        "password",
         "port = 1883",
         "",
         "[model]",
@@ -83,7 +86,8 @@ def _trust_lines(trusted_key: Optional[Path]) -> list:
             f"trusted_keys = [{_toml_string(str(trusted_key.resolve()))}]",
         ]
     return [
-        "# Accept only bundles signed by your key (edge-keygen; edge-export --sign-key). Without it the daemon",
+        "# Accept only bundles signed by your key (edge-keygen; edge-export --sign-key). Without it the "
+        "daemon",
         "# runs unsigned bundles and says so with a WARNING at start.",
         '# trusted_keys = ["keys/line1.pub"]',
     ]

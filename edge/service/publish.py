@@ -13,7 +13,8 @@ import time
 from typing import Dict, Optional
 
 from edge.config import EdgeConfig
-from edge.faces.mqtt_json.api import DeviceApi, iso_utc
+from edge.faces.mqtt_json.api import DeviceApi
+from edge.results.payloads import iso_utc
 from edge.results.postprocess import Postprocessor, Verdict, encode_heatmap_jpeg, encode_mask_png
 from edge.results.thresholds import ThresholdBook
 from edge.scoring.inference import ScoredBatch, ScoredFrame

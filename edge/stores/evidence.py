@@ -16,7 +16,8 @@ Rules it keeps:
 
 - It never slows scoring: the publish stage :meth:`offers <EvidenceStore.offer>` a frame and returns at once;
   a writer thread of its own encodes and writes. A full queue drops the frame (counted, ``dropped_queue``).
-- It stays bounded: before each write the oldest rows go until the new files fit ``max_bytes``; rows older than
+- It stays bounded: before each write the oldest rows go until the new files fit ``max_bytes``; rows older
+than
   ``max_age_s`` go too. Every deletion is counted (``evicted_size``, ``evicted_age``).
 - A full disk (ENOSPC/EDQUOT, or SQLite's "disk is full") stops writing, is reported (``disk_full`` in the
   stats, a warning, one ERROR line in the log) and retried after ``RETRY_FULL_S``; scoring goes on and the
@@ -333,7 +334,8 @@ class EvidenceStore:
                 self._counts["write_errors"] += 1
         if full and not was_full:
             log.error(
-                "evidence store %s: disk full (%s); writing stops (scoring goes on) and is retried every %.0f s",
+                "evidence store %s: disk full (%s); writing stops (scoring goes on) and is retried every "
+                "%.0f s",
                 self.root, exc, RETRY_FULL_S,
             )  # fmt: skip
         elif not full:

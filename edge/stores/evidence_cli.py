@@ -83,7 +83,8 @@ def list_records(records: List[Record], as_json: bool) -> None:
             print(json.dumps(rec.to_json(), sort_keys=True))
         return
     print(
-        f"{'id':>7}  {'time (UTC)':<23}  {'camera':<12} {'verdict':<9} {'reason':<8} {'score':>8}  model  image"
+        f"{'id':>7}  {'time (UTC)':<23}  {'camera':<12} {'verdict':<9} {'reason':<8} {'score':>8}  model  "
+        f"image"
     )
     for r in records:
         when = datetime.fromtimestamp(r.ts, timezone.utc).isoformat(timespec="milliseconds")[:23]

@@ -1,0 +1,4 @@
+"""Trust: the bundle manifest (schema, hashes, numbers) and its Ed25519 signature; a bundle is used only after
+edge.trust.manifest.verify_bundle says so.
+
+May import: edge.util, edge.config, edge.capture (the manifest describes its preprocessing)."""

@@ -90,7 +90,8 @@ class _Strict(BaseModel):
 def _plain_file_name(value: str) -> str:
     if not FILE_NAME.match(value) or value in RESERVED_NAMES:
         raise ValueError(
-            f"file entry {value[:80]!r} is not a plain file name inside the bundle (letters, digits, '.', '_', "
+            f"file entry {value[:80]!r} is not a plain file name inside the bundle (letters, digits, '.', "
+            f"'_', "
             "'-'; no '/', '\\', '..' or absolute path); re-export the bundle"
         )
     return value
@@ -182,7 +183,8 @@ class ThresholdSpec(_Strict):
     def _in_calibrated_range(cls, value: float) -> float:
         if not THRESHOLD_MIN <= value <= THRESHOLD_MAX:
             raise ValueError(
-                f"threshold.default {value:g} is outside [{THRESHOLD_MIN:g}, {THRESHOLD_MAX:g}] normalised units "
+                f"threshold.default {value:g} is outside [{THRESHOLD_MIN:g}, {THRESHOLD_MAX:g}] normalised "
+                f"units "
                 "(0 = median good part, 1 = worst 1 % of good parts); re-calibrate the bundle"
             )
         return value
@@ -398,7 +400,8 @@ class _BundleDir:
                 if missing_ok:
                     return None
                 raise BundleError(
-                    f"bundle file {name} is missing from {self.path} (listed in {MANIFEST_NAME}); copy the whole "
+                    f"bundle file {name} is missing from {self.path} (listed in {MANIFEST_NAME}); copy the "
+                    f"whole "
                     "bundle again"
                 ) from None
             if exc.errno == errno.ELOOP:
@@ -499,7 +502,8 @@ def _check_file(bundle: _BundleDir, name: str, expected: str, precision: Optiona
         )
     if precision in ("fp32", "fp16") and quantized:
         raise BundleError(
-            f"{bundle.path / name} is listed as {precision} but holds a Q/DQ (int8) graph; re-export the bundle"
+            f"{bundle.path / name} is listed as {precision} but holds a Q/DQ (int8) graph; re-export the "
+            f"bundle"
         )
 
 

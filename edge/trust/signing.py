@@ -128,7 +128,8 @@ class TrustedKeys:
             key.verify(signature, manifest_bytes)
         except InvalidSignature:
             raise SignatureError(
-                f"the signature in {SIGNATURE_NAME} does not match manifest.json (key {key_id}): the manifest "
+                f"the signature in {SIGNATURE_NAME} does not match manifest.json (key {key_id}): the "
+                f"manifest "
                 "was changed after signing; copy the bundle again from the signed export"
             ) from None
         return key_id

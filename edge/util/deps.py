@@ -20,5 +20,6 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
     except ImportError as exc:
         raise MissingDependency(
             f"{purpose} needs the Python module '{module}', which is not importable ({exc}). "
-            f"Install it with: pip install 'edge-anomaly[{extra}]' (or your platform's package, e.g. JetPack)."
+            f"Install it with: pip install 'edge-anomaly[{extra}]' (or your platform's package, e.g. "
+            f"JetPack)."
         ) from exc

@@ -1,4 +1,5 @@
-"""edge-bench end to end on a real tiny bundle, a generated MVTec dataset, a real mosquitto and the real daemon.
+"""edge-bench end to end on a real tiny bundle, a generated MVTec dataset, a real mosquitto and the real
+daemon.
 
 Durations are tiny, so the numbers are noise; the tests check that every number is a measurement (positive,
 consistent with its own counts), that every ratio is computed from the fields it names, and that the
@@ -203,7 +204,8 @@ def test_all_end_to_end(bundle: Path, synthetic_dataset: Path, tmp_path: Path) -
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small random conv-ae checkpoint: enough for the torch-eager plumbing (it is not the bundle's source)."""
+    """A small random conv-ae checkpoint: enough for the torch-eager plumbing (it is not the bundle's
+    source)."""
     from edge.capture.preprocess import Preprocess
     from training.checkpoint import build_model, save_checkpoint
 

@@ -1,4 +1,5 @@
-"""deploy/install.sh under a scratch root (--root): what it writes, with which modes, and that it is idempotent.
+"""deploy/install.sh under a scratch root (--root): what it writes, with which modes, and that it is
+idempotent.
 
 Nothing here touches the real system: under --root every path is prefixed and system commands (useradd,
 chown, systemctl, the engine build) are printed instead of run; --skip-venv leaves pip out.
@@ -91,7 +92,8 @@ def test_dry_run_prints_every_action_and_writes_nothing(root: Path, bundle: Path
         "would create /var/lib/edge-anomaly/ (mode 0755, owner root:root)",
         "would create /var/lib/edge-anomaly/engines/ (mode 0750, owner edge-anomaly:edge-anomaly)",
         "would install /etc/systemd/system/edge-anomaly.service (mode 0644, owner root:root)",
-        "would install /etc/systemd/system/edge-anomaly.service.d/10-tensorrt.conf (mode 0644, owner root:root)",
+        "would install /etc/systemd/system/edge-anomaly.service.d/10-tensorrt.conf (mode 0644, owner "
+        "root:root)",
         "/opt/edge-anomaly/venv/bin/edge-export --build-engine /var/lib/edge-anomaly/bundle "
         "--engine-cache-dir /var/lib/edge-anomaly/engines",
         "would run: systemctl daemon-reload",
@@ -510,7 +512,8 @@ def test_without_a_fitting_lock_the_install_refuses_unless_allowed(root: Path, t
     assert "WITHOUT a hashed lock file" in allowed.stderr
 
 
-# The real (non --root) code paths: useradd, chown, ownership drift, userdel. They run as root inside a private
+# The real (non --root) code paths: useradd, chown, ownership drift, userdel. They run as root inside a
+# private
 # mount namespace in which /etc is a copy and /opt, /var/lib, /var/cache are empty tmpfs, so the host's files
 # and users are never touched. systemctl is a stub on PATH (there is no systemd to talk to in a test).
 NAMESPACE_SCRIPT = r"""
@@ -530,7 +533,8 @@ echo "=== second"; bash "$INSTALL" --skip-venv --bundle "$BUNDLE" --config "$CON
 chown root:root /etc/edge-anomaly/config.toml
 echo "=== drift"; bash "$INSTALL" --skip-venv --bundle "$BUNDLE" --config "$CONFIG" --jetson
 echo "=== purge"; bash "$INSTALL" --uninstall --purge
-echo "=== after"; getent passwd edge-anomaly || echo "no user"; ls /etc/edge-anomaly /var/lib/edge-anomaly 2>&1 || true
+echo "=== after"; getent passwd edge-anomaly || echo "no user"; ls /etc/edge-anomaly /var/lib/edge-anomaly
+2>&1 || true
 """
 
 

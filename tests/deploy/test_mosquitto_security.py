@@ -244,7 +244,8 @@ def test_the_certificate_not_the_claimed_user_decides_the_rights(secure_broker: 
     try:
         assert not scada.subscribe("edge-anomaly/#").is_failure
         assert not other.subscribe(f"edge-anomaly/{OTHER}/#").is_failure
-        # SCADA's right: set another device's threshold. The poser is refused; only the real SCADA gets through.
+        # SCADA's right: set another device's threshold. The poser is refused; only the real SCADA gets
+        # through.
         target = f"edge-anomaly/{OTHER}/cam0/threshold/set"
         denied = _publish(posing, target, b"999")
         _publish(scada, target, b"3.0")
@@ -442,7 +443,9 @@ def test_sparkplug_topics_follow_the_same_identity_rules(secure_broker: SecureBr
             session.close()
 
 
-def test_the_daemon_runs_both_faces_on_the_shipped_broker(secure_broker: SecureBroker, tmp_path: Path) -> None:
+def test_the_daemon_runs_both_faces_on_the_shipped_broker(
+    secure_broker: SecureBroker, tmp_path: Path
+) -> None:
     """The broker takes the client id from the certificate, so two sessions of one identity would evict each
     other (each eviction firing the other's Will). The Sparkplug session has its own certificate (CN =
     edge_node_id): both faces stay connected, and each stays inside its own topics."""
@@ -454,13 +457,16 @@ def test_the_daemon_runs_both_faces_on_the_shipped_broker(secure_broker: SecureB
     node = f"{DEVICE}-spb"
     certs = secure_broker.certs
     make = [str(MOSQUITTO_DIR / "make-certs.sh"), str(certs), "--client", DEVICE, "--client", node]
-    subprocess.run(["bash", *make], check=True, capture_output=True, timeout=60)  # adds the node's, keeps the CA
+    subprocess.run(
+        ["bash", *make], check=True, capture_output=True, timeout=60
+    )  # adds the node's, keeps the CA
     bundle = make_tiny_bundle(tmp_path / "bundle", size=64)
     frames, _ = part_sequence(12, 3, size=64, seed=51)
     video = write_video(tmp_path / "parts.avi", frames, fps=10)
     text = (
         f'device_id = "{DEVICE}"\n[mqtt]\nhost = "{secure_broker.host}"\nport = {secure_broker.port}\n'
-        f'stats_interval_s = 0.3\n[mqtt.tls]\nca_file = "{certs / "ca.crt"}"\ncert_file = "{certs / f"{DEVICE}.crt"}"\n'
+        f'stats_interval_s = 0.3\n[mqtt.tls]\nca_file = "{certs / "ca.crt"}"\ncert_file = '
+        f'"{certs / f"{DEVICE}.crt"}"\n'
         f'key_file = "{certs / f"{DEVICE}.key"}"\n[model]\nbundle = "{bundle}"\nintra_op_threads = 1\n'
         f'[sparkplug]\nenabled = true\ngroup_id = "line"\nedge_node_id = "{node}"\n'
         f'cert_file = "{certs / f"{node}.crt"}"\nkey_file = "{certs / f"{node}.key"}"\n'
@@ -468,15 +474,19 @@ def test_the_daemon_runs_both_faces_on_the_shipped_broker(secure_broker: SecureB
     )
     scada = _open(secure_broker, "scada", PASSWORDS["scada"], "scada")
     try:
-        assert not scada.subscribe("spBv1.0/#").is_failure and not scada.subscribe("edge-anomaly/#").is_failure
+        assert (
+            not scada.subscribe("spBv1.0/#").is_failure and not scada.subscribe("edge-anomaly/#").is_failure
+        )
         run = InProcess(tmp_path, text).start()
         try:
             for topic in (f"spBv1.0/line/NBIRTH/{node}", f"spBv1.0/line/DBIRTH/{node}/cam0"):
                 scada.wait_for_topic(topic)
             with scada.got_message:
                 done = scada.got_message.wait_for(
-                    lambda: sum(t == f"spBv1.0/line/DDATA/{node}/cam0" for t, _ in scada.messages) >= 10
-                    and sum(t == f"edge-anomaly/{DEVICE}/cam0/result" for t, _ in scada.messages) >= 10,
+                    lambda: (
+                        sum(t == f"spBv1.0/line/DDATA/{node}/cam0" for t, _ in scada.messages) >= 10
+                        and sum(t == f"edge-anomaly/{DEVICE}/cam0/result" for t, _ in scada.messages) >= 10
+                    ),
                     timeout=WAIT_S * 3,
                 )
             assert done, [t for t, _ in scada.messages][-20:]
@@ -486,6 +496,12 @@ def test_the_daemon_runs_both_faces_on_the_shipped_broker(secure_broker: SecureB
     finally:
         scada.close()
     topics = [t for t, _ in scada.messages]
-    assert topics.count(f"spBv1.0/line/NBIRTH/{node}") == 1 and topics.count(f"spBv1.0/line/NDEATH/{node}") == 1
-    statuses = [Received(t, p, False, 1, 0.0).json()["state"] for t, p in scada.messages if t.endswith("/status")]
-    assert statuses.count("offline") == 1 and statuses[-1] == "offline"  # no eviction: offline only at the stop
+    assert (
+        topics.count(f"spBv1.0/line/NBIRTH/{node}") == 1 and topics.count(f"spBv1.0/line/NDEATH/{node}") == 1
+    )
+    statuses = [
+        Received(t, p, False, 1, 0.0).json()["state"] for t, p in scada.messages if t.endswith("/status")
+    ]
+    assert (
+        statuses.count("offline") == 1 and statuses[-1] == "offline"
+    )  # no eviction: offline only at the stop

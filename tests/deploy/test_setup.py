@@ -22,7 +22,9 @@ echo "installed: $*"
 """
 
 
-def run_apt(tmp_path: Path, busy: int, fail: bool = False, wait_s: int = 60) -> subprocess.CompletedProcess[str]:
+def run_apt(
+    tmp_path: Path, busy: int, fail: bool = False, wait_s: int = 60
+) -> subprocess.CompletedProcess[str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "apt-get"

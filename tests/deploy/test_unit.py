@@ -1,4 +1,5 @@
-"""deploy/edge-anomaly.service: systemd accepts it as written, and its hardening scores as systemd measures it.
+"""deploy/edge-anomaly.service: systemd accepts it as written, and its hardening scores as systemd measures
+it.
 
 `systemd-analyze verify` must be silent (a warning about an unknown key is a setting systemd ignores), and
 `systemd-analyze security --offline` must rate the exposure at most 2.0, with and without the GPU/Jetson

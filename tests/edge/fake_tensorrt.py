@@ -1,4 +1,5 @@
-"""A recording stand-in for ``tensorrt`` and for CUDA from Python (cuda-python or pycuda), for machines without
+"""A recording stand-in for ``tensorrt`` and for CUDA from Python (cuda-python or pycuda), for machines
+without
 a GPU.
 
 It keeps to the parts of the real API the engine code uses, and to its rules where breaking them is the bug a
@@ -89,8 +90,8 @@ class DataType(enum.IntEnum):
     UINT8 = 5
 
 
-_NP = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8, DataType.INT32: np.int32,
-       DataType.BOOL: np.bool_, DataType.UINT8: np.uint8}  # fmt: skip
+_NP = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8,
+       DataType.INT32: np.int32, DataType.BOOL: np.bool_, DataType.UINT8: np.uint8}  # fmt: skip
 _FROM_ONNX = {onnx.TensorProto.FLOAT: DataType.FLOAT, onnx.TensorProto.FLOAT16: DataType.HALF,
               onnx.TensorProto.UINT8: DataType.UINT8, onnx.TensorProto.INT8: DataType.INT8,
               onnx.TensorProto.INT32: DataType.INT32}  # fmt: skip
@@ -486,8 +487,9 @@ def make_cudart(calls: list[tuple[Any, ...]], memory: Memory, gpu: GpuSpec | Non
         ctypes.memmove(dst, src, nbytes)
         return (ok,)
 
-    for fn in (cudaSetDevice, cudaGetDeviceProperties, cudaGetErrorString, cudaMalloc, cudaFree, cudaMallocHost,
-               cudaFreeHost, cudaStreamCreate, cudaStreamSynchronize, cudaStreamDestroy, cudaMemcpyAsync):  # fmt: skip
+    for fn in (cudaSetDevice, cudaGetDeviceProperties, cudaGetErrorString, cudaMalloc, cudaFree,
+               cudaMallocHost, cudaFreeHost, cudaStreamCreate, cudaStreamSynchronize, cudaStreamDestroy,
+               cudaMemcpyAsync):  # fmt: skip
         setattr(mod, fn.__name__, fn)
     mod.streams = streams  # type: ignore[attr-defined]
     return mod

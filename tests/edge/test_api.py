@@ -13,20 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.faces.mqtt_json.api import (
-    SCHEMA_MODELS,
-    TOPICS,
-    DeviceApi,
-    Identity,
-    ModelRef,
-    camera_of,
-    iso_utc,
-    schema_text,
-    status_will,
-    topic_name_of,
-)
+from edge.commands import parse_threshold_payload
+from edge.faces.mqtt_json.api import DeviceApi
+from edge.faces.mqtt_json.schema import schema_text
+from edge.faces.mqtt_json.topics import SCHEMA_MODELS, TOPICS, camera_of, status_will, topic_name_of
 from edge.faces.mqtt_json.transport import Inbound
-from edge.results.postprocess import parse_threshold_payload
+from edge.results.payloads import Identity, ModelRef, iso_utc
 from edge.results.thresholds import ThresholdBook
 from tests.helpers.contract import SCHEMAS, check
 
@@ -40,13 +32,14 @@ IDENTITY = Identity(
 def test_committed_schema_equals_the_generated_one(name: str) -> None:
     committed = (SCHEMAS / f"{name}.schema.json").read_text(encoding="utf-8")
     assert committed == schema_text(name), (
-        f"docs/schemas/{name}.schema.json is stale: run `python3 -m edge.faces.mqtt_json.api --write-schemas docs/schemas`"
+        f"docs/schemas/{name}.schema.json is stale: run `python3 -m edge.faces.mqtt_json.schema "
+        f"--write-schemas docs/schemas`"
     )
 
 
 def test_regenerate_command_writes_every_schema(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "edge.faces.mqtt_json.api", "--write-schemas", str(tmp_path)],
+        [sys.executable, "-m", "edge.faces.mqtt_json.schema", "--write-schemas", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.schema.json" for n in SCHEMA_MODELS)
@@ -183,7 +176,9 @@ def test_readme_examples_follow_the_published_schemas() -> None:
 
 
 @given(value=st.floats(0.0, 100.0), wrapped=st.booleans())
-def test_every_set_the_device_accepts_matches_the_published_command_schema(value: float, wrapped: bool) -> None:
+def test_every_set_the_device_accepts_matches_the_published_command_schema(
+    value: float, wrapped: bool
+) -> None:
     payload = json.dumps({"threshold": value} if wrapped else value).encode()
     assert parse_threshold_payload(payload, 0.0, 100.0) == value
     check("p/line1/threshold/set", json.loads(payload))

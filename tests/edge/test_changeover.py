@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.service.changeover import RecipeError, RecipeStore, parse_model_set
+from edge.commands import parse_model_set
+from edge.stores.recipes import RecipeError, RecipeStore
 from edge.trust.manifest import read_manifest
 from tests.helpers.tiny_bundle import default_reference, make_tiny_bundle
 
@@ -94,7 +95,8 @@ def store_config(tmp_path: Path, bundles: Path) -> tuple[Path, Path]:
     """(store, config): a config whose model.bundle is recipe A and whose store is empty."""
     store, config = tmp_path / "store", tmp_path / "edge.toml"
     config.write_text(
-        f'[model]\nbundle = "{bundles / "src" / "A"}"\nstore = "{store}"\n[[cameras]]\nname = "line"\nsource = "0"\n'
+        f'[model]\nbundle = "{bundles / "src" / "A"}"\nstore = "{store}"\n[[cameras]]\nname = "line"\nsource '
+        f'= "0"\n'
     )
     return store, config
 
@@ -122,11 +124,15 @@ def test_install_bundle_verifies_copies_and_keeps_the_previous_version(bundles: 
     assert sorted(p.name for p in store.iterdir()) == [".previous-cap", "cap"]
 
     no_store = tmp_path / "no-store.toml"
-    no_store.write_text(f'[model]\nbundle = "{bundles / "src" / "A"}"\n[[cameras]]\nname = "x"\nsource = "0"\n')
+    no_store.write_text(
+        f'[model]\nbundle = "{bundles / "src" / "A"}"\n[[cameras]]\nname = "x"\nsource = "0"\n'
+    )
     assert install(no_store, bundles / "src" / "B").returncode == 3
 
 
-def test_rollback_puts_back_the_replaced_version_and_a_second_one_undoes_it(bundles: Path, tmp_path: Path) -> None:
+def test_rollback_puts_back_the_replaced_version_and_a_second_one_undoes_it(
+    bundles: Path, tmp_path: Path
+) -> None:
     store, config = store_config(tmp_path, bundles)
     rollback = install_bundle_cli
     nothing = rollback(config, "--rollback", "cap")
@@ -154,7 +160,7 @@ def test_rollback_puts_back_the_replaced_version_and_a_second_one_undoes_it(bund
 
 
 def test_a_recipe_choice_is_kept_until_the_config_names_another(tmp_path: Path) -> None:
-    from edge.service.changeover import Choice, RecipeChoices
+    from edge.stores.recipes import Choice, RecipeChoices
 
     path = tmp_path / "recipes.json"
     choices = RecipeChoices(path)

@@ -198,7 +198,10 @@ def test_a_recipe_chosen_over_mqtt_survives_a_restart_and_can_still_be_rolled_ba
     finally:
         assert run.stop() == 0
     sub.close()
-    assert json.loads((tmp_path / "state" / f"recipes-{dev}.json").read_text())["cameras"]["line"]["recipe"] == "B"
+    assert (
+        json.loads((tmp_path / "state" / f"recipes-{dev}.json").read_text())["cameras"]["line"]["recipe"]
+        == "B"
+    )
 
     # a restart on the same config comes back on B, and knows A is what a rollback returns to
     later = Subscriber(broker.host, broker.port, [f"{prefix}/#"])
@@ -220,7 +223,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
-
 
 
 BALLAST_MB = 48

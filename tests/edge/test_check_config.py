@@ -69,7 +69,10 @@ def test_a_missing_password_file_fails_by_name(tmp_path: Path, bundle: Path) -> 
 def test_unreadable_tls_files_fail_each_by_name(tmp_path: Path, bundle: Path) -> None:
     ca = tmp_path / "ca.crt"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
-    mqtt = f'[mqtt.tls]\nca_file = "{ca}"\ncert_file = "{tmp_path / "no.crt"}"\nkey_file = "{tmp_path / "no.key"}"'
+    mqtt = (
+        f'[mqtt.tls]\nca_file = "{ca}"\ncert_file = "{tmp_path / "no.crt"}"\n'
+        f'key_file = "{tmp_path / "no.key"}"'
+    )
     rc, _, err = run("--config", str(write(tmp_path, bundle, mqtt)), "--check-config")
     assert rc == EXIT_STARTUP
     assert "ok      mqtt.tls.ca_file" in err

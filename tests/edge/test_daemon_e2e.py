@@ -130,7 +130,10 @@ def test_verdicts_masks_and_faults(broker: Broker, media: dict, tmp_path: Path) 
 
     assert status_states(sub, prefix)[0] == "online"
     online = sub.on(f"{prefix}/status")[0].json()
-    assert online["model"]["id"].startswith("tiny-reference@") and set(online["cameras"]) == {"line", "missing"}
+    assert online["model"]["id"].startswith("tiny-reference@") and set(online["cameras"]) == {
+        "line",
+        "missing",
+    }
     assert online["device_id"] == dev and online["model"]["signer"] is None
     avail = [availability_text(m) for m in sub.on(f"{prefix}/line/availability") if m.payload]
     assert avail[-1] == "offline" and "online" in avail
@@ -162,7 +165,9 @@ def test_verdicts_masks_and_faults(broker: Broker, media: dict, tmp_path: Path) 
     for r in anomalous:
         fid = r["frame_id"]
         msg = masks[r["mask"]["topic"]]
-        assert by_key[msg.topic.rsplit("/", 1)[1]] is r  # the frame key in the topic pairs it (MQTT 3.1.1 too)
+        assert (
+            by_key[msg.topic.rsplit("/", 1)[1]] is r
+        )  # the frame key in the topic pairs it (MQTT 3.1.1 too)
         assert msg.properties["ContentType"] == "image/png"
         assert msg.properties["CorrelationData"] == r["frame_key"].encode()
         pred = cv2.imdecode(np.frombuffer(msg.payload, np.uint8), cv2.IMREAD_UNCHANGED) > 0
@@ -327,7 +332,6 @@ def spawn(config: Path, *args: str, env: dict | None = None) -> subprocess.Popen
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-
 
 
 def test_kill_9_leaves_status_offline_via_last_will(

@@ -162,7 +162,9 @@ def test_the_cap_holds_while_a_frame_is_being_written(tmp_path: Path) -> None:
 
         def execute(self, sql: str, *args: object) -> object:
             if sql.lstrip().startswith("INSERT"):
-                seen.append(sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and "index" not in p.name))
+                seen.append(
+                    sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and "index" not in p.name)
+                )
             return self._db.execute(sql, *args)  # type: ignore[attr-defined]
 
         def __getattr__(self, name: str) -> object:
@@ -301,8 +303,8 @@ def test_export_writes_an_mvtec_layout_that_training_reads(store_factory, tmp_pa
     )
     assert len(good_images(only)) == 3  # line: frames 1, 5, 9 (3, 7, 11 are anomalous)
     listed = subprocess.run(
-        [sys.executable, "-m", "edge.stores.evidence_cli", "list", "--dir", str(tmp_path / "evidence"), "--json",
-         "--verdict", "anomalous"], capture_output=True, text=True, cwd=REPO, timeout=60,
+        [sys.executable, "-m", "edge.stores.evidence_cli", "list", "--dir", str(tmp_path / "evidence"),
+         "--json", "--verdict", "anomalous"], capture_output=True, text=True, cwd=REPO, timeout=60,
     )  # fmt: skip
     assert listed.returncode == 0, listed.stderr
     docs = [json.loads(line) for line in listed.stdout.splitlines()]

@@ -51,7 +51,9 @@ def test_kept_frames_match_the_published_results(broker: Broker, media: dict, tm
     store = tmp_path / "evidence"
     got, stats = _run(broker, media, tmp_path, {"dir": str(store), "good_every": 4, "near_threshold": 0.0})
     assert [r["seq"] for r in got] == list(range(len(got)))
-    assert len(got) + stats[-1]["drops"]["camera_slots"] == N_FRAMES  # a busy machine may skip frames, counted
+    assert (
+        len(got) + stats[-1]["drops"]["camera_slots"] == N_FRAMES
+    )  # a busy machine may skip frames, counted
     rows = query(store)
     anomalous = {r["seq"] for r in got if r["anomalous"]}
     assert anomalous and {r.seq for r in rows if r.anomalous} == anomalous

@@ -1,4 +1,5 @@
-"""edge/ is the device runtime: it must never load torch or the training/export/calibration packages."""
+"""edge/ is the device runtime: it must never load torch or the training/export/calibration packages, and
+inside it the stage folders import one way only (docs/architecture.md, each stage's ``__init__`` docstring)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tests.helpers.tiny_bundle import make_tiny_bundle
 from training.synthetic import part_sequence, write_video
 
 REPO = Path(__file__).resolve().parents[2]
-FORBIDDEN = ("torch", "training", "export", "calibration")
+FORBIDDEN = ("torch", "training", "export", "calibration", "benchmarks", "tools")
 REPORT = (
     f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})\n"
     "print(json.dumps({'rc': rc, 'heavy': heavy}))\n"
@@ -61,3 +62,73 @@ def test_running_the_daemon_loads_nothing_heavy(broker: Broker, tmp_path: Path) 
         f"rc = edge.service.cli.main(['--config', {str(cfg)!r}, '--max-frames', '3'])\n" + REPORT
     )
     assert run_python(script) == {"rc": 0, "heavy": []}
+
+
+# The floors of edge/, lowest first: a module may import its own stage and any stage on a lower floor, never
+# one on its floor or above. Same order as docs/architecture.md.
+FLOORS = (
+    ("util", "commands"),
+    ("config",),
+    ("capture",),
+    ("trust",),
+    ("results",),
+    ("scoring",),
+    ("stores", "faces"),
+    ("service",),
+)
+FLOOR = {stage: level for level, stages in enumerate(FLOORS) for stage in stages}
+# config validates a model.backend name against the backend table (a dict of strings; nothing is loaded)
+EXCEPTIONS = {("config", "edge.scoring.backends")}
+FACES = ("mqtt_json", "sparkplug")  # each face keeps its own internals; both share faces.mqtt_session
+
+
+def _stage(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "edge"
+
+
+def _edge_imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names += [node.module]
+    return [n for n in names if n.startswith("edge.")]
+
+
+def test_every_edge_module_lives_in_a_stage_folder() -> None:
+    loose = [p.name for p in (REPO / "edge").glob("*.py") if p.name not in ("__init__.py", "commands.py")]
+    assert loose == []
+    stages = {p.name for p in (REPO / "edge").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert stages == set(FLOOR) - {"commands"}
+    for stage in stages:
+        assert ast.get_docstring(ast.parse((REPO / "edge" / stage / "__init__.py").read_text())), stage
+
+
+def test_stages_import_one_way_only() -> None:
+    """capture never imports faces, results never imports scoring, nothing imports the service, ..."""
+    offenders = []
+    for path in sorted((REPO / "edge").rglob("*.py")):
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        here = _stage(module)
+        if here == "__init__":
+            continue
+        for name in _edge_imports(path):
+            there = _stage(name)
+            if there == here or (here, name) in EXCEPTIONS:
+                continue
+            if here not in FLOOR or there not in FLOOR or FLOOR[there] >= FLOOR[here]:
+                offenders.append(f"{module} ({here}) imports {name} ({there})")
+    assert offenders == []
+
+
+def test_faces_do_not_import_each_other() -> None:
+    offenders = []
+    for face in FACES:
+        for path in sorted((REPO / "edge" / "faces" / face).rglob("*.py")):
+            for name in _edge_imports(path):
+                other = [f for f in FACES if f != face and name.startswith(f"edge.faces.{f}")]
+                if other:
+                    offenders.append(f"{path.relative_to(REPO)} imports {name}")
+    assert offenders == []

@@ -1,4 +1,5 @@
-"""``edge-run --init-config PATH``: a commented first config that passes validation and every check as written."""
+"""``edge-run --init-config PATH``: a commented first config that passes validation and every check as
+written."""
 
 from __future__ import annotations
 

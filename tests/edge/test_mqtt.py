@@ -131,7 +131,8 @@ def test_stop_sends_final_retained_state_and_a_kill_leaves_the_will(broker: Brok
 def test_queue_bound_order_and_drops_while_the_broker_is_down(
     tmp_path: Path, prefix: str, transports: list[MqttTransport]
 ) -> None:
-    """While the broker is down: QoS 1 kept up to the bound (newest), oldest dropped and counted, QoS 0 dropped."""
+    """While the broker is down: QoS 1 kept up to the bound (newest), oldest dropped and counted, QoS 0
+    dropped."""
     broker = persistent_broker(tmp_path / "mosq").start()
     try:
         sub = Subscriber(

@@ -1,4 +1,5 @@
-"""Postprocess: normalisation, mask, regions mapped to camera pixels, PNG/JPEG, threshold parsing and precedence."""
+"""Postprocess: normalisation, mask, regions mapped to camera pixels, PNG/JPEG, threshold parsing and
+precedence."""
 
 from __future__ import annotations
 
@@ -11,16 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.results.postprocess import (
-    MAX_THRESHOLD_PAYLOAD,
-    Postprocessor,
-    ThresholdError,
-    Verdict,
-    clip_roi,
-    encode_heatmap_jpeg,
-    encode_mask_png,
-    parse_threshold_payload,
-)
+from edge.commands import MAX_THRESHOLD_PAYLOAD, ThresholdError, parse_threshold_payload
+from edge.results.postprocess import Postprocessor, Verdict, clip_roi, encode_heatmap_jpeg, encode_mask_png
 from edge.trust.manifest import ScoreNormalization
 
 NORM = ScoreNormalization(offset=0.1, scale=0.05)
@@ -87,7 +80,8 @@ def test_mapping_back_through_roi_offset_and_scale() -> None:
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), min_area=st.sampled_from([0, 3, 12]))
 def test_regions_match_a_reference_labelling(seed: int, min_area: int) -> None:
-    """Boxes, areas, peaks and the kept mask agree with OpenCV's default labelling and a full-map peak search."""
+    """Boxes, areas, peaks and the kept mask agree with OpenCV's default labelling and a full-map peak
+    search."""
     rng = np.random.default_rng(seed)
     norm = cv2.GaussianBlur(rng.normal(0, 1, (48, 40)).astype(np.float32), (0, 0), 1.5) * 4
     post = Postprocessor(NORM, min_region_area=min_area, max_regions=1000)

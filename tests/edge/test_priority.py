@@ -10,7 +10,9 @@ import pytest
 
 from edge.util.priority import lower_current_thread_priority
 
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux behaviour")
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="per-thread nice is Linux behaviour"
+)
 
 
 @linux_only

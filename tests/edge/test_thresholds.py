@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.results.postprocess import ThresholdError
+from edge.commands import ThresholdError
 from edge.results.thresholds import InForce, ThresholdBook, resolve_state_dir, threshold_range
 
 LO, HI = -10.0, 100.0
@@ -55,7 +55,9 @@ def test_a_recorded_value_for_another_model_or_out_of_range_is_not_used(tmp_path
     assert ThresholdBook(4.0, {}, LO, 20.0, state_file=path, model_id="m@1").get("a") == (4.0, "manifest")
     path.write_text("{not json", encoding="utf-8")
     assert ThresholdBook(4.0, {}, LO, HI, state_file=path, model_id="m@1").get("a") == (4.0, "manifest")
-    path.write_text(json.dumps({"format": 1, "model": "m@1", "thresholds": {"a": {"x": 1}}}), encoding="utf-8")
+    path.write_text(
+        json.dumps({"format": 1, "model": "m@1", "thresholds": {"a": {"x": 1}}}), encoding="utf-8"
+    )
     assert ThresholdBook(4.0, {}, LO, HI, state_file=path, model_id="m@1").get("a") == (4.0, "manifest")
 
 
@@ -65,7 +67,9 @@ def test_state_dir_default_prefers_systemd(monkeypatch: pytest.MonkeyPatch, tmp_
     assert resolve_state_dir(None) == tmp_path / "a"
 
 
-def test_a_changeover_gives_the_camera_its_new_model_default_and_records_sets_per_model(tmp_path: Path) -> None:
+def test_a_changeover_gives_the_camera_its_new_model_default_and_records_sets_per_model(
+    tmp_path: Path,
+) -> None:
     state = tmp_path / "thresholds.json"
     book = ThresholdBook(default=4.0, fixed={}, lo=LO, hi=HI, state_file=state, model_id="A@1")
     book.set_from_payload("line", b"3.0")
@@ -74,7 +78,9 @@ def test_a_changeover_gives_the_camera_its_new_model_default_and_records_sets_pe
     book.set_from_payload("line", b"7.5")
     assert json.loads(state.read_text())["thresholds"]["line"]["model"] == "B@2"
     # a restart with the camera on B keeps the set; a restart with the camera back on A does not
-    on_b = ThresholdBook(default=4.0, fixed={}, lo=LO, hi=HI, state_file=state, model_id="A@1", models={"line": "B@2"})
+    on_b = ThresholdBook(
+        default=4.0, fixed={}, lo=LO, hi=HI, state_file=state, model_id="A@1", models={"line": "B@2"}
+    )
     assert on_b.get("line") == (7.5, "mqtt")
     on_a = ThresholdBook(default=4.0, fixed={}, lo=LO, hi=HI, state_file=state, model_id="A@1")
     assert on_a.get("line") == (4.0, "manifest")

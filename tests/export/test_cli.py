@@ -285,7 +285,8 @@ def test_build_engine_path_imports_no_training_stack(full_export: tuple[Path, Ru
     """On the device there is no torch or onnx: ``edge-export --build-engine BUNDLE`` must not need them."""
     code = (
         "import sys; from export.cli import main; rc = main(['--build-engine', sys.argv[1]]); "
-        "heavy = sorted(m for m in ('torch', 'onnx', 'training', 'export.pipeline', 'calibration') if m in sys.modules); "
+        "heavy = sorted(m for m in ('torch', 'onnx', 'training', 'export.pipeline', 'calibration') if m in "
+        "sys.modules); "
         "print(rc, heavy)"
     )
     done = subprocess.run(
@@ -304,7 +305,8 @@ def test_build_engine_path_imports_no_training_stack(full_export: tuple[Path, Ru
 def test_staged_bundle_that_fails_verification_is_discarded(
     full_export: tuple[Path, Run], tmp_path: Path
 ) -> None:
-    """The atomic writer on its own: a manifest whose checksum does not match never replaces the old bundle."""
+    """The atomic writer on its own: a manifest whose checksum does not match never replaces the old
+    bundle."""
     old = tmp_path / "bundle"
     shutil.copytree(full_export[0], old)
     before = (old / MANIFEST_NAME).read_bytes()

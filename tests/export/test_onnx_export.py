@@ -1,4 +1,5 @@
-"""Checkpoint -> ONNX: the graph computes what torch computes, with the bundle's interface; fp16 conversion."""
+"""Checkpoint -> ONNX: the graph computes what torch computes, with the bundle's interface; fp16
+conversion."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Fixtures for the fault-injection tests: the real daemon (``python -m edge.service.cli``) in a subprocess, a real
+"""Fixtures for the fault-injection tests: the real daemon (``python -m edge.service.cli``) in a subprocess, a
+real
 mosquitto, a real ONNX bundle, real video files and a real sd_notify socket.
 
 Nothing here sleeps to synchronise: processes are waited on, notify datagrams are read with timeouts and
@@ -108,7 +109,8 @@ def daemon_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 class DaemonProcess:
-    """``python -m edge.service.cli --config …`` with stdout and stderr going to a file (no pipe to fill up)."""
+    """``python -m edge.service.cli --config …`` with stdout and stderr going to a file (no pipe to fill
+    up)."""
 
     def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None, log: Path) -> None:
         self.log_path = log
@@ -266,7 +268,11 @@ def is_msg(
         if msg.topic != topic:
             return False
         # availability events are JSON; they compare as their one-line text ("fault: <reason>")
-        text = availability_text(msg).encode() if topic.endswith("/availability") and msg.payload else msg.payload
+        text = (
+            availability_text(msg).encode()
+            if topic.endswith("/availability") and msg.payload
+            else msg.payload
+        )
         if payload is not None and text != payload:
             return False
         return startswith is None or text.startswith(startswith)

@@ -319,7 +319,9 @@ def unwritable_bundle(
                 raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
             return real_open(file, mode, *args, **kwargs)  # type: ignore[call-overload]
 
-        monkeypatch.setattr(atomic, "open", read_only_open, raising=False)  # the engine cache writes through it
+        monkeypatch.setattr(
+            atomic, "open", read_only_open, raising=False
+        )  # the engine cache writes through it
         yield bundle, os.strerror(errno.EROFS)
         return
     if not _mount_tmpfs(mount, "1m"):

@@ -267,7 +267,9 @@ BAD_PAYLOADS = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False)
     .filter(lambda x: abs(x) > 1000)
     .map(lambda x: repr(x).encode()),  # outside any sensible range
-    st.sampled_from([b"-1", b"-0.5", b"-1e-3", b"101", b'{"threshold": -2}']),  # outside the calibrated [0, 100]
+    st.sampled_from(
+        [b"-1", b"-0.5", b"-1e-3", b"101", b'{"threshold": -2}']
+    ),  # outside the calibrated [0, 100]
 )
 
 
@@ -300,7 +302,9 @@ def test_verdicts_never_changed_and_a_valid_value_still_works(station: Station) 
     assert got and {(r["threshold"], r["threshold_source"]) for r in got} == {(4.0, "manifest")}
     assert all(r["anomalous"] == (r["score"] > 4.0) for r in got)
     # Every refusal was counted, and no error answer was retained (the retained state is the one in force).
-    assert sub.wait_for(lambda m: any(s["commands"]["rejected_invalid"] >= 10 for s in stats(sub, prefix)), WAIT)
+    assert sub.wait_for(
+        lambda m: any(s["commands"]["rejected_invalid"] >= 10 for s in stats(sub, prefix)), WAIT
+    )
     late = Subscriber(sub.client.host, sub.client.port, [station.state_topic])
     try:
         late.barrier()
@@ -312,4 +316,6 @@ def test_verdicts_never_changed_and_a_valid_value_still_works(station: Station) 
     state = station.set_threshold(b"0")
     assert (state["threshold"], state["source"], state["error"]) == (0.0, "mqtt", None) and state["set_at"]
     assert sub.wait_for(lambda m: any(r["threshold"] == 0.0 for r in results(sub, prefix, "line")), WAIT)
-    assert all(r["anomalous"] == (r["score"] > 0.0) for r in results(sub, prefix, "line") if r["threshold"] == 0.0)
+    assert all(
+        r["anomalous"] == (r["score"] > 0.0) for r in results(sub, prefix, "line") if r["threshold"] == 0.0
+    )

@@ -5,7 +5,8 @@
   Last Will's "connection lost"), availability ``offline``, each frame id published at most once, in order.
 - The same signal during a broker outage: a prompt stop (no wait for acks that cannot come) with exit 4,
   because the results scored while the broker was away never reached it.
-- The same signal delivered exactly while a frame is inside the backend (in-process: ``edge.service.cli.main`` in
+- The same signal delivered exactly while a frame is inside the backend (in-process: ``edge.service.cli.main``
+in
   this thread with its real signal handlers, the backend wrapped so a run can be held open): the result of
   that frame, and of every frame scored, is published before the daemon exits.
 """

@@ -1,5 +1,5 @@
 """Tests use the same local-broker launcher as the demo and the benchmarks."""
 
-from benchmarks.local_broker import Broker, free_port, mosquitto_binary
+from tools.local_broker import Broker, free_port, mosquitto_binary
 
 __all__ = ["Broker", "free_port", "mosquitto_binary"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import jsonschema
 
-from edge.faces.mqtt_json.api import SCHEMA_MODELS, topic_name_of
+from edge.faces.mqtt_json.topics import SCHEMA_MODELS, topic_name_of
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 

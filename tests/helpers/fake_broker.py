@@ -1,4 +1,5 @@
-"""A tiny MQTT server that misbehaves on purpose: it accepts clients, then never acknowledges, or stops reading.
+"""A tiny MQTT server that misbehaves on purpose: it accepts clients, then never acknowledges, or stops
+reading.
 
 mosquitto cannot be made to do either, and both happen in plants (a broker whose disk is full stops
 acknowledging; a hung broker or a half-dead NAT stops reading). Enough of MQTT 3.1.1 and 5 is spoken for a

@@ -44,7 +44,8 @@ class Received:
 
 
 def availability_text(msg: Received) -> str:
-    """An availability event as one string: ``online``, ``offline``, ``fault: <reason>``, ``ended: <reason>``."""
+    """An availability event as one string: ``online``, ``offline``, ``fault: <reason>``, ``ended:
+    <reason>``."""
     doc = msg.json()
     return doc["state"] if doc["state"] in ("online", "offline") else f"{doc['state']}: {doc['reason']}"
 

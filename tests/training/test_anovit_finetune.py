@@ -136,7 +136,9 @@ def test_extra_layers_feed_the_decoder_through_a_trained_neck() -> None:
         model.fuse.weight[:, :384].mul_(2.0)
         assert not torch.allclose(model.encode(x), before)
     optimizer = model.configure_optimizer(1e-3)
-    assert any(p is model.fuse.weight for p in optimizer.param_groups[0]["params"])  # full lr, like the decoder
+    assert any(
+        p is model.fuse.weight for p in optimizer.param_groups[0]["params"]
+    )  # full lr, like the decoder
     assert "extra_layers" in model.config.__dataclass_fields__
 
 

@@ -1,4 +1,5 @@
-"""The pretrained backbones: real ImageNet predictions, TF padding, feature taps, and parity with the ONNX source."""
+"""The pretrained backbones: real ImageNet predictions, TF padding, feature taps, and parity with the ONNX
+source."""
 
 from __future__ import annotations
 
@@ -238,7 +239,8 @@ def test_vit_image_size_must_be_a_multiple_of_14():
 
 
 def test_vit_matches_the_onnx_encoder_at_another_size(vit_path, tmp_path):
-    """Free the ONNX input size so the graph resizes 37x37 -> 8x8 itself; a model loaded for 112 px must agree."""
+    """Free the ONNX input size so the graph resizes 37x37 -> 8x8 itself; a model loaded for 112 px must
+    agree."""
     model = onnx.load(str(vit_path))
     for axis in (2, 3):
         model.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = f"side{axis}"

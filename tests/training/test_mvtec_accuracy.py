@@ -1,4 +1,5 @@
-"""Accuracy on the real MVTec AD bottle category (slow: full training; run with `bash scripts/test.sh -m slow`)."""
+"""Accuracy on the real MVTec AD bottle category (slow: full training; run with `bash scripts/test.sh -m
+slow`)."""
 
 from __future__ import annotations
 

@@ -62,7 +62,8 @@ def tiny(tmp_path: Path) -> tuple[PinnedFile, Path, bytes]:
 
 @pytest.fixture
 def index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the real pip at a local find-links folder only (no index), like an offline machine with a mirror."""
+    """Point the real pip at a local find-links folder only (no index), like an offline machine with a
+    mirror."""
     folder = tmp_path / "index"
     folder.mkdir()
     monkeypatch.setenv("PIP_NO_INDEX", "1")

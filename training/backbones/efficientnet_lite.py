@@ -103,7 +103,8 @@ def _bn(channels: int) -> nn.BatchNorm2d:
 
 
 class MBConvBlock(nn.Module):
-    """Inverted residual: 1x1 expand -> kxk depthwise -> 1x1 project, ReLU6, identity skip when shapes allow."""
+    """Inverted residual: 1x1 expand -> kxk depthwise -> 1x1 project, ReLU6, identity skip when shapes
+    allow."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int) -> None:
         super().__init__()
@@ -192,7 +193,9 @@ class EfficientNetLite0(nn.Module):
                 found[i] = h
         return [found[i] for i in ids]
 
-    def forward(self, x: torch.Tensor, block_ids: Sequence[int] | None = None) -> torch.Tensor | list[torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, block_ids: Sequence[int] | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
         """ImageNet logits (N, 1000), or with ``block_ids`` the outputs of those blocks (see ``features``).
 
         Feature users call the module itself rather than ``features`` so the exported ONNX nodes carry the

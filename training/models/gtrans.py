@@ -101,7 +101,9 @@ def context_tokens(tokens: torch.Tensor, grids: list[tuple[int, int]]) -> torch.
 class Student(nn.Module):
     """Image -> features at the AGN's three resolutions, related across scales by attention."""
 
-    def __init__(self, cfg: GTransConfig, teacher_channels: list[int], stem_channels: int | None = None) -> None:
+    def __init__(
+        self, cfg: GTransConfig, teacher_channels: list[int], stem_channels: int | None = None
+    ) -> None:
         super().__init__()
         w = cfg.stem_widths
         if stem_channels is None:  # pixels in: learn the stride-4 stem
@@ -259,7 +261,9 @@ class GTrans(TrainableModel):
         student_input = cached[0][idx] if n_stem else None
         if corrupted is not None:
             student_input = self.agn_stem(corrupted) if n_stem else corrupted
-        return self.training_loss(x[idx], teacher=[c[idx] for c in cached[n_stem:]], student_input=student_input)
+        return self.training_loss(
+            x[idx], teacher=[c[idx] for c in cached[n_stem:]], student_input=student_input
+        )
 
     def training_loss(
         self,

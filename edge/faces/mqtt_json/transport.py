@@ -1,6 +1,7 @@
 """MQTT transport: one paho-mqtt 2 client, its connection, and one bounded queue. No topic or payload here.
 
-What to publish, on which topic and with which flags is :mod:`edge.faces.mqtt_json.api`'s business; this module only
+What to publish, on which topic and with which flags is :mod:`edge.faces.mqtt_json.api`'s business; this
+module only
 guarantees how messages travel:
 
 - **Bounded, in order, every drop counted.** Messages wait in our own queue and are handed to paho only while
@@ -34,15 +35,15 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.config import ConfigError, MqttConfig, TlsConfig
+from edge.config import MqttConfig
+from edge.faces.mqtt_session import error_text, new_client, read_password
 from edge.util.backoff import Backoff
 from edge.util.priority import lower_current_thread_priority
 
@@ -92,46 +93,6 @@ def _finished(info: paho.MQTTMessageInfo) -> bool:
     except RuntimeError:
         # rc said "not connected" at hand-over; paho marks it published on the ack after a reconnect
         return bool(getattr(info, "_published", False))
-
-
-def read_password(cfg: MqttConfig) -> Optional[str]:
-    """The broker password from the config or its file (read here, at start, never in a validator)."""
-    if cfg.password is not None:
-        return cfg.password.get_secret_value()
-    if cfg.password_file is None:
-        return None
-    try:
-        return Path(cfg.password_file).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(
-            f"mqtt.password_file: cannot read {cfg.password_file}: {exc.strerror or exc}"
-        ) from exc
-
-
-def configure_tls(client: paho.Client, tls: TlsConfig) -> None:
-    for name in ("ca_file", "cert_file", "key_file"):
-        path = getattr(tls, name)
-        if path is not None and not Path(path).is_file():
-            raise ConfigError(f"mqtt.tls.{name}: {path} does not exist or is not a file")
-    try:
-        client.tls_set(
-            ca_certs=str(tls.ca_file) if tls.ca_file else None,
-            certfile=str(tls.cert_file) if tls.cert_file else None,
-            keyfile=str(tls.key_file) if tls.key_file else None,
-        )
-    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        raise ConfigError(f"mqtt.tls: the TLS files cannot be used: {exc}") from exc
-    client.tls_insecure_set(tls.insecure)
-
-
-def _network_thread_writes(client: paho.Client, userdata: Any, sock: Any) -> None:
-    """paho's external-loop hook, used only to stop it writing from publishing threads (see _make_client)."""
-
-
-def _error_text(exc: BaseException) -> str:
-    """``certificate verify failed: …`` or ``[Errno 111] Connection refused``, without paho's wrapping."""
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 300 else text[:300] + "…"
 
 
 class MqttTransport:
@@ -190,25 +151,12 @@ class MqttTransport:
 
     def _make_client(self, client_id: str, will: Optional[Tuple[str, bytes]]) -> paho.Client:
         cfg = self.cfg
-        client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
-            clean_session=None if self.v5 else True,
+        client = new_client(
+            client_id, self.v5, cfg.username, read_password(cfg), cfg.tls, logging.getLogger("edge.mqtt.paho")
         )
-        client.enable_logger(logging.getLogger("edge.mqtt.paho"))
         client.max_inflight_messages_set(self._max_in_flight)
         if will is not None:
             client.will_set(self.topic(will[0]), will[1], qos=1, retain=True)
-        password = read_password(cfg)
-        if cfg.username is not None or password is not None:
-            client.username_pw_set(cfg.username or "", password)
-        if cfg.tls is not None:
-            configure_tls(client, cfg.tls)
-        # Only the network thread writes to the socket: without this, paho writes from whichever thread
-        # publishes, and two threads' packets can interleave on the wire. Publishers now only queue packets
-        # and wake the network thread's select() through paho's socket pair, as with loop_start().
-        client.on_socket_register_write = _network_thread_writes
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
@@ -278,7 +226,7 @@ class MqttTransport:
         try:
             rc = self.client.reconnect()
         except Exception as exc:  # OSError (refused, unreachable, TLS), ValueError (bad host), ...
-            self._connect_failed(_error_text(exc))
+            self._connect_failed(error_text(exc))
             return False
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._connect_failed(paho.error_string(rc))
@@ -524,7 +472,9 @@ class MqttTransport:
         with self._pending_lock:
             while self._pending and _finished(self._pending[0][0]):
                 self._pending.popleft()
-            return sum(1 for info, _, qos, _ in self._pending if not (qos0_only and qos) and not _finished(info))
+            return sum(
+                1 for info, _, qos, _ in self._pending if not (qos0_only and qos) and not _finished(info)
+            )
 
     def occupancy(self) -> Tuple[int, int, int]:
         """(QoS 0 in flight, QoS >= 1 in flight, queued), read under one lock: the numbers the bound is about.
@@ -625,7 +575,9 @@ class MqttTransport:
                 self.broker,
                 sum(left.values()),
                 ", ".join(f"{n} {kind}" for kind, n in sorted(left.items())),
-                "" if self._connected else f"; the broker is unreachable: {self._last_error or 'never connected'}",
+                ""
+                if self._connected
+                else f"; the broker is unreachable: {self._last_error or 'never connected'}",
             )
         self._stop.set()  # the network thread sends DISCONNECT and ends
         self._thread.join(timeout)

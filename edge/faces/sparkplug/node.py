@@ -1,6 +1,7 @@
 """The Sparkplug B 3.0 edge node: its own MQTT session, births and deaths, seq and bdSeq, NCMD and DCMD.
 
-It is a second face of :class:`edge.faces.mqtt_json.api.DeviceApi` (an :class:`edge.faces.mqtt_json.api.ApiObserver`): every result, camera
+It is a second face of :class:`edge.faces.mqtt_json.api.DeviceApi` (an
+:class:`edge.faces.mqtt_json.api.ApiObserver`): every result, camera
 change and threshold change reaches it after the JSON face published it, and its threshold command goes
 through the JSON face's own ``set_threshold`` (same validation, record and ``threshold/state`` answer).
 
@@ -18,7 +19,8 @@ Session (one paho client per connection, clean session; the network thread ``edg
 
 Threads: results arrive from the postprocess thread, camera changes from grabber threads, JSON threshold
 sets from the JSON network thread, commands and connection events in ``edge-spb``. One lock covers the seq
-and every hand-over to paho, so seq order is wire order. As in :mod:`edge.faces.mqtt_json.transport`, only ``edge-spb`` writes
+and every hand-over to paho, so seq order is wire order. As in :mod:`edge.faces.mqtt_json.transport`, only
+``edge-spb`` writes
 to the socket (publishers queue and wake it), and no paho callback that paho runs under its own locks is
 used. Data published while the node is not born (broker away, primary host offline) is dropped and counted:
 the births that follow carry the latest values.
@@ -33,15 +35,17 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 
+from edge.commands import ThresholdError, threshold_payload_of
 from edge.config import MqttConfig, SparkplugConfig, TlsConfig
-from edge.faces.mqtt_json.api import CameraState, DeviceApi, Identity, ResultPayload
-from edge.faces.mqtt_json.transport import configure_tls, read_password
+from edge.faces.mqtt_session import new_client, read_password
 from edge.faces.sparkplug import payload as spb
+from edge.results.payloads import CameraState, Identity, ResultPayload
+from edge.results.thresholds import ThresholdBook
 from edge.util.atomic import write_json_atomically
 from edge.util.backoff import Backoff
 from edge.util.priority import lower_current_thread_priority
@@ -54,6 +58,18 @@ CONNACK_TIMEOUT_S = 10.0
 DEATH_ACK_TIMEOUT_S = 2.0
 MAX_UNWRITTEN = 100  # QoS 0 data messages handed to paho and not yet written; more are dropped and counted
 STATE_FORMAT = 1
+
+
+class Device(Protocol):
+    """What the node needs of the device's JSON face (:class:`edge.faces.mqtt_json.api.DeviceApi`): who it is,
+    its cameras, the thresholds in force, and the threshold command every face shares."""
+
+    identity: Identity
+    thresholds: ThresholdBook
+
+    def cameras_now(self) -> Dict[str, CameraState]: ...
+
+    def set_threshold(self, camera: str, payload: bytes, origin: str = ...) -> Optional[str]: ...
 
 
 class BdSeqStore:
@@ -116,7 +132,7 @@ class SparkplugNode:
         *,
         node_id: str,
         client_id: str,
-        api: DeviceApi,
+        api: Device,
         json_prefix: str,
         state_file: Optional[Path],
         tls: Optional[TlsConfig] = None,
@@ -204,7 +220,8 @@ class SparkplugNode:
         value, source = self.api.thresholds.get(camera)
         return {"Inspection/Threshold": value, "Inspection/Threshold Source": source}
 
-    # --- the API faces' updates (any thread) ------------------------------------------------------------------
+    # --- the API faces' updates (any thread)
+    # ------------------------------------------------------------------
 
     def result(self, doc: ResultPayload) -> None:
         """DDATA with the metrics of this result that changed (timestamped with the capture time)."""
@@ -447,20 +464,12 @@ class SparkplugNode:
             self._last_error = error
 
     def _make_client(self, bdseq: int) -> paho.Client:
-        client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
-            clean_session=None if self.v5 else True,
-        )
-        client.enable_logger(logging.getLogger("edge.sparkplug.paho"))
+        client = new_client(
+            self.client_id, self.v5, self.mqtt.username, self._password, self.tls,
+            logging.getLogger("edge.sparkplug.paho"),
+        )  # fmt: skip
         will = spb.death(spb.now_ms(time.time()), bdseq)
         client.will_set(self.topic("NDEATH"), will, qos=1, retain=False)
-        if self.mqtt.username is not None or self._password is not None:
-            client.username_pw_set(self.mqtt.username or "", self._password)
-        if self.tls is not None:
-            configure_tls(client, self.tls)
-        client.on_socket_register_write = _network_thread_writes  # see edge.faces.mqtt_json.transport: only edge-spb writes
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
@@ -571,10 +580,12 @@ class SparkplugNode:
             if command.name != spb.THRESHOLD.name and command.alias != alias:
                 self._reject("DCMD %s on %s is not writable", command.name or command.alias, camera)
                 continue
-            value = spb.number(command)
-            error = "not a number" if value is None else self.api.set_threshold(
-                camera, repr(value).encode(), origin="Sparkplug DCMD"
-            )  # fmt: skip
+            try:
+                payload = threshold_payload_of(spb.number(command))
+            except ThresholdError as exc:
+                error: Optional[str] = str(exc)
+            else:
+                error = self.api.set_threshold(camera, payload, origin="Sparkplug DCMD")
             if error is not None:  # answer with the value in force, so the host's tag shows what holds
                 self._reject("DCMD threshold on %s refused: %s", camera, error)
                 with self._lock:
@@ -583,7 +594,3 @@ class SparkplugNode:
 
 
 _UNSENT = object()
-
-
-def _network_thread_writes(client: paho.Client, userdata: Any, sock: Any) -> None:
-    """paho's external-loop hook, set only so publishing threads never write to the socket themselves."""

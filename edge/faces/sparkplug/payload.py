@@ -1,6 +1,7 @@
 """Sparkplug B payloads: the metric table of the node and its cameras, encoding, and command decoding.
 
-The metric table is the Sparkplug face of the typed API (:mod:`edge.faces.mqtt_json.api`): every value comes from a
+The metric table is the Sparkplug face of the typed API (:mod:`edge.faces.mqtt_json.api`): every value comes
+from a
 ``ResultPayload``, a camera state or the threshold book. README "Sparkplug B" lists it for people (a test
 keeps the two in step).
 
@@ -43,7 +44,8 @@ BDSEQ = MetricDef(
     "bdSeq", INT64, "", "birth/death sequence of this MQTT session, 0-255; NDEATH carries the same"
 )
 REBIRTH = MetricDef(
-    "Node Control/Rebirth", BOOLEAN, "", "always false; write true (NCMD) to get NBIRTH and every DBIRTH again",
+    "Node Control/Rebirth", BOOLEAN, "", "always false; write true (NCMD) to get NBIRTH and every DBIRTH "
+        "again",
     writable=True,
 )  # fmt: skip
 
@@ -53,7 +55,9 @@ NODE_METRICS: Tuple[MetricDef, ...] = (
     MetricDef("Properties/Device ID", STRING, "", "device_id of the JSON API"),
     MetricDef("Properties/Version", STRING, "", "edge-anomaly version"),
     MetricDef("Properties/Run ID", STRING, "", "new at every start of the daemon (as in the JSON results)"),
-    MetricDef("Properties/Model", STRING, "", "model name @ checkpoint sha256 prefix (NDATA when it changes)"),
+    MetricDef(
+        "Properties/Model", STRING, "", "model name @ checkpoint sha256 prefix (NDATA when it changes)"
+    ),
     MetricDef("Properties/Precision", STRING, "", "fp32, fp16 or int8"),
     MetricDef("Properties/Backend", STRING, "", "inference backend"),
     MetricDef(
@@ -71,11 +75,14 @@ THRESHOLD = MetricDef(
 DEVICE_METRICS: Tuple[MetricDef, ...] = (
     MetricDef("Inspection/Score", DOUBLE, "normalised", "0 = median good part, 1 = its 99th percentile"),
     MetricDef("Inspection/Anomalous", BOOLEAN, "", "the verdict: score > threshold"),
-    MetricDef("Inspection/Defect Area", DOUBLE, "fraction 0-1", "share of the inspected area inside kept regions"),
+    MetricDef("Inspection/Defect Area", DOUBLE, "fraction 0-1", "share of the inspected area inside kept "
+        "regions"),
     MetricDef("Inspection/Region Count", INT32, "", "defect regions found (before the max_regions cut)"),
     THRESHOLD,
-    MetricDef("Inspection/Threshold Source", STRING, "", "config, mqtt (a set over JSON or Sparkplug) or manifest"),
-    MetricDef("Inspection/Frame Key", STRING, "", "run_id-seq of the JSON result, the last level of its mask topic"),
+    MetricDef("Inspection/Threshold Source", STRING, "", "config, mqtt (a set over JSON or Sparkplug) or "
+        "manifest"),
+    MetricDef("Inspection/Frame Key", STRING, "", "run_id-seq of the JSON result, the last level of its mask "
+        "topic"),
     MetricDef("Camera/State", STRING, "", "online, offline, fault or ended"),
     MetricDef("Camera/Reason", STRING, "", "why (e.g. cannot open, no frame for 3.0 s)"),
     MetricDef("Latency/Total", DOUBLE, "ms", "capture to hand-over to MQTT"),

@@ -37,7 +37,8 @@ class Backend(Protocol):
     input_hw: tuple[int, int]
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 (N,H,W,3) in the manifest's colour order and size -> (scores (N,), maps (N,H,W)), float32, raw."""
+        """uint8 (N,H,W,3) in the manifest's colour order and size -> (scores (N,), maps (N,H,W)), float32,
+        raw."""
         ...
 
     def close(self) -> None: ...
@@ -73,7 +74,8 @@ def check_batch(images: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"expected uint8 images, got {images.dtype}; pass frames through Preprocess first")
     if images.ndim != 4 or images.shape[1:] != (h, w, 3):
         raise ValueError(
-            f"expected images of shape (N, {h}, {w}, 3) (the manifest's input size, NHWC), got {images.shape}; "
+            f"expected images of shape (N, {h}, {w}, 3) (the manifest's input size, NHWC), got "
+            f"{images.shape}; "
             "resize with the manifest's Preprocess"
         )
     return np.ascontiguousarray(images)
@@ -98,14 +100,16 @@ def run_in_chunks(
 def check_outputs(
     scores: np.ndarray, maps: np.ndarray, n: int, input_hw: tuple[int, int], source: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Float32 scores (n,) and maps (n,H,W) from a model's raw outputs, or BackendError naming the mismatch."""
+    """Float32 scores (n,) and maps (n,H,W) from a model's raw outputs, or BackendError naming the
+    mismatch."""
     h, w = input_hw
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     maps = np.asarray(maps, dtype=np.float32)
     if scores.shape != (n,) or maps.size != n * h * w:
         raise BackendError(
             f"{source} returned score shape {scores.shape} and map shape {maps.shape} for {n} image(s); "
-            f"expected ({n},) and ({n}, {h}, {w}). The model does not match its manifest; re-export the bundle."
+            f"expected ({n},) and ({n}, {h}, {w}). The model does not match its manifest; re-export the "
+            f"bundle."
         )
     return scores, maps.reshape(n, h, w)
 

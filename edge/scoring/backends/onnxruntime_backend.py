@@ -100,7 +100,9 @@ class OnnxRuntimeBackend:
         each precision with the very session, options and output checks a device will use (CPU)."""
         backend = cls.__new__(cls)
         path = Path(path)
-        backend._open(path, precision, input_name, outputs, input_hw, max_batch, "cpu", None, path.parent / "ort-trt")
+        backend._open(
+            path, precision, input_name, outputs, input_hw, max_batch, "cpu", None, path.parent / "ort-trt"
+        )
         return backend
 
     def _open(
@@ -125,7 +127,9 @@ class OnnxRuntimeBackend:
         chain = provider_chain(providers, ort.get_available_providers())
         options = _session_options(ort, intra_op_threads)
         self.providers = chain
-        self._session = self._open_session(ort, options, _with_provider_options(chain, precision, trt_cache_dir))
+        self._session = self._open_session(
+            ort, options, _with_provider_options(chain, precision, trt_cache_dir)
+        )
         self._check_io()
         log.info(
             "onnxruntime %s: %s on %s", precision, self.path.name, ", ".join(self._session.get_providers())
@@ -145,7 +149,8 @@ class OnnxRuntimeBackend:
         outputs = [o.name for o in self._session.get_outputs()]
         if self._input not in inputs:
             raise BackendError(
-                f"{self.path} has inputs {sorted(inputs)}, but the manifest names '{self._input}'; re-export the bundle."
+                f"{self.path} has inputs {sorted(inputs)}, but the manifest names '{self._input}'; re-export "
+                f"the bundle."
             )
         missing = [name for name in self._outputs if name not in outputs]
         if missing:

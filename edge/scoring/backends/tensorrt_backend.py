@@ -130,7 +130,8 @@ class TensorRTBackend:
                 "or allow building on start"
             )
         log.warning(
-            "building the TensorRT %s engine for %s (%s, TensorRT %s): this takes a while, once; it is cached in %s",
+            "building the TensorRT %s engine for %s (%s, TensorRT %s): this takes a while, once; it is "
+            "cached in %s",
             self.precision, gpu.name, gpu.sm, ".".join(map(str, version)), self.cache_dir,
         )  # fmt: skip
         data = build_engine_bytes(
@@ -167,7 +168,8 @@ class TensorRTBackend:
         if self._input_name not in inputs or any(n not in names for n in expected[1:]):
             raise BackendError(
                 f"the engine has tensors {names} (inputs {inputs}), but the manifest names input "
-                f"'{self._input_name}' and outputs '{self._score_name}', '{self._map_name}'; re-export the bundle"
+                f"'{self._input_name}' and outputs '{self._score_name}', '{self._map_name}'; re-export the "
+                f"bundle"
             )
         if len(inputs) != 1:
             raise BackendError(
@@ -199,7 +201,8 @@ class TensorRTBackend:
         h, w = self.input_hw
         if not self._context.set_input_shape(self._input_name, (n, h, w, 3)):
             raise BackendError(
-                f"TensorRT rejected input shape ({n}, {h}, {w}, 3) for '{self._input_name}'; the engine's profile "
+                f"TensorRT rejected input shape ({n}, {h}, {w}, 3) for '{self._input_name}'; the engine's "
+                f"profile "
                 f"covers batch 1..{self.max_batch}"
             )
 

@@ -299,7 +299,8 @@ def open_cuda(device: int = 0) -> CudaRuntime:
     raise MissingDependency(
         "The TensorRT backend needs CUDA from Python: cuda-python or pycuda, and neither is importable ("
         + "; ".join(reasons)
-        + "). Install it with: pip install 'edge-anomaly[tensorrt]' (cuda-python), or JetPack's python3-pycuda."
+        + "). Install it with: pip install 'edge-anomaly[tensorrt]' (cuda-python), or JetPack's "
+        "python3-pycuda."
     )
 
 
@@ -329,7 +330,8 @@ def network_flags(trt: Any) -> int:
 
 
 def parse_onnx(trt: Any, network: Any, logger: Any, onnx_path: Path) -> Any:
-    """Parse the ONNX file into ``network``; every parser message ends up in the error. Keep the parser alive."""
+    """Parse the ONNX file into ``network``; every parser message ends up in the error. Keep the parser
+    alive."""
     parser = trt.OnnxParser(network, logger)
     if parser.parse_from_file(str(onnx_path)):
         return parser
@@ -424,7 +426,8 @@ def build_engine_bytes(
     del parser  # the network may reference the parser's weights until the build is done
     if serialized is None:
         raise EngineBuildError(
-            f"TensorRT could not build a {precision} engine from {onnx_path} (see TensorRT's messages above). "
+            f"TensorRT could not build a {precision} engine from {onnx_path} (see TensorRT's messages "
+            f"above). "
             "Try a larger workspace_mb, another precision, or check the GPU supports it."
         )
     _save_timing_cache(config, timing_cache_path)
@@ -432,13 +435,17 @@ def build_engine_bytes(
 
 
 HASH_SUFFIX = ".sha256"  # beside each engine: sha256 of its bytes, checked before TensorRT sees them
+
+
 def write_atomically(path: Path, data: bytes) -> Path:
-    """``edge.util.atomic.write_atomically``, with an error that says what to do about a full or read-only cache."""
+    """``edge.util.atomic.write_atomically``, with an error that says what to do about a full or read-only
+    cache."""
     try:
         return atomic.write_atomically(path, data)
     except OSError as exc:
         raise EngineCacheError(
-            f"cannot write {path} ({exc.strerror or exc}); free disk space or make {Path(path).parent} writable "
+            f"cannot write {path} ({exc.strerror or exc}); free disk space or make {Path(path).parent} "
+            f"writable "
             "(or set the engine cache directory elsewhere)"
         ) from exc
 

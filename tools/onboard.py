@@ -32,9 +32,9 @@ import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from benchmarks.local_broker import Broker
 from edge.stores.evidence import Record, query
 from edge.trust.manifest import BundleError, verify_bundle
+from tools.local_broker import Broker
 from training.product_b import part_sequence_b
 from training.synthetic import part_sequence, write_mvtec_dataset, write_video
 
@@ -320,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
             "recipe B from the line: edge-evidence export, edge-train + edge-export, install-bundle"
         ):
             data_b = root / "from-line-B"
-            cmd = [sys.executable, "-m", "edge.stores.evidence_cli", "export", "--dir", str(evidence), "--out", str(data_b),
-                   "--since", str(since), "--until", str(until), "--as-good", "--camera", "line"]  # fmt: skip
+            cmd = [sys.executable, "-m", "edge.stores.evidence_cli", "export", "--dir", str(evidence),
+                   "--out", str(data_b), "--since", str(since), "--until", str(until), "--as-good",
+                   "--camera", "line"]  # fmt: skip
             done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
             if done.returncode != 0:
                 raise SystemExit(f"edge-evidence export failed: {done.stderr}")
@@ -336,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
                                      for s in w.states[n_states:]), 120, "model/state active B")  # fmt: skip
             state = watch.states[-1]
             print(f"   model/state: active {state['active']['recipe']} ({state['active']['model']['id']}), "
-                  f"previous {state['previous']}, {state['resident']} model(s) resident", flush=True)  # fmt: skip
+                  f"previous {state['previous']}, {state['resident']} model(s) resident",
+                  flush=True)  # fmt: skip
             id_b = state["active"]["model"]["id"]
 
         with steps.step("product B with defects: does recipe B catch them?"):
@@ -365,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         log_file.close()
     steps.summary()
     seqs = [r["seq"] for r in watch.results]
-    print(f"\n{len(seqs)} results, seq contiguous: {seqs == list(range(len(seqs)))}; daemon exit {daemon.returncode}"
+    print(f"\n{len(seqs)} results, seq contiguous: {seqs == list(range(len(seqs)))}; daemon exit "
+        f"{daemon.returncode}"
           f"; log {root / 'edge-run.log'}")  # fmt: skip
     return 0 if tally_b["defects"] and tally_b["caught"] >= tally_b["defects"] / 2 else 1
 

@@ -25,9 +25,10 @@ import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from benchmarks.local_broker import Broker
-from edge.faces.mqtt_json.api import AvailabilityPayload, ResultPayload, StatusPayload, topic_name_of
+from edge.faces.mqtt_json.topics import topic_name_of
+from edge.results.payloads import AvailabilityPayload, ResultPayload, StatusPayload
 from edge.trust.manifest import BundleError, verify_bundle
+from tools.local_broker import Broker
 from training.synthetic import part_sequence, write_good_folder, write_video
 
 FRAME_SIZE = 256  # camera frames; the model input is smaller and the daemon resizes
@@ -152,7 +153,8 @@ class Watch:
             f"bbox={g['bbox']} area={g['area']} peak={g['peak']:.2f}" for g in r["regions"][:2]
         )
         print(
-            f"frame {fid:3d}  score {r['score']:7.2f} / thr {r['threshold']:.2f}  {verdict:<9}  truth {truth:<6}"
+            f"frame {fid:3d}  score {r['score']:7.2f} / thr {r['threshold']:.2f}  {verdict:<9}  truth "
+            f"{truth:<6}"
             f"  {r['latency_ms'].get('total', 0):6.1f} ms  {regions}",
             flush=True,
         )
@@ -183,7 +185,8 @@ class Watch:
 
 
 def annotated_overlay(frame: np.ndarray, mask: np.ndarray, r: dict) -> np.ndarray:
-    """The frame with the defect mask in red, its outline in yellow, and frame / score / threshold / verdict."""
+    """The frame with the defect mask in red, its outline in yellow, and frame / score / threshold /
+    verdict."""
     overlay = frame.copy()
     on = mask > 0
     overlay[on] = (0.4 * overlay[on] + 0.6 * np.array([0, 0, 255])).astype(np.uint8)
@@ -238,7 +241,8 @@ def summarise(watch: Watch) -> int:
     if scored:
         print(f"  verdicts matching truth {agree}/{len(scored)}")
         print(
-            f"  capture->publish        p50 {np.percentile(latencies, 50):.1f} ms, p99 {np.percentile(latencies, 99):.1f} ms"
+            f"  capture->publish        p50 {np.percentile(latencies, 50):.1f} ms, p99 "
+            f"{np.percentile(latencies, 99):.1f} ms"
         )
     print(f"  status seen             {' -> '.join(watch.statuses)}")
     print(f"  overlays                {len(watch.saved)} saved in {watch.overlays} (one per anomalous frame)")

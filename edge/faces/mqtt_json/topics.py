@@ -1,0 +1,124 @@
+"""The topic table of the JSON face: every topic below ``<prefix>/``, its QoS, retain flag and payload model.
+
+MQTT topics are a public API: a row here is a promise to SCADA programs (docs/mqtt-api.md documents them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Literal, Optional, Sequence, Tuple, Type
+
+from pydantic import BaseModel
+
+from edge.results.payloads import (
+    AvailabilityPayload,
+    CameraState,
+    Identity,
+    ModelSetPayload,
+    ModelStatePayload,
+    ResultPayload,
+    StatsPayload,
+    StatusPayload,
+    ThresholdSetPayload,
+    ThresholdStatePayload,
+    iso_utc,
+)
+
+
+@dataclass(frozen=True)
+class Topic:
+    """One row of the API: ``pattern`` is below ``<prefix>/``; ``{camera}`` and ``{key}`` are filled in."""
+
+    name: str
+    pattern: str
+    direction: Literal["publish", "subscribe"]
+    qos: Optional[int]  # None: from the config (mqtt.qos_result / mqtt.qos_mask)
+    retain: bool
+    content_type: str
+    model: Optional[Type[BaseModel]]  # None: not JSON (images)
+
+    def filled(self, camera: str = "", key: str = "") -> str:
+        return self.pattern.format(camera=camera, key=key)
+
+    @property
+    def filter(self) -> str:
+        """The MQTT subscription filter below the prefix (every camera, every key)."""
+        return self.pattern.replace("{camera}", "+").replace("{key}", "+")
+
+
+TOPICS: Dict[str, Topic] = {
+    t.name: t
+    for t in (
+        Topic("status", "status", "publish", 1, True, "application/json", StatusPayload),
+        Topic("availability", "{camera}/availability", "publish", 1, False, "application/json",
+              AvailabilityPayload),
+        Topic("result", "{camera}/result", "publish", None, False, "application/json", ResultPayload),
+        Topic("mask", "{camera}/mask/{key}", "publish", None, False, "image/png", None),
+        Topic("heatmap", "{camera}/heatmap/{key}", "publish", None, False, "image/jpeg", None),
+        Topic("threshold_set", "{camera}/threshold/set", "subscribe", 1, False, "application/json",
+              ThresholdSetPayload),
+        Topic("threshold_state", "{camera}/threshold/state", "publish", 1, True, "application/json",
+              ThresholdStatePayload),
+        Topic("stats", "stats", "publish", 0, False, "application/json", StatsPayload),
+        Topic("model_set", "{camera}/model/set", "subscribe", 1, False, "application/json", ModelSetPayload),
+        Topic("model_state", "{camera}/model/state", "publish", 1, True, "application/json",
+              ModelStatePayload),
+    )
+}  # fmt: skip
+
+# The JSON-Schema document of each JSON payload, by topic name (what docs/schemas holds).
+SCHEMA_MODELS: Dict[str, Type[BaseModel]] = {
+    name: topic.model for name, topic in TOPICS.items() if topic.model is not None
+}
+
+
+def topic_name_of(suffix: str) -> Optional[str]:
+    """Which row of the table a topic below the prefix belongs to (None when it is not ours)."""
+    parts = suffix.split("/")
+    for topic in TOPICS.values():
+        pattern = topic.pattern.split("/")
+        if len(pattern) == len(parts) and all(
+            p == s or (p.startswith("{") and s) for p, s in zip(pattern, parts)
+        ):
+            return topic.name
+    return None
+
+
+def camera_of(suffix: str, topic: Topic) -> Optional[str]:
+    """The camera level of a concrete topic below the prefix, for a ``{camera}/...`` row."""
+    parts, pattern = suffix.split("/"), topic.pattern.split("/")
+    if len(parts) != len(pattern) or "{camera}" not in pattern:
+        return None
+    return parts[pattern.index("{camera}")] or None
+
+
+# --- the status document and its Last Will --------------------------------------------------------------
+
+
+def status_will(identity: Identity, cameras: Sequence[str]) -> Tuple[str, bytes]:
+    """The Last Will: the device and every camera offline, so a dead station never looks alive."""
+    since = iso_utc(identity.started_at)
+    doc = status_doc(identity, "offline", "connection lost", {
+        cam: CameraState(state="offline", reason="device connection lost", since=since) for cam in cameras
+    }, [])  # fmt: skip
+    return TOPICS["status"].filled(), doc.to_bytes()
+
+
+def status_doc(
+    identity: Identity,
+    state: str,
+    reason: Optional[str],
+    cameras: Dict[str, CameraState],
+    warnings: List[str],
+) -> StatusPayload:
+    return StatusPayload(
+        state=state,  # type: ignore[arg-type]
+        reason=reason,
+        device_id=identity.device_id,
+        run_id=identity.run_id,
+        started_at=iso_utc(identity.started_at),
+        version=identity.version,
+        model=identity.model,
+        cameras=cameras,
+        warnings=warnings,
+    )
