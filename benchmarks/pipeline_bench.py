@@ -231,8 +231,7 @@ class ResultSubscriber:
             return [r for r in self.records if t0 <= r.recv_mono < t1]
 
 
-# --- the daemon in a child process
-# ---------------------------------------------------------------------------
+# --- the daemon in a child process --------------------------------------------------------------------------
 
 
 class BatchCounter:
@@ -533,8 +532,7 @@ def summarise_window(
     }
 
 
-# --- the interleaved pipeline benchmark
-# ------------------------------------------------------------------------
+# --- the interleaved pipeline benchmark ---------------------------------------------------------------------
 
 
 @dataclass
@@ -695,8 +693,7 @@ def _samples(runs: list[dict[str, Any]]) -> list[float]:
     return [v for r in runs for v in r["samples_total_ms"] if v == v]  # drop NaN
 
 
-# --- soak
-# --------------------------------------------------------------------------------------------------------
+# --- soak ---------------------------------------------------------------------------------------------------
 
 
 def process_sample(pid: int) -> dict[str, Any]:

@@ -163,8 +163,8 @@ def quantize_int8(
     calibrating it on good parts would clip a bright defect before the model ever sees it.
     """
     method = options.calibrate_method()
-    # onnxruntime's histogram collectors (percentile, entropy) fail on a short last batch: feed them one by
-    # one
+    # onnxruntime's histogram collectors (percentile, entropy)
+    # fail on a short last batch: feed them one by one
     batch = options.batch_size if options.method == "minmax" else 1
     reader = ImageBatchReader(images, input_name, batch, progress=options.progress)
     extra = {

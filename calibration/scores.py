@@ -31,8 +31,8 @@ import numpy as np
 DEFAULT_FAR = 0.01
 DEFAULT_MARGIN = 0.5
 SPREAD_QUANTILE = 0.99
-# floor of the scale, relative to |median|: a model that scores every good part alike still gets a usable
-# scale
+# floor of the scale, relative to |median|: a model that
+# scores every good part alike still gets a usable scale
 REL_SCALE_FLOOR = 1e-3
 ABS_SCALE_FLOOR = 1e-8
 

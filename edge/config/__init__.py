@@ -446,8 +446,8 @@ class SparkplugConfig(_Section):
 
 
 # The TOML file's values for the settings source below. A context variable (not a global) so that loading
-# two configs from two threads cannot mix them up; pydantic-settings sources are chosen per class, not per
-# call.
+# two configs from two threads cannot mix them up;
+# pydantic-settings sources are chosen per class, not per call.
 _FILE_VALUES: contextvars.ContextVar[Optional[Dict[str, Any]]] = contextvars.ContextVar(
     "edge_config_file", default=None
 )

@@ -81,8 +81,8 @@ class ThresholdBook:
         self._bounds = bounds  # postprocess.threshold_min/max as configured (None: from each bundle)
         self.state_file = state_file
         self.model_id = model_id
-        # The model each camera runs, where it is not ``model_id`` (recipes, edge.service.changeover): a
-        # recorded
+        # The model each camera runs, where it is not ``model_id``
+        # (recipes, edge.service.changeover): a recorded
         # threshold applies only to the model it was set for.
         self._models: Dict[str, str] = dict(models or {})
         self._fixed = {cam: v for cam, v in fixed.items() if v is not None}
@@ -118,8 +118,7 @@ class ThresholdBook:
         except ValueError:  # configured bounds that fit the first bundle but not this one: keep those
             return self.lo, self.hi
 
-    # --- changeover (edge.service.changeover)
-    # ----------------------------------------------------------------------
+    # --- changeover (edge.service.changeover) ---------------------------------------------------------------
 
     def model_changed(self, camera: str, default: float, model_id: str, keep_live: bool = False) -> None:
         """The camera now runs another bundle: its default is that bundle's, and a threshold set over MQTT

@@ -1,5 +1,5 @@
-"""Service: the composition root (edge.service.daemon builds config -> sources -> models -> faces -> health and
-owns shutdown), the publish thread, the changeover thread, the edge-run CLI, --check-config, health and
-the systemd watchdog.
+"""Service: the composition root (edge.service.daemon builds config -> sources -> models -> faces ->
+health and owns shutdown), the publish thread, the changeover thread, the edge-run CLI, --check-config,
+health and the systemd watchdog.
 
 May import: every other stage. Nothing imports it."""

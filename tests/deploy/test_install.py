@@ -513,9 +513,9 @@ def test_without_a_fitting_lock_the_install_refuses_unless_allowed(root: Path, t
 
 
 # The real (non --root) code paths: useradd, chown, ownership drift, userdel. They run as root inside a
-# private
-# mount namespace in which /etc is a copy and /opt, /var/lib, /var/cache are empty tmpfs, so the host's files
-# and users are never touched. systemctl is a stub on PATH (there is no systemd to talk to in a test).
+# private mount namespace in which /etc is a copy and /opt, /var/lib, /var/cache are empty tmpfs, so the
+# host's files and users are never touched. systemctl is a stub on PATH (there is no systemd to talk to
+# in a test).
 NAMESPACE_SCRIPT = r"""
 set -euo pipefail
 cp -a /etc "$WORK/etc"
@@ -533,8 +533,8 @@ echo "=== second"; bash "$INSTALL" --skip-venv --bundle "$BUNDLE" --config "$CON
 chown root:root /etc/edge-anomaly/config.toml
 echo "=== drift"; bash "$INSTALL" --skip-venv --bundle "$BUNDLE" --config "$CONFIG" --jetson
 echo "=== purge"; bash "$INSTALL" --uninstall --purge
-echo "=== after"; getent passwd edge-anomaly || echo "no user"; ls /etc/edge-anomaly /var/lib/edge-anomaly
-2>&1 || true
+echo "=== after"; getent passwd edge-anomaly || echo "no user"
+ls /etc/edge-anomaly /var/lib/edge-anomaly 2>&1 || true
 """
 
 

@@ -244,8 +244,8 @@ def test_the_certificate_not_the_claimed_user_decides_the_rights(secure_broker: 
     try:
         assert not scada.subscribe("edge-anomaly/#").is_failure
         assert not other.subscribe(f"edge-anomaly/{OTHER}/#").is_failure
-        # SCADA's right: set another device's threshold. The poser is refused; only the real SCADA gets
-        # through.
+        # SCADA's right: set another device's threshold. The
+        # poser is refused; only the real SCADA gets through.
         target = f"edge-anomaly/{OTHER}/cam0/threshold/set"
         denied = _publish(posing, target, b"999")
         _publish(scada, target, b"3.0")

@@ -1,5 +1,6 @@
-"""edge/ is the device runtime: it must never load torch or the training/export/calibration packages, and
-inside it the stage folders import one way only (docs/architecture.md, each stage's ``__init__`` docstring)."""
+"""edge/ is the device runtime: it must never load torch or the training/export/calibration packages,
+and inside it the stage folders import one way only (docs/architecture.md, each stage's ``__init__``
+docstring)."""
 
 from __future__ import annotations
 

@@ -282,8 +282,7 @@ def test_threshold_range_follows_the_calibration(site: dict[str, Path]) -> None:
         assert "threshold.default" in assert_refused(site)
 
 
-# ---- size, nesting, duplicate keys, schema
-# -------------------------------------------------------------------
+# ---- size, nesting, duplicate keys, schema -----------------------------------------------------------------
 
 
 @FUZZ

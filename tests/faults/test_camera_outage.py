@@ -89,8 +89,8 @@ def test_camera_missing_then_appearing_then_vanishing_and_returning(
     ids = [r["frame_id"] for r in got]
     assert len(ids) == len(set(ids)), "a frame was published twice"
     assert ids == sorted(ids), f"frame ids went backwards: {ids}"
-    # No result for a frame that never arrived: nothing captured before the camera appeared or while it was
-    # gone.
+    # No result for a frame that never arrived: nothing
+    # captured before the camera appeared or while it was gone.
     assert all(r["capture_ts"] >= appeared for r in got)
     assert not [r for r in got if gone_at < r["capture_ts"] < returned_at], "scored while the camera was gone"
     before = [r["frame_id"] for r in got if r["capture_ts"] <= gone_at]

@@ -125,8 +125,8 @@ class DeviceApi:
         self._seq: Dict[str, int] = dict.fromkeys(cameras, 0)
         self._warnings: List[str] = []
         self.commands = CommandDesk(transport.clear_retained)  # every face's commands are counted here
-        # model/set goes to the changeover (edge.service.changeover); it answers on model/state. None:
-        # refused.
+        # model/set goes to the changeover (edge.service.changeover);
+        # it answers on model/state. None: refused.
         self.on_model_set: Optional[Callable[[str, bytes], Optional[str]]] = None
         self.observers: List[ApiObserver] = []
         transport.on_warnings = self._on_warnings

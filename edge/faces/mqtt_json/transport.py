@@ -317,8 +317,8 @@ class MqttTransport:
                 raw_properties=m.properties,
             )
             for m in leftovers
-            # retained state is re-sent from self._retained with its current value; an old copy would
-            # overwrite it
+            # retained state is re-sent from self._retained with
+            # its current value; an old copy would overwrite it
             if not (m.retain and m.topic in self._retained)
         ]
         if carried:

@@ -220,8 +220,7 @@ class SparkplugNode:
         value, source = self.api.thresholds.get(camera)
         return {"Inspection/Threshold": value, "Inspection/Threshold Source": source}
 
-    # --- the API faces' updates (any thread)
-    # ------------------------------------------------------------------
+    # --- the API faces' updates (any thread) ----------------------------------------------------------------
 
     def result(self, doc: ResultPayload) -> None:
         """DDATA with the metrics of this result that changed (timestamped with the capture time)."""
