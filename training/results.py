@@ -136,13 +136,6 @@ def markdown(results: list[dict[str, Any]], data: Path, seed: int = 0, title: st
     return "\n".join(lines) + "\n"
 
 
-def rerender(json_path: Path, data: Path, title: str | None = None, seed: int = 0) -> Path:
-    """Write the markdown again from a results JSON (after a change to the layout; nothing is re-run)."""
-    out = json_path.with_suffix(".md")
-    out.write_text(markdown(json.loads(json_path.read_text()), data, seed, title))
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True)

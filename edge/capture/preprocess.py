@@ -84,10 +84,8 @@ class Preprocess:
 
         Shrinking uses INTER_AREA, the anti-aliased resize training used. ``prefiltered`` says the frame
         was already low-passed by a JPEG DCT-domain downscale (``Frame.image_for``): a shrink of less than
-        2x left after that uses INTER_LINEAR, an eighth of the cost (0.16 against 1.3 ms, 450 -> 256 px).
-        On the bottle test set as JPEG it stays as close to a full decode + INTER_AREA as INTER_AREA does
-        (mean 0.37 against 0.27 grey levels, below the 0.63 that JPEG itself changes; largest GTrans score
-        change 0.076 against 0.087, on a 2.9 score range; AUROC unchanged).
+        2x left after that uses INTER_LINEAR, which stays as close to a full decode + INTER_AREA as
+        INTER_AREA does (benchmarks/README.md, "Design measurements").
         """
         if frame_bgr.ndim == 2:
             frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)

@@ -21,10 +21,8 @@ MJPEG streams read through FFmpeg (files, HTTP/RTSP MJPEG) are handed over still
 ``decode_on_demand`` is set: the grabber only checks that each packet starts like a JPEG, and the inference
 thread decodes just the frames it scores, at the scale it needs (``Frame.image_for``). A frame that then
 does not decode or is all black is skipped there and reported back (``reject_frame``), so the counters and
-the ``fault`` after ``fault_after_s`` of nothing but such frames work as for decoded sources. Measured on a
-900x900 MJPEG file: full decode 3.5 ms and resize to 256x256 4.0 ms per frame read, against 1.3 ms per frame
-scored for a half-scale decode plus resize. (A 1/8-scale check of every packet in the grabber cost 0.7 ms per
-frame read; under a 1.5x overload, dropping it raised pipeline / bare backend from 0.83-0.87 to 0.88-0.90.)
+the ``fault`` after ``fault_after_s`` of nothing but such frames work as for decoded sources (the
+measurements behind this choice: benchmarks/README.md, "Design measurements").
 """
 
 from __future__ import annotations

@@ -134,9 +134,8 @@ class Postprocessor:
         mask with the regions under min_region_area removed.
 
         Most frames of a good line have no pixel above the threshold, so they skip labelling altogether.
-        Grana's block-based labelling takes a third of the time of OpenCV's default algorithm. A region's
-        peak is searched inside its own box, and only for the regions reported: a per-label scatter-max over
-        all foreground pixels cost 0.6 ms on a map that is all foreground (256 px), against 0.1 ms.
+        Labelling uses Grana's block-based algorithm; a region's peak is searched inside its own box, and
+        only for the regions reported (benchmarks/README.md, "Design measurements").
         """
         if not binary.any():
             return [], 0, binary

@@ -64,7 +64,7 @@ class ScoredFrame:
     raw_map: np.ndarray  # (H, W) float32 at the model's input size, raw units
     t_infer: float  # time.monotonic() when the batch went into the backend
     inference_ms: float  # the whole batch's backend time
-    model: Optional[LoadedModel] = None  # the model that scored it (its post, threshold default and id)
+    model: LoadedModel  # the model that scored it (its post, threshold default and id)
 
 
 ScoredBatch = List[ScoredFrame]

@@ -40,7 +40,7 @@ from edge.results.payloads import (
 )
 from edge.results.postprocess import Postprocessor
 from edge.results.thresholds import ThresholdBook, resolve_state_dir, threshold_range
-from edge.scoring.backends import Backend, load_backend
+from edge.scoring.backends import Backend, cache_option, load_backend
 from edge.scoring.inference import Camera, InferenceStage, SignallingSlot
 from edge.scoring.models import LoadedModel, ModelBook, close_backend
 from edge.service.changeover import Changeover
@@ -81,8 +81,8 @@ class Daemon:
         stats: Stats,
         ready: threading.Event,
         notifier: SdNotifier,
+        models: ModelBook,
         evidence: Optional[EvidenceStore] = None,
-        models: Optional[ModelBook] = None,
         changeover: Optional[Changeover] = None,
         sparkplug: Optional[SparkplugNode] = None,
     ) -> None:
@@ -99,25 +99,11 @@ class Daemon:
         self._ready = ready
         self._stop = threading.Event()
         self.undelivered_results = 0  # set at shutdown: results dropped or unacknowledged (non-zero exit)
-        post = Postprocessor(
-            manifest.normalization,
-            config.postprocess.min_region_area,
-            config.postprocess.max_regions,
-            pre=manifest.input.preprocess(),
-        )
-        if models is None:  # one model for every camera, no changeover (a Daemon built by hand)
-            boot = LoadedModel(
-                config.model.bundle.name, config.model.bundle, manifest, backend,
-                manifest.input.preprocess(), post, api.identity.model,
-            )  # fmt: skip
-            models = ModelBook({cam.cfg.name: boot for cam in cameras})
         self.models = models
         self.publisher = PublishStage(
-            api, api.thresholds, post, config, stats, config.model.helper_threads_nice, evidence
+            api, api.thresholds, config, stats, config.model.helper_threads_nice, evidence
         )
-        max_batch = max(
-            1, min(config.model.max_batch or manifest.input.max_batch, _backend_max_batch(backend))
-        )
+        max_batch = max(1, min(config.model.max_batch or manifest.input.max_batch, backend.max_batch))
         self.inference = InferenceStage(models, cameras, stats, self.publisher.queue, max_batch, self._stop)
         self._threads: List[threading.Thread] = []
         self._watchdog: Optional[Watchdog] = None
@@ -258,7 +244,7 @@ class Daemon:
                 EXIT_UNDELIVERED,
             )  # fmt: skip
         for model in self.models.resident_models():
-            _close(model.backend)
+            close_backend(model.backend)
         self.notifier.close()
         log.info("stopped cleanly")
 
@@ -361,21 +347,6 @@ class Daemon:
                 log.exception("publishing stats failed")
 
 
-def _backend_max_batch(backend: Backend) -> int:
-    value = getattr(backend, "max_batch", 1)
-    return int(value) if isinstance(value, int) and value > 0 else 1
-
-
-def _close(backend: Backend) -> None:
-    close = getattr(backend, "close", None)
-    if close is None:
-        return
-    try:
-        close()
-    except Exception:  # shutting down anyway; say so and carry on
-        log.exception("closing the backend failed")
-
-
 def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
     """Config -> bundles (verified) -> backends -> thresholds -> MQTT face -> cameras. Starts nothing."""
     store = RecipeStore(config.model.store, config.model.bundle)
@@ -430,8 +401,8 @@ def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
         Stats(names),
         ready,
         notifier if notifier is not None else SdNotifier(),
-        evidence,
         book,
+        evidence,
         Changeover(config, book, store, thresholds, api, load_model, choices),
         sparkplug,
     )
@@ -542,9 +513,9 @@ def _loaded(
 ) -> LoadedModel:
     ref = ModelRef(
         id=manifest.model_id(),
-        precision=getattr(backend, "precision", config.model.precision),  # what the backend loaded
-        backend=getattr(backend, "name", config.model.backend),
-        signer=getattr(manifest, "signer", None),  # set by bundle signing, where the manifest has it
+        precision=backend.precision,  # what the backend loaded
+        backend=backend.name,
+        signer=manifest.signer,  # set by bundle signing
     )
     post = Postprocessor(
         manifest.normalization,
@@ -576,8 +547,7 @@ def _load_backend(config: EdgeConfig, manifest: Manifest, bundle: Optional[Path]
     if config.model.max_batch is not None:
         options["max_batch"] = config.model.max_batch
     if config.model.engine_cache_dir is not None:  # outside the root-owned bundle (deploy/install.sh)
-        key = "engine_cache_dir" if config.model.backend == "tensorrt" else "trt_cache_dir"
-        options[key] = config.model.engine_cache_dir
+        options[cache_option(config.model.backend)] = config.model.engine_cache_dir
     try:
         return load_backend(
             config.model.backend, bundle or config.model.bundle, manifest, config.model.precision, **options

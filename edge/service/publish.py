@@ -15,7 +15,7 @@ from typing import Dict, Optional
 from edge.config import EdgeConfig
 from edge.faces.mqtt_json.api import DeviceApi
 from edge.results.payloads import iso_utc
-from edge.results.postprocess import Postprocessor, Verdict, encode_heatmap_jpeg, encode_mask_png
+from edge.results.postprocess import Verdict, encode_heatmap_jpeg, encode_mask_png
 from edge.results.thresholds import ThresholdBook
 from edge.scoring.inference import ScoredBatch, ScoredFrame
 from edge.stores.evidence import EvidenceStore
@@ -37,7 +37,6 @@ class PublishStage:
         self,
         api: DeviceApi,
         thresholds: ThresholdBook,
-        post: Postprocessor,
         config: EdgeConfig,
         stats: Stats,
         helper_nice: int = 0,
@@ -45,7 +44,6 @@ class PublishStage:
     ) -> None:
         self.api = api
         self.thresholds = thresholds
-        self.post = post
         self.config = config
         self.stats = stats
         self.queue: queue.Queue[Optional[ScoredBatch]] = queue.Queue(QUEUE_BATCHES)
@@ -85,12 +83,10 @@ class PublishStage:
         name = item.camera.cfg.name
         frame = item.frame
         model = item.model
-        post = self.post if model is None else model.post
-        if model is not None:
-            self._note_model(name, model.id, model.manifest.threshold.default)
+        self._note_model(name, model.id, model.manifest.threshold.default)
         try:
             threshold, source = self.thresholds.get(name)
-            verdict = post(item.raw_score, item.raw_map, threshold, frame.hw, item.roi)
+            verdict = model.post(item.raw_score, item.raw_map, threshold, frame.hw, item.roi)
             images = self._images(item, verdict)
         except Exception:
             self.stats.incr("postprocess_errors")
@@ -108,7 +104,7 @@ class PublishStage:
         doc = self.api.publish_result(
             name,
             images,
-            model=None if model is None else model.ref,
+            model=model.ref,
             frame_id=frame.frame_id,
             capture_ts=round(frame.capture_ts, 6),
             capture_time=iso_utc(frame.capture_ts),

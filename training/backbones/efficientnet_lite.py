@@ -158,10 +158,6 @@ class EfficientNetLite0(nn.Module):
             total *= row[3]
             self._strides.append(total)
 
-    @property
-    def num_blocks(self) -> int:
-        return len(self._blocks)
-
     def block_channels(self, i: int) -> int:
         """Channels of block ``i``'s output."""
         return self._channels[self._check_block(i)]

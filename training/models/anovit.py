@@ -44,8 +44,7 @@ class AnoViTConfig:
     # back to 384 channels, so the decoder stays the conv baseline's). Mid-level tokens keep the local detail
     # the last block has mixed away, which a reconstruction needs at normal edges. With fine-tuned blocks
     # they must be at or after the last frozen block, whose output training caches anyway. Off by default:
-    # block 7 measured 0.913 / 0.881 mean image / pixel AUROC over three bottle seeds, against 0.923 / 0.877
-    # without (README), a trade rather than a gain.
+    # a trade rather than a gain (benchmarks/README.md, "Design measurements").
     extra_layers: tuple[int, ...] = ()
     sigma: float = 4.0
 

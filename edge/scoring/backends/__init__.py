@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -44,6 +44,19 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def backend_class(name: str) -> Any:
+    """The class of backend ``name`` from the table; ValueError naming the known backends."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(sorted(BACKENDS))}")
+    module_name, _, class_name = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def cache_option(name: str) -> str:
+    """The option through which backend ``name`` takes its engine cache folder (its ``CACHE_OPTION``)."""
+    return str(backend_class(name).CACHE_OPTION)
+
+
 def load_backend(
     name: str, bundle_dir: Path, manifest: Manifest, precision: str = "fp32", **options: object
 ) -> Backend:
@@ -51,10 +64,7 @@ def load_backend(
 
     Unknown names and unknown options raise ValueError naming what is accepted.
     """
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(sorted(BACKENDS))}")
-    module_name, _, class_name = BACKENDS[name].partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    cls = backend_class(name)
     accepted = getattr(cls, "OPTIONS", ())
     unknown = sorted(set(options) - set(accepted))
     if unknown:

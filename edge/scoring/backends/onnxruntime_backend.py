@@ -59,6 +59,7 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
     OPTIONS = ("providers", "intra_op_threads", "max_batch", "trt_cache_dir")
+    CACHE_OPTION = "trt_cache_dir"  # where [model] engine_cache_dir goes
 
     def __init__(
         self,

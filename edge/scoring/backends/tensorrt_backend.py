@@ -56,6 +56,7 @@ class TensorRTBackend:
 
     name = "tensorrt"
     OPTIONS = ("max_batch", "engine_cache_dir", "workspace_mb", "device", "build_if_missing")
+    CACHE_OPTION = "engine_cache_dir"  # where [model] engine_cache_dir goes
 
     def __init__(
         self,
