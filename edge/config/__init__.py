@@ -34,7 +34,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from edge.util.redact import redact_deep
+from edge.util.redact import add_secret_params, redact_deep
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -376,6 +376,12 @@ class CameraConfig(_Section):
         "needs",
     )
     enabled: bool = Field(default=True, description="false: keep the section but do not open the camera")
+    secret_params: List[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="query parameter names in this camera's source whose values are secret, hidden wherever "
+        "the source is printed or published (user, pwd, password, token, key, auth, sig, ... always are)",
+    )
 
     @field_validator("name")
     @classmethod
@@ -710,9 +716,11 @@ def load_config(path: Optional[Path] = None, overrides: Sequence[str] = ()) -> E
     init_values = parse_overrides(overrides)
     token = _FILE_VALUES.set(file_values)
     try:
-        return EdgeConfig(**init_values)
+        config = EdgeConfig(**init_values)
     except ValidationError as exc:
         where = f" ({path})" if path is not None else ""
         raise ConfigError(f"invalid configuration{where}:\n{format_validation_error(exc)}") from exc
     finally:
         _FILE_VALUES.reset(token)
+    add_secret_params(name for cam in config.cameras for name in cam.secret_params)
+    return config
