@@ -44,6 +44,7 @@ from pydantic import (
 from typing_extensions import Annotated
 
 from edge.capture.preprocess import Preprocess
+from edge.trust.bundle_id import behaviour_digest
 from edge.trust.signing import SIGNATURE_NAME, SignatureError, TrustedKeys
 
 SCHEMA_VERSION = 1
@@ -262,7 +263,8 @@ class Manifest(_Strict):
         return self._signer
 
     def model_id(self) -> str:
-        return f"{self.model.name}@{self.model.checkpoint_sha256[:12]}"
+        """``<name>@<12 hex>`` over all that changes the bundle's behaviour (:mod:`edge.trust.bundle_id`)."""
+        return f"{self.model.name}@{behaviour_digest(self)[:12]}"
 
     def normalize(self, raw: float) -> float:
         return (raw - self.normalization.offset) / self.normalization.scale
