@@ -15,12 +15,14 @@ import logging
 import math
 import re
 import threading
+import time
 from typing import Callable, Dict, Optional, Tuple
 
 log = logging.getLogger("edge.api")
 
 OUTCOMES = ("accepted", "rejected_retained", "rejected_invalid", "rejected_unknown_camera")
 SET_PAYLOAD_MAX = 256  # model/set
+LOG_EVERY_S = 10.0  # a refused command of one topic is logged at most this often
 
 
 class CommandDesk:
@@ -28,6 +30,9 @@ class CommandDesk:
 
     A retained command is an old one: acting on it at every connect overrode later operator sets. It is
     refused, counted and cleared (``clear``), and the broker's echo of that clear is recognised and dropped.
+    The faces subscribe with MQTT 5 retain-as-published, so a retained command published while the device
+    is connected is seen as retained too, not only the copies the broker delivers at subscribe time.
+    Refusals are logged at most once per ``LOG_EVERY_S`` per topic (a storm is counted, not journalled).
     Thread use: network threads of every face; one small lock.
     """
 
@@ -35,6 +40,7 @@ class CommandDesk:
         self._clear = clear
         self._lock = threading.Lock()
         self._clearing: Dict[str, int] = {}  # command topics we cleared; the broker echoes each clear to us
+        self._logged: Dict[str, Tuple[float, int]] = {}  # topic -> (last refusal logged, refusals since)
         self.counts: Dict[str, int] = dict.fromkeys(OUTCOMES, 0)
 
     def admit(self, suffix: str, topic: str, payload: bytes, retain: bool) -> bool:
@@ -44,7 +50,12 @@ class CommandDesk:
         if not retain:
             return True
         self.count("rejected_retained")
-        log.warning("ignored a retained %s (commands act once; send them without retain); clearing it", topic)
+        skipped = self._quiet(topic)
+        if skipped is not None:
+            log.warning(
+                "ignored a retained %s (commands act once; send them without retain); clearing it%s", topic,
+                f" ({skipped} more not logged)" if skipped else "",
+            )  # fmt: skip
         if self._clear is not None:
             with self._lock:
                 self._clearing[suffix] = self._clearing.get(suffix, 0) + 1
@@ -58,6 +69,17 @@ class CommandDesk:
     def snapshot(self) -> Dict[str, int]:
         with self._lock:
             return dict(self.counts)
+
+    def _quiet(self, key: str) -> Optional[int]:
+        """None: do not log now; else how many refusals of ``key`` were left out of the log since the last."""
+        now = time.monotonic()
+        with self._lock:
+            last, skipped = self._logged.get(key, (-LOG_EVERY_S, 0))
+            if now - last < LOG_EVERY_S:
+                self._logged[key] = (last, skipped + 1)
+                return None
+            self._logged[key] = (now, 0)
+            return skipped
 
     def _take_clear_echo(self, suffix: str) -> bool:
         with self._lock:

@@ -244,12 +244,13 @@ class PostprocessConfig(_Section):
     threshold_min: Optional[float] = Field(
         default=None,
         description="lowest threshold accepted over MQTT (normalised units); default from the bundle's "
-        "calibration: 0, the median good part",
+        "calibration: 0.5, half way from the median good part to the 99th percentile (or the bundle's "
+        "threshold when lower)",
     )
     threshold_max: Optional[float] = Field(
         default=None,
         description="highest threshold accepted over MQTT (normalised units); default from the bundle's "
-        "calibration: 10x its default threshold, at least 100",
+        "calibration: 3x its threshold or 5 good spreads above it, whichever is higher",
     )
     heatmap_jpeg_quality: int = Field(default=80, ge=10, le=100, description="JPEG quality of heatmap images")
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.config import ConfigError, MqttConfig, TlsConfig
 
@@ -45,6 +46,18 @@ def new_client(
         configure_tls(client, tls)
     client.on_socket_register_write = network_thread_writes
     return client
+
+
+def command_filters(
+    topics: Sequence[str], v5: bool, qos: int = 1
+) -> List[Tuple[str, Union[int, SubscribeOptions]]]:
+    """Subscription filters for command topics. On MQTT 5 with retain-as-published, so a retained command
+    published while we are connected still carries its retain flag and the one retained-command guard
+    (:class:`edge.commands.CommandDesk`) refuses it; MQTT 3.1.1 brokers clear the flag on live delivery, so
+    only the retained copies delivered at subscribe time can be recognised there."""
+    if not v5:
+        return [(topic, qos) for topic in topics]
+    return [(topic, SubscribeOptions(qos=qos, retainAsPublished=True)) for topic in topics]
 
 
 def read_password(cfg: MqttConfig) -> Optional[str]:

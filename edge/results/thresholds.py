@@ -7,8 +7,13 @@ without depending on a retained command on the broker (retained commands are nev
 or the value
 is outside the range accepted now.
 
-The accepted range comes from the bundle's calibration unless configured: normalised scores put the median
-good part at 0 and its 99th percentile at 1, so a threshold below 0 would call most good parts bad.
+The accepted range comes from the bundle's calibration unless configured (``postprocess.threshold_min`` /
+``threshold_max`` widen or narrow it): normalised scores put the median held-out good part at 0 and its 99th
+percentile at 1. A threshold must still separate something, so the range runs from half way between those
+two (a threshold nearer the median calls a large share of good parts bad; 5e-324 calls half of them bad)
+to a bound a few good spreads above the bundle's own threshold, which the calibration put above the good
+parts (a threshold far above it lets every defect through: 100 where the bundle says 11 is inspection
+switched off). A set that cannot be recorded in the state file is refused and not applied.
 """
 
 from __future__ import annotations
@@ -40,10 +45,15 @@ class InForce:
     set_at: Optional[float] = None  # epoch seconds of the MQTT set
 
 
+RANGE_LOW = 0.5  # normalised: half way from the median good part (0) to the 99th percentile (1)
+RANGE_HIGH_FACTOR = 3.0  # the highest threshold: this many times the bundle's own ...
+RANGE_HIGH_SPREADS = 5.0  # ... or this many good spreads above it, whichever is more
+
+
 def threshold_range(default: float, lo: Optional[float], hi: Optional[float]) -> Tuple[float, float]:
     """[lo, hi] accepted over MQTT: the configured bounds, else from calibration (see module docstring)."""
-    low = lo if lo is not None else min(0.0, default)
-    high = hi if hi is not None else max(100.0, 10.0 * abs(default))
+    low = lo if lo is not None else min(RANGE_LOW, default)
+    high = hi if hi is not None else max(RANGE_HIGH_FACTOR * default, default + RANGE_HIGH_SPREADS)
     if low >= high:
         raise ValueError(f"threshold range [{low:g}, {high:g}] is empty; check postprocess.threshold_min/max")
     return low, high
@@ -89,6 +99,7 @@ class ThresholdBook:
         self._live: Dict[str, InForce] = {}
         self._defaults: Dict[str, float] = {}  # per camera, after a changeover to another bundle
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # one writer of the state file at a time
         if state_file is not None:
             self._live = self._load(state_file)
 
@@ -158,15 +169,34 @@ class ThresholdBook:
             )
         value = parse_threshold_payload(payload, *self.range(camera))
         state = InForce(value, "mqtt", time.time() if now is None else now)
-        with self._lock:
-            self._live[camera] = state
-            snapshot = dict(self._live)
-        self._save(snapshot)
+        # Recorded first, applied once recorded: a set that would not survive a restart is refused, not half
+        # done. The frame path's lock is not held while the file is written.
+        with self._write_lock:
+            with self._lock:
+                snapshot = dict(self._live, **{camera: state})
+            try:
+                self._write(snapshot)
+            except OSError as exc:
+                raise ThresholdError(
+                    f"cannot record the threshold in {self.state_file} ({exc.strerror or exc}); not applied"
+                ) from exc
+            with self._lock:
+                self._live[camera] = state
         return state
 
     # --- the state file ------------------------------------------------------------------------------------
 
     def _save(self, live: Dict[str, InForce]) -> None:
+        try:
+            with self._write_lock:
+                self._write(live)
+        except OSError as exc:  # the set stays in force for this run; say that it will not survive a restart
+            log.error(
+                "cannot record the threshold in %s (%s); it is lost at the next restart", self.state_file, exc
+            )
+
+    def _write(self, live: Dict[str, InForce]) -> None:
+        """The state file with ``live``; OSError when it cannot be written (full disk, read-only)."""
         if self.state_file is None:
             return
         doc = {
@@ -177,12 +207,7 @@ class ThresholdBook:
                 for cam, s in live.items()
             },
         }
-        try:
-            write_json_atomically(self.state_file, doc)
-        except OSError as exc:  # the set stays in force for this run; say that it will not survive a restart
-            log.error(
-                "cannot record the threshold in %s (%s); it is lost at the next restart", self.state_file, exc
-            )
+        write_json_atomically(self.state_file, doc)
 
     def _load(self, path: Path) -> Dict[str, InForce]:
         try:

@@ -3,6 +3,7 @@ command handling against a recording transport (the end-to-end versions run agai
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -142,6 +143,26 @@ def test_an_accepted_set_is_retained_with_source_and_time(tmp_path: Path) -> Non
     doc = check("p/line/threshold/state", json.loads(t.retained["line/threshold/state"]))
     assert doc["threshold"] == 5.5 and doc["source"] == "mqtt" and doc["set_at"].endswith("Z")
     assert api.command_counts()["accepted"] == 1
+
+
+def test_a_set_on_a_full_disk_is_answered_with_the_error_and_not_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the answer said ``error: null`` and the set was lost at the next restart."""
+    t = Recorder()
+    api = make_api(tmp_path, t)
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("edge.results.thresholds.write_json_atomically", full_disk)
+    t.command("line/threshold/set", b"5.5")
+    (suffix, payload, _, retain) = t.sent[-1]
+    doc = check("p/line/threshold/state", json.loads(payload))
+    assert suffix == "line/threshold/state" and not retain
+    assert "No space left on device" in doc["error"] and "not applied" in doc["error"]
+    assert doc["threshold"] == 4.0 and api.thresholds.get("line") == (4.0, "manifest")
+    assert api.command_counts()["rejected_invalid"] == 1 and api.command_counts()["accepted"] == 0
 
 
 def test_a_result_names_its_mask_only_when_the_mask_was_accepted(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -28,8 +29,11 @@ def test_precedence_and_a_refusal_changes_nothing() -> None:
 
 
 def test_range_comes_from_calibration_unless_configured() -> None:
-    assert threshold_range(4.0, None, None) == (0.0, 100.0)  # below the median good part: refused
-    assert threshold_range(30.0, None, None) == (0.0, 300.0)
+    # from half way between the median good part (0) and its 99th percentile (1) to 3x the bundle's threshold
+    # or 5 good spreads above it: a threshold in range still separates something
+    assert threshold_range(4.0, None, None) == (0.5, 12.0)
+    assert threshold_range(30.0, None, None) == (0.5, 90.0)
+    assert threshold_range(0.2, None, None) == (0.2, 5.2)  # the bundle's own threshold is always accepted
     assert threshold_range(4.0, -2.0, 8.0) == (-2.0, 8.0)
     with pytest.raises(ValueError, match="empty"):
         threshold_range(4.0, 200.0, None)
@@ -37,6 +41,40 @@ def test_range_comes_from_calibration_unless_configured() -> None:
     book = ThresholdBook(default=4.0, fixed={}, lo=lo, hi=hi)
     with pytest.raises(ThresholdError, match="outside the allowed range"):
         book.set_from_payload("a", b"-1")
+
+
+@pytest.mark.parametrize("payload", [b"100", b"5e-324", b"0", b"0.49", b"33.7"])
+def test_thresholds_that_switch_inspection_off_are_refused(payload: bytes) -> None:
+    """The audit's values: 100 was accepted on a [0, 112] range (bundle threshold 11.2), and 5e-324."""
+    lo, hi = threshold_range(11.2, None, None)
+    assert (lo, hi) == (0.5, pytest.approx(33.6))
+    book = ThresholdBook(default=11.2, fixed={}, lo=lo, hi=hi)
+    with pytest.raises(ThresholdError, match="outside the allowed range"):
+        book.set_from_payload("a", payload)
+    assert book.get("a") == (11.2, "manifest")
+    book.set_from_payload("a", b"20")  # inside: accepted
+    assert book.get("a")[0] == 20.0
+    wide_lo, wide_hi = threshold_range(11.2, 0.0, 200.0)  # the config widens the range
+    widened = ThresholdBook(default=11.2, fixed={}, lo=wide_lo, hi=wide_hi)
+    widened.set_from_payload("a", payload)
+
+
+def test_a_set_that_cannot_be_recorded_is_refused_and_not_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "thresholds.json"
+    book = ThresholdBook(4.0, {}, LO, HI, state_file=path, model_id="m@1")
+    book.set_from_payload("a", b"2.5", now=1.0)
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("edge.results.thresholds.write_json_atomically", full_disk)
+    with pytest.raises(ThresholdError, match="cannot record the threshold.*No space left.*not applied"):
+        book.set_from_payload("a", b"3.5")
+    assert book.in_force("a") == InForce(2.5, "mqtt", 1.0)  # the recorded one stays in force
+    monkeypatch.undo()
+    assert ThresholdBook(4.0, {}, LO, HI, state_file=path, model_id="m@1").get("a") == (2.5, "mqtt")
 
 
 def test_a_set_survives_a_restart_through_the_state_file(tmp_path: Path) -> None:
@@ -87,19 +125,19 @@ def test_a_changeover_gives_the_camera_its_new_model_default_and_records_sets_pe
 
 
 def test_each_camera_accepts_the_range_of_the_bundle_it_runs(tmp_path: Path) -> None:
-    lo, hi = threshold_range(1.0, None, None)  # bundle A's calibration: [0, 100]
+    lo, hi = threshold_range(1.0, None, None)  # bundle A's calibration: [0.5, 6]
     state = tmp_path / "thresholds.json"
     book = ThresholdBook(default=1.0, fixed={}, lo=lo, hi=hi, state_file=state, model_id="A@1")
-    book.model_changed("line", 50.0, "B@2")  # B's scores are larger: its range reaches 500
-    assert book.range("line") == threshold_range(50.0, None, None) == (0.0, 500.0)
-    assert book.range("side") == (0.0, 100.0)
-    book.set_from_payload("line", b"300")
+    book.model_changed("line", 50.0, "B@2")  # B's scores are larger: its range reaches 150
+    assert book.range("line") == threshold_range(50.0, None, None) == (0.5, 150.0)
+    assert book.range("side") == (0.5, 6.0)
+    book.set_from_payload("line", b"100")
     with pytest.raises(ThresholdError):
-        book.set_from_payload("side", b"300")  # still on A
-    # after a restart, line (on B) keeps 300; it is checked against B's range, not A's
+        book.set_from_payload("side", b"100")  # still on A
+    # after a restart, line (on B) keeps 100; it is checked against B's range, not A's
     again = ThresholdBook(1.0, {}, lo, hi, state_file=state, model_id="A@1", models={"line": "B@2"})
     again.model_changed("line", 50.0, "B@2", keep_live=True)
-    assert again.get("line") == (300.0, "mqtt")
+    assert again.get("line") == (100.0, "mqtt")
     # the same record on a B whose calibration now tops out lower is dropped, not applied
     low = ThresholdBook(1.0, {}, lo, hi, state_file=state, model_id="A@1", models={"line": "B@2"})
     low.model_changed("line", 20.0, "B@2", keep_live=True)

@@ -43,7 +43,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import MqttConfig
-from edge.faces.mqtt_session import error_text, new_client, read_password
+from edge.faces.mqtt_session import command_filters, error_text, new_client, read_password
 from edge.util.backoff import Backoff
 from edge.util.priority import lower_current_thread_priority
 
@@ -269,8 +269,8 @@ class MqttTransport:
         if reason_code.is_failure:
             self._connect_failed(f"the broker refused the connection: {reason_code}")
             return
-        for full in self._subscriptions:
-            client.subscribe(full, qos=1)
+        if self._subscriptions:
+            client.subscribe(command_filters(list(self._subscriptions), self.v5))
         with self._lock:
             carried = self._carry_unacked(client)
             self._queue.extendleft(reversed(carried))
