@@ -38,8 +38,10 @@ from edge.results.thresholds import ThresholdBook
 from edge.scoring.models import LoadedModel, Loader, ModelBook, close_backend, warm
 from edge.stores.recipes import Choice, RecipeChoices, RecipeError, RecipeStore
 from edge.trust.manifest import BundleError, read_manifest
+from edge.util.ratelog import RateLimitedLog
 
 log = logging.getLogger("edge.changeover")
+rate_log = RateLimitedLog(log)
 
 QUEUE_MAX = 8  # switch requests waiting; more are refused ("busy"), never dropped silently
 APPLY_WAIT_S = 0.2  # how often the loader checks, while a staged model waits for the next gather
@@ -124,7 +126,7 @@ class Changeover:
         except queue.Full:
             message = f"busy: {QUEUE_MAX} switches are already waiting; try again"
             for cam in cameras:
-                self._refuse(cam, spec, message)
+                self._refuse(cam, spec, message, quiet=True)
             return message
         return None
 
@@ -255,8 +257,13 @@ class Changeover:
         if len(refs) == 1:
             self.api.set_model(next(iter(refs.values())))
 
-    def _refuse(self, camera: str, recipe: str, message: str) -> None:
-        log.error("camera %s: recipe %s refused, the active model stays: %s", camera, recipe, message)
+    def _refuse(self, camera: str, recipe: str, message: str, quiet: bool = False) -> None:
+        """``quiet``: a storm's refusal (busy), logged at most once per interval (counted in any case)."""
+        text = "camera %s: recipe %s refused, the active model stays: %s"
+        if quiet:
+            rate_log.error(f"busy-{camera}", text, camera, recipe, message)
+        else:
+            log.error(text, camera, recipe, message)
         with self._lock:
             self._errors[camera] = ModelErrorDoc(recipe=recipe, message=message, at=iso_utc(time.time()))
         self.publish_state(camera)

@@ -324,7 +324,10 @@ class Daemon:
                 "stats": counters.get("stats_errors", 0),
                 "mqtt_connect_failures": int(mqtt["connect_failures"]),  # type: ignore[call-overload]
             },
-            commands=self.api.command_counts(),
+            commands={
+                **self.api.command_counts(),
+                **(self.sparkplug.command_counts() if self.sparkplug else {}),
+            },
             queues={
                 "mqtt_in_flight": int(mqtt["in_flight"]),  # type: ignore[call-overload]
                 "mqtt_queued": int(mqtt["queued"]),  # type: ignore[call-overload]

@@ -40,17 +40,20 @@ from typing import Any, Deque, Dict, List, Optional, Protocol, Sequence, Tuple
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 
-from edge.commands import ThresholdError, threshold_payload_of
+from edge.commands import CommandDesk, ThresholdError, threshold_payload_of
 from edge.config import MqttConfig, SparkplugConfig, TlsConfig
-from edge.faces.mqtt_session import new_client, read_password
+from edge.faces.mqtt_session import command_filters, new_client, read_password
+from edge.faces.sparkplug import limits
 from edge.faces.sparkplug import payload as spb
 from edge.results.payloads import CameraState, Identity, ResultPayload
 from edge.results.thresholds import ThresholdBook
 from edge.util.atomic import write_json_atomically
 from edge.util.backoff import Backoff
 from edge.util.priority import lower_current_thread_priority
+from edge.util.ratelog import RateLimitedLog
 
 log = logging.getLogger("edge.sparkplug")
+rate_log = RateLimitedLog(log)
 
 NAMESPACE = "spBv1.0"
 LOOP_TICK_S = 0.1
@@ -181,7 +184,12 @@ class SparkplugNode:
             "stale_state": 0,
             "dropped_ddata": 0,
             "commands_rejected": 0,
+            "commands_too_large": 0,
+            "commands_too_many_metrics": 0,
+            "rebirths_coalesced": 0,
         }
+        self._rebirths = limits.RebirthGate()
+        self.desk = CommandDesk(self._clear_retained)  # the retained-command guard every face shares
 
     # --- topics ---------------------------------------------------------------------------------------------
 
@@ -271,7 +279,16 @@ class SparkplugNode:
         set (not just of values) needs."""
         with self._lock:
             self.counters["rebirth_requests"] += 1
-            if self._born:
+            if not self._born:
+                return  # the births that come with the next session serve it
+            if self._rebirths.request():
+                self._births()
+            else:  # coalesced: one rebirth at the end of the interval (limits.RebirthGate)
+                self.counters["rebirths_coalesced"] += 1
+
+    def _due_rebirth(self) -> None:
+        with self._lock:
+            if self._born and self._rebirths.due():
                 self._births()
 
     def threshold(self, camera: str) -> None:
@@ -317,6 +334,7 @@ class SparkplugNode:
         """NBIRTH (seq 0) and a DBIRTH per camera not in fault: everything a host needs to know."""
         now = spb.now_ms(time.time())
         self._seq = 0
+        self._rebirths.pending = False  # these births serve every rebirth asked so far
         self._node_values["bdSeq"] = self._current_bdseq
         self._node_values["Node Control/Rebirth"] = False
         entries = [(m, spb.NODE_ALIAS[m.name], self._node_values[m.name], now) for m in spb.NODE_METRICS]
@@ -379,8 +397,16 @@ class SparkplugNode:
         self._thread = None
 
     def snapshot(self) -> Dict[str, int]:
+        retained = self.desk.snapshot()["rejected_retained"]
         with self._lock:
-            return dict(self.counters)
+            return dict(self.counters, commands_retained=retained)
+
+    def command_counts(self) -> Dict[str, int]:
+        """The node's command refusals and coalesced rebirths, for ``stats.commands`` (``sparkplug_*``)."""
+        snap = self.snapshot()
+        keys = ("commands_rejected", "commands_retained", "commands_too_large", "commands_too_many_metrics",
+                "rebirth_requests", "rebirths_coalesced")  # fmt: skip
+        return {f"sparkplug_{key}": snap[key] for key in keys}
 
     # --- the network thread ---------------------------------------------------------------------------------
 
@@ -415,6 +441,7 @@ class SparkplugNode:
         kwargs: Dict[str, Any] = {"keepalive": self.mqtt.keepalive}
         if self.v5:
             kwargs["clean_start"] = True  # and no session expiry: the session ends with the connection
+            kwargs["properties"] = limits.connect_properties()  # no command bigger than this reaches us
         try:
             client.connect(self.mqtt.host, self.mqtt.port, **kwargs)
         except Exception as exc:  # refused, unreachable, TLS, bad host
@@ -425,6 +452,7 @@ class SparkplugNode:
             rc = client.loop(timeout=LOOP_TICK_S)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
+            self._due_rebirth()
             if not self._connected and time.monotonic() > deadline:
                 self._connect_failed(f"no CONNACK within {CONNACK_TIMEOUT_S:.0f} s")
                 break
@@ -486,7 +514,8 @@ class SparkplugNode:
             return
         self._bdseq.connected()
         self._last_error = ""
-        filters: List[Tuple[str, int]] = [(self.topic("NCMD"), 1), (self.topic("DCMD", "+"), 1)]
+        commands = [self.topic("NCMD"), self.topic("DCMD", "+")]
+        filters: List[Tuple[str, Any]] = list(command_filters(commands, self.v5))
         if self.state_topic is not None:
             filters.append((self.state_topic, 1))
         _, mid = client.subscribe(filters)
@@ -545,19 +574,26 @@ class SparkplugNode:
         )
 
     def _commands(self, msg: paho.MQTTMessage) -> Optional[List[spb.Command]]:
-        if msg.retain:  # commands act once: a retained one is old
-            self._reject("ignored a retained command on %s (send commands without retain)", msg.topic)
+        # commands act once: a retained one (at subscribe time, or live with retain-as-published) is old;
+        # the one guard of every face refuses, counts and clears it
+        if not self.desk.admit(msg.topic, msg.topic, bytes(msg.payload), bool(msg.retain)):
             return None
-        try:
-            return spb.decode_commands(bytes(msg.payload))
-        except spb.PayloadError as exc:
-            self._reject("ignored a command on %s: %s", msg.topic, exc)
-            return None
+        commands, why, counter = limits.decode_commands(msg.payload)  # size first, then metric count
+        if commands is None:
+            self._reject("refused a command on %s: %s", msg.topic, why, counter=counter)
+        return commands
 
-    def _reject(self, text: str, *args: Any) -> None:
+    def _clear_retained(self, topic: str) -> None:
+        with self._lock:
+            if self._client is not None and self._connected:
+                self._client.publish(topic, b"", qos=1, retain=True)
+
+    def _reject(self, text: str, *args: Any, counter: str = "") -> None:
         with self._lock:
             self.counters["commands_rejected"] += 1
-        log.warning("sparkplug: " + text, *args)
+            if counter:
+                self.counters[counter] += 1
+        rate_log.warning(counter or text, "sparkplug: " + text, *args)
 
     def _on_ncmd(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         for command in self._commands(msg) or []:
