@@ -673,6 +673,32 @@ build_engine() {
     as_service_user "$PREFIX/venv/bin/edge-export" --build-engine "$BUNDLE_DIR" --engine-cache-dir "$ENGINE_DIR"
 }
 
+# The new bundle is verified before anything is replaced (hashes, numbers, the signature with the trusted keys
+# of the config it will run under, exactly as a start verifies it): a bundle that fails leaves the installed
+# one in place, under --root too. The verifier is the installed venv's edge-run, else --python with this
+# checkout on its path; with neither, the install stops before it changes the bundle.
+verify_bundle_source() {
+    local cfg venv
+    local -a verifier
+    cfg=$CONFIG_SRC
+    [[ -n $cfg ]] || cfg=$(p "$CONFIG_PATH")
+    [[ -f $cfg ]] || cfg=$SCRIPT_DIR/config.example.toml
+    venv=$(p "$PREFIX/venv")
+    if [[ -x $venv/bin/edge-run ]]; then
+        verifier=("$venv/bin/edge-run")
+    elif PYTHONPATH="$SCRIPT_DIR/.." "$PYTHON" -c 'import edge.service.cli' 2>/dev/null; then
+        verifier=(env PYTHONPATH="$SCRIPT_DIR/.." "$PYTHON" -m edge.service.cli)
+    elif ((DRY_RUN)); then
+        echo "would verify $BUNDLE_SRC (edge-run install-bundle --verify-only) before installing it"
+        return 0
+    else
+        die "cannot verify --bundle $BUNDLE_SRC before installing it: no $PREFIX/venv/bin/edge-run and $PYTHON cannot import edge (drop --skip-venv, or pass --python with edge-anomaly installed); nothing was replaced"
+    fi
+    if ! "${verifier[@]}" install-bundle --verify-only "$BUNDLE_SRC" --config "$cfg"; then
+        die "--bundle $BUNDLE_SRC failed verification (message above); the installed bundle was left in place"
+    fi
+}
+
 check_config() {
     local installed
     installed=$(p "$CONFIG_PATH")
@@ -707,6 +733,7 @@ do_install() {
     record D "$STATE_DIR"
     install_docs
     setup_venv
+    [[ -n $BUNDLE_SRC ]] && verify_bundle_source
     put_dir "$ETC_DIR" 0750 "root:$SERVICE_USER"
     install_config
     [[ -n $BUNDLE_SRC ]] && install_bundle

@@ -1,9 +1,10 @@
 """What a start needs, checked without starting: the bundle, its signature, files and camera sources.
 
 ``edge-run --check-config`` runs every check here and exits non-zero when any fails, so ``install.sh`` (and
-an engineer) can trust it before restarting the service: it verifies the bundle exactly as a start does
-(:func:`verified_manifest` is the daemon's own path), reads the password and TLS files, and parses every
-camera source. Warnings (a world-readable secret, an unsigned bundle) do not fail the check.
+an engineer) can trust it before restarting the service: it verifies the bundle, and every camera's recipe,
+exactly as a start does (``RecipeStore.path_of`` and :func:`verified_manifest` are the daemon's own path),
+reads the password and TLS files, and parses every camera source. Warnings (a world-readable secret, an
+unsigned bundle) do not fail the check.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 from urllib.parse import urlsplit
 
 from edge.config import CameraConfig, EdgeConfig, ModelConfig
+from edge.stores.recipes import RecipeError, RecipeStore
 from edge.trust.manifest import BundleError, Manifest, verify_bundle
 from edge.trust.signing import SignatureError, TrustedKeys
 from edge.util.redact import redact
@@ -85,6 +87,34 @@ def check_bundle(config: EdgeConfig) -> Check:
     return Check("model.bundle", True, detail)
 
 
+def check_recipes(config: EdgeConfig) -> List[Check]:
+    """Each camera's recipe other than model.bundle (checked above), resolved and verified as a start does:
+    an unknown recipe, or one whose bundle is unsigned or signed by an untrusted key, fails here as there."""
+    checks: List[Check] = []
+    verified: Dict[Path, Check] = {}
+    for index, cam in enumerate(config.enabled_cameras()):
+        if cam.recipe is None:
+            continue
+        name = f"cameras[{index}].recipe ({cam.name})"
+        try:
+            path = RecipeStore(config.model.store, config.model.bundle).path_of(cam.recipe)
+        except RecipeError as exc:
+            checks.append(Check(name, False, str(exc)))
+            continue
+        if path == config.model.bundle:
+            continue
+        if path not in verified:
+            try:
+                manifest = verified_manifest(config.model.model_copy(update={"bundle": path}))
+                signer = manifest.signer or "unsigned (no trusted keys configured)"
+                detail = f"{cam.recipe} ({path}): {manifest.model_id()}, signed by {signer}"
+                verified[path] = Check(name, True, detail)
+            except BundleError as exc:
+                verified[path] = Check(name, False, f"recipe {cam.recipe}: {exc}")
+        checks.append(Check(name, verified[path].ok, verified[path].detail))
+    return checks
+
+
 def check_backend(config: EdgeConfig) -> Check:
     runtime = BACKEND_RUNTIMES.get(config.model.backend, config.model.backend)
     if importlib.util.find_spec(runtime) is None:
@@ -132,7 +162,7 @@ def check_source(index: int, cam: CameraConfig) -> Check:
 
 def run_checks(config: EdgeConfig) -> List[Check]:
     """Every check a start implies, in the order a start meets them."""
-    checks: List[Check] = [check_bundle(config), check_backend(config)]
+    checks: List[Check] = [check_bundle(config), *check_recipes(config), check_backend(config)]
     mqtt = config.mqtt
     if mqtt.password_file is not None:
         checks.append(_readable("mqtt.password_file", mqtt.password_file))

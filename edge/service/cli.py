@@ -316,9 +316,17 @@ def install_main(argv: List[str]) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--name", help="recipe name (default: the bundle's folder name)")
     p.add_argument("--rollback", metavar="RECIPE", help="reinstall the version of RECIPE that was replaced")
+    p.add_argument(
+        "--verify-only",
+        action="store_true",
+        help="verify BUNDLE exactly as a start would with this config, change nothing (install.sh runs this "
+        "before it replaces the installed bundle)",
+    )
     args = p.parse_args(argv)
     if (args.bundle is None) == (args.rollback is None):
         p.error("give a BUNDLE to install, or --rollback RECIPE (not both)")
+    if args.verify_only and args.bundle is None:
+        p.error("--verify-only needs a BUNDLE")
     from edge.config import ConfigError, load_config
     from edge.service.checks import verified_manifest
     from edge.stores.recipes import RecipeError, install_bundle, rollback_bundle
@@ -335,6 +343,10 @@ def install_main(argv: List[str]) -> int:
         return verified_manifest(config.model.model_copy(update={"bundle": path}))
 
     try:
+        if args.verify_only:
+            manifest = verify(args.bundle)
+            print(f"verified {args.bundle}: {manifest.model_id()}, signed by {manifest.signer or 'nobody'}")
+            return EXIT_OK
         if args.rollback is not None:
             target = rollback_bundle(config, args.rollback, verify)
         else:

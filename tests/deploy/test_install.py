@@ -2,20 +2,24 @@
 idempotent.
 
 Nothing here touches the real system: under --root every path is prefixed and system commands (useradd,
-chown, systemctl, the engine build) are printed instead of run; --skip-venv leaves pip out.
+chown, systemctl, the engine build) are printed instead of run; --skip-venv leaves pip out, and --python
+(this interpreter, which has edge-anomaly installed) verifies each bundle before it replaces anything.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
+import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.tiny_bundle import make_tiny_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -40,7 +44,7 @@ def snapshot(root: Path) -> Tree:
 
 def run_install(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        ["bash", str(INSTALL), "--root", str(root), "--skip-venv", *args],
+        ["bash", str(INSTALL), "--root", str(root), "--skip-venv", "--python", sys.executable, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -57,14 +61,18 @@ def root(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("install")
+    return make_tiny_bundle(root / "bundle", size=32, precisions=("fp32", "int8"))
+
+
 @pytest.fixture
-def bundle(tmp_path: Path) -> Path:
-    """A bundle-shaped folder. install.sh copies bytes and never parses the models, so any bytes do."""
+def bundle(tmp_path: Path, pristine: Path) -> Path:
+    """A real bundle (install.sh verifies it before installing), with an engines/ folder built elsewhere."""
     path = tmp_path / "bundle"
-    (path / "engines").mkdir(parents=True)
-    (path / "manifest.json").write_text(json.dumps({"schema_version": 1, "model": {"name": "gtrans-test"}}))
-    (path / "model.fp32.onnx").write_bytes(os.urandom(4096))
-    (path / "model.int8.onnx").write_bytes(os.urandom(2048))
+    shutil.copytree(pristine, path)
+    (path / "engines").mkdir()
     (path / "engines" / "other-gpu.engine").write_bytes(b"engine built elsewhere")
     return path
 
@@ -223,10 +231,7 @@ def test_bundle_update_replaces_files_removes_stale_ones_and_keeps_engines(
     installed = root / "var/lib/edge-anomaly/bundle"
     engines = root / "var/lib/edge-anomaly/engines"
     (engines / "orin-trt10.3-int8-abc.engine").write_bytes(b"built on this device")
-    new = tmp_path / "bundle-v2"
-    new.mkdir()
-    (new / "manifest.json").write_text(json.dumps({"schema_version": 1, "model": {"name": "gtrans-v2"}}))
-    (new / "model.fp32.onnx").write_bytes(os.urandom(1024))
+    new = make_tiny_bundle(tmp_path / "bundle-v2", size=16)  # fp32 only
 
     proc = run_install(root, "--bundle", str(new), "--config", str(config))
     assert sorted(p.name for p in installed.iterdir()) == ["manifest.json", "model.fp32.onnx"]
@@ -526,12 +531,13 @@ for d in /etc /opt /var/lib /var/cache; do mountpoint -q "$d" || exit 97; done
 printf '#!/bin/sh\necho "[stub] systemctl $*"\n' >"$WORK/bin/systemctl"
 chmod +x "$WORK/bin/systemctl"
 export PATH="$WORK/bin:$PATH"
-echo "=== first"; bash "$INSTALL" --skip-venv --bundle "$BUNDLE" --config "$CONFIG" --jetson
+ARGS=(--skip-venv --python "$PYTHON_BIN")
+echo "=== first"; bash "$INSTALL" "${ARGS[@]}" --bundle "$BUNDLE" --config "$CONFIG" --jetson
 echo "=== owners"; find /etc/edge-anomaly /var/lib/edge-anomaly -printf '%u:%g %m %p\n'
 echo "=== user"; getent passwd edge-anomaly; getent group render
-echo "=== second"; bash "$INSTALL" --skip-venv --bundle "$BUNDLE" --config "$CONFIG" --jetson
+echo "=== second"; bash "$INSTALL" "${ARGS[@]}" --bundle "$BUNDLE" --config "$CONFIG" --jetson
 chown root:root /etc/edge-anomaly/config.toml
-echo "=== drift"; bash "$INSTALL" --skip-venv --bundle "$BUNDLE" --config "$CONFIG" --jetson
+echo "=== drift"; bash "$INSTALL" "${ARGS[@]}" --bundle "$BUNDLE" --config "$CONFIG" --jetson
 echo "=== purge"; bash "$INSTALL" --uninstall --purge
 echo "=== after"; getent passwd edge-anomaly || echo "no user"
 ls /etc/edge-anomaly /var/lib/edge-anomaly 2>&1 || true
@@ -564,6 +570,7 @@ def test_real_install_sets_owners_creates_the_user_and_purges(
         "INSTALL": str(INSTALL),
         "BUNDLE": str(bundle),
         "CONFIG": str(config),
+        "PYTHON_BIN": sys.executable,
     }
     (tmp_path / "ns").mkdir()
     proc = subprocess.run(
@@ -595,3 +602,24 @@ def test_real_install_sets_owners_creates_the_user_and_purges(
     # And the host saw none of it.
     assert not Path("/etc/edge-anomaly").exists()
     assert subprocess.run(["getent", "passwd", "edge-anomaly"], capture_output=True).returncode != 0
+
+
+def test_a_tampered_bundle_is_refused_before_the_installed_one_is_replaced(
+    root: Path, bundle: Path, config: Path, tmp_path: Path
+) -> None:
+    """Before, install.sh copied the bundle and only then ran the config check (not at all under --root): a
+    tampered bundle installed with exit 0 and the next restart failed."""
+    run_install(root, "--bundle", str(bundle), "--config", str(config))
+    installed = root / "var/lib/edge-anomaly/bundle"
+    before = snapshot(installed)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundle, tampered)
+    onnx = tampered / "model.fp32.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    proc = run_install(root, "--bundle", str(tampered), "--config", str(config), check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert "failed verification" in proc.stderr and "left in place" in proc.stderr
+    assert "does not match its manifest" in proc.stdout + proc.stderr
+    assert snapshot(installed) == before
