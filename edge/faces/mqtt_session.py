@@ -50,7 +50,7 @@ def new_client(
 
 def command_filters(
     topics: Sequence[str], v5: bool, qos: int = 1
-) -> List[Tuple[str, Union[int, SubscribeOptions]]]:
+) -> Union[List[Tuple[str, int]], List[Tuple[str, SubscribeOptions]]]:
     """Subscription filters for command topics. On MQTT 5 with retain-as-published, so a retained command
     published while we are connected still carries its retain flag and the one retained-command guard
     (:class:`edge.commands.CommandDesk`) refuses it; MQTT 3.1.1 brokers clear the flag on live delivery, so

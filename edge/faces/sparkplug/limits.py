@@ -19,7 +19,7 @@ Every refusal is counted (``sparkplug`` in the stats) and logged at most once pe
 from __future__ import annotations
 
 import time
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -45,7 +45,7 @@ def too_many_metrics(count: int) -> Optional[str]:
     return None
 
 
-def decode_commands(data: bytes) -> Tuple[Optional[List[spb.Command]], str, str]:
+def decode_commands(data: Union[bytes, bytearray]) -> Tuple[Optional[List[spb.Command]], str, str]:
     """(commands, "", "") or (None, why, counter): the size is checked before anything is decoded, the
     metric count before anything is applied."""
     why = oversize(len(data))
