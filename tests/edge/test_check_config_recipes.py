@@ -48,7 +48,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def config(tmp_path: Path, setup: dict, recipe: str) -> Path:
     path = tmp_path / "edge.toml"
     path.write_text(
-        f'device_id = "rcp"\n[mqtt]\nhost = "127.0.0.1"\nport = 1\n[model]\nbundle = "{setup["store"] / "A"}"\n'
+        f'device_id = "rcp"\n[mqtt]\nhost = "127.0.0.1"\nport = 1\n'
+        f'[model]\nbundle = "{setup["store"] / "A"}"\n'
         f'store = "{setup["store"]}"\ntrusted_keys = ["{setup["root"] / "line.pub"}"]\n'
         f'[[cameras]]\nname = "a"\nsource = "{setup["video"]}"\nrecipe = "{recipe}"\n',
         encoding="utf-8",
