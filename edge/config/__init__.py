@@ -34,6 +34,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from edge.util.names import is_safe_name
 from edge.util.redact import add_secret_params, redact_deep
 
 if sys.version_info >= (3, 11):
@@ -346,7 +347,10 @@ class EvidenceConfig(_Section):
 
 
 class CameraConfig(_Section):
-    name: str = Field(description="camera name, part of its topics: letters, digits, '_', '-', '.'")
+    name: str = Field(
+        description="camera name, part of its topics and folders: a letter or digit, then letters, digits, "
+        "'_', '-', '.' (at most 64, no '..')"
+    )
     source: str = Field(
         min_length=1,
         description="device index ('0'), file path, rtsp:// or http(s):// URL, or a GStreamer pipeline",
@@ -387,7 +391,12 @@ class CameraConfig(_Section):
     @field_validator("name")
     @classmethod
     def _name_topic_safe(cls, value: str) -> str:
-        return _topic_safe(value, "camera name")
+        if not is_safe_name(value):  # it becomes a topic level and an evidence folder: never '..'
+            raise ValueError(
+                f"camera name {value!r} is not topic-safe: use 1-64 letters, digits, '_', '-' or '.', "
+                "starting with a letter or digit, no '..' (it becomes part of MQTT topics and folder names)"
+            )
+        return value
 
     @field_validator("recipe")
     @classmethod

@@ -262,6 +262,12 @@ class EvidenceStats(_Payload):
     write_errors: int
     evicted_size: int = Field(description="oldest frames deleted to stay under max_bytes")
     evicted_age: int = Field(description="frames deleted for being older than max_age_s")
+    index_rebuilt: int = Field(
+        default=0, description="times the index was found corrupt, moved aside and rebuilt from the files"
+    )
+    unsafe_names: int = Field(
+        default=0, description="index rows naming a file outside the store (never touched)"
+    )
     bytes: int
     rows: int
     max_bytes: int

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional
 from urllib.parse import urlsplit
 
 from edge.config import CameraConfig, EdgeConfig, ModelConfig
+from edge.stores.evidence_names import index_problem
 from edge.stores.recipes import RecipeError, RecipeStore
 from edge.trust.manifest import BundleError, Manifest, verify_bundle
 from edge.trust.signing import SignatureError, TrustedKeys
@@ -53,9 +54,11 @@ class Check:
     name: str
     ok: bool
     detail: str
+    warn: bool = False  # passes (a start copes with it), but worth a look
 
     def line(self) -> str:
-        return f"{'ok    ' if self.ok else 'FAILED'}  {self.name}: {redact(self.detail)}"
+        state = "FAILED" if not self.ok else "WARN  " if self.warn else "ok    "
+        return f"{state}  {self.name}: {redact(self.detail)}"
 
 
 def world_readable(path: Path) -> bool:
@@ -113,6 +116,22 @@ def check_recipes(config: EdgeConfig) -> List[Check]:
                 verified[path] = Check(name, False, f"recipe {cam.recipe}: {exc}")
         checks.append(Check(name, verified[path].ok, verified[path].detail))
     return checks
+
+
+def check_evidence(config: EdgeConfig) -> Check:
+    """The evidence index opens and passes SQLite's quick_check; a corrupt one is a warning: a start moves
+    it aside and rebuilds it from the kept files (edge.stores.evidence_names)."""
+    from edge.results.thresholds import resolve_state_dir
+    from edge.stores.evidence import INDEX_NAME
+
+    index = (config.evidence.dir or resolve_state_dir(config.state_dir) / "evidence") / INDEX_NAME
+    if not index.exists():
+        return Check("evidence.index", True, f"{index} (not made yet)")
+    problem = index_problem(index)
+    if problem is None:
+        return Check("evidence.index", True, str(index))
+    detail = f"{index} is corrupt ({problem}); the next start moves it aside and rebuilds it from the files"
+    return Check("evidence.index", True, detail, warn=True)
 
 
 def check_backend(config: EdgeConfig) -> Check:
@@ -174,6 +193,8 @@ def run_checks(config: EdgeConfig) -> List[Check]:
         checks.append(check_sparkplug(config))
         own = (("cert_file", config.sparkplug.cert_file), ("key_file", config.sparkplug.key_file))
         checks += [_readable(f"sparkplug.{name}", path) for name, path in own if path is not None]
+    if config.evidence.enabled:
+        checks.append(check_evidence(config))
     checks += [check_source(i, cam) for i, cam in enumerate(config.cameras) if cam.enabled]
     return checks
 

@@ -393,6 +393,7 @@ def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
     if config.evidence.enabled:
         folder = config.evidence.dir or resolve_state_dir(config.state_dir) / "evidence"
         evidence = EvidenceStore(folder, config.evidence)
+        evidence.on_warnings = lambda found: api.set_warnings("evidence", found)  # a rebuilt index: status
     sparkplug = _sparkplug(config, api) if config.sparkplug.enabled else None
     return Daemon(
         config,

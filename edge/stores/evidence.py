@@ -23,6 +23,11 @@ than
   stats, a warning, one ERROR line in the log) and retried after ``RETRY_FULL_S``; scoring goes on and the
   frames offered meanwhile are counted as ``dropped_disk_full``.
 
+- It owns its names (:mod:`edge.stores.evidence_names`): file names are generated from checked parts, every
+  name read back from the index must stay inside the store, and a corrupt index (found at start, or when a
+  write says so) is moved aside and rebuilt from the files, reported in the stats (``index_rebuilt``) and
+  as a warning on ``status``.
+
 ``edge-evidence list|export`` reads the index (see :mod:`edge.stores.evidence_cli`).
 """
 
@@ -38,7 +43,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -46,6 +51,15 @@ import numpy as np
 from edge.capture.frames import Frame
 from edge.config import EvidenceConfig
 from edge.results.postprocess import Verdict, encode_mask_png
+from edge.stores.evidence_names import (
+    UnsafeName,
+    index_problem,
+    inside,
+    is_corruption,
+    move_aside,
+    rows_from_files,
+    safe_part,
+)
 from edge.util.priority import idle_current_thread, lower_current_thread_priority
 
 log = logging.getLogger("edge.evidence")
@@ -152,7 +166,7 @@ class EvidenceStore:
         self._good_seen: Dict[str, int] = {}
         self._counts: Dict[str, int] = dict.fromkeys(
             ("offered", "written", "dropped_queue", "dropped_disk_full", "write_errors", "evicted_size",
-             "evicted_age"), 0,
+             "evicted_age", "index_rebuilt", "unsafe_names"), 0,
         )  # fmt: skip
         self._bytes = 0
         self._queued_bytes = 0  # memory held by items waiting for the writer (queue_max_mb)
@@ -162,6 +176,8 @@ class EvidenceStore:
         self._thread: Optional[threading.Thread] = None
         self._db: Optional[sqlite3.Connection] = None
         self._last_sweep = 0.0
+        self._index_note = ""  # why the index was rebuilt, for warnings() (status) during this run
+        self.on_warnings: Optional[Callable[[List[str]], None]] = None  # the daemon puts them on status
 
     # --- the publish stage's side (must never block) ------------------------------------------------------
 
@@ -230,9 +246,10 @@ class EvidenceStore:
 
     def warnings(self) -> List[str]:
         with self._lock:
+            found = [self._index_note] if self._index_note else []
             if self._full_until is None:
-                return []
-            return [
+                return found
+            return found + [
                 f"evidence store {self.root}: disk full ({self._full_reason}); not writing, scoring goes on"
             ]
 
@@ -290,16 +307,38 @@ class EvidenceStore:
 
     def _open(self) -> sqlite3.Connection:
         self.root.mkdir(parents=True, exist_ok=True)
+        index = self.root / INDEX_NAME
+        problem = index_problem(index) if index.exists() else None
+        if problem is not None:
+            self._move_aside(problem)
         db = sqlite3.connect(str(self.root / INDEX_NAME), timeout=5.0, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")  # edge-evidence can read while the daemon writes
         # No fsync per row: a power cut may lose the last rows (their files are then unindexed orphans),
         # never corrupt the index; an fsync per frame made the writer fall behind on a busy device.
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(SCHEMA)
+        if problem is not None:  # the frames are still on disk: index them again
+            db.executemany(
+                f"INSERT INTO evidence ({COLUMNS.partition(', ')[2]}) VALUES ({', '.join('?' * 16)})",
+                rows_from_files(self.root),
+            )
         total, rows = db.execute("SELECT COALESCE(SUM(bytes), 0), COUNT(*) FROM evidence").fetchone()
         with self._lock:
             self._bytes, self._rows = int(total), int(rows)
         return db
+
+    def _move_aside(self, problem: str) -> None:
+        aside = move_aside(self.root, INDEX_NAME)
+        note = (
+            f"evidence store {self.root}: the index was corrupt ({problem}); moved aside to {aside.name} and "
+            "rebuilt from the kept files"
+        )
+        log.error("%s", note)
+        with self._lock:
+            self._counts["index_rebuilt"] += 1
+            self._index_note = note
+        if self.on_warnings is not None:
+            self.on_warnings(self.warnings())
 
     def _handle(self, item: _Item) -> None:
         with self._lock:
@@ -312,7 +351,12 @@ class EvidenceStore:
             if self._db is None:
                 self._db = self._open()
             self._write(self._db, item)
-        except (OSError, sqlite3.Error) as exc:
+        except sqlite3.DatabaseError as exc:
+            if is_corruption(exc) and self._db is not None:  # checked, moved aside, rebuilt on reopen
+                self._db.close()
+                self._db = None
+            self._disk_full_or_error(exc)
+        except OSError as exc:
             self._disk_full_or_error(exc)
         except Exception:  # a bug must not end the writer: count, log, back off
             with self._lock:
@@ -347,8 +391,9 @@ class EvidenceStore:
         doc = result.model_dump(by_alias=True, mode="json") if hasattr(result, "model_dump") else dict(result)
         ts = float(doc.get("capture_ts", item.frame.capture_ts))
         day = time.strftime("%Y-%m-%d", time.gmtime(ts))
-        folder = Path(day) / item.camera
-        stem = f"{doc.get('run_id', 'run')}-{int(doc.get('seq', item.frame.frame_id)):08d}"
+        folder = Path(day) / safe_part(item.camera, "camera name")
+        run_id = safe_part(str(doc.get("run_id", "run")), "run id")
+        stem = f"{run_id}-{int(doc.get('seq', item.frame.frame_id)):08d}"
         files: List[Tuple[str, bytes]] = [(str(folder / f"{stem}.jpg"), self._jpeg(item.frame))]
         mask_name: Optional[str] = None
         if item.verdict.anomalous:
@@ -427,11 +472,22 @@ class EvidenceStore:
         for rec in records:
             for name in (rec.image, rec.mask, rec.result):
                 if name:
-                    _unlink(self.root / name)
+                    self._unlink_inside(name)
         with self._lock:
             self._bytes -= sum(r.bytes for r in records)
             self._rows -= len(records)
             self._counts[counter] += len(records)
+
+    def _unlink_inside(self, name: str) -> None:
+        """Delete a file the index names, only when the name stays inside the store."""
+        try:
+            path = inside(self.root, name)
+        except UnsafeName as exc:
+            with self._lock:
+                self._counts["unsafe_names"] += 1
+            log.error("evidence index row names a file outside the store; not deleting it: %s", exc)
+            return
+        _unlink(path)
 
     def sweep_age(self) -> None:
         """Make the next write check retention at once (tests, benchmarks)."""

@@ -124,6 +124,7 @@ class DeviceApi:
         }
         self._seq: Dict[str, int] = dict.fromkeys(cameras, 0)
         self._warnings: List[str] = []
+        self._warning_sources: Dict[str, List[str]] = {}
         self.commands = CommandDesk(transport.clear_retained)  # every face's commands are counted here
         # model/set goes to the changeover (edge.service.changeover);
         # it answers on model/state. None: refused.
@@ -190,8 +191,13 @@ class DeviceApi:
                 log.exception("%s failed to take an update", type(observer).__name__)
 
     def _on_warnings(self, warnings: List[str]) -> None:
+        self.set_warnings("mqtt", warnings)
+
+    def set_warnings(self, source: str, warnings: List[str]) -> None:
+        """The current warnings of one part of the device (``mqtt``, ``evidence``), shown in ``status``."""
         with self._lock:
-            self._warnings = list(warnings)
+            self._warning_sources[source] = list(warnings)
+            self._warnings = [w for found in self._warning_sources.values() for w in found]
         self._publish_status()
 
     def warnings(self) -> List[str]:
