@@ -268,8 +268,8 @@ BAD_PAYLOADS = st.one_of(
     .filter(lambda x: abs(x) > 1000)
     .map(lambda x: repr(x).encode()),  # outside any sensible range
     st.sampled_from(
-        [b"-1", b"-0.5", b"-1e-3", b"101", b'{"threshold": -2}']
-    ),  # outside the calibrated [0, 100]
+        [b"-1", b"-0.5", b"-1e-3", b"0.49", b"5e-324", b"12.5", b"101", b'{"threshold": -2}']
+    ),  # outside the calibrated [0.5, 12] (bundle threshold 4: min(0.5, 4), max(3 x 4, 4 + 5))
 )
 
 
@@ -281,7 +281,7 @@ def test_bad_threshold_payloads_are_answered_with_an_error_and_change_nothing(
     state = station.set_threshold(payload)
     assert state.get("error"), f"{payload!r} was accepted: {state}"
     assert state["threshold"] == 4.0 and state["source"] == "manifest", state
-    assert state["range"] == [0.0, 100.0]  # from the bundle's calibration (default threshold 4)
+    assert state["range"] == [0.5, 12.0]  # from the bundle's calibration (default threshold 4)
 
 
 def test_threshold_set_for_an_unknown_camera_is_ignored_and_counted(station: Station) -> None:
@@ -313,9 +313,9 @@ def test_verdicts_never_changed_and_a_valid_value_still_works(station: Station) 
     kept = late.on(station.state_topic)
     assert len(kept) == 1 and kept[0].retain and kept[0].json()["error"] is None
     # The channel works (so the refusals above are refusals, not a deaf subscriber).
-    state = station.set_threshold(b"0")
-    assert (state["threshold"], state["source"], state["error"]) == (0.0, "mqtt", None) and state["set_at"]
-    assert sub.wait_for(lambda m: any(r["threshold"] == 0.0 for r in results(sub, prefix, "line")), WAIT)
+    state = station.set_threshold(b"0.5")  # the lowest the calibration allows
+    assert (state["threshold"], state["source"], state["error"]) == (0.5, "mqtt", None) and state["set_at"]
+    assert sub.wait_for(lambda m: any(r["threshold"] == 0.5 for r in results(sub, prefix, "line")), WAIT)
     assert all(
-        r["anomalous"] == (r["score"] > 0.0) for r in results(sub, prefix, "line") if r["threshold"] == 0.0
+        r["anomalous"] == (r["score"] > 0.5) for r in results(sub, prefix, "line") if r["threshold"] == 0.5
     )
