@@ -268,7 +268,7 @@ def scenario_model(
 
 
 def _video(args: argparse.Namespace, ctx: dict[str, Any], out: Path) -> Path:
-    from benchmarks.pipeline_bench import dataset_video, generated_video
+    from benchmarks.videos import dataset_video, generated_video
 
     if args.data is not None:
         return dataset_video(out / "bench-input.avi", args.data)
@@ -291,7 +291,9 @@ def scenario_pipeline(
     args: argparse.Namespace, ctx: dict[str, Any], report: dict[str, Any], log: Progress
 ) -> None:
     from benchmarks.model_bench import open_backend
-    from benchmarks.pipeline_bench import PipelineSettings, QuietBroker, run_pipeline_bench, video_info
+    from benchmarks.pipeline_bench import PipelineSettings, run_pipeline_bench
+    from benchmarks.subscriber import QuietBroker
+    from benchmarks.videos import video_info
 
     precision = _pipeline_precision(args, ctx)
     video = _video(args, ctx, args.out)
@@ -355,7 +357,8 @@ def scenario_accuracy(
 def scenario_soak(
     args: argparse.Namespace, ctx: dict[str, Any], report: dict[str, Any], log: Progress
 ) -> None:
-    from benchmarks.pipeline_bench import QuietBroker, run_soak
+    from benchmarks.soak import run_soak
+    from benchmarks.subscriber import QuietBroker
 
     cams = args.cameras or [4]
     if len(cams) != 1:
