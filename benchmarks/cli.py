@@ -494,7 +494,8 @@ def settings_section(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str,
 def run(args: argparse.Namespace, argv: Sequence[str]) -> tuple[dict[str, Path], dict[str, str]]:
     """Measure, write the report; returns its paths and the parts that failed (``all`` carries on past
     one)."""
-    from benchmarks.report import REPORT_SCHEMA, compute_ratios, write_report
+    from benchmarks.ratios import compute_ratios
+    from benchmarks.report import REPORT_SCHEMA, write_report
 
     log = Progress(args.quiet)
     ctx = context(args)
