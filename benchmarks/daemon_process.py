@@ -15,7 +15,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -24,14 +24,22 @@ from tools.local_broker import Broker
 START_TIMEOUT_S = 180.0  # spawn + imports + backend load (a TensorRT engine build can take minutes)
 FIRST_RESULT_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
+KEEP_CALLS = 500_000  # batch times and sizes a daemon child keeps (the newest)
 
 
 class BatchCounter:
-    """Wraps the daemon's backend to record when each batch ran and how big it was (no other effect)."""
+    """The configured backend, recording when each batch ran and how big it was (no other effect).
 
-    def __init__(self, backend: Any, keep: int = 500_000) -> None:
-        self._backend = backend
-        self.calls: deque[tuple[float, int]] = deque(maxlen=keep)
+    The daemon loads it as it loads any backend: :func:`count_batches` points the backend's row in the table
+    at this class, in the daemon's own (child) process, and this class loads the class the row named."""
+
+    inner: ClassVar[Any] = None  # the backend class it runs, set by count_batches
+    OPTIONS: ClassVar[tuple[str, ...]] = ()
+    CACHE_OPTION: ClassVar[str] = ""
+
+    def __init__(self, bundle_dir: Path, manifest: Any, precision: str, **options: Any) -> None:
+        self._backend = self.inner(bundle_dir, manifest, precision, **options)
+        self.calls: deque[tuple[float, int]] = deque(maxlen=KEEP_CALLS)
         self.histogram: Counter[int] = Counter()
 
     def run(self, images: np.ndarray) -> Any:
@@ -44,6 +52,17 @@ class BatchCounter:
         return getattr(self._backend, name)
 
 
+def count_batches(backend: str) -> None:
+    """From now on, this process loads backend ``backend`` inside a :class:`BatchCounter`."""
+    from edge.scoring.backends import BACKENDS, backend_class
+
+    inner = backend_class(backend)
+    BatchCounter.inner = inner
+    BatchCounter.OPTIONS = tuple(getattr(inner, "OPTIONS", ()))
+    BatchCounter.CACHE_OPTION = inner.CACHE_OPTION
+    BACKENDS[backend] = f"{__name__}:BatchCounter"
+
+
 def _daemon_child(conn: Any, stop: Any, config: dict[str, Any], max_s: float, log_level: str) -> None:
     """Child: build the daemon from ``config``, run until ``stop`` is set, send back stats and batch sizes."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -51,13 +70,15 @@ def _daemon_child(conn: Any, stop: Any, config: dict[str, Any], max_s: float, lo
         from edge.config import EdgeConfig
         from edge.service.daemon import build
 
+        count_batches(config["model"]["backend"])
         daemon = build(EdgeConfig(**config))
+        counter = daemon.backend
+        if not isinstance(counter, BatchCounter):
+            raise TypeError(f"the daemon runs {type(counter).__name__}, not the BatchCounter it was given")
     except Exception as exc:  # StartupError, ValidationError...: reported to the parent verbatim
         conn.send({"state": "error", "error": f"{type(exc).__name__}: {exc}"})
         conn.close()
         return
-    counter = BatchCounter(daemon.backend)
-    daemon.backend = counter
     final: dict[str, Any] = {}
 
     def watch() -> None:

@@ -126,12 +126,6 @@ class ModelBook:
             done.set()
         return switches
 
-    def replace_backend(self, old: Backend, new: Backend) -> None:
-        """Benchmarks and fault tests wrap a model's backend after build()."""
-        for model in self.resident_models():
-            if model.backend is old:
-                model.backend = new
-
 
 # Loads, verifies and warms one recipe; the daemon's composition root provides it
 # (edge.service.daemon.load_model).

@@ -117,12 +117,8 @@ class Daemon:
 
     @property
     def backend(self) -> Backend:
-        return self.inference.backend
-
-    @backend.setter
-    def backend(self, value: Backend) -> None:
-        """Benchmarks and fault tests wrap the backend after build(); the inference stage runs the wrapper."""
-        self.inference.backend = value
+        """The backend of the first camera's model."""
+        return self.models.active(self.cameras[0].cfg.name).backend
 
     # --- lifecycle --------------------------------------------------------------------------------------
 
