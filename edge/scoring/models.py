@@ -1,6 +1,6 @@
 """What a loaded model is: one verified bundle with its backend, preprocessing and postprocessing, and the
 book of which model each camera runs (the resident set). Loading is the composition root's
-(:func:`edge.service.daemon.load_model`); switching is the changeover's (:mod:`edge.service.changeover`).
+(:func:`edge.service.loader.load_model`); switching is the changeover's (:mod:`edge.service.changeover`).
 
 Memory: the loader stages one model at a time, so at most one model more than the cameras use is resident; an
 old model no camera uses any more is closed at the switch (:meth:`ModelBook.apply_pending`).
@@ -128,7 +128,7 @@ class ModelBook:
 
 
 # Loads, verifies and warms one recipe; the daemon's composition root provides it
-# (edge.service.daemon.load_model).
+# (edge.service.loader.load_model).
 Loader = Callable[[EdgeConfig, Path, str], LoadedModel]
 
 
