@@ -19,7 +19,7 @@ from edge.service.checks import verified_manifest
 from edge.stores.recipes import RecipeChoices, RecipeError, RecipeStore
 from edge.trust.manifest import BundleError, Manifest
 
-log = logging.getLogger("edge.daemon")
+log = logging.getLogger("edge.daemon")  # start-up lines, under the logger they have always had
 
 
 class StartupError(RuntimeError):
