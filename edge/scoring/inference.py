@@ -22,7 +22,6 @@ from edge.capture.preprocess import Preprocess
 from edge.capture.sources import CameraSource
 from edge.config import CameraConfig
 from edge.results.postprocess import Box, clip_roi
-from edge.scoring.backends import Backend
 from edge.util.backoff import Backoff
 from edge.util.stats import Stats
 
@@ -92,15 +91,6 @@ class InferenceStage:
         self._error_streak = 0
         self._error_backoff = Backoff(*ERROR_BACKOFF_S)
         self._roi_warned: Set[str] = set()
-
-    @property
-    def backend(self) -> Backend:
-        """The backend of the first camera's model (benchmarks and fault tests wrap it)."""
-        return self.models.active(self.cameras[0].cfg.name).backend
-
-    @backend.setter
-    def backend(self, value: Backend) -> None:
-        self.models.replace_backend(self.backend, value)
 
     def gather(self) -> List[Tuple[Camera, Frame]]:
         """The newest unread frame of each camera that has one, up to max_batch, fair across cameras.

@@ -1,6 +1,6 @@
 """What a loaded model is: one verified bundle with its backend, preprocessing and postprocessing, and the
 book of which model each camera runs (the resident set). Loading is the composition root's
-(:func:`edge.service.daemon.load_model`); switching is the changeover's (:mod:`edge.service.changeover`).
+(:func:`edge.service.loader.load_model`); switching is the changeover's (:mod:`edge.service.changeover`).
 
 Memory: the loader stages one model at a time, so at most one model more than the cameras use is resident; an
 old model no camera uses any more is closed at the switch (:meth:`ModelBook.apply_pending`).
@@ -126,15 +126,9 @@ class ModelBook:
             done.set()
         return switches
 
-    def replace_backend(self, old: Backend, new: Backend) -> None:
-        """Benchmarks and fault tests wrap a model's backend after build()."""
-        for model in self.resident_models():
-            if model.backend is old:
-                model.backend = new
-
 
 # Loads, verifies and warms one recipe; the daemon's composition root provides it
-# (edge.service.daemon.load_model).
+# (edge.service.loader.load_model).
 Loader = Callable[[EdgeConfig, Path, str], LoadedModel]
 
 

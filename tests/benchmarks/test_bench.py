@@ -17,7 +17,8 @@ import pytest
 
 from benchmarks.cli import EXIT_INPUT, EXIT_OK, main
 from benchmarks.model_bench import MAX_SAMPLES, latency_summary
-from benchmarks.pipeline_bench import MAX_CAMERA_FPS, growth, offered_fps, pipeline_batch
+from benchmarks.pipeline_bench import MAX_CAMERA_FPS, offered_fps, pipeline_batch
+from benchmarks.soak import growth
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -83,7 +83,7 @@ def test_a_short_soak_keeps_the_store_under_its_cap_and_age(
     a 200 kB cap; the store's files stay under the cap the whole time (sampled). Evidence an hour old,
     left from an earlier run, goes at the first retention sweep (counted)."""
     import edge.stores.evidence as ev
-    from benchmarks.pipeline_bench import folder_mb
+    from benchmarks.soak import folder_mb
     from edge.config import EvidenceConfig
     from tests.edge.test_evidence import offer
 

@@ -3,8 +3,9 @@
 - Raising: a real ONNX graph that fails inside onnxruntime for some inputs (a Reshape whose target shape
   depends on a pixel), run by the real daemon in a subprocess. Errors are counted, the process keeps running
   and the systemd watchdog stops petting while nothing is scored, then resumes.
-- Hanging: the daemon in-process with its backend's ``run`` blocked on an Event: the watchdog falls silent
-  (systemd would restart the service), the rest of the daemon keeps reporting, and all resumes on release.
+- Hanging: the daemon in-process on a backend (a row the test adds to the backend table) whose ``run``
+  blocks on an Event: the watchdog falls silent (systemd would restart the service), the rest of the daemon
+  keeps reporting, and all resumes on release.
 - Engine cache unwritable (disk full, read-only): the TensorRT backend (against tests/edge/fake_tensorrt.py)
   builds its engine, cannot store it, warns, leaves no partial file and the daemon runs from memory.
   tests/edge/test_tensorrt.py already covers ENOSPC raised by a patched ``os.replace``/``write`` and a file in
@@ -32,9 +33,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edge.config import load_config
+from edge.scoring.backends import BACKENDS
+from edge.scoring.backends.onnxruntime_backend import OnnxRuntimeBackend
 from edge.service.daemon import Daemon, build
 from edge.service.health import SdNotifier
-from edge.trust.manifest import MANIFEST_NAME, sha256_file
+from edge.trust.manifest import MANIFEST_NAME, Manifest, sha256_file
 from edge.util import atomic
 from tests.edge import fake_tensorrt
 from tests.faults.conftest import (
@@ -183,10 +186,16 @@ def test_inference_errors_are_counted_and_the_watchdog_pauses_then_resumes(
 
 
 class GatedBackend:
-    """Wraps a real backend; while ``hang`` is set, ``run`` blocks inside until ``release`` is set."""
+    """The onnxruntime backend behind a gate: while ``hang`` is set, ``run`` blocks inside until ``release``
+    is set. The daemon builds it as it builds any backend, from a row this test adds to the backend table."""
 
-    def __init__(self, inner: object) -> None:
-        self._inner = inner
+    OPTIONS = OnnxRuntimeBackend.OPTIONS
+    CACHE_OPTION = OnnxRuntimeBackend.CACHE_OPTION
+
+    def __init__(self, bundle_dir: Path, manifest: Manifest, precision: str, **options: object) -> None:
+        self._inner = OnnxRuntimeBackend(bundle_dir, manifest, precision, **options)  # type: ignore[arg-type]
+        self.name, self.precision = self._inner.name, self._inner.precision
+        self.max_batch, self.input_hw = self._inner.max_batch, self._inner.input_hw
         self.hang = threading.Event()
         self.release = threading.Event()
         self.stuck = threading.Event()  # set once a run is blocked
@@ -196,10 +205,10 @@ class GatedBackend:
             self.stuck.set()
             if not self.release.wait(2 * WAIT):
                 raise RuntimeError("the test never released the backend")
-        return self._inner.run(images)  # type: ignore[attr-defined]
+        return self._inner.run(images)
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._inner, name)
+    def close(self) -> None:
+        self._inner.close()
 
 
 class Running:
@@ -233,10 +242,12 @@ def test_a_hung_backend_silences_the_watchdog_until_it_returns(
     dev = device_id("hang")
     prefix = f"edge-anomaly/{dev}"
     cams = [{"name": "line", "source": str(media.video), "loop": True, "fps": 15, "publish_mask": "never"}]
-    text = config_text(dev, broker, media.bundle, cams, health={"stall_after_s": STALL_AFTER_S})
+    monkeypatch.setitem(BACKENDS, "gated", f"{__name__}:GatedBackend")
+    model = {"backend": "gated"}
+    text = config_text(dev, broker, media.bundle, cams, model=model, health={"stall_after_s": STALL_AFTER_S})
     daemon = build(load_config(write_config(tmp_path, text)), notifier=SdNotifier(str(notify_socket.path)))
-    gate = GatedBackend(daemon.backend)
-    daemon.backend = gate  # type: ignore[assignment]
+    gate = daemon.backend
+    assert isinstance(gate, GatedBackend)
     notify = notify_socket
     sub = Subscriber(broker.host, broker.port, [f"{prefix}/#"])
     run = Running(daemon)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import edge.service.daemon
+import edge.service.loader
 from edge.service.cli import main
 from edge.service.daemon import EXIT_UNDELIVERED
 from tests.faults.conftest import (
@@ -177,14 +177,14 @@ def test_sigterm_during_inference_publishes_that_frames_result(
 ) -> None:
     held: list[HeldBackend] = []
     created = threading.Event()
-    real_load = edge.service.daemon.load_backend
+    real_load = edge.service.loader.load_backend
 
     def load_held(*args: object, **kwargs: object) -> HeldBackend:
         held.append(HeldBackend(real_load(*args, **kwargs), hold_at=5))
         created.set()
         return held[-1]
 
-    monkeypatch.setattr(edge.service.daemon, "load_backend", load_held)
+    monkeypatch.setattr(edge.service.loader, "load_backend", load_held)
     monkeypatch.setenv("NOTIFY_SOCKET", str(notify_socket.path))
     dev = device_id("midframe")
     prefix = f"edge-anomaly/{dev}"

@@ -19,16 +19,15 @@ from typing import Any
 import numpy as np
 
 from edge.scoring.backends import BackendError, check_batch, check_outputs, run_in_chunks
+from edge.scoring.backends.cuda_runtime import HostBuffer, open_cuda
 from edge.scoring.backends.tensorrt_engine import (
     DEFAULT_WORKSPACE_MB,
     EngineCacheError,
-    HostBuffer,
     build_engine_bytes,
     cache_engine,
     clean_stale_temp_files,
     engine_path,
     hash_path,
-    open_cuda,
     read_cached_engine,
     tensorrt_module,
     timing_cache_name,
