@@ -4,6 +4,7 @@
     edge-run --config edge.toml --set mqtt.port=1884 --set cameras.0...   (see --help)
     edge-run --config edge.toml --check-config      # verify all a start would; config as JSON (secrets ***)
     edge-run --config edge.toml --max-frames 100    # demo / tests: stop after 100 scored frames
+    edge-run --config edge.toml --keep-running      # stay up after every video file has ended
     edge-run install-bundle BUNDLE --config edge.toml [--name RECIPE]   # verify, copy into model.store
     edge-run install-bundle --rollback RECIPE --config edge.toml   # back to the version it replaced
     edge-run --init-config edge.toml --bundle bundles/line1 --source 0   # a first config, with comments
@@ -169,6 +170,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["text", "json"], help="shortcut for --set log_format=")
     p.add_argument("--max-frames", type=_positive_int, help="stop cleanly after this many scored frames")
     p.add_argument("--duration", type=_positive_float, help="stop cleanly after this many seconds")
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="keep running after every camera's video file has ended (by default edge-run then exits 0; "
+        "live cameras and loop = true files never end)",
+    )
     return p
 
 
@@ -221,7 +228,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         log.warning("%s", warning)
     if args.check_config:
         return _check(config)
-    return _run(config, args.max_frames, args.duration, lambda: load_config(args.config, _overrides(args)))
+    return _run(
+        config,
+        args.max_frames,
+        args.duration,
+        lambda: load_config(args.config, _overrides(args)),
+        until_ended=not args.keep_running,
+    )
 
 
 def _init_config(path: Path, bundle: Path, source: str, trusted_key: Optional[Path]) -> int:
@@ -255,7 +268,13 @@ def _check(config: Any) -> int:
     return EXIT_OK
 
 
-def _run(config: Any, max_frames: Optional[int], duration: Optional[float], reloader: Any = None) -> int:
+def _run(
+    config: Any,
+    max_frames: Optional[int],
+    duration: Optional[float],
+    reloader: Any = None,
+    until_ended: bool = False,
+) -> int:
     from edge.config import ConfigError
     from edge.service.daemon import StartupError, build
 
@@ -271,7 +290,7 @@ def _run(config: Any, max_frames: Optional[int], duration: Optional[float], relo
         daemon.changeover.reloader = reloader
     previous = _install_signal_handlers(daemon)
     try:
-        return daemon.run_until_stopped(max_frames=max_frames, duration_s=duration)
+        return daemon.run_until_stopped(max_frames=max_frames, duration_s=duration, until_ended=until_ended)
     except Exception:
         log.exception("the daemon failed")
         return EXIT_ERROR

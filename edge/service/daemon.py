@@ -47,6 +47,7 @@ from edge.service.changeover import Changeover
 from edge.service.checks import verified_manifest
 from edge.service.health import MetricsServer, SdNotifier, Watchdog, watchdog_interval_s
 from edge.service.publish import PublishStage
+from edge.service.run_end import ended_line, every_camera_ended
 from edge.stores.evidence import EvidenceStore
 from edge.stores.recipes import RecipeChoices, RecipeError, RecipeStore
 from edge.trust.manifest import BundleError, Manifest
@@ -140,8 +141,13 @@ class Daemon:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def run_until_stopped(self, max_frames: Optional[int] = None, duration_s: Optional[float] = None) -> int:
+    def run_until_stopped(
+        self, max_frames: Optional[int] = None, duration_s: Optional[float] = None, until_ended: bool = False
+    ) -> int:
         """Start everything, score frames until stopped or a limit is hit, shut down cleanly.
+
+        ``until_ended``: also stop when every camera's stream has ended (video files without ``loop``;
+        edge-run's default, see edge/service/run_end.py).
 
         Returns 0, or :data:`EXIT_UNDELIVERED` when results were lost on the way to the broker (dropped
         from the bounded queue during the run, or still unacknowledged at the stop): a supervisor or a
@@ -153,6 +159,9 @@ class Daemon:
             while not self._stop.is_set():
                 if deadline is not None and time.monotonic() >= deadline:
                     log.info("duration of %.1f s reached; stopping", duration_s)
+                    break
+                if until_ended and every_camera_ended(self.cameras):
+                    log.info("%s", ended_line(len(self.cameras), self._submitted))
                     break
                 wait = (
                     IDLE_WAIT_S
