@@ -24,6 +24,7 @@ from edge.util.redact import redact
 
 log = logging.getLogger("edge.checks")
 
+CAMERA_OPEN_TIMEOUT_S = 6.0  # a network camera's FFmpeg open timeout (edge.capture.sources, 5 s) and a frame
 BACKEND_RUNTIMES = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}
 UNSIGNED_WARNING = (
     "model.trusted_keys is empty: the bundle's signature is not checked, so anyone who can write the bundle "
@@ -106,7 +107,8 @@ def check_sparkplug(config: EdgeConfig) -> Check:
     return Check("sparkplug", True, f"{node} (protobuf {google.protobuf.__version__})")
 
 
-def check_source(index: int, cam: CameraConfig) -> Check:
+def check_source(index: int, cam: CameraConfig, open_timeout_s: Optional[float] = None) -> Check:
+    """The source parses (a file exists, a URL names a host); with ``open_timeout_s`` it also opens."""
     from edge.capture.sources import uri_kind  # cv2; only imported when checks run
 
     name = f"cameras[{index}].source ({cam.name})"
@@ -127,11 +129,19 @@ def check_source(index: int, cam: CameraConfig) -> Check:
         if not parts.hostname:
             return Check(name, False, f"{shown}: the URL names no host")
         del port
+    if open_timeout_s is not None:
+        from edge.capture.camera_probe import probe_camera
+
+        problem = probe_camera(uri, open_timeout_s)
+        if problem is not None:
+            return Check(name, False, f"{kind} {shown}: {problem}")
+        return Check(name, True, f"{kind} {shown} (opened, a frame read)")
     return Check(name, True, f"{kind} {shown}")
 
 
-def run_checks(config: EdgeConfig) -> List[Check]:
-    """Every check a start implies, in the order a start meets them."""
+def run_checks(config: EdgeConfig, open_cameras: bool = False) -> List[Check]:
+    """Every check a start implies, in the order a start meets them (``open_cameras``: each camera opened
+    briefly)."""
     checks: List[Check] = [check_bundle(config), check_backend(config)]
     mqtt = config.mqtt
     if mqtt.password_file is not None:
@@ -144,7 +154,8 @@ def run_checks(config: EdgeConfig) -> List[Check]:
         checks.append(check_sparkplug(config))
         own = (("cert_file", config.sparkplug.cert_file), ("key_file", config.sparkplug.key_file))
         checks += [_readable(f"sparkplug.{name}", path) for name, path in own if path is not None]
-    checks += [check_source(i, cam) for i, cam in enumerate(config.cameras) if cam.enabled]
+    timeout = CAMERA_OPEN_TIMEOUT_S if open_cameras else None
+    checks += [check_source(i, cam, timeout) for i, cam in enumerate(config.cameras) if cam.enabled]
     return checks
 
 

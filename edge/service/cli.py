@@ -17,7 +17,8 @@ Exit codes: 0 clean stop (including SIGTERM/SIGINT) with every result delivered;
 but results never reached the broker (dropped while it was unreachable or not acknowledging, or still
 unacknowledged at the stop; the log names the broker and why); 1 unexpected error.
 ``--check-config`` exits 2 for an invalid configuration and 3 when any check a start implies fails (bundle
-hashes, signature and numbers, password and TLS files, camera sources); it prints the effective config as
+hashes, signature and numbers, password and TLS files, camera sources, each camera opened briefly unless
+``--no-camera-open``); it prints the effective config as
 JSON on stdout and one ``ok``/``FAILED`` line per check on stderr. ``--init-config PATH`` writes a small
 commented config (local broker, one camera or video file) and exits 0, or 2 when PATH exists.
 """
@@ -114,6 +115,9 @@ def configure_logging(level: str, fmt: str) -> None:
     root.addHandler(_handler)
     root.setLevel(level)
     logging.getLogger("edge.mqtt.paho").setLevel(max(logging.INFO, logging.getLevelName(level)))
+    from edge.capture.opencv_log import set_opencv_log_level
+
+    set_opencv_log_level(level)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -143,6 +147,12 @@ def parser() -> argparse.ArgumentParser:
         help="verify everything a start would (bundle hashes, signature and numbers; password and TLS files; "
         "camera sources), print the effective config as JSON and one ok/FAILED line per check, exit "
         "(0 all ok, 2 bad config, 3 a check failed)",
+    )
+    p.add_argument(
+        "--no-camera-open",
+        action="store_true",
+        help="with --check-config: only parse the camera sources, do not open them (e.g. while the running "
+        "service holds the cameras)",
     )
     p.add_argument(
         "--init-config",
@@ -227,7 +237,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for warning in secret_warnings(config, args.config, _overrides(args)):
         log.warning("%s", warning)
     if args.check_config:
-        return _check(config)
+        return _check(config, open_cameras=not args.no_camera_open)
     return _run(
         config,
         args.max_frames,
@@ -252,12 +262,12 @@ def _init_config(path: Path, bundle: Path, source: str, trusted_key: Optional[Pa
     return EXIT_OK
 
 
-def _check(config: Any) -> int:
+def _check(config: Any, open_cameras: bool = True) -> int:
     from edge.service.checks import run_checks
     from edge.util.redact import redact
 
     print(json.dumps(config.masked_dict(), indent=2))
-    checks = run_checks(config)
+    checks = run_checks(config, open_cameras=open_cameras)
     for check in checks:
         print(check.line(), file=sys.stderr)
     failed = [c.name for c in checks if not c.ok]
