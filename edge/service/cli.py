@@ -43,7 +43,16 @@ EXIT_STARTUP = 3
 EXIT_UNDELIVERED = 4  # the same value as edge.service.daemon.EXIT_UNDELIVERED (a test holds them together)
 
 log = logging.getLogger("edge.cli")
-INIT_ONLY = {"--bundle": "bundle", "--source": "source", "--trusted-key": "trusted_key"}
+INIT_ONLY = {
+    "--bundle": "bundle",
+    "--source": "source",
+    "--trusted-key": "trusted_key",
+    "--host": "host",
+    "--port": "port",
+    "--ca-file": "ca_file",
+    "--cert-file": "cert_file",
+    "--key-file": "key_file",
+}
 
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -175,6 +184,19 @@ def parser() -> argparse.ArgumentParser:
         "default 0 = /dev/video0)",
     )
     p.add_argument(
+        "--host", help="with --init-config: the MQTT broker's host name or address (default localhost)"
+    )
+    p.add_argument(
+        "--port", type=_tcp_port, help="with --init-config: the broker's port (default 1883, 8883 with TLS)"
+    )
+    p.add_argument(
+        "--ca-file", type=Path, help="with --init-config: TLS: the CA certificate (PEM) of the broker"
+    )
+    p.add_argument(
+        "--cert-file", type=Path, help="with --init-config: TLS: a client certificate (mutual TLS)"
+    )
+    p.add_argument("--key-file", type=Path, help="with --init-config: TLS: the private key of --cert-file")
+    p.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="shortcut for --set log_level="
     )
     p.add_argument("--log-format", choices=["text", "json"], help="shortcut for --set log_format=")
@@ -193,6 +215,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _tcp_port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 1 to 65535, got {value}")
     return value
 
 
@@ -220,7 +249,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.init_config is not None:
         bundle = args.bundle if args.bundle is not None else Path("bundle")
-        return _init_config(args.init_config, bundle, args.source or "0", args.trusted_key)
+        return _init_config(args.init_config, bundle, args.source or "0", args.trusted_key, _broker(args))
     given = [flag for flag, value in INIT_ONLY.items() if getattr(args, value) is not None]
     if given:
         p.error(f"{', '.join(given)} only go with --init-config PATH (a running daemon reads --config)")
@@ -247,15 +276,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
 
 
-def _init_config(path: Path, bundle: Path, source: str, trusted_key: Optional[Path]) -> int:
-    from edge.service.init_config import InitConfigError, write_initial_config
+def _broker(args: argparse.Namespace) -> Any:
+    from edge.service.init_config import Broker
 
+    files = {"ca_file": args.ca_file, "cert_file": args.cert_file, "key_file": args.key_file}
+    return Broker(host=args.host or "localhost", port=args.port, **files)
+
+
+def _init_config(
+    path: Path, bundle: Path, source: str, trusted_key: Optional[Path], broker: Any = None
+) -> int:
+    from edge.service.init_config import Broker, InitConfigError, write_initial_config
+
+    broker = broker or Broker()
     try:
-        write_initial_config(path, bundle, source, trusted_key=trusted_key)
+        write_initial_config(path, bundle, source, trusted_key=trusted_key, broker=broker)
     except InitConfigError as exc:
         print(f"edge-run: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"edge-run: wrote {path} (broker localhost:1883, bundle {bundle}, camera {redact(source)})")
+    where = f"{broker.host}:{broker.effective_port}" + (" with TLS" if broker.tls else "")
+    print(f"edge-run: wrote {path} (broker {where}, bundle {bundle}, camera {redact(source)})")
     if not (bundle / "manifest.json").is_file():
         print(f"edge-run: note: {bundle} holds no bundle yet; edge-export --out {bundle} writes one")
     print(f"edge-run: next: edge-run --config {path} --check-config, then edge-run --config {path}")
