@@ -5,6 +5,7 @@
     edge-run --config edge.toml --check-config      # verify all a start would; config as JSON (secrets ***)
     edge-run --config edge.toml --max-frames 100    # demo / tests: stop after 100 scored frames
     edge-run --config edge.toml --keep-running      # stay up after every video file has ended
+    edge-run --config edge.toml --save-overlays overlays   # JPEGs of the anomalous frames, mask and verdict
     edge-run install-bundle BUNDLE --config edge.toml [--name RECIPE]   # verify, copy into model.store
     edge-run install-bundle --rollback RECIPE --config edge.toml   # back to the version it replaced
     edge-run --init-config edge.toml --bundle bundles/line1 --source 0   # a first config, with comments
@@ -203,6 +204,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=_positive_int, help="stop cleanly after this many scored frames")
     p.add_argument("--duration", type=_positive_float, help="stop cleanly after this many seconds")
     p.add_argument(
+        "--save-overlays",
+        type=Path,
+        metavar="DIR",
+        help="save the anomalous frames (mask, score, threshold and verdict drawn) as JPEGs into DIR",
+    )
+    p.add_argument(
+        "--overlay-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --save-overlays: also save every N-th frame of each camera, ok or not (default: only "
+        "anomalous)",
+    )
+    p.add_argument(
+        "--overlay-limit",
+        type=_positive_int,
+        default=200,
+        metavar="M",
+        help="with --save-overlays: save at most M images (default 200)",
+    )
+    p.add_argument(
         "--keep-running",
         action="store_true",
         help="keep running after every camera's video file has ended (by default edge-run then exits 0; "
@@ -273,7 +295,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.duration,
         lambda: load_config(args.config, _overrides(args)),
         until_ended=not args.keep_running,
+        overlays=_overlays(args),
     )
+
+
+def _overlays(args: argparse.Namespace) -> Any:
+    if args.save_overlays is None:
+        return None
+    from edge.results.overlays import OverlaySaver
+
+    return OverlaySaver(args.save_overlays, max(0, args.overlay_every), args.overlay_limit)
 
 
 def _broker(args: argparse.Namespace) -> Any:
@@ -324,12 +355,13 @@ def _run(
     duration: Optional[float],
     reloader: Any = None,
     until_ended: bool = False,
+    overlays: Any = None,
 ) -> int:
     from edge.config import ConfigError
     from edge.service.daemon import StartupError, build
 
     try:
-        daemon = build(config)
+        daemon = build(config, overlays=overlays)
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG

@@ -29,6 +29,7 @@ from edge.config import CameraConfig, EdgeConfig
 from edge.faces.mqtt_json.api import DeviceApi
 from edge.faces.mqtt_json.topics import status_will
 from edge.faces.mqtt_json.transport import MqttTransport
+from edge.results.overlays import OverlaySaver
 from edge.results.payloads import (
     CameraStats,
     EvidenceStats,
@@ -86,6 +87,7 @@ class Daemon:
         evidence: Optional[EvidenceStore] = None,
         changeover: Optional[Changeover] = None,
         sparkplug: Optional[SparkplugNode] = None,
+        overlays: Optional[OverlaySaver] = None,
     ) -> None:
         self.config = config
         self.evidence = evidence
@@ -102,7 +104,7 @@ class Daemon:
         self.undelivered_results = 0  # set at shutdown: results dropped or unacknowledged (non-zero exit)
         self.models = models
         self.publisher = PublishStage(
-            api, api.thresholds, config, stats, config.model.helper_threads_nice, evidence
+            api, api.thresholds, config, stats, config.model.helper_threads_nice, evidence, overlays
         )
         max_batch = max(1, min(config.model.max_batch or manifest.input.max_batch, backend.max_batch))
         self.inference = InferenceStage(models, cameras, stats, self.publisher.queue, max_batch, self._stop)
@@ -356,8 +358,12 @@ class Daemon:
                 log.exception("publishing stats failed")
 
 
-def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
-    """Config -> bundles (verified) -> backends -> thresholds -> MQTT face -> cameras. Starts nothing."""
+def build(
+    config: EdgeConfig, notifier: Optional[SdNotifier] = None, overlays: Optional[OverlaySaver] = None
+) -> Daemon:
+    """Config -> bundles (verified) -> backends -> thresholds -> MQTT face -> cameras. Starts nothing.
+
+    ``overlays``: edge-run --save-overlays (the publish thread offers it every published frame)."""
     store = RecipeStore(config.model.store, config.model.bundle)
     choices = RecipeChoices(resolve_state_dir(config.state_dir) / f"recipes-{config.device_id}.json")
     boot = _boot_models(config, store, choices)
@@ -414,6 +420,7 @@ def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
         evidence,
         Changeover(config, book, store, thresholds, api, load_model, choices),
         sparkplug,
+        overlays,
     )
 
 
