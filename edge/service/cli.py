@@ -2,7 +2,8 @@
 
     edge-run --config /etc/edge-anomaly/config.toml
     edge-run --config edge.toml --set mqtt.port=1884 --set cameras.0...   (see --help)
-    edge-run --config edge.toml --check-config      # verify all a start would; config as JSON (secrets ***)
+    edge-run --config edge.toml --check-config      # verify all a start would: the verdict, one line a check
+    edge-run --config edge.toml --check-config --verbose   # ... and the effective config as JSON (***)
     edge-run --config edge.toml --max-frames 100    # demo / tests: stop after 100 scored frames
     edge-run --config edge.toml --keep-running      # stay up after every video file has ended
     edge-run --config edge.toml --save-overlays overlays   # JPEGs of the anomalous frames, mask and verdict
@@ -19,9 +20,9 @@ but results never reached the broker (dropped while it was unreachable or not ac
 unacknowledged at the stop; the log names the broker and why); 1 unexpected error.
 ``--check-config`` exits 2 for an invalid configuration and 3 when any check a start implies fails (bundle
 hashes, signature and numbers, password and TLS files, camera sources, each camera opened briefly unless
-``--no-camera-open``); it prints the effective config as
-JSON on stdout and one ``ok``/``FAILED`` line per check on stderr. ``--init-config PATH`` writes a small
-commented config (local broker, one camera or video file) and exits 0, or 2 when PATH exists.
+``--no-camera-open``); it prints its verdict, then one ``ok``/``FAILED`` line per check on stderr, and with
+``--verbose`` the effective config as JSON on stdout. ``--init-config PATH`` writes a small commented config
+(local broker, one camera or video file) and exits 0, or 2 when PATH exists.
 """
 
 from __future__ import annotations
@@ -155,8 +156,13 @@ def parser() -> argparse.ArgumentParser:
         "--check-config",
         action="store_true",
         help="verify everything a start would (bundle hashes, signature and numbers; password and TLS files; "
-        "camera sources), print the effective config as JSON and one ok/FAILED line per check, exit "
-        "(0 all ok, 2 bad config, 3 a check failed)",
+        "each camera opened briefly), print the verdict and one ok/FAILED line per check (--verbose: and the "
+        "effective config as JSON), exit (0 all ok, 2 bad config, 3 a check failed)",
+    )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="with --check-config: also print the effective config as JSON (secrets ***) after the checks",
     )
     p.add_argument(
         "--no-camera-open",
@@ -288,7 +294,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for warning in secret_warnings(config, args.config, _overrides(args)):
         log.warning("%s", warning)
     if args.check_config:
-        return _check(config, open_cameras=not args.no_camera_open)
+        return _check(config, open_cameras=not args.no_camera_open, verbose=args.verbose)
     return _run(
         config,
         args.max_frames,
@@ -333,20 +339,23 @@ def _init_config(
     return EXIT_OK
 
 
-def _check(config: Any, open_cameras: bool = True) -> int:
+def _check(config: Any, open_cameras: bool = True, verbose: bool = False) -> int:
+    """The verdict first, then one line per check; the effective config (JSON, stdout) only with --verbose."""
     from edge.service.checks import run_checks
     from edge.util.redact import redact
 
-    print(json.dumps(config.masked_dict(), indent=2))
     checks = run_checks(config, open_cameras=open_cameras)
-    for check in checks:
-        print(check.line(), file=sys.stderr)
     failed = [c.name for c in checks if not c.ok]
     if failed:
         print(redact(f"edge-run: {len(failed)} check(s) FAILED: {', '.join(failed)}"), file=sys.stderr)
-        return EXIT_STARTUP
-    print(f"edge-run: all {len(checks)} checks ok", file=sys.stderr)
-    return EXIT_OK
+    else:
+        print(f"edge-run: all {len(checks)} checks ok", file=sys.stderr)
+    for check in checks:
+        print(check.line(), file=sys.stderr)
+    if verbose:
+        sys.stderr.flush()  # the verdict stays above the JSON in a terminal
+        print(json.dumps(config.masked_dict(), indent=2))
+    return EXIT_STARTUP if failed else EXIT_OK
 
 
 def _run(

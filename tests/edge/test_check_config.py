@@ -49,7 +49,7 @@ def run(*argv: str) -> tuple[int, str, str]:
 
 
 def test_all_ok(tmp_path: Path, bundle: Path) -> None:
-    rc, out, err = run("--config", str(write(tmp_path, bundle)), "--check-config")
+    rc, out, err = run("--config", str(write(tmp_path, bundle)), "--check-config", "--verbose")
     assert rc == EXIT_OK, err
     assert json.loads(out)["device_id"] == "chk"
     assert "ok      model.bundle" in err and "ok      cameras[0].source (a)" in err and "FAILED" not in err
@@ -100,7 +100,9 @@ def test_sources_that_cannot_open_fail(tmp_path: Path, bundle: Path, source: str
 def test_rtsp_password_is_redacted_in_check_config(tmp_path: Path, bundle: Path) -> None:
     source = "rtsp://admin:Zx9-secret@10.1.2.3:554/h264"
     config = str(write(tmp_path, bundle, source=source))
-    rc, out, err = run("--config", config, "--check-config", "--no-camera-open")  # no camera at 10.1.2.3
+    rc, out, err = run(
+        "--config", config, "--check-config", "--no-camera-open", "--verbose"
+    )  # no camera there
     assert rc == EXIT_OK, err
     assert "Zx9-secret" not in out + err
     assert json.loads(out)["cameras"][0]["source"] == "rtsp://***@10.1.2.3:554/h264"

@@ -68,6 +68,7 @@ def test_rtsp_password_is_never_printed_or_published(tmp_path: Path, broker, med
             str(config),
             "--check-config",
             "--no-camera-open",
+            "--verbose",
         ],
         capture_output=True,
         text=True,
