@@ -14,12 +14,12 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Set
 from urllib.parse import urlsplit
 
 from edge.config import CameraConfig, EdgeConfig, ModelConfig
 from edge.trust.manifest import BundleError, Manifest, verify_bundle
-from edge.trust.signing import SignatureError, TrustedKeys
+from edge.trust.signing import SIGNATURE_NAME, SignatureError, TrustedKeys
 from edge.util.redact import redact
 
 log = logging.getLogger("edge.checks")
@@ -43,8 +43,23 @@ def verified_manifest(model: ModelConfig) -> Manifest:
     except SignatureError as exc:
         raise BundleError(f"model.trusted_keys: {exc}") from None
     if not keys:
-        log.warning(UNSIGNED_WARNING)
+        _note_unchecked_signature(model.bundle)
     return verify_bundle(model.bundle, [model.precision], keys)
+
+
+_noted_unchecked: Set[Path] = set()
+
+
+def _note_unchecked_signature(bundle: Path) -> None:
+    """No trusted keys: a WARNING when the bundle is signed (a signature nobody checks is a mistake), else
+    INFO, once per bundle and process (an unsigned set-up is a choice, not a fault at every start)."""
+    if bundle in _noted_unchecked:
+        return
+    _noted_unchecked.add(bundle)
+    if (bundle / SIGNATURE_NAME).is_file():
+        log.warning("%s is signed, but %s", bundle, UNSIGNED_WARNING)
+    else:
+        log.info(UNSIGNED_WARNING)
 
 
 @dataclass
@@ -81,8 +96,8 @@ def check_bundle(config: EdgeConfig) -> Check:
         manifest = verified_manifest(model)
     except BundleError as exc:
         return Check("model.bundle", False, str(exc))
-    signer = manifest.signer or "unsigned (no trusted keys configured)"
-    detail = f"{model.bundle}: {manifest.model_id()} {model.precision}, signed by {signer}"
+    signed = f"signed by {manifest.signer}" if manifest.signer else "signature not checked (no trusted keys)"
+    detail = f"{model.bundle}: {manifest.model_id()} {model.precision}, {signed}"
     return Check("model.bundle", True, detail)
 
 
