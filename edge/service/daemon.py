@@ -48,7 +48,7 @@ from edge.service.changeover import Changeover
 from edge.service.checks import verified_manifest
 from edge.service.health import MetricsServer, SdNotifier, Watchdog, watchdog_interval_s
 from edge.service.publish import PublishStage
-from edge.service.run_end import ended_line, every_camera_ended
+from edge.service.run_end import ended_line, every_camera_ended, final_line
 from edge.stores.evidence import EvidenceStore
 from edge.stores.recipes import RecipeChoices, RecipeError, RecipeStore
 from edge.trust.manifest import BundleError, Manifest
@@ -113,6 +113,7 @@ class Daemon:
         self._metrics: Optional[MetricsServer] = None
         self._frame_limit: Optional[int] = None
         self._submitted = 0  # frames handed to postprocess (the --max-frames count)
+        self._started_mono = time.monotonic()  # run_until_stopped resets it: the final line's duration
 
     @property
     def max_batch(self) -> int:
@@ -156,6 +157,8 @@ class Daemon:
         script must not read a run whose results SCADA never saw as a success."""
         self._frame_limit = max_frames
         deadline = None if duration_s is None else time.monotonic() + duration_s
+        self._started_mono = time.monotonic()
+        failed = True  # until the loop ends without an exception: the last log line says which
         try:
             self._start()
             while not self._stop.is_set():
@@ -171,8 +174,9 @@ class Daemon:
                     else max(0.0, min(IDLE_WAIT_S, deadline - time.monotonic()))
                 )
                 self.step(wait)
+            failed = False
         finally:
-            self._shutdown()
+            self._shutdown(failed)
         return EXIT_UNDELIVERED if self.undelivered_results else 0
 
     def _start(self) -> None:
@@ -222,7 +226,7 @@ class Daemon:
             )
             self._metrics.start()
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, failed: bool = False) -> None:
         log.info("stopping: draining in-flight frames")
         self.notifier.notify("STOPPING=1", "STATUS=stopping")
         self._stop.set()
@@ -257,7 +261,10 @@ class Daemon:
         for model in self.models.resident_models():
             close_backend(model.backend)
         self.notifier.close()
-        log.info("stopped cleanly")
+        # 1 is edge.service.cli's EXIT_ERROR
+        code = 1 if failed else EXIT_UNDELIVERED if self.undelivered_results else 0
+        seconds = time.monotonic() - self._started_mono
+        log.log(*final_line(code, self._submitted, seconds, self.undelivered_results))
 
     def _drain(self) -> None:
         """Score the frames that were already read when the stop came (each slot holds at most one)."""

@@ -5,11 +5,15 @@
 summary line. Live cameras (device, RTSP/HTTP, GStreamer) never reach ``ended`` and a looping file reopens,
 so a service is never stopped by this; ``edge-run --keep-running`` keeps even an ended run up (until
 SIGTERM), e.g. to look at the retained topics afterwards.
+
+The daemon's last log line (:func:`final_line`) says how it stopped, so the end of a journal agrees with the
+exit status: never "stopped cleanly" above an exit status 4.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import logging
+from typing import Any, Iterable, Tuple
 
 ENDED = "ended"  # edge.capture.sources' state for a stream that finished normally (a file without loop)
 
@@ -27,3 +31,16 @@ def ended_line(n_cameras: int, scored: int) -> str:
         f"end of stream: {what} played to the end, {scored} frame(s) scored; stopping "
         "(--keep-running keeps edge-run up after the end, loop = true plays a file again)"
     )
+
+
+def final_line(exit_code: int, scored: int, seconds: float, undelivered: int) -> Tuple[int, str]:
+    """(log level, text) of the daemon's last line; ``exit_code`` is what edge-run will return."""
+    done = f"{scored} frame(s) scored in {seconds:.1f} s"
+    if exit_code == 0:
+        return logging.INFO, f"stopped cleanly: {done}, every result delivered (exit status 0)"
+    if undelivered:
+        return logging.ERROR, (
+            f"stopped with exit status {exit_code}: {done}, but {undelivered} result(s) never reached the "
+            "broker (the ERROR above says which and why)"
+        )
+    return logging.ERROR, f"stopped after an unexpected error: {done} (exit status {exit_code})"
