@@ -14,10 +14,11 @@
 SIGHUP (``systemctl reload``) re-reads the config and the bundle store and switches the cameras whose
 recipe changed, without a restart (see edge/service/changeover.py).
 
-Exit codes: 0 clean stop (including SIGTERM/SIGINT) with every result delivered; 2 invalid configuration
-(nothing was started); 3 the daemon could not start (bundle, backend, camera set-up); 4 it stopped cleanly
-but results never reached the broker (dropped while it was unreachable or not acknowledging, or still
-unacknowledged at the stop; the log names the broker and why); 1 unexpected error.
+Exit codes: 0 clean stop (including SIGTERM/SIGINT and every video file played to its end) with every
+result delivered; 2 invalid configuration (nothing was started); 3 the daemon could not start (bundle,
+backend, camera set-up); 4 it stopped, but results never reached the broker (dropped while it was
+unreachable or not acknowledging, or still unacknowledged at the stop; the log names the broker and why, and
+its last line says ``stopped with exit status 4``); 1 unexpected error.
 ``--check-config`` exits 2 for an invalid configuration and 3 when any check a start implies fails (bundle
 hashes, signature and numbers, password and TLS files, camera sources, each camera opened briefly unless
 ``--no-camera-open``); it prints its verdict, then one ``ok``/``FAILED`` line per check on stderr, and with
@@ -136,7 +137,9 @@ def parser() -> argparse.ArgumentParser:
         prog="edge-run",
         description="Score camera frames with an edge-anomaly bundle and publish results over MQTT.",
         epilog="Precedence: --set > environment (EDGE_..., nested with __, e.g. EDGE_MQTT__PORT=1884) > "
-        "--config file > defaults. Exit codes: 0 ok, 2 bad config, 3 cannot start, 1 other error.",
+        "--config file > defaults. Exit codes: 0 ok, 1 other error, 2 bad config, 3 cannot start (or a check "
+        "failed), 4 results not delivered to the broker; docs/troubleshooting.md has the common errors and "
+        "fixes.",
     )
     p.add_argument(
         "--config",
