@@ -709,7 +709,8 @@ check_config() {
         echo "note: $PREFIX/venv/bin/edge-run not found; skipping the config check"
         return 0
     fi
-    if ! as_service_user "$PREFIX/venv/bin/edge-run" --config "$CONFIG_PATH" --check-config; then
+    # --no-camera-open: the running service holds its cameras until the restart below (a V4L2 device opens once)
+    if ! as_service_user "$PREFIX/venv/bin/edge-run" --config "$CONFIG_PATH" --check-config --no-camera-open; then
         die "the config check failed (message above). Fix $CONFIG_PATH and run install.sh again; the service was not (re)started."
     fi
 }

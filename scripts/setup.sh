@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 
 # shellcheck source=scripts/lib/apt.sh
 . scripts/lib/apt.sh  # apt_get: waits (with a message) while another apt/dpkg holds the lock
+# shellcheck source=scripts/lib/path_hint.sh
+. scripts/lib/path_hint.sh  # path_hint: the line that puts the commands on PATH
 
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     echo "setup: installing mosquitto (Debian package)..." >&2
@@ -55,3 +57,7 @@ if command -v npm >/dev/null 2>&1; then
 else
     echo "setup: node/npm not found: the Sparkplug B tests will be skipped (apt-get install nodejs npm)" >&2
 fi
+
+# The commands (edge-train, edge-run, ...) live in the environment's bin folder, not on PATH: say how.
+echo "setup: done. To put edge-train, edge-run and the other commands on PATH in this shell, run:" >&2
+echo "    $(path_hint "$PY" "${STAMP:+.venv}")" >&2

@@ -4,12 +4,14 @@
 #   bash scripts/walkthrough.sh GOOD_DIR CAMERA [WORK_DIR]
 #
 # GOOD_DIR: a folder of good images of the part (nothing else needed: no defect samples, no MVTec layout).
-# CAMERA:   what edge-run reads: a device index (0 = /dev/video0), a video file, an rtsp:// URL.
+# CAMERA:   what edge-run reads: a device index (0 = /dev/video0), a video file, an rtsp:// URL, or a
+#           folder of images of the line (made into a test video with edge-video first).
 # WORK_DIR: where runs/, bundles/ and edge.toml go (default: walkthrough-out).
 #
 # Each step is the README's command, echoed before it runs. The broker is a mosquitto on this machine
-# (MQTT_PORT, default 1883); the last step runs edge-run for RUN_FRAMES scored frames (default 20) and prints
-# the results mosquitto_sub received. TRAIN_ARGS adds edge-train options (tests make the model tiny).
+# (MQTT_PORT, default 1883); the last step runs edge-run for RUN_FRAMES scored frames (default 20; a video
+# file also ends it), prints the results mosquitto_sub received and saves the anomalous frames as pictures.
+# TRAIN_ARGS adds edge-train options (tests make the model tiny).
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
@@ -42,6 +44,12 @@ step "3. export the bundle: FP32 + INT8, threshold from the held-out good images
 [ -f keys/line1.key ] || run edge-keygen --out keys/line1
 run edge-export runs/line1/checkpoint.pt --out bundles/line1 --int8 --sign-key keys/line1.key
 
+if [ -d "$CAMERA" ]; then
+    step "3b. a test video from the folder of line images"
+    run edge-video "$CAMERA" line.avi
+    CAMERA=line.avi
+fi
+
 step "4. a first configuration for this machine's broker and the camera, trusting only your key"
 rm -f edge.toml
 run edge-run --init-config edge.toml --bundle bundles/line1 --source "$CAMERA" --trusted-key keys/line1.pub
@@ -53,7 +61,7 @@ results=$(mktemp)
 mosquitto_sub -p "$MQTT_PORT" -t 'edge-anomaly/+/cam0/result' -C "$RUN_FRAMES" -W 120 >"$results" &
 sub=$!
 sleep 1 # subscribed before the first result
-run edge-run --config edge.toml --max-frames "$RUN_FRAMES" --log-level WARNING
+run edge-run --config edge.toml --max-frames "$RUN_FRAMES" --log-level WARNING --save-overlays overlays
 wait "$sub" || true
 received=$(wc -l <"$results")
 echo "results received over MQTT: $received"
@@ -65,4 +73,5 @@ flagged = [r["frame_id"] for r in rows if r["anomalous"]]
 print(f"anomalous frames: {flagged} (threshold {rows[0]['threshold']:.2f}, normalised)" if rows else "no results")
 EOF
 rm -f "$results"
+echo "overlays of the anomalous frames: $(find overlays -name '*.jpg' 2>/dev/null | wc -l) in $WORK/overlays"
 [ "$received" -ge 1 ]

@@ -26,6 +26,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from edge.faces.mqtt_json.topics import topic_name_of
+from edge.results.overlays import annotate
 from edge.results.payloads import AvailabilityPayload, ResultPayload, StatusPayload
 from edge.trust.manifest import BundleError, verify_bundle
 from tools.local_broker import Broker
@@ -178,27 +179,21 @@ class Watch:
         if mask is None:
             return
         path = self.overlays / f"frame_{fid:03d}.png"
-        cv2.imwrite(str(path), np.hstack([self.frames[fid], annotated_overlay(self.frames[fid], mask, r)]))
+        annotated = annotated_overlay(self.frames[fid], mask, r)
+        blank = np.full((annotated.shape[0] - self.frames[fid].shape[0], *annotated.shape[1:]), 32, np.uint8)
+        cv2.imwrite(str(path), np.hstack([np.vstack([blank, self.frames[fid]]), annotated]))
         self.saved.append(path)
         del self.masks[key]
         print(f"             saved {path}", flush=True)
 
 
 def annotated_overlay(frame: np.ndarray, mask: np.ndarray, r: dict) -> np.ndarray:
-    """The frame with the defect mask in red, its outline in yellow, and frame / score / threshold /
-    verdict."""
-    overlay = frame.copy()
-    on = mask > 0
-    overlay[on] = (0.4 * overlay[on] + 0.6 * np.array([0, 0, 255])).astype(np.uint8)
-    contours, _ = cv2.findContours(on.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(overlay, contours, -1, (0, 255, 255), 1)
+    """The frame with the defect mask in red, its outline in yellow, and frame / score / threshold / verdict
+    in a banner above it (edge.results.overlays, as edge-run --save-overlays draws them: no text over the
+    part)."""
     verdict = "ANOMALOUS" if r["anomalous"] else "ok"
     lines = [f"frame {r['frame_id']}", f"score {r['score']:.2f} / thr {r['threshold']:.2f}", verdict]
-    for i, text in enumerate(lines):
-        y = 16 + 16 * i
-        cv2.putText(overlay, text, (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(overlay, text, (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
-    return overlay
+    return annotate(frame, mask, lines, r["anomalous"])
 
 
 def write_config(out: Path, bundle: Path, pub: Path, video: Path, broker: Broker, precision: str) -> Path:

@@ -63,6 +63,11 @@ def train_main(argv: list[str] | None = None) -> int:
     except (DatasetError, CheckpointError, ValueError) as exc:
         print(f"edge-train: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: every finished epoch is saved; one line, no traceback
+        from training.interrupted import EXIT_INTERRUPTED, interrupted_line
+
+        print(f"\nedge-train: {interrupted_line(args.out)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(path)
     return 0
 

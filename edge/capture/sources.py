@@ -277,7 +277,8 @@ class CameraSource:
             if state == self._state:
                 return
             self._state = state
-            log.info("camera %s: %s (%s)", self.name, state, reason)
+            level = logging.WARNING if state == "fault" else logging.INFO  # once per change, not per retry
+            log.log(level, "camera %s: %s (%s)", self.name, state, reason)
             try:
                 self._on_state(self.name, state, reason)
             except Exception:  # a broken subscriber must not kill the camera thread

@@ -14,6 +14,8 @@ from typing import Dict, List, Literal, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from edge.results.payload_numbers import payload_json
+
 SCHEMA = 2
 CameraStateName = Literal["online", "offline", "fault", "ended"]
 ThresholdSource = Literal["config", "mqtt", "manifest"]
@@ -34,7 +36,9 @@ class _Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
 
     def to_bytes(self) -> bytes:
-        return self.model_dump_json(by_alias=True).encode()
+        return payload_json(
+            self
+        )  # the one place payload floats are rounded (edge/results/payload_numbers.py)
 
 
 class _Versioned(_Payload):

@@ -15,18 +15,19 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 from urllib.parse import urlsplit
 
 from edge.config import CameraConfig, EdgeConfig, ModelConfig
 from edge.stores.evidence_names import index_problem
 from edge.stores.recipes import RecipeError, RecipeStore
 from edge.trust.manifest import BundleError, Manifest, verify_bundle
-from edge.trust.signing import SignatureError, TrustedKeys
+from edge.trust.signing import SIGNATURE_NAME, SignatureError, TrustedKeys
 from edge.util.redact import redact
 
 log = logging.getLogger("edge.checks")
 
+CAMERA_OPEN_TIMEOUT_S = 6.0  # a network camera's FFmpeg open timeout (edge.capture.sources, 5 s) and a frame
 BACKEND_RUNTIMES = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}
 UNSIGNED_WARNING = (
     "model.trusted_keys is empty: the bundle's signature is not checked, so anyone who can write the bundle "
@@ -45,8 +46,23 @@ def verified_manifest(model: ModelConfig) -> Manifest:
     except SignatureError as exc:
         raise BundleError(f"model.trusted_keys: {exc}") from None
     if not keys:
-        log.warning(UNSIGNED_WARNING)
+        _note_unchecked_signature(model.bundle)
     return verify_bundle(model.bundle, [model.precision], keys)
+
+
+_noted_unchecked: Set[Path] = set()
+
+
+def _note_unchecked_signature(bundle: Path) -> None:
+    """No trusted keys: a WARNING when the bundle is signed (a signature nobody checks is a mistake), else
+    INFO, once per bundle and process (an unsigned set-up is a choice, not a fault at every start)."""
+    if bundle in _noted_unchecked:
+        return
+    _noted_unchecked.add(bundle)
+    if (bundle / SIGNATURE_NAME).is_file():
+        log.warning("%s is signed, but %s", bundle, UNSIGNED_WARNING)
+    else:
+        log.info(UNSIGNED_WARNING)
 
 
 @dataclass
@@ -85,8 +101,8 @@ def check_bundle(config: EdgeConfig) -> Check:
         manifest = verified_manifest(model)
     except BundleError as exc:
         return Check("model.bundle", False, str(exc))
-    signer = manifest.signer or "unsigned (no trusted keys configured)"
-    detail = f"{model.bundle}: {manifest.model_id()} {model.precision}, signed by {signer}"
+    signed = f"signed by {manifest.signer}" if manifest.signer else "signature not checked (no trusted keys)"
+    detail = f"{model.bundle}: {manifest.model_id()} {model.precision}, {signed}"
     return Check("model.bundle", True, detail)
 
 
@@ -155,7 +171,8 @@ def check_sparkplug(config: EdgeConfig) -> Check:
     return Check("sparkplug", True, f"{node} (protobuf {google.protobuf.__version__})")
 
 
-def check_source(index: int, cam: CameraConfig) -> Check:
+def check_source(index: int, cam: CameraConfig, open_timeout_s: Optional[float] = None) -> Check:
+    """The source parses (a file exists, a URL names a host); with ``open_timeout_s`` it also opens."""
     from edge.capture.sources import uri_kind  # cv2; only imported when checks run
 
     name = f"cameras[{index}].source ({cam.name})"
@@ -176,11 +193,19 @@ def check_source(index: int, cam: CameraConfig) -> Check:
         if not parts.hostname:
             return Check(name, False, f"{shown}: the URL names no host")
         del port
+    if open_timeout_s is not None:
+        from edge.capture.camera_probe import probe_camera
+
+        problem = probe_camera(uri, open_timeout_s)
+        if problem is not None:
+            return Check(name, False, f"{kind} {shown}: {problem}")
+        return Check(name, True, f"{kind} {shown} (opened, a frame read)")
     return Check(name, True, f"{kind} {shown}")
 
 
-def run_checks(config: EdgeConfig) -> List[Check]:
-    """Every check a start implies, in the order a start meets them."""
+def run_checks(config: EdgeConfig, open_cameras: bool = False) -> List[Check]:
+    """Every check a start implies, in the order a start meets them (``open_cameras``: each camera opened
+    briefly)."""
     checks: List[Check] = [check_bundle(config), *check_recipes(config), check_backend(config)]
     mqtt = config.mqtt
     if mqtt.password_file is not None:
@@ -195,7 +220,8 @@ def run_checks(config: EdgeConfig) -> List[Check]:
         checks += [_readable(f"sparkplug.{name}", path) for name, path in own if path is not None]
     if config.evidence.enabled:
         checks.append(check_evidence(config))
-    checks += [check_source(i, cam) for i, cam in enumerate(config.cameras) if cam.enabled]
+    timeout = CAMERA_OPEN_TIMEOUT_S if open_cameras else None
+    checks += [check_source(i, cam, timeout) for i, cam in enumerate(config.cameras) if cam.enabled]
     return checks
 
 

@@ -2,8 +2,11 @@
 
     edge-run --config /etc/edge-anomaly/config.toml
     edge-run --config edge.toml --set mqtt.port=1884 --set cameras.0...   (see --help)
-    edge-run --config edge.toml --check-config      # verify all a start would; config as JSON (secrets ***)
+    edge-run --config edge.toml --check-config      # verify all a start would: the verdict, one line a check
+    edge-run --config edge.toml --check-config --verbose   # ... and the effective config as JSON (***)
     edge-run --config edge.toml --max-frames 100    # demo / tests: stop after 100 scored frames
+    edge-run --config edge.toml --keep-running      # stay up after every video file has ended
+    edge-run --config edge.toml --save-overlays overlays   # JPEGs of the anomalous frames, mask and verdict
     edge-run install-bundle BUNDLE --config edge.toml [--name RECIPE]   # verify, copy into model.store
     edge-run install-bundle --rollback RECIPE --config edge.toml   # back to the version it replaced
     edge-run --init-config edge.toml --bundle bundles/line1 --source 0   # a first config, with comments
@@ -11,14 +14,16 @@
 SIGHUP (``systemctl reload``) re-reads the config and the bundle store and switches the cameras whose
 recipe changed, without a restart (see edge/service/changeover.py).
 
-Exit codes: 0 clean stop (including SIGTERM/SIGINT) with every result delivered; 2 invalid configuration
-(nothing was started); 3 the daemon could not start (bundle, backend, camera set-up); 4 it stopped cleanly
-but results never reached the broker (dropped while it was unreachable or not acknowledging, or still
-unacknowledged at the stop; the log names the broker and why); 1 unexpected error.
+Exit codes: 0 clean stop (including SIGTERM/SIGINT and every video file played to its end) with every
+result delivered; 2 invalid configuration (nothing was started); 3 the daemon could not start (bundle,
+backend, camera set-up); 4 it stopped, but results never reached the broker (dropped while it was
+unreachable or not acknowledging, or still unacknowledged at the stop; the log names the broker and why, and
+its last line says ``stopped with exit status 4``); 1 unexpected error.
 ``--check-config`` exits 2 for an invalid configuration and 3 when any check a start implies fails (bundle
-hashes, signature and numbers, password and TLS files, camera sources); it prints the effective config as
-JSON on stdout and one ``ok``/``FAILED`` line per check on stderr. ``--init-config PATH`` writes a small
-commented config (local broker, one camera or video file) and exits 0, or 2 when PATH exists.
+hashes, signature and numbers, password and TLS files, camera sources, each camera opened briefly unless
+``--no-camera-open``); it prints its verdict, then one ``ok``/``FAILED`` line per check on stderr, and with
+``--verbose`` the effective config as JSON on stdout. ``--init-config PATH`` writes a small commented config
+(local broker, one camera or video file) and exits 0, or 2 when PATH exists.
 """
 
 from __future__ import annotations
@@ -41,7 +46,16 @@ EXIT_STARTUP = 3
 EXIT_UNDELIVERED = 4  # the same value as edge.service.daemon.EXIT_UNDELIVERED (a test holds them together)
 
 log = logging.getLogger("edge.cli")
-INIT_ONLY = {"--bundle": "bundle", "--source": "source", "--trusted-key": "trusted_key"}
+INIT_ONLY = {
+    "--bundle": "bundle",
+    "--source": "source",
+    "--trusted-key": "trusted_key",
+    "--host": "host",
+    "--port": "port",
+    "--ca-file": "ca_file",
+    "--cert-file": "cert_file",
+    "--key-file": "key_file",
+}
 
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -113,6 +127,9 @@ def configure_logging(level: str, fmt: str) -> None:
     root.addHandler(_handler)
     root.setLevel(level)
     logging.getLogger("edge.mqtt.paho").setLevel(max(logging.INFO, logging.getLevelName(level)))
+    from edge.capture.opencv_log import set_opencv_log_level
+
+    set_opencv_log_level(level)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -120,7 +137,9 @@ def parser() -> argparse.ArgumentParser:
         prog="edge-run",
         description="Score camera frames with an edge-anomaly bundle and publish results over MQTT.",
         epilog="Precedence: --set > environment (EDGE_..., nested with __, e.g. EDGE_MQTT__PORT=1884) > "
-        "--config file > defaults. Exit codes: 0 ok, 2 bad config, 3 cannot start, 1 other error.",
+        "--config file > defaults. Exit codes: 0 ok, 1 other error, 2 bad config, 3 cannot start (or a check "
+        "failed), 4 results not delivered to the broker; docs/troubleshooting.md has the common errors and "
+        "fixes.",
     )
     p.add_argument(
         "--config",
@@ -140,8 +159,19 @@ def parser() -> argparse.ArgumentParser:
         "--check-config",
         action="store_true",
         help="verify everything a start would (bundle hashes, signature and numbers; password and TLS files; "
-        "camera sources), print the effective config as JSON and one ok/FAILED line per check, exit "
-        "(0 all ok, 2 bad config, 3 a check failed)",
+        "each camera opened briefly), print the verdict and one ok/FAILED line per check (--verbose: and the "
+        "effective config as JSON), exit (0 all ok, 2 bad config, 3 a check failed)",
+    )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="with --check-config: also print the effective config as JSON (secrets ***) after the checks",
+    )
+    p.add_argument(
+        "--no-camera-open",
+        action="store_true",
+        help="with --check-config: only parse the camera sources, do not open them (e.g. while the running "
+        "service holds the cameras)",
     )
     p.add_argument(
         "--init-config",
@@ -164,11 +194,51 @@ def parser() -> argparse.ArgumentParser:
         "default 0 = /dev/video0)",
     )
     p.add_argument(
+        "--host", help="with --init-config: the MQTT broker's host name or address (default localhost)"
+    )
+    p.add_argument(
+        "--port", type=_tcp_port, help="with --init-config: the broker's port (default 1883, 8883 with TLS)"
+    )
+    p.add_argument(
+        "--ca-file", type=Path, help="with --init-config: TLS: the CA certificate (PEM) of the broker"
+    )
+    p.add_argument(
+        "--cert-file", type=Path, help="with --init-config: TLS: a client certificate (mutual TLS)"
+    )
+    p.add_argument("--key-file", type=Path, help="with --init-config: TLS: the private key of --cert-file")
+    p.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="shortcut for --set log_level="
     )
     p.add_argument("--log-format", choices=["text", "json"], help="shortcut for --set log_format=")
     p.add_argument("--max-frames", type=_positive_int, help="stop cleanly after this many scored frames")
     p.add_argument("--duration", type=_positive_float, help="stop cleanly after this many seconds")
+    p.add_argument(
+        "--save-overlays",
+        type=Path,
+        metavar="DIR",
+        help="save the anomalous frames (mask, score, threshold and verdict drawn) as JPEGs into DIR",
+    )
+    p.add_argument(
+        "--overlay-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --save-overlays: also save every N-th frame of each camera, ok or not (default: only "
+        "anomalous)",
+    )
+    p.add_argument(
+        "--overlay-limit",
+        type=_positive_int,
+        default=200,
+        metavar="M",
+        help="with --save-overlays: save at most M images (default 200)",
+    )
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="keep running after every camera's video file has ended (by default edge-run then exits 0; "
+        "live cameras and loop = true files never end)",
+    )
     return p
 
 
@@ -176,6 +246,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _tcp_port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 1 to 65535, got {value}")
     return value
 
 
@@ -203,7 +280,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.init_config is not None:
         bundle = args.bundle if args.bundle is not None else Path("bundle")
-        return _init_config(args.init_config, bundle, args.source or "0", args.trusted_key)
+        return _init_config(args.init_config, bundle, args.source or "0", args.trusted_key, _broker(args))
     given = [flag for flag, value in INIT_ONLY.items() if getattr(args, value) is not None]
     if given:
         p.error(f"{', '.join(given)} only go with --init-config PATH (a running daemon reads --config)")
@@ -220,47 +297,83 @@ def main(argv: Optional[List[str]] = None) -> int:
     for warning in secret_warnings(config, args.config, _overrides(args)):
         log.warning("%s", warning)
     if args.check_config:
-        return _check(config)
-    return _run(config, args.max_frames, args.duration, lambda: load_config(args.config, _overrides(args)))
+        return _check(config, open_cameras=not args.no_camera_open, verbose=args.verbose)
+    return _run(
+        config,
+        args.max_frames,
+        args.duration,
+        lambda: load_config(args.config, _overrides(args)),
+        until_ended=not args.keep_running,
+        overlays=_overlays(args),
+    )
 
 
-def _init_config(path: Path, bundle: Path, source: str, trusted_key: Optional[Path]) -> int:
-    from edge.service.init_config import InitConfigError, write_initial_config
+def _overlays(args: argparse.Namespace) -> Any:
+    if args.save_overlays is None:
+        return None
+    from edge.results.overlays import OverlaySaver
 
+    return OverlaySaver(args.save_overlays, max(0, args.overlay_every), args.overlay_limit)
+
+
+def _broker(args: argparse.Namespace) -> Any:
+    from edge.service.init_config import Broker
+
+    files = {"ca_file": args.ca_file, "cert_file": args.cert_file, "key_file": args.key_file}
+    return Broker(host=args.host or "localhost", port=args.port, **files)
+
+
+def _init_config(
+    path: Path, bundle: Path, source: str, trusted_key: Optional[Path], broker: Any = None
+) -> int:
+    from edge.service.init_config import Broker, InitConfigError, write_initial_config
+
+    broker = broker or Broker()
     try:
-        write_initial_config(path, bundle, source, trusted_key=trusted_key)
+        write_initial_config(path, bundle, source, trusted_key=trusted_key, broker=broker)
     except InitConfigError as exc:
         print(f"edge-run: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"edge-run: wrote {path} (broker localhost:1883, bundle {bundle}, camera {redact(source)})")
+    where = f"{broker.host}:{broker.effective_port}" + (" with TLS" if broker.tls else "")
+    print(f"edge-run: wrote {path} (broker {where}, bundle {bundle}, camera {redact(source)})")
     if not (bundle / "manifest.json").is_file():
         print(f"edge-run: note: {bundle} holds no bundle yet; edge-export --out {bundle} writes one")
     print(f"edge-run: next: edge-run --config {path} --check-config, then edge-run --config {path}")
     return EXIT_OK
 
 
-def _check(config: Any) -> int:
+def _check(config: Any, open_cameras: bool = True, verbose: bool = False) -> int:
+    """The verdict first, then one line per check; the effective config (JSON, stdout) only with --verbose."""
     from edge.service.checks import run_checks
     from edge.util.redact import redact
 
-    print(json.dumps(config.masked_dict(), indent=2))
-    checks = run_checks(config)
-    for check in checks:
-        print(check.line(), file=sys.stderr)
+    checks = run_checks(config, open_cameras=open_cameras)
     failed = [c.name for c in checks if not c.ok]
     if failed:
         print(redact(f"edge-run: {len(failed)} check(s) FAILED: {', '.join(failed)}"), file=sys.stderr)
-        return EXIT_STARTUP
-    print(f"edge-run: all {len(checks)} checks ok", file=sys.stderr)
-    return EXIT_OK
+    else:
+        print(f"edge-run: all {len(checks)} checks ok", file=sys.stderr)
+    for check in checks:
+        print(check.line(), file=sys.stderr)
+    if verbose:
+        sys.stderr.flush()  # the verdict stays above the JSON in a terminal
+        print(json.dumps(config.masked_dict(), indent=2))
+    return EXIT_STARTUP if failed else EXIT_OK
 
 
-def _run(config: Any, max_frames: Optional[int], duration: Optional[float], reloader: Any = None) -> int:
+def _run(
+    config: Any,
+    max_frames: Optional[int],
+    duration: Optional[float],
+    reloader: Any = None,
+    until_ended: bool = False,
+    overlays: Any = None,
+) -> int:
     from edge.config import ConfigError
     from edge.service.daemon import StartupError, build
 
     try:
-        daemon = build(config)
+        daemon = build(config, overlays=overlays)
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
@@ -271,7 +384,7 @@ def _run(config: Any, max_frames: Optional[int], duration: Optional[float], relo
         daemon.changeover.reloader = reloader
     previous = _install_signal_handlers(daemon)
     try:
-        return daemon.run_until_stopped(max_frames=max_frames, duration_s=duration)
+        return daemon.run_until_stopped(max_frames=max_frames, duration_s=duration, until_ended=until_ended)
     except Exception:
         log.exception("the daemon failed")
         return EXIT_ERROR

@@ -29,6 +29,7 @@ from edge.config import CameraConfig, EdgeConfig
 from edge.faces.mqtt_json.api import DeviceApi
 from edge.faces.mqtt_json.topics import status_will
 from edge.faces.mqtt_json.transport import MqttTransport
+from edge.results.overlays import OverlaySaver
 from edge.results.payloads import (
     CameraStats,
     EvidenceStats,
@@ -45,6 +46,7 @@ from edge.service.changeover import Changeover
 from edge.service.health import MetricsServer, SdNotifier, Watchdog, watchdog_interval_s
 from edge.service.loader import StartupError, boot_models, load_model
 from edge.service.publish import PublishStage
+from edge.service.run_end import ended_line, every_camera_ended, final_line
 from edge.stores.evidence import EvidenceStore
 from edge.stores.recipes import RecipeChoices, RecipeStore
 from edge.trust.manifest import Manifest
@@ -79,6 +81,7 @@ class Daemon:
         evidence: Optional[EvidenceStore] = None,
         changeover: Optional[Changeover] = None,
         sparkplug: Optional[SparkplugNode] = None,
+        overlays: Optional[OverlaySaver] = None,
     ) -> None:
         self.config = config
         self.evidence = evidence
@@ -95,7 +98,7 @@ class Daemon:
         self.undelivered_results = 0  # set at shutdown: results dropped or unacknowledged (non-zero exit)
         self.models = models
         self.publisher = PublishStage(
-            api, api.thresholds, config, stats, config.model.helper_threads_nice, evidence
+            api, api.thresholds, config, stats, config.model.helper_threads_nice, evidence, overlays
         )
         max_batch = max(1, min(config.model.max_batch or manifest.input.max_batch, backend.max_batch))
         self.inference = InferenceStage(models, cameras, stats, self.publisher.queue, max_batch, self._stop)
@@ -104,6 +107,7 @@ class Daemon:
         self._metrics: Optional[MetricsServer] = None
         self._frame_limit: Optional[int] = None
         self._submitted = 0  # frames handed to postprocess (the --max-frames count)
+        self._started_mono = time.monotonic()  # run_until_stopped resets it: the final line's duration
 
     @property
     def max_batch(self) -> int:
@@ -130,19 +134,29 @@ class Daemon:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def run_until_stopped(self, max_frames: Optional[int] = None, duration_s: Optional[float] = None) -> int:
+    def run_until_stopped(
+        self, max_frames: Optional[int] = None, duration_s: Optional[float] = None, until_ended: bool = False
+    ) -> int:
         """Start everything, score frames until stopped or a limit is hit, shut down cleanly.
+
+        ``until_ended``: also stop when every camera's stream has ended (video files without ``loop``;
+        edge-run's default, see edge/service/run_end.py).
 
         Returns 0, or :data:`EXIT_UNDELIVERED` when results were lost on the way to the broker (dropped
         from the bounded queue during the run, or still unacknowledged at the stop): a supervisor or a
         script must not read a run whose results SCADA never saw as a success."""
         self._frame_limit = max_frames
         deadline = None if duration_s is None else time.monotonic() + duration_s
+        self._started_mono = time.monotonic()
+        failed = True  # until the loop ends without an exception: the last log line says which
         try:
             self._start()
             while not self._stop.is_set():
                 if deadline is not None and time.monotonic() >= deadline:
                     log.info("duration of %.1f s reached; stopping", duration_s)
+                    break
+                if until_ended and every_camera_ended(self.cameras):
+                    log.info("%s", ended_line(len(self.cameras), self._submitted))
                     break
                 wait = (
                     IDLE_WAIT_S
@@ -150,8 +164,9 @@ class Daemon:
                     else max(0.0, min(IDLE_WAIT_S, deadline - time.monotonic()))
                 )
                 self.step(wait)
+            failed = False
         finally:
-            self._shutdown()
+            self._shutdown(failed)
         return EXIT_UNDELIVERED if self.undelivered_results else 0
 
     def _start(self) -> None:
@@ -201,7 +216,7 @@ class Daemon:
             )
             self._metrics.start()
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, failed: bool = False) -> None:
         log.info("stopping: draining in-flight frames")
         self.notifier.notify("STOPPING=1", "STATUS=stopping")
         self._stop.set()
@@ -236,7 +251,10 @@ class Daemon:
         for model in self.models.resident_models():
             close_backend(model.backend)
         self.notifier.close()
-        log.info("stopped cleanly")
+        # 1 is edge.service.cli's EXIT_ERROR
+        code = 1 if failed else EXIT_UNDELIVERED if self.undelivered_results else 0
+        seconds = time.monotonic() - self._started_mono
+        log.log(*final_line(code, self._submitted, seconds, self.undelivered_results))
 
     def _drain(self) -> None:
         """Score the frames that were already read when the stop came (each slot holds at most one)."""
@@ -340,8 +358,12 @@ class Daemon:
                 log.exception("publishing stats failed")
 
 
-def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
-    """Config -> bundles (verified) -> backends -> thresholds -> MQTT face -> cameras. Starts nothing."""
+def build(
+    config: EdgeConfig, notifier: Optional[SdNotifier] = None, overlays: Optional[OverlaySaver] = None
+) -> Daemon:
+    """Config -> bundles (verified) -> backends -> thresholds -> MQTT face -> cameras. Starts nothing.
+
+    ``overlays``: edge-run --save-overlays (the publish thread offers it every published frame)."""
     store = RecipeStore(config.model.store, config.model.bundle)
     choices = RecipeChoices(resolve_state_dir(config.state_dir) / f"recipes-{config.device_id}.json")
     boot = boot_models(config, store, choices)
@@ -399,6 +421,7 @@ def build(config: EdgeConfig, notifier: Optional[SdNotifier] = None) -> Daemon:
         evidence,
         Changeover(config, book, store, thresholds, api, load_model, choices),
         sparkplug,
+        overlays,
     )
 
 

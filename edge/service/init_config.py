@@ -1,7 +1,8 @@
 """``edge-run --init-config PATH``: a first configuration that works as written.
 
-It names a broker on this machine (plain TCP, no password: ``apt install mosquitto`` gives one), the bundle
-``edge-export`` wrote and one camera or video file, each line with a comment, and points at
+It names a broker (by default one on this machine, plain TCP, no password: ``apt install mosquitto`` gives
+one; else ``--host``/``--port`` and the TLS files), the precision the bundle and this machine suit (fp32 on
+CPU), the bundle ``edge-export`` wrote and one camera or video file, each line with a comment, and points at
 ``deploy/config.example.toml`` for the production form (TLS, password file, signed bundles). The file is
 never overwritten: an existing PATH is an error.
 """
@@ -10,25 +11,28 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from edge.capture.sources import uri_kind
 from edge.config import _default_device_id
+from edge.trust.precision_hints import suited_precision, tensorrt_present
 
 
 class InitConfigError(ValueError):
     """The file cannot be written (it exists, or its folder cannot be written)."""
 
 
-def _precision(bundle: Path) -> str:
-    """int8 when the bundle has it (the smallest, fastest model), else fp32; fp32 when it cannot be read."""
+def _precision(bundle: Path, tensorrt: bool) -> str:
+    """What the bundle and this machine suit (edge.precision_hints): fp32 on CPU, where int8 is slower; under
+    TensorRT the fastest the bundle has. fp32 when the bundle cannot be read."""
     try:
         manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
         precisions = manifest.get("precisions") or {}
     except (OSError, ValueError, AttributeError):
         return "fp32"
-    return "int8" if "int8" in precisions else "fp32"
+    return suited_precision(precisions, tensorrt)
 
 
 def _toml_string(value: str) -> str:
@@ -41,7 +45,11 @@ def config_text(
     device_id: Optional[str] = None,
     name: str = "THIS_FILE",
     trusted_key: Optional[Path] = None,
+    broker: Optional[Broker] = None,
+    tensorrt: Optional[bool] = None,
 ) -> str:
+    broker = broker or Broker()
+    tensorrt = tensorrt_present() if tensorrt is None else tensorrt
     kind = uri_kind(source)
     if kind == "file":
         source = str(Path(source).resolve())
@@ -58,14 +66,11 @@ def config_text(
         "",
         f"device_id = {_toml_string(device)}   # part of every topic: edge-anomaly/<device_id>/...",
         "",
-        "[mqtt]",
-        'host = "localhost"          # a broker on this machine (apt install mosquitto), plain TCP, no '
-        "password",
-        "port = 1883",
+        *_broker_lines(broker),
         "",
         "[model]",
         f"bundle = {_toml_string(str(bundle))}   # the folder edge-export --out wrote",
-        f'precision = "{_precision(bundle)}"          # fp32, fp16 or int8: which model of the bundle to run',
+        *_precision_lines(bundle, tensorrt),
         *_trust_lines(trusted_key),
         "",
         "[[cameras]]",
@@ -77,6 +82,59 @@ def config_text(
         lines.append("loop = false                # true: play the file again and again (a demo line)")
     lines.append('publish_mask = "anomalous"  # PNG mask on .../cam0/mask/<frame_key>, anomalous parts')
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Broker:
+    """Where the daemon publishes: --host/--port, and TLS with --ca-file (--cert-file/--key-file for mutual
+    TLS)."""
+
+    host: str = "localhost"
+    port: Optional[int] = None  # default: 8883 with TLS, else 1883
+    ca_file: Optional[Path] = None
+    cert_file: Optional[Path] = None
+    key_file: Optional[Path] = None
+
+    @property
+    def tls(self) -> bool:
+        return any(f is not None for f in (self.ca_file, self.cert_file, self.key_file))
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (8883 if self.tls else 1883)
+
+
+def _broker_lines(broker: Broker) -> List[str]:
+    port = broker.effective_port
+    where = (
+        "a broker on this machine (apt install mosquitto)"
+        if broker.host in ("localhost", "127.0.0.1", "::1")
+        else "the broker"
+    )
+    lines = [
+        "[mqtt]",
+        f"host = {_toml_string(broker.host)}   # {where}, {'TLS' if broker.tls else 'plain TCP'}, no "
+        "password",
+        f"port = {port}",
+    ]
+    if broker.tls:
+        lines += ["", "[mqtt.tls]"]
+        files = (("ca_file", broker.ca_file), ("cert_file", broker.cert_file), ("key_file", broker.key_file))
+        lines += [f"{key} = {_toml_string(str(path.resolve()))}" for key, path in files if path is not None]
+    return lines
+
+
+def _precision_lines(bundle: Path, tensorrt: bool) -> List[str]:
+    precision = _precision(bundle, tensorrt)
+    if tensorrt:
+        return [
+            'backend = "tensorrt"         # TensorRT is installed: the engine is built at the first start',
+            f'precision = "{precision}"          # the fastest model the bundle has, under TensorRT',
+        ]
+    return [
+        f'precision = "{precision}"          # on CPU fp32 is fastest (int8 and fp16 pay only under '
+        "TensorRT)",
+    ]
 
 
 def _trust_lines(trusted_key: Optional[Path]) -> list:
@@ -108,9 +166,10 @@ def write_initial_config(
     source: str,
     device_id: Optional[str] = None,
     trusted_key: Optional[Path] = None,
+    broker: Optional[Broker] = None,
 ) -> Path:
     """Write the file; never replaces one that exists (InitConfigError)."""
-    text = config_text(bundle, source, device_id, name=str(path), trusted_key=trusted_key)
+    text = config_text(bundle, source, device_id, name=str(path), trusted_key=trusted_key, broker=broker)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     except FileExistsError:

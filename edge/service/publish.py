@@ -14,6 +14,7 @@ from typing import Dict, Optional
 
 from edge.config import EdgeConfig
 from edge.faces.mqtt_json.api import DeviceApi
+from edge.results.overlays import OverlaySaver
 from edge.results.payloads import iso_utc
 from edge.results.postprocess import Verdict, encode_heatmap_jpeg, encode_mask_png
 from edge.results.thresholds import ThresholdBook
@@ -41,6 +42,7 @@ class PublishStage:
         stats: Stats,
         helper_nice: int = 0,
         evidence: Optional[EvidenceStore] = None,
+        overlays: Optional[OverlaySaver] = None,
     ) -> None:
         self.api = api
         self.thresholds = thresholds
@@ -49,6 +51,7 @@ class PublishStage:
         self.queue: queue.Queue[Optional[ScoredBatch]] = queue.Queue(QUEUE_BATCHES)
         self._nice = helper_nice
         self.evidence = evidence  # offered every published frame; keeps what its sampling rules ask for
+        self.overlays = overlays  # edge-run --save-overlays: offered every published frame, saves a few
         self._model_of: Dict[str, str] = {}  # camera -> id of the model of its last published frame
         self._thread: Optional[threading.Thread] = None
 
@@ -123,6 +126,8 @@ class PublishStage:
         self.stats.record_frame(name, verdict.anomalous, latency)
         if self.evidence is not None:  # never blocks: a full writer queue drops (and counts) the frame
             self.evidence.offer(name, frame, verdict, doc, doc.model.id, images.get("mask"))
+        if self.overlays is not None:  # edge-run --save-overlays: bounded, after the result is out
+            self.overlays.offer(name, frame, verdict)
 
     def _note_model(self, camera: str, model_id: str, default_threshold: float) -> None:
         """The first frame of a camera's new model (after a changeover): the threshold follows the model,

@@ -512,7 +512,8 @@ def _check_file(bundle: _BundleDir, name: str, expected: str, precision: Optiona
 def precision_entry(manifest: Manifest, precision: str) -> PrecisionEntry:
     if precision not in manifest.precisions:
         have = ", ".join(sorted(manifest.precisions)) or "none"
-        raise BundleError(
-            f"bundle has no {precision} model (it has: {have}); export it with edge-export --{precision}."
-        )
+        from edge.trust.precision_hints import missing_precision_fix
+
+        fix = missing_precision_fix(manifest.model.kind, precision, manifest.precisions)
+        raise BundleError(f"bundle has no {precision} model (it has: {have}); {fix}.")
     return manifest.precisions[precision]

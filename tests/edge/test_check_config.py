@@ -17,6 +17,7 @@ from edge.config import load_config
 from edge.service.cli import EXIT_CONFIG, EXIT_OK, EXIT_STARTUP, main
 from edge.util.redact import redact
 from tests.helpers.tiny_bundle import make_tiny_bundle
+from training.synthetic import part_sequence, write_video
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -28,7 +29,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def write(tmp_path: Path, bundle: Path, mqtt: str = "", source: str | None = None, mode: int = 0o600) -> Path:
     video = tmp_path / "parts.avi"
-    video.write_bytes(b"x")
+    if not video.exists():  # a real video: --check-config opens each camera and reads a frame
+        write_video(video, part_sequence(2, 2, size=32, seed=1)[0])
     path = tmp_path / "edge.toml"
     path.write_text(
         f'device_id = "chk"\n[mqtt]\nhost = "127.0.0.1"\n{mqtt}\n[model]\nbundle = "{bundle}"\n'
@@ -47,7 +49,7 @@ def run(*argv: str) -> tuple[int, str, str]:
 
 
 def test_all_ok(tmp_path: Path, bundle: Path) -> None:
-    rc, out, err = run("--config", str(write(tmp_path, bundle)), "--check-config")
+    rc, out, err = run("--config", str(write(tmp_path, bundle)), "--check-config", "--verbose")
     assert rc == EXIT_OK, err
     assert json.loads(out)["device_id"] == "chk"
     assert "ok      model.bundle" in err and "ok      cameras[0].source (a)" in err and "FAILED" not in err
@@ -97,7 +99,10 @@ def test_sources_that_cannot_open_fail(tmp_path: Path, bundle: Path, source: str
 
 def test_rtsp_password_is_redacted_in_check_config(tmp_path: Path, bundle: Path) -> None:
     source = "rtsp://admin:Zx9-secret@10.1.2.3:554/h264"
-    rc, out, err = run("--config", str(write(tmp_path, bundle, source=source)), "--check-config")
+    config = str(write(tmp_path, bundle, source=source))
+    rc, out, err = run(
+        "--config", config, "--check-config", "--no-camera-open", "--verbose"
+    )  # no camera there
     assert rc == EXIT_OK, err
     assert "Zx9-secret" not in out + err
     assert json.loads(out)["cameras"][0]["source"] == "rtsp://***@10.1.2.3:554/h264"

@@ -182,7 +182,17 @@ def test_check_config_prints_effective_config_with_secrets_masked(
             "/opt/bundles/bottle", str(bundle)
         ),
     )
-    rc = main(["--config", str(path), "--check-config", "--set", "mqtt.qos_result=0"])
+    rc = main(
+        [
+            "--config",
+            str(path),
+            "--check-config",
+            "--verbose",
+            "--no-camera-open",
+            "--set",
+            "mqtt.qos_result=0",
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0
     doc = json.loads(out.out)

@@ -391,7 +391,8 @@ def test_watchdog_only_while_frames_flow_and_clean_sigterm(
     sock.bind(str(sock_path))
     sock.settimeout(WAIT)
     interval = 0.15  # WATCHDOG_USEC / 2
-    procs.append(proc := spawn(cfg, env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "300000"}))
+    notify = {"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "300000"}
+    procs.append(proc := spawn(cfg, "--keep-running", env=notify))  # up after the video ends: the stall
     got: list[str] = []
 
     def until(prefix_: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 from edge.config import load_config
 from edge.service.cli import EXIT_CONFIG, EXIT_OK, main
 from tests.helpers.tiny_bundle import make_tiny_bundle
+from training.synthetic import part_sequence, write_video
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -25,8 +26,7 @@ def run(*argv: str) -> tuple[int, str, str]:
 
 def test_written_config_validates_and_passes_every_check(tmp_path: Path) -> None:
     bundle = make_tiny_bundle(tmp_path / "bundle", size=32)
-    video = tmp_path / "line.avi"
-    video.write_bytes(b"x")
+    video = write_video(tmp_path / "line.avi", part_sequence(2, 2, size=32, seed=1)[0])  # opened by the check
     path = tmp_path / "edge.toml"
     rc, out, err = run("--init-config", str(path), "--bundle", str(bundle), "--source", str(video))
     assert rc == EXIT_OK, err
@@ -54,7 +54,7 @@ def test_signed_bundle_and_its_key(tmp_path: Path) -> None:
     rc, _, err = run("--init-config", str(path), "--bundle", str(bundle), "--trusted-key", str(pub))
     assert rc == EXIT_OK, err
     assert load_config(path).model.trusted_keys == [pub.resolve()]
-    rc, _, err = run("--config", str(path), "--check-config")
+    rc, _, err = run("--config", str(path), "--check-config", "--no-camera-open")  # no camera 0 here
     assert rc == EXIT_OK and "signed by SHA256:" in err and "WARNING" not in err
 
 

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from edge.service.cli import EXIT_STARTUP, main
 from edge.trust.manifest import FILE_NAME, MAX_MANIFEST_BYTES, BundleError, verify_bundle
 from tests.helpers.tiny_bundle import make_tiny_bundle
+from training.synthetic import part_sequence, write_video
 
 FUZZ = settings(
     max_examples=40,
@@ -52,7 +53,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, pristine: Path) -> dict[str, 
     sentinel = outside / "secret.onnx"
     shutil.copy(pristine / "model.fp32.onnx", sentinel)  # same bytes: a matching hash must not help
     video = root / "parts.avi"
-    video.write_bytes(b"not really a video; check-config only needs the file to exist")
+    write_video(video, part_sequence(2, 2, size=32, seed=1)[0])  # --check-config opens it and reads a frame
     config = root / "edge.toml"
     config.write_text(
         f'device_id = "trust"\n[mqtt]\nhost = "127.0.0.1"\nport = 1\n[model]\nbundle = "{bundle}"\n'

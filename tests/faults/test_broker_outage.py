@@ -180,7 +180,7 @@ def test_password_never_leaks_and_the_broker_refuses_anonymous_clients(
     out = daemon.output()
     assert SECRET not in out
 
-    check = _cli(config, "--check-config")
+    check = _cli(config, "--check-config", "--verbose")
     assert check.returncode == 0, check.stderr
     assert '"log_level": "DEBUG"' in check.stdout and '"password": "***"' in check.stdout
     assert SECRET not in check.stdout + check.stderr

@@ -69,7 +69,16 @@ def test_rtsp_password_is_never_printed_or_published(tmp_path: Path, broker, med
     assert "rtsp://***@127.0.0.1:1/stream" in log
 
     check = subprocess.run(
-        [sys.executable, "-m", "edge.service.cli", "--config", str(config), "--check-config"],
+        [
+            sys.executable,
+            "-m",
+            "edge.service.cli",
+            "--config",
+            str(config),
+            "--check-config",
+            "--no-camera-open",
+            "--verbose",
+        ],
         capture_output=True,
         text=True,
         timeout=WAIT,
