@@ -156,7 +156,7 @@ def test_a_corrupt_index_is_reported_and_rebuilt_from_the_files(
     cfg = tmp_path / "edge.toml"
     cfg.write_text(f'[model]\nbundle = "{bundle}"\n[evidence]\nenabled = true\ndir = "{root}"\n'
                    f'[[cameras]]\nname = "line"\nsource = "{video}"\n')  # fmt: skip
-    rc, _, err = run(edge_run, "--config", str(cfg), "--check-config")
+    rc, _, err = run(edge_run, "--config", str(cfg), "--check-config", "--no-camera-open")  # a stub video
     assert rc == 0, err
     assert "WARN    evidence.index:" in err and "is corrupt" in err
 

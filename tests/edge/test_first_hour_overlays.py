@@ -71,7 +71,7 @@ def run_with_overlays(broker: Broker, media: dict, tmp_path: Path, *extra: str) 
     folder = tmp_path / "overlays"
     try:
         assert main(["--config", str(cfg), "--save-overlays", str(folder), *extra]) == 0
-        assert sub.wait_for(lambda m: len(m) >= FRAMES, 30)
+        assert sub.wait_for(lambda m: len(m) >= FRAMES, 90)
     finally:
         sub.close()
     return [json.loads(m.payload) for m in sub.snapshot()], folder
