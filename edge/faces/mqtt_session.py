@@ -53,8 +53,8 @@ class SessionFace(Protocol):
         ...
 
     def session_tick(self) -> bool:
-        """Every loop tick (at most ``LOOP_TICK_S`` apart) while the socket is open. False: say goodbye and
-        disconnect (the session then reconnects with backoff)."""
+        """About every ``LOOP_TICK_S`` while the socket is open (before the CONNACK too). False: say goodbye
+        and disconnect (the session then reconnects with backoff)."""
         ...
 
     def session_goodbye(self, client: paho.Client) -> None:
