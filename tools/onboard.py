@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from edge.stores.evidence import Record, query
+from edge.stores.evidence_index import Record, query
 from edge.trust.manifest import BundleError, verify_bundle
 from tools.local_broker import Broker
 from training.product_b import part_sequence_b

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from edge.stores.evidence import INDEX_NAME, Record, query
+from edge.stores.evidence_index import INDEX_NAME, Record, query
 from edge.stores.evidence_names import UnsafeName, inside, is_safe_part
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2

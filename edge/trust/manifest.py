@@ -22,13 +22,10 @@ than silently switch detection off. So, fail closed:
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import math
-import os
 import re
-import stat
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
@@ -44,19 +41,21 @@ from pydantic import (
 from typing_extensions import Annotated
 
 from edge.capture.preprocess import Preprocess
+from edge.trust.bundle_files import (
+    FILE_NAME,
+    MANIFEST_NAME,
+    RESERVED_NAMES,
+    BundleDir,
+    BundleError,
+)
 from edge.trust.bundle_id import behaviour_digest
 from edge.trust.signing import SIGNATURE_NAME, SignatureError, TrustedKeys
 
 SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
 MAX_MANIFEST_BYTES = 1 << 20  # real manifests are a few KiB
 MAX_DEPTH = 32  # nesting of JSON objects/arrays; real manifests use 4
 MAX_FILES = 64
-# A plain file name: starts with a letter or digit (so never '.', '..' or hidden), then letters, digits, '.',
-# '_' or '-'. No separators of any platform, no NUL, no drive letters.
-FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-RESERVED_NAMES = (MANIFEST_NAME, SIGNATURE_NAME)
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 # The threshold is in normalised units: (raw - median of good scores) / (q99 of good scores - median), as
 # calibration.scores computes it. 0 is the median good part, 1 the worst 1 % of good parts. A threshold
@@ -68,12 +67,6 @@ RAW_LIMIT = 1e9  # raw score units (offset, scale): far beyond any model's outpu
 # calibration.scores.scale_floor: the smallest scale calibration ever writes for a given offset
 REL_SCALE_FLOOR = 1e-3
 ABS_SCALE_FLOOR = 1e-8
-QDQ_MARKER = b"DequantizeLinear"  # op type string every explicitly quantized (int8) ONNX graph contains
-
-
-class BundleError(RuntimeError):
-    """A bundle is missing, corrupt, tampered with, unsigned where a signature is required, or of an unknown
-    schema. The message is one line naming what is wrong and what to do."""
 
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -362,91 +355,9 @@ def _first_error(exc: ValidationError) -> str:
     return _one_line(f"{loc}: {msg}{more}{hint}")
 
 
-# ---- reading files without leaving the bundle --------------------------------------------------------------
-
-_OPEN_FLAGS = (
-    os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-)
-
-
-class _BundleDir:
-    """A bundle directory held open, so every file is opened relative to it and never through a link."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        try:
-            self.fd = os.open(
-                self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
-            )
-        except OSError as exc:
-            raise BundleError(
-                f"{self.path} is not a bundle directory ({exc.strerror or exc}); make one with edge-export"
-            ) from None
-
-    def __enter__(self) -> _BundleDir:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
-
-    def open(self, name: str, missing_ok: bool = False) -> Optional[int]:
-        """A descriptor of the regular file ``name`` inside the bundle, or BundleError."""
-        if name not in RESERVED_NAMES and not FILE_NAME.match(name):  # callers pass validated names
-            raise BundleError(
-                f"bundle file entry {name[:80]!r} is not a plain file name; re-export the bundle"
-            )
-        try:
-            fd = os.open(name, _OPEN_FLAGS, dir_fd=self.fd)
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                if missing_ok:
-                    return None
-                raise BundleError(
-                    f"bundle file {name} is missing from {self.path} (listed in {MANIFEST_NAME}); copy the "
-                    f"whole "
-                    "bundle again"
-                ) from None
-            if exc.errno == errno.ELOOP:
-                raise BundleError(
-                    f"bundle file {name} in {self.path} is a symbolic link; a bundle holds plain files only "
-                    "(copy the bundle with cp -rL or re-export it)"
-                ) from None
-            raise BundleError(
-                f"cannot open bundle file {name} in {self.path}: {exc.strerror or exc}"
-            ) from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise BundleError(
-                f"bundle file {name} in {self.path} is not a regular file; re-export the bundle"
-            )
-        return fd
-
-    def read(self, name: str, limit: int, missing_ok: bool = False) -> Optional[bytes]:
-        fd = self.open(name, missing_ok)
-        if fd is None:
-            return None
-        with os.fdopen(fd, "rb") as fh:
-            data = fh.read(limit + 1)
-        if len(data) > limit:
-            raise BundleError(f"bundle file {name} is larger than {limit} bytes; it is not a {name}")
-        return data
-
-    def digest(self, name: str) -> Tuple[str, bool]:
-        """(sha256 hex, whether the file contains the int8 Q/DQ marker) of the regular file ``name``."""
-        fd = self.open(name)
-        digest, found, tail = hashlib.sha256(), False, b""
-        with os.fdopen(fd, "rb") as fh:  # type: ignore[arg-type]
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-                if not found:
-                    found = QDQ_MARKER in tail + chunk
-                    tail = chunk[-len(QDQ_MARKER) :]
-        return digest.hexdigest(), found
-
-
 def read_manifest(bundle_dir: Path) -> Manifest:
     """Parse and schema-check ``manifest.json`` without touching the model files or checking a signature."""
-    with _BundleDir(bundle_dir) as bundle:
+    with BundleDir(bundle_dir) as bundle:
         data = bundle.read(MANIFEST_NAME, MAX_MANIFEST_BYTES, missing_ok=True)
     if data is None:
         raise BundleError(
@@ -464,7 +375,7 @@ def verify_bundle(
     manifest's ``signer`` names the key. Then the sha256 of every listed file (or of the given precisions'
     models only) is checked, each opened inside the bundle without following links.
     """
-    with _BundleDir(bundle_dir) as bundle:
+    with BundleDir(bundle_dir) as bundle:
         data = bundle.read(MANIFEST_NAME, MAX_MANIFEST_BYTES, missing_ok=True)
         if data is None:
             raise BundleError(
@@ -491,7 +402,7 @@ def verify_bundle(
     return manifest
 
 
-def _check_file(bundle: _BundleDir, name: str, expected: str, precision: Optional[str]) -> None:
+def _check_file(bundle: BundleDir, name: str, expected: str, precision: Optional[str]) -> None:
     found, quantized = bundle.digest(name)
     if found != expected:
         raise BundleError(

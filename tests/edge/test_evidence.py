@@ -24,8 +24,9 @@ from edge.capture.frames import Frame
 from edge.config import EvidenceConfig
 from edge.results.postprocess import Verdict
 from edge.stores import evidence as ev
-from edge.stores.evidence import EvidenceStore, query
+from edge.stores.evidence import EvidenceStore
 from edge.stores.evidence_cli import main as evidence_main
+from edge.stores.evidence_index import query
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 96

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.stores.evidence import query
+from edge.stores.evidence_index import query
 from tests.edge.test_daemon_e2e import WAIT, InProcess, config_toml, results
 from tests.edge.test_evidence import full_disk  # noqa: F401  (fixture)
 from tests.helpers.broker import Broker

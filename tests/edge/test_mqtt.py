@@ -94,7 +94,7 @@ def test_network_thread_lowers_its_own_priority_only(
     main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     t = start(transports, mqtt_cfg(broker), prefix, network_thread_nice=4)
     assert t.wait_connected(WAIT)
-    network = t._thread
+    network = t.session.thread
     assert network is not None and network.native_id is not None
     assert os.getpriority(os.PRIO_PROCESS, network.native_id) == min(19, main_nice + 4)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_nice

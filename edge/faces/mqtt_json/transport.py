@@ -1,8 +1,7 @@
 """MQTT transport: one paho-mqtt 2 client, its connection, and one bounded queue. No topic or payload here.
 
 What to publish, on which topic and with which flags is :mod:`edge.faces.mqtt_json.api`'s business; this
-module only
-guarantees how messages travel:
+module only guarantees how messages travel:
 
 - **Bounded, in order, every drop counted.** Messages wait in our own queue and are handed to paho only while
   fewer than ``MAX_IN_FLIGHT`` are unfinished there (QoS >= 1 not yet acknowledged, QoS 0 not yet written).
@@ -11,11 +10,11 @@ guarantees how messages travel:
   queued message is dropped first and counted per kind (result, mask, stats, ...). paho's own queue is never
   used, so memory stays bounded. Retained state is "latest value per topic", sent before the queue and again
   at every connect (a broker restarted without persistence has forgotten it).
-- **Own network thread and reconnect policy.** The thread connects, runs ``client.loop()`` and reconnects
-  with a capped, jittered backoff (:class:`edge.util.backoff.Backoff`), so the device is back within
-  ``reconnect_max_s`` plus one connect of the broker's return. Each change of connection state is one log
-  line naming ``host:port`` and, for a failed attempt, the real error (``certificate verify failed``,
-  ``Connection refused``); every failed attempt is counted in ``connect_failures``.
+- **Own network thread and reconnect policy.** An :class:`edge.faces.mqtt_session.MqttSession` connects,
+  runs ``client.loop()`` and reconnects this one client with a capped, jittered backoff, so the device is
+  back within ``reconnect_max_s`` plus one connect of the broker's return. Each change of connection state
+  is one log line naming ``host:port`` and, for a failed attempt, the real error (``certificate verify
+  failed``, ``Connection refused``); every failed attempt is counted in ``connect_failures``.
 - **A broker that stops acknowledging is reported.** When the oldest message in flight has waited
   ``mqtt.ack_stall_s``, a warning is logged and handed to ``on_warnings`` (the API puts it into ``status``
   and ``stats``), and taken back when acknowledgements flow again.
@@ -29,74 +28,28 @@ and then paho's, so callbacks that paho may call under its own locks must not ta
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import MqttConfig
-from edge.faces.mqtt_session import command_filters, error_text, new_client, read_password
-from edge.util.backoff import Backoff
-from edge.util.priority import lower_current_thread_priority
+from edge.faces.mqtt_json.messages import Handler, Inbound, Outgoing, WarningsHook, finished
+from edge.faces.mqtt_session import LOOP_TICK_S, MqttSession, command_filters, new_client, read_password
 
 log = logging.getLogger("edge.mqtt")
 
 MAX_IN_FLIGHT = 20  # messages handed to paho and not finished; more wait in our queue
-LOOP_TICK_S = 0.1  # longest the network thread waits in select() before checking acks and the queue
-RECONNECT_JITTER = 0.5  # each reconnect delay is drawn from [0.5, 1] x the nominal delay
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """One message waiting to be handed to paho."""
-
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool = False
-    kind: str = "other"  # what a drop is counted as: result, mask, heatmap, stats, status, ...
-    queue: bool = True  # False: drop rather than wait when it cannot be sent at once
-    content_type: Optional[str] = None
-    correlation: Optional[bytes] = None
-    user_properties: Tuple[Tuple[str, str], ...] = ()
-    raw_properties: Optional[Properties] = None  # set for messages carried over from paho
-
-
-@dataclass(frozen=True)
-class Inbound:
-    """A message that arrived on a subscribed topic."""
-
-    topic: str
-    suffix: str  # the topic below the prefix
-    payload: bytes
-    retain: bool
-
-
-Handler = Callable[[Inbound], None]
-WarningsHook = Callable[[List[str]], None]
-
-
-def _finished(info: paho.MQTTMessageInfo) -> bool:
-    """Whether paho is done with a message (acknowledged / written, or never accepted so never will be)."""
-    try:
-        return info.is_published()
-    except ValueError:  # refused by paho's own queue limit
-        return True
-    except RuntimeError:
-        # rc said "not connected" at hand-over; paho marks it published on the ack after a reconnect
-        return bool(getattr(info, "_published", False))
 
 
 class MqttTransport:
-    """Owns the paho client: connection, subscriptions, retained state, the bounded queue."""
+    """Owns the paho client: connection (through its session), subscriptions, retained state, the bounded
+    queue. The session's face (:class:`edge.faces.mqtt_session.SessionFace`): the ``session_*`` methods."""
 
     def __init__(
         self,
@@ -113,7 +66,6 @@ class MqttTransport:
         self.bound = max(1, cfg.offline_queue_max)  # QoS >= 1 in flight + queued
         self._max_in_flight = min(MAX_IN_FLIGHT, self.bound)
         self.on_warnings: Optional[WarningsHook] = None
-        self._network_thread_nice = network_thread_nice
         self._lock = threading.Lock()
         self._queue: Deque[Outgoing] = deque()
         self._retained: Dict[str, Outgoing] = {}
@@ -124,17 +76,7 @@ class MqttTransport:
         self._counter_lock = threading.Lock()  # leaf lock too
         self._subscriptions: Dict[str, Handler] = {}
         self._connected = False
-        self._state = threading.Condition()  # leaf: notified on connect, refusal and disconnect
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._failures_in_row = 0
-        self._last_error = ""
-        self._offline_since: Optional[float] = None
         self._stalled = False
-        self._answered = False  # a CONNACK came for the current attempt
-        self._backoff = Backoff(
-            float(cfg.reconnect_min_s), float(cfg.reconnect_max_s), jitter=RECONNECT_JITTER
-        )
         self.counters: Dict[str, int] = {
             "connects": 0,
             "disconnects": 0,
@@ -146,6 +88,15 @@ class MqttTransport:
         }
         self.dropped: Dict[str, int] = {}
         self.client = self._make_client(client_id, will)
+        self.session = MqttSession(
+            cfg,
+            self,
+            label="mqtt",
+            logger=log,
+            thread_name="edge-mqtt",
+            network_thread_nice=network_thread_nice,
+        )
+        self._state = self.session.changed  # leaf: notified on connect, refusal and disconnect
 
     # --- setup ------------------------------------------------------------------------------------------
 
@@ -157,8 +108,6 @@ class MqttTransport:
         client.max_inflight_messages_set(self._max_in_flight)
         if will is not None:
             client.will_set(self.topic(will[0]), will[1], qos=1, retain=True)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         return client
 
@@ -194,81 +143,16 @@ class MqttTransport:
         with self._counter_lock:
             self.dropped[kind] = self.dropped.get(kind, 0) + n
 
-    # --- the network thread ------------------------------------------------------------------------------
+    # --- the session's face (network thread) ----------------------------------------------------------
 
     def start(self) -> None:
         """Begin connecting in our network thread; returns at once (the broker may be down)."""
-        if self._thread is not None:
-            return
-        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
-        self._offline_since = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="edge-mqtt", daemon=True)
-        self._thread.start()
+        self.session.start()
 
-    def _run(self) -> None:
-        lower_current_thread_priority(self._network_thread_nice)
-        while not self._stop.is_set():
-            try:
-                if self._connect_once():
-                    self._loop_until_disconnected()
-            except Exception:  # a bug here must not end the only thread that talks to the broker
-                self._count("network_errors")
-                log.exception("mqtt %s: network thread error; reconnecting with backoff", self.broker)
-                with contextlib.suppress(Exception):
-                    self.client.disconnect()
-                self._connected = False
-                self._notify_state()
-            if not self._stop.is_set():
-                self._stop.wait(self._backoff.next_delay())
+    def session_client(self) -> paho.Client:
+        return self.client  # one client, reconnected: paho keeps its unacknowledged messages for us to carry
 
-    def _connect_once(self) -> bool:
-        self._answered = False
-        try:
-            rc = self.client.reconnect()
-        except Exception as exc:  # OSError (refused, unreachable, TLS), ValueError (bad host), ...
-            self._connect_failed(error_text(exc))
-            return False
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._connect_failed(paho.error_string(rc))
-            return False
-        return True
-
-    def _connect_failed(self, error: str) -> None:
-        self._failures_in_row += 1
-        if error != self._last_error:  # one line per change, not one per attempt
-            log.warning("mqtt %s: cannot connect: %s (retrying with backoff)", self.broker, error)
-            self._last_error = error
-        else:
-            log.debug("mqtt %s: attempt %d failed: %s", self.broker, self._failures_in_row, error)
-        self._count("connect_failures")  # after the log line, so whoever sees the count finds the line
-        self._notify_state()
-
-    def _loop_until_disconnected(self) -> None:
-        while True:
-            if self._stop.is_set():
-                self.client.disconnect()
-                self.client.loop_write()  # this thread writes the DISCONNECT; paho then closes the socket
-                return
-            rc = self.client.loop(timeout=LOOP_TICK_S)
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                if not self._answered and not self._stop.is_set():  # TCP (and TLS) up, but no CONNACK
-                    self._connect_failed(
-                        f"connection closed before the broker answered ({paho.error_string(rc)})"
-                    )
-                return
-            if self._connected:
-                self._pump()
-            self._check_acks()
-
-    # --- paho callbacks (network thread) ----------------------------------------------------------------
-
-    def _on_connect(
-        self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
-    ) -> None:
-        self._answered = True
-        if reason_code.is_failure:
-            self._connect_failed(f"the broker refused the connection: {reason_code}")
-            return
+    def session_up(self, client: paho.Client) -> str:
         if self._subscriptions:
             client.subscribe(command_filters(list(self._subscriptions), self.v5))
         with self._lock:
@@ -278,20 +162,23 @@ class MqttTransport:
             self._retained_due = dict.fromkeys(self._retained)
             queued = len(self._queue)
             self._connected = True
-        self._count("connects")
-        offline = time.monotonic() - self._offline_since if self._offline_since is not None else 0.0
-        log.info(
-            "mqtt %s: connected (after %d failed attempt(s), %.1f s offline); sending %d queued messages",
-            self.broker,
-            self._failures_in_row,
-            offline,
-            queued,
-        )
-        self._failures_in_row = 0
-        self._last_error = ""
-        self._offline_since = None
-        self._backoff.reset()
-        self._notify_state()
+        return f"; sending {queued} queued messages"
+
+    def session_down(self) -> None:
+        # No self._lock here (see module docstring); a bool write is atomic.
+        self._connected = False
+
+    def session_tick(self) -> bool:
+        if self._connected:
+            self._pump()
+        self._check_acks()
+        return True
+
+    def session_goodbye(self, client: paho.Client) -> None:
+        """Nothing beyond DISCONNECT: the final retained states went out in :meth:`stop`."""
+
+    def session_count(self, name: str) -> None:
+        self._count(name)
 
     def _carry_unacked(self, client: paho.Client) -> List[Outgoing]:
         """Take back what paho would resend after this connect, to send it *before* our queue.
@@ -326,18 +213,6 @@ class MqttTransport:
                      self.broker, len(carried))  # fmt: skip
         return carried
 
-    def _on_disconnect(
-        self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
-    ) -> None:
-        # No self._lock here (see module docstring); a bool write is atomic.
-        was_connected = self._connected
-        self._connected = False
-        self._notify_state()
-        if was_connected and not self._stop.is_set():
-            self._offline_since = time.monotonic()
-            self._count("disconnects")
-            log.warning("mqtt %s: connection lost (%s); reconnecting with backoff", self.broker, reason_code)
-
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
     ) -> None:
@@ -352,14 +227,9 @@ class MqttTransport:
     def connected(self) -> bool:
         return self._connected
 
-    def _notify_state(self) -> None:
-        with self._state:
-            self._state.notify_all()
-
     def wait_for(self, predicate: Callable[[MqttTransport], bool], timeout: float) -> bool:
         """Wait until ``predicate(self)`` holds, re-checked at every connect, failure and disconnect."""
-        with self._state:
-            return self._state.wait_for(lambda: predicate(self), timeout)
+        return self.session.wait_for(lambda: predicate(self), timeout)
 
     def wait_connected(self, timeout: float) -> bool:
         return self.wait_for(lambda p: p.connected, timeout)
@@ -470,10 +340,10 @@ class MqttTransport:
     def in_flight(self, qos0_only: bool = False) -> int:
         """Messages handed to paho and not finished (QoS >= 1 unacknowledged, QoS 0 unwritten)."""
         with self._pending_lock:
-            while self._pending and _finished(self._pending[0][0]):
+            while self._pending and finished(self._pending[0][0]):
                 self._pending.popleft()
             return sum(
-                1 for info, _, qos, _ in self._pending if not (qos0_only and qos) and not _finished(info)
+                1 for info, _, qos, _ in self._pending if not (qos0_only and qos) and not finished(info)
             )
 
     def occupancy(self) -> Tuple[int, int, int]:
@@ -483,7 +353,7 @@ class MqttTransport:
         move from the queue to paho between them."""
         with self._lock:
             with self._pending_lock:
-                live = [qos for info, _, qos, _ in self._pending if not _finished(info)]
+                live = [qos for info, _, qos, _ in self._pending if not finished(info)]
             queued = len(self._queue)
         qos0 = live.count(0)
         return qos0, len(live) - qos0, queued
@@ -491,7 +361,7 @@ class MqttTransport:
     def unacknowledged_s(self) -> float:
         """How long the oldest unfinished message has waited (0 when none waits)."""
         with self._pending_lock:
-            while self._pending and _finished(self._pending[0][0]):
+            while self._pending and finished(self._pending[0][0]):
                 self._pending.popleft()
             return time.monotonic() - self._pending[0][1] if self._pending else 0.0
 
@@ -554,7 +424,7 @@ class MqttTransport:
         with self._lock:
             kinds = [m.kind for m in self._queue] + [self._retained[t].kind for t in self._retained_due]
         with self._pending_lock:
-            kinds += [kind for info, _, qos, kind in self._pending if qos and not _finished(info)]
+            kinds += [kind for info, _, qos, kind in self._pending if qos and not finished(info)]
         for kind in kinds:
             out[kind] = out.get(kind, 0) + 1
         return out
@@ -563,7 +433,7 @@ class MqttTransport:
         """Publish the final retained states, wait for acks, disconnect cleanly, end the network thread.
 
         Returns what was still undelivered at the end, by kind (empty when everything was acknowledged)."""
-        if self._thread is None:
+        if self.session.thread is None:
             return {}
         for suffix, payload in final_retained:
             self.set_retained(suffix, payload)
@@ -577,13 +447,9 @@ class MqttTransport:
                 ", ".join(f"{n} {kind}" for kind, n in sorted(left.items())),
                 ""
                 if self._connected
-                else f"; the broker is unreachable: {self._last_error or 'never connected'}",
+                else f"; the broker is unreachable: {self.session.last_error or 'never connected'}",
             )
-        self._stop.set()  # the network thread sends DISCONNECT and ends
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("mqtt %s: the network thread did not end within %.0f s", self.broker, timeout)
-        self._thread = None
+        self.session.stop(timeout)  # the network thread sends DISCONNECT and ends
         return left
 
     def _wait_flushed(self, timeout: float) -> None:

@@ -5,7 +5,8 @@ It is a second face of :class:`edge.faces.mqtt_json.api.DeviceApi` (an
 change and threshold change reaches it after the JSON face published it, and its threshold command goes
 through the JSON face's own ``set_threshold`` (same validation, record and ``threshold/state`` answer).
 
-Session (one paho client per connection, clean session; the network thread ``edge-spb`` owns it):
+Session (an :class:`edge.faces.mqtt_session.MqttSession` whose network thread ``edge-spb`` asks the node
+for a new paho client per connection, clean session):
 
 1. bdSeq = the last one used + 1 (0-255, wrapping; kept in ``state_dir`` so it survives restarts), the
    Will = NDEATH with that bdSeq at QoS 1, not retained; CONNECT.
@@ -20,10 +21,9 @@ Session (one paho client per connection, clean session; the network thread ``edg
 Threads: results arrive from the postprocess thread, camera changes from grabber threads, JSON threshold
 sets from the JSON network thread, commands and connection events in ``edge-spb``. One lock covers the seq
 and every hand-over to paho, so seq order is wire order. As in :mod:`edge.faces.mqtt_json.transport`, only
-``edge-spb`` writes
-to the socket (publishers queue and wake it), and no paho callback that paho runs under its own locks is
-used. Data published while the node is not born (broker away, primary host offline) is dropped and counted:
-the births that follow carry the latest values.
+``edge-spb`` writes to the socket (publishers queue and wake it), and no paho callback that paho runs under
+its own locks is used. Data published while the node is not born (broker away, primary host offline) is
+dropped and counted: the births that follow carry the latest values.
 """
 
 from __future__ import annotations
@@ -33,96 +33,29 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Deque, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 
 from edge.commands import CommandDesk, ThresholdError, threshold_payload_of
 from edge.config import MqttConfig, SparkplugConfig, TlsConfig
-from edge.faces.mqtt_session import command_filters, new_client, read_password
+from edge.faces.mqtt_session import LOOP_TICK_S, MqttSession, command_filters, new_client, read_password
 from edge.faces.sparkplug import limits
 from edge.faces.sparkplug import payload as spb
-from edge.results.payloads import CameraState, Identity, ResultPayload
-from edge.results.thresholds import ThresholdBook
-from edge.util.atomic import write_json_atomically
-from edge.util.backoff import Backoff
-from edge.util.priority import lower_current_thread_priority
+from edge.faces.sparkplug.bdseq import BdSeqStore
+from edge.faces.sparkplug.device import Camera, Device, node_values
+from edge.results.payloads import CameraState, ResultPayload
 from edge.util.ratelog import RateLimitedLog
 
 log = logging.getLogger("edge.sparkplug")
 rate_log = RateLimitedLog(log)
 
 NAMESPACE = "spBv1.0"
-LOOP_TICK_S = 0.1
 CONNACK_TIMEOUT_S = 10.0
 DEATH_ACK_TIMEOUT_S = 2.0
 MAX_UNWRITTEN = 100  # QoS 0 data messages handed to paho and not yet written; more are dropped and counted
-STATE_FORMAT = 1
-
-
-class Device(Protocol):
-    """What the node needs of the device's JSON face (:class:`edge.faces.mqtt_json.api.DeviceApi`): who it is,
-    its cameras, the thresholds in force, and the threshold command every face shares."""
-
-    identity: Identity
-    thresholds: ThresholdBook
-
-    def cameras_now(self) -> Dict[str, CameraState]: ...
-
-    def set_threshold(self, camera: str, payload: bytes, origin: str = ...) -> Optional[str]: ...
-
-
-class BdSeqStore:
-    """bdSeq per connection, 0-255, remembered in a file so a restart continues the sequence.
-
-    A value is written once, when it is first taken; connection attempts that never got a CONNACK reuse it
-    (no Will was registered with it), so a long broker outage does not rewrite the file every few seconds.
-    """
-
-    def __init__(self, path: Optional[Path]) -> None:
-        self.path = path
-        self._last = self._load()
-        self._pending: Optional[int] = None
-
-    def _load(self) -> int:
-        if self.path is None:
-            return -1
-        try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
-            value = int(doc["bdSeq"])
-        except FileNotFoundError:
-            return -1
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("ignoring the Sparkplug state file %s (%s); bdSeq starts at 0", self.path, exc)
-            return -1
-        return value if 0 <= value <= 255 else -1
-
-    def take(self) -> int:
-        """The bdSeq of the next connection attempt."""
-        if self._pending is None:
-            self._pending = (self._last + 1) % 256
-            self._last = self._pending
-            if self.path is not None:
-                try:
-                    write_json_atomically(self.path, {"format": STATE_FORMAT, "bdSeq": self._pending})
-                except OSError as exc:  # the session still works; a restart may repeat this bdSeq
-                    log.error("cannot record the Sparkplug bdSeq in %s: %s", self.path, exc)
-        return self._pending
-
-    def connected(self) -> None:
-        """The broker accepted a connection with the pending bdSeq: the next attempt takes a new one."""
-        self._pending = None
-
-
-@dataclass
-class _Camera:
-    index: int
-    values: Dict[str, spb.Value]  # current value of every device metric (what a DBIRTH carries)
-    sent: Dict[str, spb.Value] = field(default_factory=dict)  # last value sent since the last DBIRTH
-    alive: bool = False  # DBIRTH sent on this connection and no DDEATH since
 
 
 class SparkplugNode:
@@ -150,17 +83,12 @@ class SparkplugNode:
         self.api = api
         self.v5 = mqtt.protocol == "5"
         self.broker = f"{mqtt.host}:{mqtt.port}"
-        self._nice = network_thread_nice
         self._bdseq = BdSeqStore(state_file)
-        self._backoff = Backoff(float(mqtt.reconnect_min_s), float(mqtt.reconnect_max_s), jitter=0.5)
         self._password = read_password(mqtt)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
         self._client: Optional[paho.Client] = None
         self._connected = False
         self._subscribed = False
-        self._accepted = False  # the broker accepted the current connection
         self._sub_mid: Optional[int] = None
         self._born = False
         self._seq = 0
@@ -169,14 +97,15 @@ class SparkplugNode:
         self._host_ts = -1  # timestamp of the newest STATE seen (kept across connections)
         self._host_went_offline = False
         self._unwritten: Deque[paho.MQTTMessageInfo] = deque()
-        self._last_error = ""
-        self._node_values = self._initial_node_values(api.identity, json_prefix)
-        self._cameras: Dict[str, _Camera] = {}
+        self._node_values = node_values(api.identity, json_prefix)
+        self._cameras: Dict[str, Camera] = {}
         for index, (name, state) in enumerate(api.cameras_now().items()):
-            self._cameras[name] = _Camera(index, self._initial_camera_values(name, state))
+            self._cameras[name] = Camera(index, self._initial_camera_values(name, state))
         self.counters: Dict[str, int] = {
             "connects": 0,
+            "disconnects": 0,
             "connect_failures": 0,
+            "network_errors": 0,
             "published": 0,
             "births": 0,
             "rebirth_requests": 0,
@@ -190,6 +119,12 @@ class SparkplugNode:
         }
         self._rebirths = limits.RebirthGate()
         self.desk = CommandDesk(self._clear_retained)  # the retained-command guard every face shares
+        self.session = MqttSession(
+            mqtt, self, label="sparkplug", logger=log, thread_name="edge-spb",
+            network_thread_nice=network_thread_nice, connack_timeout_s=CONNACK_TIMEOUT_S,
+            clean_start=True,  # MQTT 5, and no session expiry: the session ends with the connection
+            connect_properties=limits.connect_properties(),  # MQTT 5: no bigger command reaches us
+        )  # fmt: skip
 
     # --- topics ---------------------------------------------------------------------------------------------
 
@@ -203,19 +138,6 @@ class SparkplugNode:
         return None if host is None else f"{NAMESPACE}/STATE/{host}"
 
     # --- values ---------------------------------------------------------------------------------------------
-
-    def _initial_node_values(self, identity: Identity, json_prefix: str) -> Dict[str, spb.Value]:
-        return {
-            "bdSeq": 0,
-            "Node Control/Rebirth": False,
-            "Properties/Device ID": identity.device_id,
-            "Properties/Version": identity.version,
-            "Properties/Run ID": identity.run_id,
-            "Properties/Model": identity.model.id,
-            "Properties/Precision": identity.model.precision,
-            "Properties/Backend": identity.model.backend,
-            "Properties/JSON Prefix": json_prefix,
-        }
 
     def _initial_camera_values(self, camera: str, state: CameraState) -> Dict[str, spb.Value]:
         values: Dict[str, spb.Value] = dict.fromkeys(spb.DEVICE_INDEX)
@@ -351,7 +273,7 @@ class SparkplugNode:
             sum(c.alive for c in self._cameras.values()),
         )  # fmt: skip
 
-    def _dbirth(self, name: str, cam: _Camera) -> None:
+    def _dbirth(self, name: str, cam: Camera) -> None:
         now = spb.now_ms(time.time())
         entries = [
             (m, spb.device_alias(cam.index, m.name), cam.values[m.name], now) for m in spb.DEVICE_METRICS
@@ -360,12 +282,12 @@ class SparkplugNode:
         cam.sent = dict(cam.values)
         cam.alive = True
 
-    def _ddeath(self, name: str, cam: _Camera) -> None:
+    def _ddeath(self, name: str, cam: Camera) -> None:
         now = spb.now_ms(time.time())
         self._send(self.topic("DDEATH", name), spb.encode(now, [], self._next_seq()))
         cam.alive = False
 
-    def _ddata(self, name: str, cam: _Camera, values: Dict[str, spb.Value], ts: int) -> None:
+    def _ddata(self, name: str, cam: Camera, values: Dict[str, spb.Value], ts: int) -> None:
         if not self._room():
             self.counters["dropped_ddata"] += 1
             return
@@ -381,20 +303,11 @@ class SparkplugNode:
     # --- lifecycle ------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name="edge-spb", daemon=True)
-        self._thread.start()
+        self.session.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """NDEATH, then DISCONNECT (done by the network thread), then the thread ends."""
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("sparkplug %s: the network thread did not end within %.0f s", self.broker, timeout)
-        self._thread = None
+        self.session.stop(timeout)
 
     def snapshot(self) -> Dict[str, int]:
         retained = self.desk.snapshot()["rejected_retained"]
@@ -408,66 +321,56 @@ class SparkplugNode:
                 "rebirth_requests", "rebirths_coalesced")  # fmt: skip
         return {f"sparkplug_{key}": snap[key] for key in keys}
 
-    # --- the network thread ---------------------------------------------------------------------------------
+    # --- the session's face (edge-spb) ---------------------------------------------------------------------
 
-    def _run(self) -> None:
-        lower_current_thread_priority(self._nice)
-        while not self._stop.is_set():
-            try:
-                established = self._session()
-            except Exception:  # a bug here must not end the node: count, log, reconnect with backoff
-                log.exception("sparkplug %s: session error; reconnecting", self.broker)
-                established = False
-            with self._lock:
-                self._connected = self._born = False
-                self._client = None
-            if established:
-                self._backoff.reset()
-            if not self._stop.is_set():
-                self._stop.wait(self._backoff.next_delay())
-
-    def _session(self) -> bool:
-        """One connection from CONNECT to its end; True when the broker accepted it."""
+    def session_client(self) -> paho.Client:
+        """A new client per connection attempt: its Will is the NDEATH of the attempt's bdSeq."""
         bdseq = self._bdseq.take()
-        client = self._make_client(bdseq)
+        client = new_client(
+            self.client_id, self.v5, self.mqtt.username, self._password, self.tls,
+            logging.getLogger("edge.sparkplug.paho"),
+        )  # fmt: skip
+        will = spb.death(spb.now_ms(time.time()), bdseq)
+        client.will_set(self.topic("NDEATH"), will, qos=1, retain=False)
+        client.on_subscribe = self._on_subscribe
+        client.message_callback_add(self.topic("NCMD"), self._on_ncmd)
+        client.message_callback_add(self.topic("DCMD", "+"), self._on_dcmd)
+        if self.state_topic is not None:
+            client.message_callback_add(self.state_topic, self._on_state)
         with self._lock:
             self._client = client
             self._current_bdseq = bdseq
             self._subscribed = False
-            self._accepted = False
             self._sub_mid = None
             self._host_went_offline = False
             self._host_online = self.cfg.primary_host_id is None
-        kwargs: Dict[str, Any] = {"keepalive": self.mqtt.keepalive}
-        if self.v5:
-            kwargs["clean_start"] = True  # and no session expiry: the session ends with the connection
-            kwargs["properties"] = limits.connect_properties()  # no command bigger than this reaches us
-        try:
-            client.connect(self.mqtt.host, self.mqtt.port, **kwargs)
-        except Exception as exc:  # refused, unreachable, TLS, bad host
-            self._connect_failed(str(exc) or type(exc).__name__)
-            return False
-        deadline = time.monotonic() + CONNACK_TIMEOUT_S
-        while not self._stop.is_set():
-            rc = client.loop(timeout=LOOP_TICK_S)
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                break
-            self._due_rebirth()
-            if not self._connected and time.monotonic() > deadline:
-                self._connect_failed(f"no CONNACK within {CONNACK_TIMEOUT_S:.0f} s")
-                break
-            if self._host_went_offline:
-                log.warning("sparkplug %s: primary host offline; NDEATH, disconnecting", self.broker)
-                self._die(client)
-                break
-        else:
-            self._die(client)
-        if self._accepted and not self._stop.is_set():
-            log.warning("sparkplug %s: session with bdSeq %d ended; reconnecting", self.broker, bdseq)
-        return self._accepted
+        return client
 
-    def _die(self, client: paho.Client) -> None:
-        """NDEATH (the Will's twin) and DISCONNECT; waits up to DEATH_ACK_TIMEOUT_S for the broker's ack."""
+    def session_up(self, client: paho.Client) -> str:
+        self._bdseq.connected()
+        commands = [self.topic("NCMD"), self.topic("DCMD", "+")]
+        filters: List[Tuple[str, Any]] = list(command_filters(commands, self.v5))
+        if self.state_topic is not None:
+            filters.append((self.state_topic, 1))
+        _, mid = client.subscribe(filters)
+        with self._lock:
+            self._connected = True
+            self._sub_mid = mid
+        return f" as {self.client_id} (bdSeq {self._current_bdseq})"
+
+    def session_down(self) -> None:
+        with self._lock:
+            self._connected = self._born = False
+
+    def session_tick(self) -> bool:
+        self._due_rebirth()
+        if self._host_went_offline:
+            log.warning("sparkplug %s: primary host offline; NDEATH, disconnecting", self.broker)
+            return False
+        return True
+
+    def session_goodbye(self, client: paho.Client) -> None:
+        """NDEATH (the Will's twin); waits up to DEATH_ACK_TIMEOUT_S for the broker's ack."""
         with self._lock:
             info = self._send(
                 self.topic("NDEATH"), spb.death(spb.now_ms(time.time()), self._current_bdseq), 1
@@ -477,53 +380,14 @@ class SparkplugNode:
         while info is not None and not info.is_published() and time.monotonic() < deadline:
             if client.loop(timeout=LOOP_TICK_S) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
-        client.disconnect()
-        client.loop_write()
-        if not self._stop.is_set():
-            return
-        log.info("sparkplug %s: NDEATH (bdSeq %d) sent, disconnected", self.broker, self._current_bdseq)
+        if info is not None and self.session.stopping:
+            log.info("sparkplug %s: NDEATH (bdSeq %d) sent; disconnecting", self.broker, self._current_bdseq)
 
-    def _connect_failed(self, error: str) -> None:
+    def session_count(self, name: str) -> None:
         with self._lock:
-            self.counters["connect_failures"] += 1
-        if error != self._last_error:
-            log.warning("sparkplug %s: cannot connect: %s (retrying with backoff)", self.broker, error)
-            self._last_error = error
-
-    def _make_client(self, bdseq: int) -> paho.Client:
-        client = new_client(
-            self.client_id, self.v5, self.mqtt.username, self._password, self.tls,
-            logging.getLogger("edge.sparkplug.paho"),
-        )  # fmt: skip
-        will = spb.death(spb.now_ms(time.time()), bdseq)
-        client.will_set(self.topic("NDEATH"), will, qos=1, retain=False)
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_disconnect = self._on_disconnect
-        client.message_callback_add(self.topic("NCMD"), self._on_ncmd)
-        client.message_callback_add(self.topic("DCMD", "+"), self._on_dcmd)
-        if self.state_topic is not None:
-            client.message_callback_add(self.state_topic, self._on_state)
-        return client
+            self.counters[name] += 1
 
     # --- paho callbacks (edge-spb) --------------------------------------------------------------------------
-
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        if rc.is_failure:
-            self._connect_failed(f"the broker refused the connection: {rc}")
-            return
-        self._bdseq.connected()
-        self._last_error = ""
-        commands = [self.topic("NCMD"), self.topic("DCMD", "+")]
-        filters: List[Tuple[str, Any]] = list(command_filters(commands, self.v5))
-        if self.state_topic is not None:
-            filters.append((self.state_topic, 1))
-        _, mid = client.subscribe(filters)
-        with self._lock:
-            self._connected = self._accepted = True
-            self._sub_mid = mid
-            self.counters["connects"] += 1
-        log.info("sparkplug %s: connected as %s (bdSeq %d)", self.broker, self.client_id, self._current_bdseq)
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
         if mid != self._sub_mid:
@@ -538,13 +402,6 @@ class SparkplugNode:
     def _maybe_birth(self) -> None:
         if self._connected and self._subscribed and self._host_online and not self._born:
             self._births()
-
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        with self._lock:
-            was = self._connected
-            self._connected = self._born = False
-        if was and not self._stop.is_set():
-            log.warning("sparkplug %s: connection lost (%s)", self.broker, rc)
 
     def _on_state(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         try:

@@ -1,0 +1,86 @@
+"""[[cameras]]: one section per camera (source, rate, ROI, threshold)."""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+from pydantic import Field, field_validator
+
+from edge.config.base import PublishMask, _Section, _topic_safe
+from edge.util.names import is_safe_name
+
+
+class CameraConfig(_Section):
+    name: str = Field(
+        description="camera name, part of its topics and folders: a letter or digit, then letters, digits, "
+        "'_', '-', '.' (at most 64, no '..')"
+    )
+    source: str = Field(
+        min_length=1,
+        description="device index ('0'), file path, rtsp:// or http(s):// URL, or a GStreamer pipeline",
+    )
+    loop: bool = Field(default=False, description="restart a video file at its end (demo/testing)")
+    fps: Optional[float] = Field(
+        default=None, gt=0, le=1000, description="read at most this many frames per second"
+    )
+    fault_after_s: float = Field(
+        default=3.0, gt=0, le=3600, description="no frame for this long: availability 'fault'"
+    )
+    roi: Optional[Tuple[int, int, int, int]] = Field(
+        default=None, description="region of interest [x, y, w, h] in camera pixels; default: the whole frame"
+    )
+    threshold: Optional[float] = Field(
+        default=None,
+        description="fixed threshold (normalised); overrides the bundle's and ignores MQTT threshold/set",
+    )
+    recipe: Optional[str] = Field(
+        default=None,
+        description="recipe (bundle folder in model.store) this camera runs; default: model.bundle",
+    )
+    publish_mask: PublishMask = Field(default="anomalous", description="when to publish the PNG defect mask")
+    publish_heatmap: bool = Field(default=False, description="also publish a JPEG heatmap overlay")
+    decode_on_demand: bool = Field(
+        default=True,
+        description="MJPEG via FFmpeg: keep frames compressed until scored, decode at the scale the model "
+        "needs",
+    )
+    enabled: bool = Field(default=True, description="false: keep the section but do not open the camera")
+    secret_params: List[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="query parameter names in this camera's source whose values are secret, hidden wherever "
+        "the source is printed or published (user, pwd, password, token, key, auth, sig, ... always are)",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_topic_safe(cls, value: str) -> str:
+        if not is_safe_name(value):  # it becomes a topic level and an evidence folder: never '..'
+            raise ValueError(
+                f"camera name {value!r} is not topic-safe: use 1-64 letters, digits, '_', '-' or '.', "
+                "starting with a letter or digit, no '..' (it becomes part of MQTT topics and folder names)"
+            )
+        return value
+
+    @field_validator("recipe")
+    @classmethod
+    def _recipe_is_a_folder_name(cls, value: Optional[str]) -> Optional[str]:
+        return None if value is None else _topic_safe(value, "recipe")
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_positive(cls, value: Optional[Tuple[int, int, int, int]]) -> Optional[Tuple[int, int, int, int]]:
+        if value is None:
+            return value
+        x, y, w, h = value
+        if x < 0 or y < 0 or w < 1 or h < 1:
+            raise ValueError(f"roi [x, y, w, h] needs x, y >= 0 and w, h >= 1, got {list(value)}")
+        return value
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_finite(cls, value: Optional[float]) -> Optional[float]:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("threshold must be a finite number")
+        return value
