@@ -1,7 +1,8 @@
 """Every command a face receives, parsed and validated in one place; the stage that owns the state applies it.
 
-Commands today: ``threshold/set`` (JSON face), ``model/set`` (JSON face) and the Sparkplug ``DCMD`` threshold
-metric. Each face hands the raw command to :class:`CommandDesk` (one retained-command guard, one set of
+Commands today: ``threshold/set`` (JSON face), ``model/set`` (JSON face), ``trigger`` (JSON face: a part in
+front of a camera) and the Sparkplug ``DCMD`` threshold metric.
+Each face hands the raw command to :class:`CommandDesk` (one retained-command guard, one set of
 outcome counters) and to one parser below (one validation path, one error text); the threshold book
 (:mod:`edge.results.thresholds`) and the changeover (:mod:`edge.service.changeover`) apply what was parsed.
 
@@ -180,3 +181,38 @@ def parse_model_set(payload: bytes) -> Tuple[Optional[str], bool]:
             "true}"
         )
     return doc, False
+
+
+# --- trigger ---------------------------------------------------------------------------------------------
+
+TRIGGER_PAYLOAD_MAX = 128
+_PART_ID = re.compile(r"^[^\x00-\x1f\x7f/+#]{1,64}$")
+
+
+def parse_trigger(payload: bytes) -> str:
+    """The part id of a ``trigger`` payload; ValueError says what is accepted.
+
+    Accepted: plain text ``P-0042``, a JSON string ``"P-0042"`` or ``{"part_id": "P-0042"}``; at most 128
+    bytes; the id is 1-64 printable characters without '/', '+' or '#' (it may become a topic level)."""
+    if len(payload) > TRIGGER_PAYLOAD_MAX:
+        raise ValueError(f"trigger payload is {len(payload)} bytes; at most {TRIGGER_PAYLOAD_MAX}")
+    try:
+        text = payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError("trigger payload is not UTF-8 text") from None
+    doc: object = text
+    if text.startswith(("{", '"')):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"trigger payload looks like JSON but does not parse: {exc}") from None
+    if isinstance(doc, dict):
+        if set(doc) != {"part_id"}:
+            raise ValueError('trigger JSON must be exactly {"part_id": "<id>"}')
+        doc = doc["part_id"]
+    if not isinstance(doc, str) or not _PART_ID.match(doc):
+        raise ValueError(
+            'trigger expects a part id (plain text or {"part_id": "P-0042"}): 1-64 printable characters '
+            "without '/', '+' or '#'"
+        )
+    return doc

@@ -38,6 +38,7 @@ from edge.config.cameras import CameraConfig
 from edge.config.evidence import EvidenceConfig
 from edge.config.model import ModelConfig
 from edge.config.mqtt import MqttConfig, TlsConfig
+from edge.config.parts import PartAction, PartConfig, check_parts
 from edge.config.postprocess import HealthConfig, PostprocessConfig
 from edge.config.sparkplug import SparkplugConfig
 from edge.util.redact import add_secret_params, redact_deep
@@ -57,6 +58,8 @@ __all__ = [  # the sections live in one module each; everyone imports them from 
     "HealthConfig",
     "ModelConfig",
     "MqttConfig",
+    "PartAction",
+    "PartConfig",
     "PostprocessConfig",
     "PublishMask",
     "SparkplugConfig",
@@ -116,6 +119,10 @@ class EdgeConfig(BaseSettings):
         default_factory=SparkplugConfig, description="Sparkplug B 3.0 edge node (off by default)"
     )
     cameras: List[CameraConfig] = Field(min_length=1, description="one [[cameras]] table per camera")
+    parts: List[PartConfig] = Field(
+        default_factory=list,
+        description="one [[parts]] table per inspected part: its cameras, deadline and default action",
+    )
     state_dir: Optional[Path] = Field(
         default=None,
         description="where the daemon keeps its own state (the threshold in force, the Sparkplug bdSeq); "
@@ -153,6 +160,11 @@ class EdgeConfig(BaseSettings):
         named = [cam.name for cam in self.cameras if cam.recipe is not None]
         if named and self.model.store is None:
             raise ValueError(f"cameras {', '.join(named)} name a recipe but model.store is not set")
+        return self
+
+    @model_validator(mode="after")
+    def _parts_name_enabled_cameras(self) -> EdgeConfig:
+        check_parts(self.parts, self.cameras)
         return self
 
     @classmethod

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import List, Literal, Optional, Tuple
 
 from pydantic import Field, field_validator
 
@@ -44,6 +44,18 @@ class CameraConfig(_Section):
         default=True,
         description="MJPEG via FFmpeg: keep frames compressed until scored, decode at the scale the model "
         "needs",
+    )
+    trigger: Literal["frame", "message"] = Field(
+        default="frame",
+        description="what opens a part ([[parts]]): 'frame', each scored frame is a part of its own; "
+        "'message', a <prefix>/<camera>/trigger message with a part id, the next frame belongs to it",
+    )
+    warn_band: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="fraction of the threshold below it that reads 'warn' (0.1: scores in [0.9*thr, thr]); "
+        "0: off",
     )
     enabled: bool = Field(default=True, description="false: keep the section but do not open the camera")
     secret_params: List[str] = Field(

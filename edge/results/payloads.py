@@ -19,6 +19,8 @@ from edge.results.payload_numbers import payload_json
 SCHEMA = 2
 CameraStateName = Literal["online", "offline", "fault", "ended"]
 ThresholdSource = Literal["config", "mqtt", "manifest"]
+CameraVerdict = Literal["ok", "warn", "ng"]
+PartVerdictName = Literal["ok", "warn", "ng", "no_result"]
 
 
 def iso_utc(epoch_s: float) -> str:
@@ -91,6 +93,11 @@ class ResultPayload(_Versioned):
     threshold: float = Field(description="normalised threshold in force for this frame")
     threshold_source: ThresholdSource
     anomalous: bool = Field(description="score > threshold")
+    verdict: Optional[CameraVerdict] = Field(
+        default=None,
+        description="ng when anomalous, warn when the score lies in the camera's warn band under the "
+        "threshold, else ok",
+    )
     defect_area: float = Field(description="fraction (0..1) of the inspected area inside kept regions")
     regions: List[RegionDoc]
     regions_total: int = Field(ge=0, description="regions found before the max_regions cut")
@@ -298,6 +305,65 @@ class StatsPayload(_Versioned):
     cameras: Dict[str, CameraStats]
     warnings: List[str] = Field(default_factory=list)
     evidence: Optional[EvidenceStats] = Field(default=None, description="null when the store is off")
+    parts: Dict[str, PartStats] = Field(default_factory=dict, description="per [[parts]] table; {} when none")
+
+
+class TriggerObject(_Payload):
+    part_id: str = Field(min_length=1, max_length=64, description="the part in front of the camera")
+
+
+class TriggerPayload(RootModel[Union[str, TriggerObject]]):
+    """``<prefix>/<camera>/trigger`` (sent by the PLC, never retained): the camera's next frame belongs to
+    part ``part_id``. Plain text (``P-0042``), a JSON string or ``{"part_id": "P-0042"}``; at most 128
+    bytes; the part id is 1-64 printable characters without ``/``, ``+`` or ``#``
+    (:func:`edge.commands.parse_trigger`)."""
+
+
+class PartCameraDoc(_Payload):
+    """One camera of a part: its verdict, and its result when it reported one."""
+
+    verdict: PartVerdictName
+    score: Optional[float] = Field(default=None, description="normalised score of its result, or null")
+    threshold: Optional[float] = Field(default=None, description="threshold its result was judged with")
+    seq: Optional[int] = Field(default=None, description="seq of its result on <camera>/result, or null")
+    frame_id: Optional[int] = None
+    reason: Optional[str] = Field(default=None, description="why there is no result (no_result only)")
+
+
+class PartPayload(_Versioned):
+    """``<prefix>/part/<name>`` (QoS 1, never retained): one part's combined verdict and the gate's action.
+
+    Published when every camera of the part reported, or at the deadline with ``no_result`` (and the default
+    action) for a part still missing a camera; a verdict completed after the deadline is published again
+    with ``late: true`` and the default action, which it never overrides."""
+
+    device_id: str
+    run_id: str
+    part: str = Field(description="the [[parts]] table's name")
+    part_id: str = Field(description="the trigger's part id ('<camera>:<frame_id>' for frame triggers)")
+    verdict: PartVerdictName = Field(description="ng if any camera is ng, no_result if any is missing, ...")
+    action: Literal["reject", "pass"] = Field(description="what the reject gate does with the part")
+    reason: Optional[str] = Field(description="why no_result (per missing camera), or why late; else null")
+    late: bool = Field(description="true: completed after the deadline; action is the default action")
+    trigger: Literal["frame", "message"]
+    trigger_ts: float = Field(description="trigger time, seconds since the Unix epoch (UTC)")
+    trigger_time: str = Field(description="trigger time, ISO-8601 UTC with milliseconds")
+    verdict_ts: float = Field(description="time of this verdict, seconds since the Unix epoch (UTC)")
+    verdict_time: str
+    elapsed_ms: float = Field(description="milliseconds from the trigger to this verdict")
+    deadline_ms: float
+    cameras: Dict[str, PartCameraDoc]
+
+
+class PartStats(_Payload):
+    """One part's counters since the start: triggers and verdicts (on time), late verdicts."""
+
+    triggered: int
+    ok: int
+    warn: int
+    ng: int
+    no_result: int = Field(description="parts closed at the deadline without every camera's result")
+    late: int = Field(description="verdicts completed after their deadline (published with late: true)")
 
 
 # --- who publishes ---------------------------------------------------------------------------------------

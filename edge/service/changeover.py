@@ -317,6 +317,12 @@ class Changeover:
 
     # --- model/state ---------------------------------------------------------------------------------------
 
+    def loading_recipe(self, camera: str) -> Optional[str]:
+        """The recipe being loaded for ``camera`` now, or None (a part's no_result reason says so)."""
+        with self._lock:
+            loading = self._loading.get(camera)
+        return None if loading is None else loading.recipe
+
     def state(self, camera: str) -> ModelStatePayload:
         active = self.book.active(camera)
         with self._lock:

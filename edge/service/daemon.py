@@ -45,6 +45,7 @@ from edge.scoring.models import ModelBook, close_backend
 from edge.service.changeover import Changeover
 from edge.service.health import MetricsServer, SdNotifier, Watchdog, watchdog_interval_s
 from edge.service.loader import StartupError, boot_models, load_model
+from edge.service.parts import PartDesk
 from edge.service.publish import PublishStage
 from edge.service.run_end import ended_line, every_camera_ended, final_line
 from edge.stores.evidence import EvidenceStore
@@ -102,6 +103,7 @@ class Daemon:
         )
         max_batch = max(1, min(config.model.max_batch or manifest.input.max_batch, backend.max_batch))
         self.inference = InferenceStage(models, cameras, stats, self.publisher.queue, max_batch, self._stop)
+        self.parts: Optional[PartDesk] = None  # [[parts]]: set by build() (PartDesk.wired)
         self._threads: List[threading.Thread] = []
         self._watchdog: Optional[Watchdog] = None
         self._metrics: Optional[MetricsServer] = None
@@ -201,6 +203,8 @@ class Daemon:
         if self.changeover is not None:
             self.changeover.start()
         self.publisher.start()
+        if self.parts is not None:
+            self.parts.start()
         stats_thread = threading.Thread(target=self._stats_loop, name="edge-stats", daemon=True)
         stats_thread.start()
         self._threads.append(stats_thread)
@@ -226,6 +230,8 @@ class Daemon:
             cam.source.stop()
         self._drain()
         self.publisher.finish()
+        if self.parts is not None:
+            self.parts.stop()
         if self.evidence is not None:
             self.evidence.close()
         for cam in self.cameras:
@@ -346,6 +352,7 @@ class Daemon:
             cameras=cams,
             warnings=self.transport.warnings() + (self.evidence.warnings() if self.evidence else []),
             evidence=None if self.evidence is None else EvidenceStats(**self.evidence.snapshot()),
+            parts={} if self.parts is None else self.parts.counts(),
         )
 
     def _stats_loop(self) -> None:
@@ -407,7 +414,8 @@ def build(
         evidence = EvidenceStore(folder, config.evidence)
         evidence.on_warnings = lambda found: api.set_warnings("evidence", found)  # a rebuilt index: status
     sparkplug = _sparkplug(config, api) if config.sparkplug.enabled else None
-    return Daemon(
+    changeover = Changeover(config, book, store, thresholds, api, load_model, choices)
+    daemon = Daemon(
         config,
         manifest,
         backend,
@@ -419,10 +427,12 @@ def build(
         notifier if notifier is not None else SdNotifier(),
         book,
         evidence,
-        Changeover(config, book, store, thresholds, api, load_model, choices),
+        changeover,
         sparkplug,
         overlays,
     )
+    daemon.parts = PartDesk.wired(config, api, daemon.stats, daemon.publisher, changeover.loading_recipe)
+    return daemon
 
 
 def _sparkplug(config: EdgeConfig, api: DeviceApi) -> SparkplugNode:

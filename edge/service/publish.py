@@ -10,7 +10,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 from edge.config import EdgeConfig
 from edge.faces.mqtt_json.api import DeviceApi
@@ -18,10 +18,14 @@ from edge.results.overlays import OverlaySaver
 from edge.results.payloads import iso_utc
 from edge.results.postprocess import Verdict, encode_heatmap_jpeg, encode_mask_png
 from edge.results.thresholds import ThresholdBook
+from edge.results.verdicts import camera_verdict
 from edge.scoring.inference import ScoredBatch, ScoredFrame
 from edge.stores.evidence import EvidenceStore
 from edge.util.priority import lower_current_thread_priority
 from edge.util.stats import Stats
+
+if TYPE_CHECKING:
+    from edge.service.parts import PartDesk
 
 log = logging.getLogger("edge.publish")
 
@@ -52,6 +56,7 @@ class PublishStage:
         self._nice = helper_nice
         self.evidence = evidence  # offered every published frame; keeps what its sampling rules ask for
         self.overlays = overlays  # edge-run --save-overlays: offered every published frame, saves a few
+        self.parts: Optional[PartDesk] = None  # told every published result when [[parts]] are configured
         self._model_of: Dict[str, str] = {}  # camera -> id of the model of its last published frame
         self._thread: Optional[threading.Thread] = None
 
@@ -116,6 +121,9 @@ class PublishStage:
             threshold=verdict.threshold,
             threshold_source=source,
             anomalous=verdict.anomalous,
+            verdict=camera_verdict(
+                verdict.score, verdict.threshold, verdict.anomalous, item.camera.cfg.warn_band
+            ),
             defect_area=round(verdict.defect_area, 6),
             regions=[r.to_json() for r in verdict.regions],
             regions_total=verdict.regions_total,
@@ -124,6 +132,8 @@ class PublishStage:
             latency_ms=latency,
         )
         self.stats.record_frame(name, verdict.anomalous, latency)
+        if self.parts is not None:
+            self.parts.on_result(doc, frame.capture_mono)
         if self.evidence is not None:  # never blocks: a full writer queue drops (and counts) the frame
             self.evidence.offer(name, frame, verdict, doc, doc.model.id, images.get("mask"))
         if self.overlays is not None:  # edge-run --save-overlays: bounded, after the result is out

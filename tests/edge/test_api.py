@@ -190,7 +190,7 @@ def test_readme_examples_follow_the_published_schemas() -> None:
     text = (REPO / "docs" / "mqtt-api.md").read_text(encoding="utf-8")
     examples = re.findall(r"<!-- payload: (\w+) -->\n```json\n(.*?)\n```", text, re.S)
     assert sorted(name for name, _ in examples) == sorted(SCHEMA_MODELS)
-    topics = {"status": "p/status", "stats": "p/stats"}
+    topics = {"status": "p/status", "stats": "p/stats", "part": "p/part/cap"}
     for name, body in examples:
         topic = topics.get(name, "p/" + TOPICS[name].filled("line1"))
         check(topic, json.loads(body))

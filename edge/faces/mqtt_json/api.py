@@ -40,6 +40,7 @@ from edge.results.payloads import (
     ImageRef,
     ModelRef,
     ModelStatePayload,
+    PartPayload,
     ResultPayload,
     StatsPayload,
     ThresholdStatePayload,
@@ -129,10 +130,13 @@ class DeviceApi:
         # model/set goes to the changeover (edge.service.changeover);
         # it answers on model/state. None: refused.
         self.on_model_set: Optional[Callable[[str, bytes], Optional[str]]] = None
+        # trigger goes to the part desk (edge.service.parts); None when refused, else why. None: no parts.
+        self.on_trigger: Optional[Callable[[str, bytes], Optional[str]]] = None
         self.observers: List[ApiObserver] = []
         transport.on_warnings = self._on_warnings
         transport.subscribe(TOPICS["threshold_set"].filter, self._on_threshold_set)
         transport.subscribe(TOPICS["model_set"].filter, self._on_model_set)
+        transport.subscribe(TOPICS["trigger"].filter, self._on_trigger)
 
     # --- retained state ------------------------------------------------------------------------------------
 
@@ -250,6 +254,16 @@ class DeviceApi:
         self._notify(lambda o: o.result(doc))
         return doc
 
+    def publish_part(self, doc: PartPayload) -> None:
+        """One part's verdict (QoS 1, never retained: a gate must not act on an old one)."""
+        self.transport.publish(
+            TOPICS["part"].filled(key=doc.part),
+            doc.to_bytes(),
+            1,
+            kind="part",
+            content_type="application/json",
+        )
+
     def publish_stats(self, doc: StatsPayload) -> None:
         self.transport.publish(
             TOPICS["stats"].filled(), doc.to_bytes(), 0, kind="stats", content_type="application/json"
@@ -297,6 +311,20 @@ class DeviceApi:
             return
         error = self.on_model_set(camera, msg.payload)
         self.commands.count("accepted" if error is None else "rejected_invalid")
+
+    def _on_trigger(self, msg: Inbound) -> None:
+        """A part in front of a camera; commands act once, as for threshold/set (retained: refused)."""
+        if not self.commands.admit(msg.suffix, msg.topic, msg.payload, msg.retain):
+            return
+        camera = camera_of(msg.suffix, TOPICS["trigger"])
+        if camera is None or camera not in self._cameras or self.on_trigger is None:
+            self.commands.count("rejected_unknown_camera")
+            log.warning("trigger for camera %r ignored: no such camera, or no [[parts]] configured", camera)
+            return
+        error = self.on_trigger(camera, msg.payload)
+        self.commands.count("accepted" if error is None else "rejected_invalid")
+        if error is not None:
+            log.warning("trigger for %s refused: %s", camera, error)
 
     def publish_model_state(self, doc: ModelStatePayload) -> None:
         self.transport.set_retained(

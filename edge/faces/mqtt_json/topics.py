@@ -16,11 +16,13 @@ from edge.results.payloads import (
     Identity,
     ModelSetPayload,
     ModelStatePayload,
+    PartPayload,
     ResultPayload,
     StatsPayload,
     StatusPayload,
     ThresholdSetPayload,
     ThresholdStatePayload,
+    TriggerPayload,
     iso_utc,
 )
 
@@ -50,6 +52,7 @@ TOPICS: Dict[str, Topic] = {
     t.name: t
     for t in (
         Topic("status", "status", "publish", 1, True, "application/json", StatusPayload),
+        Topic("part", "part/{key}", "publish", 1, False, "application/json", PartPayload),
         Topic("availability", "{camera}/availability", "publish", 1, False, "application/json",
               AvailabilityPayload),
         Topic("result", "{camera}/result", "publish", None, False, "application/json", ResultPayload),
@@ -63,6 +66,7 @@ TOPICS: Dict[str, Topic] = {
         Topic("model_set", "{camera}/model/set", "subscribe", 1, False, "application/json", ModelSetPayload),
         Topic("model_state", "{camera}/model/state", "publish", 1, True, "application/json",
               ModelStatePayload),
+        Topic("trigger", "{camera}/trigger", "subscribe", 1, False, "application/json", TriggerPayload),
     )
 }  # fmt: skip
 
