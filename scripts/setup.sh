@@ -20,6 +20,10 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     apt_get update -qq
     apt_get install -y -qq mosquitto mosquitto-clients >/dev/null
 fi
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then  # the live view's browser test
+    echo "setup: installing chromium and chromium-driver (Debian packages)..." >&2
+    { apt_get update -qq && apt_get install -y -qq chromium chromium-driver >/dev/null; } || echo "setup: no chromium: its test skips" >&2
+fi
 
 if [ -n "${PYTHON:-}" ]; then
     PY=$PYTHON

@@ -41,6 +41,7 @@ from edge.config.mqtt import MqttConfig, TlsConfig
 from edge.config.parts import PartAction, PartConfig, check_parts
 from edge.config.postprocess import HealthConfig, PostprocessConfig
 from edge.config.sparkplug import SparkplugConfig
+from edge.config.web import WebConfig
 from edge.util.redact import add_secret_params, redact_deep
 
 if sys.version_info >= (3, 11):
@@ -64,6 +65,7 @@ __all__ = [  # the sections live in one module each; everyone imports them from 
     "PublishMask",
     "SparkplugConfig",
     "TlsConfig",
+    "WebConfig",
     "format_validation_error",
     "load_config",
     "parse_overrides",
@@ -118,6 +120,7 @@ class EdgeConfig(BaseSettings):
     sparkplug: SparkplugConfig = Field(
         default_factory=SparkplugConfig, description="Sparkplug B 3.0 edge node (off by default)"
     )
+    web: WebConfig = Field(default_factory=WebConfig, description="live-view web page (off by default)")
     cameras: List[CameraConfig] = Field(min_length=1, description="one [[cameras]] table per camera")
     parts: List[PartConfig] = Field(
         default_factory=list,

@@ -18,7 +18,7 @@ from edge.results.payload_numbers import payload_json
 
 SCHEMA = 2
 CameraStateName = Literal["online", "offline", "fault", "ended"]
-ThresholdSource = Literal["config", "mqtt", "manifest"]
+ThresholdSource = Literal["config", "mqtt", "web", "manifest"]
 CameraVerdict = Literal["ok", "warn", "ng"]
 PartVerdictName = Literal["ok", "warn", "ng", "no_result"]
 
@@ -167,7 +167,7 @@ class ThresholdStatePayload(_Versioned):
     camera: str
     threshold: float
     source: ThresholdSource = Field(
-        description="config file, an MQTT set (kept across restarts), or the bundle"
+        description="config file, a set over MQTT or from the web page (kept across restarts), or the bundle"
     )
     set_at: Optional[str] = Field(description="ISO-8601 UTC time it was set (null for config and manifest)")
     range: Tuple[float, float] = Field(description="[min, max] accepted over MQTT")

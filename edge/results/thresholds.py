@@ -41,7 +41,7 @@ class InForce:
     """One camera's threshold and its provenance."""
 
     value: float
-    source: str  # 'config', 'mqtt' or 'manifest'
+    source: str  # 'config', 'mqtt', 'web' (the live-view page) or 'manifest'
     set_at: Optional[float] = None  # epoch seconds of the MQTT set
 
 
@@ -160,15 +160,18 @@ class ThresholdBook:
 
     # --- the MQTT command -----------------------------------------------------------------------------------
 
-    def set_from_payload(self, camera: str, payload: bytes, now: Optional[float] = None) -> InForce:
-        """Apply a threshold/set payload and record it; :class:`ThresholdError` says why it was refused."""
+    def set_from_payload(
+        self, camera: str, payload: bytes, now: Optional[float] = None, source: str = "mqtt"
+    ) -> InForce:
+        """Apply a threshold/set payload and record it; :class:`ThresholdError` says why it was refused.
+        ``source``: the face it came from (``mqtt``, or ``web`` for the live-view page)."""
         if camera in self._fixed:
             raise ThresholdError(
                 "this camera's threshold is fixed in the config file (cameras.threshold); remove it there "
                 "to allow changes over MQTT"
             )
         value = parse_threshold_payload(payload, *self.range(camera))
-        state = InForce(value, "mqtt", time.time() if now is None else now)
+        state = InForce(value, source, time.time() if now is None else now)
         # Recorded first, applied once recorded: a set that would not survive a restart is refused, not half
         # done. The frame path's lock is not held while the file is written.
         with self._write_lock:

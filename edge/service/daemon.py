@@ -48,6 +48,7 @@ from edge.service.loader import StartupError, boot_models, load_model
 from edge.service.parts import PartDesk
 from edge.service.publish import PublishStage
 from edge.service.run_end import ended_line, every_camera_ended, final_line
+from edge.service.web_face import WebFace
 from edge.stores.evidence import EvidenceStore
 from edge.stores.recipes import RecipeChoices, RecipeStore
 from edge.trust.manifest import Manifest
@@ -104,6 +105,7 @@ class Daemon:
         max_batch = max(1, min(config.model.max_batch or manifest.input.max_batch, backend.max_batch))
         self.inference = InferenceStage(models, cameras, stats, self.publisher.queue, max_batch, self._stop)
         self.parts: Optional[PartDesk] = None  # [[parts]]: set by build() (PartDesk.wired)
+        self.web: Optional[WebFace] = None  # [web]: set by build() (WebFace.wired)
         self._threads: List[threading.Thread] = []
         self._watchdog: Optional[Watchdog] = None
         self._metrics: Optional[MetricsServer] = None
@@ -205,6 +207,8 @@ class Daemon:
         self.publisher.start()
         if self.parts is not None:
             self.parts.start()
+        if self.web is not None:
+            self.web.start()
         stats_thread = threading.Thread(target=self._stats_loop, name="edge-stats", daemon=True)
         stats_thread.start()
         self._threads.append(stats_thread)
@@ -224,6 +228,8 @@ class Daemon:
         log.info("stopping: draining in-flight frames")
         self.notifier.notify("STOPPING=1", "STATUS=stopping")
         self._stop.set()
+        if self.web is not None:
+            self.web.stop()
         if self.changeover is not None:
             self.changeover.stop()
         for cam in self.cameras:
@@ -432,6 +438,7 @@ def build(
         overlays,
     )
     daemon.parts = PartDesk.wired(config, api, daemon.stats, daemon.publisher, changeover.loading_recipe)
+    daemon.web = WebFace.wired(config, daemon)
     return daemon
 
 

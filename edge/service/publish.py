@@ -25,6 +25,7 @@ from edge.util.priority import lower_current_thread_priority
 from edge.util.stats import Stats
 
 if TYPE_CHECKING:
+    from edge.faces.web.live import LiveView
     from edge.service.parts import PartDesk
 
 log = logging.getLogger("edge.publish")
@@ -57,6 +58,7 @@ class PublishStage:
         self.evidence = evidence  # offered every published frame; keeps what its sampling rules ask for
         self.overlays = overlays  # edge-run --save-overlays: offered every published frame, saves a few
         self.parts: Optional[PartDesk] = None  # told every published result when [[parts]] are configured
+        self.live: Optional[LiveView] = None  # [web]: the live view keeps a reference while a viewer watches
         self._model_of: Dict[str, str] = {}  # camera -> id of the model of its last published frame
         self._thread: Optional[threading.Thread] = None
 
@@ -138,6 +140,8 @@ class PublishStage:
             self.evidence.offer(name, frame, verdict, doc, doc.model.id, images.get("mask"))
         if self.overlays is not None:  # edge-run --save-overlays: bounded, after the result is out
             self.overlays.offer(name, frame, verdict)
+        if self.live is not None:
+            self.live.offer(name, frame, verdict)
 
     def _note_model(self, camera: str, model_id: str, default_threshold: float) -> None:
         """The first frame of a camera's new model (after a changeover): the threshold follows the model,

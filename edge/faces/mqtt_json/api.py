@@ -284,11 +284,14 @@ class DeviceApi:
             return
         self.set_threshold(camera, msg.payload)
 
-    def set_threshold(self, camera: str, payload: bytes, origin: str = "MQTT") -> Optional[str]:
-        """The threshold command of every face: validate, record, answer on threshold/state, tell the other
-        faces. Returns None when accepted, else why it was refused (nothing changed then)."""
+    def set_threshold(
+        self, camera: str, payload: bytes, origin: str = "MQTT", source: str = "mqtt"
+    ) -> Optional[str]:
+        """The threshold command of every face: validate, record, answer on threshold/state (``source``:
+        mqtt, or web for the live-view page), tell the other faces. Returns None when accepted, else why it
+        was refused (nothing changed then)."""
         try:
-            self.thresholds.set_from_payload(camera, payload)
+            self.thresholds.set_from_payload(camera, payload, source=source)
         except ThresholdError as exc:
             self.commands.count("rejected_invalid")
             log.warning("threshold set for %s (%s) refused: %s", camera, origin, exc)
