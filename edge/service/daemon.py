@@ -42,6 +42,7 @@ from edge.results.thresholds import ThresholdBook, resolve_state_dir, threshold_
 from edge.scoring.backends import Backend
 from edge.scoring.inference import Camera, InferenceStage, SignallingSlot
 from edge.scoring.models import ModelBook, close_backend
+from edge.service import opcua_face
 from edge.service.changeover import Changeover
 from edge.service.health import MetricsServer, SdNotifier, Watchdog, watchdog_interval_s
 from edge.service.loader import StartupError, boot_models, load_model
@@ -104,6 +105,7 @@ class Daemon:
         max_batch = max(1, min(config.model.max_batch or manifest.input.max_batch, backend.max_batch))
         self.inference = InferenceStage(models, cameras, stats, self.publisher.queue, max_batch, self._stop)
         self.parts: Optional[PartDesk] = None  # [[parts]]: set by build() (PartDesk.wired)
+        self.faces: List[Any] = []  # faces with start()/stop() of their own ([opcua]): set by build()
         self._threads: List[threading.Thread] = []
         self._watchdog: Optional[Watchdog] = None
         self._metrics: Optional[MetricsServer] = None
@@ -181,6 +183,8 @@ class Daemon:
         self.transport.start()
         if self.sparkplug is not None:
             self.sparkplug.start()
+        for face in self.faces:
+            face.start()
         self.stats.mark_started()
         for cam in self.cameras:
             cam.source.start()
@@ -242,6 +246,8 @@ class Daemon:
             self._metrics.stop()
         for thread in self._threads:
             thread.join(timeout=5)
+        for face in self.faces:
+            face.stop()
         if self.sparkplug is not None:
             self.sparkplug.stop()  # NDEATH after the last DDATA
         left = self.transport.stop(final_retained=self.api.final_retained())
@@ -432,6 +438,7 @@ def build(
         overlays,
     )
     daemon.parts = PartDesk.wired(config, api, daemon.stats, daemon.publisher, changeover.loading_recipe)
+    daemon.faces = [face for face in [opcua_face.wired(config, api, changeover)] if face is not None]
     return daemon
 
 
