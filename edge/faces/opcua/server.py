@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import threading
 from datetime import datetime, timezone
@@ -53,6 +54,12 @@ class Device(Protocol):
     def recipe(self, camera: str) -> str: ...
 
     def camera_state(self, camera: str) -> str: ...
+
+
+def _format(path: Any) -> str:
+    """'pem' or 'der' by the file's content (asyncua would go by its extension)."""
+    with open(path, "rb") as f:
+        return "pem" if f.read(64).lstrip().startswith(b"-----BEGIN") else "der"
 
 
 def _when(epoch_s: float) -> datetime:
@@ -186,8 +193,8 @@ class OpcUaFace:
             server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         else:
             server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
-            await server.load_certificate(str(self.config.cert_file))
-            await server.load_private_key(str(self.config.key_file))
+            await server.load_certificate(str(self.config.cert_file), format=_format(self.config.cert_file))
+            await server.load_private_key(str(self.config.key_file), format=_format(self.config.key_file))
         if self._users is not None:
             server.set_security_IDs(["Username"])
         self._server = server
@@ -203,7 +210,11 @@ class OpcUaFace:
         if self._users is None:
             return None
         users = self._users
-        user_cls, role = self.ua.server.users.User, self.ua.server.users.UserRole
+        try:  # asyncua 1.1+ (2.x on Python >= 3.10)
+            accounts = importlib.import_module("asyncua.crypto.permission_rules")
+        except ImportError:  # asyncua 1.0 (the newest on JetPack 5's Python 3.8)
+            accounts = importlib.import_module("asyncua.server.users")
+        user_cls, role = accounts.User, accounts.UserRole
 
         class FileUsers:
             def get_user(
