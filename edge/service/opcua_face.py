@@ -17,6 +17,8 @@ from edge.commands import ThresholdError, threshold_payload_of
 from edge.config import EdgeConfig
 from edge.faces.mqtt_json.api import DeviceApi
 from edge.service.changeover import Changeover
+from edge.service.loader import StartupError
+from edge.util.deps import MissingDependency
 
 if TYPE_CHECKING:
     from edge.faces.opcua.server import OpcUaFace
@@ -62,11 +64,13 @@ def wired(config: EdgeConfig, api: DeviceApi, changeover: Changeover) -> Optiona
     if not config.opcua.enabled:
         return None
     from edge.faces.opcua.server import OpcUaFace
+    from edge.faces.opcua.users import UsersFileError
 
-    face = OpcUaFace(
-        config.opcua,
-        DaemonDevice(config, api, changeover),
-        application_uri=f"urn:edge-anomaly:{config.device_id}",
-    )
+    try:
+        face = OpcUaFace(
+            config.opcua, DaemonDevice(config, api, changeover), f"urn:edge-anomaly:{config.device_id}"
+        )
+    except (MissingDependency, UsersFileError) as exc:
+        raise StartupError(f"opcua: {exc}") from exc
     api.observers.append(face)
     return face

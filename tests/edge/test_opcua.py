@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from edge.config import ConfigError, OpcUaConfig, load_config
 from edge.faces.opcua.users import UsersFileError, check, hash_line, read_users
 from edge.results.payloads import CameraState
+from edge.util.deps import MissingDependency
 
 asyncua = pytest.importorskip(
     "asyncua", reason="the OPC UA face needs asyncua (pip install 'edge-anomaly[opcua]')"
@@ -50,6 +52,12 @@ def test_beyond_localhost_needs_users_and_certificate(
     assert not secured.local_only
     with pytest.raises(ValueError, match="opc.tcp://HOST:PORT"):
         OpcUaConfig(endpoint="http://127.0.0.1:4840")
+
+
+def test_a_missing_asyncua_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "asyncua", None)  # import asyncua now raises ImportError
+    with pytest.raises(MissingDependency, match=r"pip install 'edge-anomaly\[opcua\]'"):
+        OpcUaFace(OpcUaConfig(enabled=True), FakeDevice(), "urn:edge-anomaly:t")
 
 
 def test_users_file(tmp_path: Path) -> None:
