@@ -52,7 +52,7 @@ class DaemonDevice:
         return self.api.thresholds.get(camera)[0]
 
     def recipe(self, camera: str) -> str:
-        return self.changeover.state(camera).active.recipe
+        return self.changeover.book.active(camera).recipe  # not state(): that lists the store on disk
 
     def camera_state(self, camera: str) -> str:
         state = self.api.cameras_now().get(camera)
