@@ -56,10 +56,10 @@ fi
 # Eclipse Tahu's JavaScript sparkplug-payload decodes every Sparkplug message in the tests (an independent
 # implementation); pinned by tests/node/package-lock.json. Without node the Sparkplug tests skip and say so.
 if command -v npm >/dev/null 2>&1; then
-    echo "setup: installing tests/node (sparkplug-payload, test-only)..." >&2
+    echo "setup: installing tests/node (sparkplug-payload, node-opcua; test-only)..." >&2
     npm ci --silent --no-audit --no-fund --prefix tests/node >/dev/null
 else
-    echo "setup: node/npm not found: the Sparkplug B tests will be skipped (apt-get install nodejs npm)" >&2
+    echo "setup: node/npm not found: the Sparkplug B and OPC UA client tests will be skipped (apt-get install nodejs npm)" >&2
 fi
 
 # The commands (edge-train, edge-run, ...) live in the environment's bin folder, not on PATH: say how.

@@ -38,6 +38,7 @@ from edge.config.cameras import CameraConfig
 from edge.config.evidence import EvidenceConfig
 from edge.config.model import ModelConfig
 from edge.config.mqtt import MqttConfig, TlsConfig
+from edge.config.opcua import OpcUaConfig
 from edge.config.parts import PartAction, PartConfig, check_parts
 from edge.config.postprocess import HealthConfig, PostprocessConfig
 from edge.config.sparkplug import SparkplugConfig
@@ -59,6 +60,7 @@ __all__ = [  # the sections live in one module each; everyone imports them from 
     "HealthConfig",
     "ModelConfig",
     "MqttConfig",
+    "OpcUaConfig",
     "PartAction",
     "PartConfig",
     "PostprocessConfig",
@@ -121,6 +123,7 @@ class EdgeConfig(BaseSettings):
         default_factory=SparkplugConfig, description="Sparkplug B 3.0 edge node (off by default)"
     )
     web: WebConfig = Field(default_factory=WebConfig, description="live-view web page (off by default)")
+    opcua: OpcUaConfig = Field(default_factory=OpcUaConfig, description="OPC UA server (off by default)")
     cameras: List[CameraConfig] = Field(min_length=1, description="one [[cameras]] table per camera")
     parts: List[PartConfig] = Field(
         default_factory=list,

@@ -42,6 +42,7 @@ from edge.results.thresholds import ThresholdBook, resolve_state_dir, threshold_
 from edge.scoring.backends import Backend
 from edge.scoring.inference import Camera, InferenceStage, SignallingSlot
 from edge.scoring.models import ModelBook, close_backend
+from edge.service import opcua_face
 from edge.service.changeover import Changeover
 from edge.service.health import MetricsServer, SdNotifier, Watchdog, watchdog_interval_s
 from edge.service.loader import StartupError, boot_models, load_model
@@ -105,7 +106,7 @@ class Daemon:
         max_batch = max(1, min(config.model.max_batch or manifest.input.max_batch, backend.max_batch))
         self.inference = InferenceStage(models, cameras, stats, self.publisher.queue, max_batch, self._stop)
         self.parts: Optional[PartDesk] = None  # [[parts]]: set by build() (PartDesk.wired)
-        self.web: Optional[WebFace] = None  # [web]: set by build() (WebFace.wired)
+        self.faces: List[Any] = []  # faces with start()/stop() of their own ([web], [opcua]): set by build()
         self._threads: List[threading.Thread] = []
         self._watchdog: Optional[Watchdog] = None
         self._metrics: Optional[MetricsServer] = None
@@ -183,6 +184,8 @@ class Daemon:
         self.transport.start()
         if self.sparkplug is not None:
             self.sparkplug.start()
+        for face in self.faces:
+            face.start()
         self.stats.mark_started()
         for cam in self.cameras:
             cam.source.start()
@@ -207,8 +210,6 @@ class Daemon:
         self.publisher.start()
         if self.parts is not None:
             self.parts.start()
-        if self.web is not None:
-            self.web.start()
         stats_thread = threading.Thread(target=self._stats_loop, name="edge-stats", daemon=True)
         stats_thread.start()
         self._threads.append(stats_thread)
@@ -228,8 +229,6 @@ class Daemon:
         log.info("stopping: draining in-flight frames")
         self.notifier.notify("STOPPING=1", "STATUS=stopping")
         self._stop.set()
-        if self.web is not None:
-            self.web.stop()
         if self.changeover is not None:
             self.changeover.stop()
         for cam in self.cameras:
@@ -248,6 +247,8 @@ class Daemon:
             self._metrics.stop()
         for thread in self._threads:
             thread.join(timeout=5)
+        for face in self.faces:
+            face.stop()
         if self.sparkplug is not None:
             self.sparkplug.stop()  # NDEATH after the last DDATA
         left = self.transport.stop(final_retained=self.api.final_retained())
@@ -438,7 +439,8 @@ def build(
         overlays,
     )
     daemon.parts = PartDesk.wired(config, api, daemon.stats, daemon.publisher, changeover.loading_recipe)
-    daemon.web = WebFace.wired(config, daemon)
+    faces = [WebFace.wired(config, daemon), opcua_face.wired(config, api, changeover)]
+    daemon.faces = [face for face in faces if face is not None]
     return daemon
 
 

@@ -93,6 +93,8 @@ class ApiObserver(Protocol):
 
     def threshold(self, camera: str) -> None: ...
 
+    def part(self, doc: PartPayload) -> None: ...
+
 
 class DeviceApi:
     """Publishes the typed payloads of one device and acts on its commands (the MQTT face of the daemon).
@@ -263,6 +265,7 @@ class DeviceApi:
             kind="part",
             content_type="application/json",
         )
+        self._notify(lambda o: o.part(doc))
 
     def publish_stats(self, doc: StatsPayload) -> None:
         self.transport.publish(
@@ -307,27 +310,35 @@ class DeviceApi:
         """Commands act once, as for threshold/set; the changeover answers on the retained model/state."""
         if not self.commands.admit(msg.suffix, msg.topic, msg.payload, msg.retain):
             return
-        camera = camera_of(msg.suffix, TOPICS["model_set"])
+        self.select_model(camera_of(msg.suffix, TOPICS["model_set"]), msg.payload)
+
+    def select_model(self, camera: Optional[str], payload: bytes, origin: str = "MQTT") -> Optional[str]:
+        """The model/set command of every face (counted here; the changeover answers on model/state)."""
         if camera is None or camera not in self._cameras or self.on_model_set is None:
             self.commands.count("rejected_unknown_camera")
-            log.warning("model/set for unknown camera %r ignored", camera)
-            return
-        error = self.on_model_set(camera, msg.payload)
+            log.warning("model/set for unknown camera %r ignored (%s)", camera, origin)
+            return f"no camera {camera!r}, or recipes are not configured"
+        error = self.on_model_set(camera, payload)
         self.commands.count("accepted" if error is None else "rejected_invalid")
+        return error
 
     def _on_trigger(self, msg: Inbound) -> None:
         """A part in front of a camera; commands act once, as for threshold/set (retained: refused)."""
         if not self.commands.admit(msg.suffix, msg.topic, msg.payload, msg.retain):
             return
-        camera = camera_of(msg.suffix, TOPICS["trigger"])
+        self.trigger(camera_of(msg.suffix, TOPICS["trigger"]), msg.payload)
+
+    def trigger(self, camera: Optional[str], payload: bytes, origin: str = "MQTT") -> Optional[str]:
+        """The trigger command of every face: None when the part opened, else why not (counted here)."""
         if camera is None or camera not in self._cameras or self.on_trigger is None:
             self.commands.count("rejected_unknown_camera")
             log.warning("trigger for camera %r ignored: no such camera, or no [[parts]] configured", camera)
-            return
-        error = self.on_trigger(camera, msg.payload)
+            return f"no camera {camera!r}, or no [[parts]] configured"
+        error = self.on_trigger(camera, payload)
         self.commands.count("accepted" if error is None else "rejected_invalid")
         if error is not None:
-            log.warning("trigger for %s refused: %s", camera, error)
+            log.warning("trigger for %s (%s) refused: %s", camera, origin, error)
+        return error
 
     def publish_model_state(self, doc: ModelStatePayload) -> None:
         self.transport.set_retained(

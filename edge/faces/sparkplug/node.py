@@ -46,7 +46,7 @@ from edge.faces.sparkplug import limits
 from edge.faces.sparkplug import payload as spb
 from edge.faces.sparkplug.bdseq import BdSeqStore
 from edge.faces.sparkplug.device import Camera, Device, node_values
-from edge.results.payloads import CameraState, ResultPayload
+from edge.results.payloads import CameraState, PartPayload, ResultPayload
 from edge.util.ratelog import RateLimitedLog
 
 log = logging.getLogger("edge.sparkplug")
@@ -217,6 +217,9 @@ class SparkplugNode:
         """The threshold changed (JSON threshold/set or a DCMD): DDATA with the value in force."""
         with self._lock:
             self._update(camera, self._threshold_values(camera), spb.now_ms(time.time()))
+
+    def part(self, doc: PartPayload) -> None:
+        """Part verdicts are not Sparkplug metrics yet (issue 28): the JSON face and OPC UA carry them."""
 
     def _update(self, camera: str, values: Dict[str, spb.Value], ts: int, force: Sequence[str] = ()) -> None:
         cam = self._cameras.get(camera)
