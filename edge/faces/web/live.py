@@ -19,7 +19,7 @@ import numpy as np
 
 from edge.capture.frames import Frame
 from edge.results.overlays import annotate, verdict_lines
-from edge.results.payloads import CameraState, ResultPayload
+from edge.results.payloads import CameraState, PartPayload, ResultPayload
 from edge.results.postprocess import Verdict
 
 VIEWER_IDLE_S = 5.0  # no frame request for this long: frames are no longer kept for viewers
@@ -106,6 +106,9 @@ class LiveView:
 
     def threshold(self, camera: str) -> None:
         """The threshold changed: the page reads the one in force with every state poll."""
+
+    def part(self, doc: PartPayload) -> None:
+        """Part verdicts are not on the page yet (issue 29): the JSON face and OPC UA carry them."""
 
     # --- the publish thread's frame tap -----------------------------------------------------------------
 
