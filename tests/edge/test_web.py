@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 from edge.faces.web.live import LiveView  # noqa: E402
 from edge.faces.web.server import COOKIE, Access, make_app  # noqa: E402
 from edge.results.payloads import CameraState, ThresholdStatePayload  # noqa: E402
+from edge.service.web_face import WebFace  # noqa: E402
 from tests.edge.test_daemon_e2e import WAIT, InProcess, config_toml  # noqa: E402
 from tests.helpers.broker import Broker  # noqa: E402
 from tests.helpers.mqtt import Subscriber  # noqa: E402
@@ -154,7 +155,7 @@ def test_threshold_from_the_page_takes_the_mqtt_path(broker: Broker, media: dict
     run.start()
     try:
         assert sub.wait_for(lambda m: len(sub.on(f"{prefix}/line/result")) >= 5, WAIT)
-        face = run.daemon.web
+        face = next((f for f in run.daemon.faces if isinstance(f, WebFace)), None)
         assert face is not None and face.live.encoded == 0  # nobody watched: nothing encoded
         with urllib.request.urlopen(face.server.url, timeout=WAIT) as page:  # the daemon's own server
             assert page.status == 200 and b"/static/app.js" in page.read()

@@ -21,6 +21,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from edge.service.web_face import WebFace  # noqa: E402
 from tests.edge.test_daemon_e2e import WAIT, InProcess, config_toml  # noqa: E402
 from tests.helpers.broker import Broker  # noqa: E402
 from tests.helpers.mqtt import Subscriber  # noqa: E402
@@ -61,7 +62,7 @@ def test_live_view_in_chromium(browser, broker: Broker, tmp_path: Path) -> None:
     sub = Subscriber(broker.host, broker.port, [f"{prefix}/line/threshold/state"])
     run.start()
     try:
-        face = run.daemon.web
+        face = next((f for f in run.daemon.faces if isinstance(f, WebFace)), None)
         assert face is not None
         wait = WebDriverWait(browser, WAIT)
         wait.until(lambda d: face.server.port != 0)
