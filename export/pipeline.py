@@ -124,6 +124,9 @@ def _calibration_paths(opts: ExportOptions, ckpt: Checkpoint) -> list[Path]:
 
 def load_inputs(opts: ExportOptions) -> Inputs:
     ckpt = load_checkpoint(opts.checkpoint)
+    unexportable = getattr(ckpt.model, "export_refusal", None)
+    if unexportable:
+        raise CheckpointError(f"a {ckpt.kind} model with this config cannot be exported: {unexportable}")
     pre = ckpt.preprocess
     say(
         f"loaded {ckpt.kind} checkpoint {opts.checkpoint} (sha256 {ckpt.sha256[:12]}, input {pre.height}x{pre.width})"
@@ -147,7 +150,9 @@ def load_inputs(opts: ExportOptions) -> Inputs:
     calib = None
     refusal = getattr(ckpt.model, "int8_refusal", None)
     if opts.int8 and refusal:
-        raise CheckpointError(f"--int8 is not offered for a {ckpt.kind} model: {refusal}; export without --int8")
+        raise CheckpointError(
+            f"--int8 is not offered for a {ckpt.kind} model: {refusal}; export without --int8"
+        )
     if opts.int8:
         calib_paths = _calibration_paths(opts, ckpt)
         calib = load_images(calib_paths, pre)

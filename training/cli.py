@@ -12,10 +12,15 @@ from training.data import DatasetError
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    from training.train import DEFAULTS, TrainConfig, train
+    from training.train import DEFAULT_MODEL, DEFAULTS, TrainConfig, train
 
     p = argparse.ArgumentParser(prog="edge-train", description="Train an anomaly model on good images only.")
-    p.add_argument("--model", required=True, choices=sorted(DEFAULTS))
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        choices=sorted(DEFAULTS),
+        help=f"model kind (default: {DEFAULT_MODEL}, the recommended kNN; see docs/models.md)",
+    )
     p.add_argument(
         "--data",
         required=True,

@@ -48,6 +48,8 @@ SCORES = ("max", "topk")
 FUSIONS = ("mean", "shift")
 EAGER_BANK_CHUNK = 32768  # rows searched at once in eager mode (a full bank would need GBs at once)
 COVERAGE_QUANTILES = (0.5, 0.95, 0.99, 1.0)
+# Checkpoints written before these fields existed were EfficientNet-only max-scored kNNs (training.checkpoint)
+FIELDS_ADDED_SINCE = {"backbone": "effnet", "score": "max", "vit_bank_size": 4096}
 
 
 @dataclass
