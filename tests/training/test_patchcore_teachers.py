@@ -203,3 +203,16 @@ def test_pasted_eval_writes_the_worst_images(knn_run: Path, tmp_path: Path) -> N
     index = json.loads((worst / "index.json").read_text())
     assert [e["group"] for e in index["images"]] == ["good-highest", "defective-lowest"]
     assert "pasted on held-out good" in index["images"][1]["image"]
+
+
+def test_a_large_bank_is_searched_in_slices_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.models.patchcore as patchcore
+
+    monkeypatch.setattr(patchcore, "EAGER_BANK_CHUNK", 100)
+    bank = torch.randn(1000, 8)
+    search = patchcore.NearestBank(0, 8)
+    search.set_bank(bank)
+    f = torch.randn(2, 8, 3, 4)
+    q = f.flatten(2).transpose(1, 2)
+    want = torch.cdist(q, bank.expand(2, -1, -1)).amin(dim=-1).view(2, 1, 3, 4)
+    torch.testing.assert_close(search(f), want, atol=1e-4, rtol=1e-4)

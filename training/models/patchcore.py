@@ -112,11 +112,12 @@ class NearestBank(nn.Module):
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or len(self.bank) <= EAGER_BANK_CHUNK:
             return (qn - 2.0 * (q @ self.bank.t()) + self.bank_sqnorm).amin(dim=-1)  # (N, T)
         best = None
+        flat = q.reshape(-1, q.shape[-1])  # (N*T, C)
         for i in range(0, len(self.bank), EAGER_BANK_CHUNK):  # eager only: the bank in slices
             b, bn = self.bank[i : i + EAGER_BANK_CHUNK], self.bank_sqnorm[i : i + EAGER_BANK_CHUNK]
-            d2 = (qn - 2.0 * (q @ b.t()) + bn).amin(dim=-1)
+            d2 = torch.addmm(bn, flat, b.t(), alpha=-2.0).amin(dim=-1)  # |B|^2 - 2 q.B, one fused pass
             best = d2 if best is None else torch.minimum(best, d2)
-        return best
+        return best.view(q.shape[:2]) + qn[..., 0]  # |q|^2 is the same for every row: added after the min
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         n, c, h, w = f.shape
