@@ -155,12 +155,20 @@ def sweep(data: Path, banks: dict[str, list[int]], scores: list[tuple[str, float
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--data", type=Path)
+    p.add_argument("--out", type=Path)
+    p.add_argument(
+        "--table", type=Path, nargs="+", help="print a markdown table of these sweep JSONs and exit"
+    )
     p.add_argument("--effnet-banks", default="0,16384,4096")
     p.add_argument("--vit-banks", default="0,4096,1024")
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
+    if args.table:
+        print(table(args.table), end="")
+        return 0
+    if args.data is None or args.out is None:
+        p.error("--data and --out are needed (or --table)")
     if args.threads:
         torch.set_num_threads(args.threads)
     banks = {
@@ -172,6 +180,34 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def table(paths: list[Path]) -> str:
+    """Markdown of sweep JSONs: one row per (category, teacher, bank, score)."""
+
+    def f(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = [
+        "| category | teacher | bank rows | image score | image AUROC | pixel AUROC | AUPRO | line recall @ 1 % "
+        "| line recall @ 0.1 % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        name = Path(data["data"]).name
+        for r in data["runs"]:
+            bank = (
+                "/".join(str(b or "full") for b in r["bank"])
+                if isinstance(r["bank"], list)
+                else r["bank"] or "full"
+            )
+            score = "max" if r["score"] == "max" else f"top {r['topk']:.1%} mean"
+            lines.append(
+                f"| {name} | {r['teacher']} | {bank} | {score} | {f(r['image_auroc'])} | {f(r['pixel_auroc'])} "
+                f"| {f(r['aupro'])} | {f(r['recall_1'])} | {f(r['recall_01'])} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
