@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from edge.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
@@ -78,7 +79,9 @@ def _metrics(model: PatchCore, raw: list[torch.Tensor], labels, masks, types) ->
     }
 
 
-def sweep(data: Path, banks: dict[str, list[int]], scores: list[tuple[str, float]], log) -> dict[str, Any]:
+def sweep(
+    data: Path, banks: dict[str, list[int]], scores: list[tuple[str, float]], log, raw_out: Path | None = None
+) -> dict[str, Any]:
     torch.manual_seed(0)
     pre = Preprocess(
         height=SIZE, width=SIZE, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="letterbox"
@@ -131,8 +134,16 @@ def sweep(data: Path, banks: dict[str, list[int]], scores: list[tuple[str, float
                     }
                 )
                 log(f"    {name} bank {rows or 'full'} {score} {frac}: {m}")
+    if raw_out is not None:  # for trying other fusions later without the teachers
+        np.savez_compressed(
+            raw_out,
+            labels=labels,
+            masks=masks,
+            types=np.array(types),
+            **{f"{name}_{rows}": r.numpy() for (name, rows), r in raw.items()},
+        )
     for rows_e, rows_v in zip(banks["effnet"], banks["vit"], strict=True):
-        for fusion in ("mean", "shift"):
+        for fusion in ("mean", "max", "shift"):
             for score, frac in scores:
                 cfg = PatchCoreConfig(
                     image_size=SIZE,
@@ -176,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         "vit": [int(v) for v in args.vit_banks.split(",")],
     }
     scores = [("max", 0.01), ("topk", 0.01), ("topk", 0.001)]
-    result = sweep(args.data, banks, scores, lambda m: print(m, file=sys.stderr, flush=True))
+    raw_out = args.out.with_name(args.out.stem + "-raw.npz")
+    result = sweep(args.data, banks, scores, lambda m: print(m, file=sys.stderr, flush=True), raw_out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -45,7 +45,7 @@ from training.models.base import TrainableModel
 
 BACKBONES = ("effnet", "vit", "both")
 SCORES = ("max", "topk")
-FUSIONS = ("mean", "shift")
+FUSIONS = ("mean", "max", "shift")
 EAGER_BANK_CHUNK = 32768  # rows searched at once in eager mode (a full bank would need GBs at once)
 COVERAGE_QUANTILES = (0.5, 0.95, 0.99, 1.0)
 # Checkpoints written before these fields existed were EfficientNet-only max-scored kNNs (training.checkpoint)
@@ -69,7 +69,9 @@ class PatchCoreConfig:
     max_candidates: int = 0  # 0: the coreset is chosen from every patch; > 0: from a random subset this size
     score: str = "max"  # image score from the smoothed map: "max", or "topk" (mean of its top topk_fraction)
     topk_fraction: float = 0.01
-    fusion: str = "mean"  # backbone "both": "mean" of the two normalised maps, or "shift" (see fuse_maps)
+    fusion: str = (
+        "mean"  # backbone "both": "mean" or "max" of the two normalised maps, or "shift" (fuse_maps)
+    )
     sigma: float = 4.0
 
 
@@ -445,10 +447,13 @@ class PatchCore(TrainableModel):
         return flat.amax(dim=1)
 
     def fuse_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """Normalised per-teacher (N, H, W) maps -> one map. "mean": their pixelwise mean. "shift": the
-        first (fine, EfficientNet) map moved so that its peak equals the mean of the maps' image scores."""
+        """Normalised per-teacher (N, H, W) maps -> one map. "mean" / "max": their pixelwise mean / max.
+        "shift": the first (fine, EfficientNet) map moved so that its peak equals the mean of the maps'
+        image scores."""
         if self.config.fusion == "mean":
             return torch.stack(maps, 0).mean(0)
+        if self.config.fusion == "max":
+            return torch.stack(maps, 0).amax(0)
         fused = torch.stack([self.image_score(m) for m in maps], 0).mean(0)  # (N,)
         return maps[0] + (fused - self.image_score(maps[0]))[:, None, None]
 
