@@ -171,12 +171,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--table", type=Path, nargs="+", help="print a markdown table of these sweep JSONs and exit"
     )
+    p.add_argument("--refuse", type=Path, help="a sweep's -raw.npz: score other fusions of its maps (--fusions)")
+    p.add_argument("--fusions", default="mean,max")
     p.add_argument("--effnet-banks", default="0,16384,4096")
     p.add_argument("--vit-banks", default="0,4096,1024")
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
     if args.table:
         print(table(args.table), end="")
+        return 0
+    if args.refuse:
+        rows = refuse(args.refuse, args.fusions.split(","), [("max", 0.01), ("topk", 0.01)])
+        for r in rows:
+            print(json.dumps(r))
         return 0
     if args.data is None or args.out is None:
         p.error("--data and --out are needed (or --table)")
@@ -192,6 +199,30 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def refuse(raw_path: Path, fusions: list[str], scores: list[tuple[str, float]]) -> list[dict[str, Any]]:
+    """Score fusions of the raw maps a sweep saved (no teacher runs): one row per bank pair, fusion, score."""
+    raw = np.load(raw_path)
+    labels, masks, types = raw["labels"], raw["masks"], [str(t) for t in raw["types"]]
+    maps = {k: torch.from_numpy(raw[k]) for k in raw.files if k.startswith(("effnet_", "vit_"))}
+    rows = []
+    pairs = [(e, v) for e in maps if e.startswith("effnet_") for v in maps if v.startswith("vit_")]
+    for e, v in pairs:
+        for fusion in fusions:
+            for score, frac in scores:
+                cfg = PatchCoreConfig(
+                    image_size=SIZE,
+                    backbone="both",
+                    fusion=fusion,
+                    score=score,
+                    topk_fraction=frac,
+                    bank_size=0,
+                    vit_bank_size=0,
+                )
+                m = _metrics(PatchCore(cfg), [maps[e], maps[v]], labels, masks, types)
+                rows.append({"teacher": f"both-{fusion}", "bank": [e, v], "score": score, "topk": frac, **m})
+    return rows
 
 
 def table(paths: list[Path]) -> str:

@@ -31,14 +31,23 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "gtrans (default)": ("gtrans", {}),
     "patchcore effnet 256 px, 16384 rows (the old default)": (
         "patchcore",
-        {"backbone": "effnet", "image_size": 256},
+        {"backbone": "effnet", "image_size": 256, "bank_size": 16384},
     ),
-    "patchcore effnet 224 px, 16384 rows": ("patchcore", {"backbone": "effnet", "image_size": 224}),
-    "patchcore vit 224 px, 4096 rows": ("patchcore", {"backbone": "vit", "image_size": 224}),
-    "patchcore both 224 px, 16384 + 4096 rows": ("patchcore", {"backbone": "both", "image_size": 224}),
-    "patchcore both 224 px, 4096 + 4096 rows": (
+    "patchcore effnet 224 px, 4096 rows": (
         "patchcore",
-        {"backbone": "both", "image_size": 224, "bank_size": 4096},
+        {"backbone": "effnet", "image_size": 224, "bank_size": 4096},
+    ),
+    "patchcore vit 224 px, 1024 rows": (
+        "patchcore",
+        {"backbone": "vit", "image_size": 224, "vit_bank_size": 1024},
+    ),
+    "patchcore both 224 px, 16384 + 4096 rows": (
+        "patchcore",
+        {"backbone": "both", "image_size": 224, "bank_size": 16384, "vit_bank_size": 4096},
+    ),
+    "patchcore both 224 px, 4096 + 1024 rows": (
+        "patchcore",
+        {"backbone": "both", "image_size": 224, "bank_size": 4096, "vit_bank_size": 1024},
     ),
 }
 

@@ -6,6 +6,7 @@ pretrained ViT-S/14 is covered in test_backbones.py, which skips when its wheel 
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -32,7 +33,9 @@ from training.worst import pick_worst
 SIZE = 56  # 4 x 4 ViT patches, 7 x 7 EfficientNet cells: the smallest size both teachers take
 
 
+@functools.cache
 def fitted(backbone: str, score: str = "max", fusion: str = "mean", **over) -> PatchCore:
+    """A small fitted model, built once per setting (tests only read it)."""
     torch.manual_seed(0)
     cfg = PatchCoreConfig(
         image_size=SIZE, backbone=backbone, bank_size=40, vit_bank_size=24, score=score, fusion=fusion, **over
@@ -104,8 +107,8 @@ def test_both_normalises_each_teacher_by_held_out_good_scores() -> None:
 
 
 def test_topk_score_is_the_map_max_and_at_most_the_plain_max() -> None:
-    plain, topk = fitted("effnet"), fitted("effnet", score="topk", topk_fraction=0.1)
-    topk.load_state_dict(plain.state_dict())
+    plain, topk = fitted("effnet"), fitted("effnet", score="topk", topk_fraction=0.1)  # same seed, same bank
+    torch.testing.assert_close(plain.search.bank, topk.search.bank)
     x = torch.randn(3, 3, SIZE, SIZE)
     with torch.no_grad():
         s_max, m_max = plain(x)

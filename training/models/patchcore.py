@@ -49,22 +49,24 @@ FUSIONS = ("mean", "max", "shift")
 EAGER_BANK_CHUNK = 32768  # rows searched at once in eager mode (a full bank would need GBs at once)
 COVERAGE_QUANTILES = (0.5, 0.95, 0.99, 1.0)
 # Checkpoints written before these fields existed were EfficientNet-only max-scored kNNs (training.checkpoint)
-FIELDS_ADDED_SINCE = {"backbone": "effnet", "score": "max", "vit_bank_size": 4096}
+FIELDS_ADDED_SINCE = {"backbone": "effnet", "score": "max", "vit_bank_size": 1024, "fusion": "mean"}
 
 
 @dataclass
 class PatchCoreConfig:
-    image_size: int = 256
-    backbone: str = "effnet"  # "effnet" | "vit" | "both" (see the module docstring)
+    # Defaults = the recommended model (results/MODELS-DRAFT.md says which data chose each): both teachers,
+    # mean fusion, max score, banks sized so the bundle's CPU p50 stays within 3x GTrans's.
+    image_size: int = 224  # ViT-S/14's own size (16 x 16 patches); EfficientNet gets 28 x 28 cells
+    backbone: str = "both"  # "effnet" | "vit" | "both" (see the module docstring)
     teacher_blocks: tuple[int, ...] = (4, 10)  # EfficientNet-Lite0 blocks at strides 8 and 16
     pool: int = (
         3  # local neighbourhood averaged into each EfficientNet patch feature (PatchCore's aggregation)
     )
     vit_layers: tuple[int, ...] = (5, 8)  # ViT-S/14 blocks, 0-based (ViTS14.forward_layers)
     bank_size: int = (
-        16384  # EfficientNet coreset rows; 16384 x 152 float32 = 9.5 MiB. 0: every patch (eval only)
+        4096  # EfficientNet coreset rows; 4096 x 152 float32 = 2.4 MiB. 0: every patch (eval only)
     )
-    vit_bank_size: int = 4096  # ViT coreset rows; 4096 x 768 float32 = 12 MiB. 0: every patch (eval only)
+    vit_bank_size: int = 1024  # ViT coreset rows; 1024 x 768 float32 = 3 MiB. 0: every patch (eval only)
     projection_dim: int = 64  # random projection the greedy coreset measures distances in
     max_candidates: int = 0  # 0: the coreset is chosen from every patch; > 0: from a random subset this size
     score: str = "max"  # image score from the smoothed map: "max", or "topk" (mean of its top topk_fraction)
