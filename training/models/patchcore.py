@@ -55,7 +55,7 @@ FIELDS_ADDED_SINCE = {"backbone": "effnet", "score": "max", "vit_bank_size": 102
 @dataclass
 class PatchCoreConfig:
     # Defaults = the recommended model (results/MODELS-DRAFT.md says which data chose each): both teachers,
-    # mean fusion, max score, banks sized so the bundle's CPU p50 stays within 3x GTrans's.
+    # mean fusion, top-1 % mean score, banks sized so the bundle's CPU p50 stays within 3x GTrans's.
     image_size: int = 224  # ViT-S/14's own size (16 x 16 patches); EfficientNet gets 28 x 28 cells
     backbone: str = "both"  # "effnet" | "vit" | "both" (see the module docstring)
     teacher_blocks: tuple[int, ...] = (4, 10)  # EfficientNet-Lite0 blocks at strides 8 and 16
@@ -69,7 +69,7 @@ class PatchCoreConfig:
     vit_bank_size: int = 1024  # ViT coreset rows; 1024 x 768 float32 = 3 MiB. 0: every patch (eval only)
     projection_dim: int = 64  # random projection the greedy coreset measures distances in
     max_candidates: int = 0  # 0: the coreset is chosen from every patch; > 0: from a random subset this size
-    score: str = "max"  # image score from the smoothed map: "max", or "topk" (mean of its top topk_fraction)
+    score: str = "topk"  # image score from the smoothed map: "max", or "topk" (mean of its top topk_fraction)
     topk_fraction: float = 0.01
     fusion: str = (
         "mean"  # backbone "both": "mean" or "max" of the two normalised maps, or "shift" (fuse_maps)
