@@ -36,7 +36,8 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 ORDER = (*MODELS, *PRESETS)
 BACKBONES = {
     "patchcore": "recommended default: EfficientNet-Lite0 blocks 4 + 10 (3x3 pooled) and ViT-S/14 blocks 5 + 8 "
-    "kNN maps, each normalised by held-out good scores, fused; coresets from every patch; no training",
+    "kNN maps, each normalised by held-out good scores, averaged; score = mean of the map's top 1 %; coresets of "
+    "4096 + 1024 rows from every patch; 224 px; no training",
     "gtrans": "EfficientNet-Lite0 (ImageNet-1k) teacher; paper uses a ResNet/WideResNet teacher",
     "anovit": "ViT-S/14, DINOv2-architecture weights, last 4 of 12 blocks fine-tuned; paper uses an ImageNet ViT-B/16",
     "conv-ae": "conv encoder from scratch, same decoder as AnoViT",
