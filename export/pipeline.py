@@ -124,6 +124,9 @@ def _calibration_paths(opts: ExportOptions, ckpt: Checkpoint) -> list[Path]:
 
 def load_inputs(opts: ExportOptions) -> Inputs:
     ckpt = load_checkpoint(opts.checkpoint)
+    unexportable = getattr(ckpt.model, "export_refusal", None)
+    if unexportable:
+        raise CheckpointError(f"a {ckpt.kind} model with this config cannot be exported: {unexportable}")
     pre = ckpt.preprocess
     say(
         f"loaded {ckpt.kind} checkpoint {opts.checkpoint} (sha256 {ckpt.sha256[:12]}, input "

@@ -66,6 +66,19 @@ def build_model(kind: str, config: dict[str, Any] | None = None) -> nn.Module:
     return model_cls(cfg_cls(**(config or {})))
 
 
+def saved_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with the fields it predates filled with what the code then did.
+
+    A model module may declare ``FIELDS_ADDED_SINCE`` (field -> the value that reproduces the earlier
+    behaviour), so a new default never changes what an old checkpoint computes.
+    """
+    if kind not in MODEL_KINDS:
+        return config
+    module = importlib.import_module(MODEL_KINDS[kind][0])
+    added = getattr(module, "FIELDS_ADDED_SINCE", {})
+    return {**{k: v for k, v in added.items() if k not in config}, **config}
+
+
 def model_config(model: nn.Module) -> dict[str, Any]:
     return asdict(model.config)  # type: ignore[arg-type]
 
@@ -162,7 +175,7 @@ def load_checkpoint(path: Path, expect_kind: str | None = None) -> Checkpoint:
     kind = payload.get("kind")
     if expect_kind is not None and kind != expect_kind:
         raise CheckpointError(f"{path} holds a {kind!r} model, expected {expect_kind!r}")
-    model = build_model(str(kind), payload["config"])
+    model = build_model(str(kind), saved_config(str(kind), payload["config"]))
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError:

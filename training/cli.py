@@ -12,10 +12,15 @@ from training.data import DatasetError
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    from training.train import DEFAULTS, TrainConfig, train
+    from training.train import DEFAULT_MODEL, DEFAULTS, TrainConfig, train
 
     p = argparse.ArgumentParser(prog="edge-train", description="Train an anomaly model on good images only.")
-    p.add_argument("--model", required=True, choices=sorted(DEFAULTS))
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        choices=sorted(DEFAULTS),
+        help=f"model kind (default: {DEFAULT_MODEL}, the recommended kNN; see docs/models.md)",
+    )
     p.add_argument(
         "--data",
         required=True,
@@ -100,7 +105,21 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int)
     p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
+    p.add_argument(
+        "--worst",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write the N highest-scoring good and N lowest-scoring defective images with their maps "
+        "(overlay PNGs, the map's maximum circled) and an index, to --worst-dir",
+    )
+    p.add_argument(
+        "--worst-dir", type=Path, help="where --worst writes (default: worst/ beside the checkpoint)"
+    )
     args = p.parse_args(argv)
+    if args.worst < 0:
+        p.error("--worst needs N >= 0")
+    worst_dir = args.worst_dir or args.checkpoint.parent / "worst"
     try:
         if args.pasted:
             from training.pasted_defects import evaluate_pasted
@@ -111,9 +130,19 @@ def eval_main(argv: list[str] | None = None) -> int:
                 batch=args.batch,
                 threads=args.threads,
                 progress=not args.quiet,
+                worst=args.worst,
+                worst_dir=worst_dir,
             )
         else:
-            result = evaluate(args.checkpoint, args.data, args.batch, args.threads, progress=not args.quiet)
+            result = evaluate(
+                args.checkpoint,
+                args.data,
+                args.batch,
+                args.threads,
+                progress=not args.quiet,
+                worst=args.worst,
+                worst_dir=worst_dir,
+            )
     except (DatasetError, CheckpointError, ValueError) as exc:
         print(f"edge-eval: error: {exc}", file=sys.stderr)
         return 2

@@ -20,10 +20,12 @@ from edge.capture.preprocess import Preprocess
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.data import MVTecCategory, load_images, load_test_set
 from training.graph import InferenceModel
-from training.metrics import evaluate_maps, f1_at_threshold
+from training.metrics import evaluate_maps, f1_at_threshold, line_operating_points
 from training.progress import bar
+from training.worst import write_worst
 
 FALSE_ALARM_RATE = 0.01
+QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99, "max": 1.0}
 
 
 @torch.no_grad()
@@ -53,20 +55,40 @@ def content_scores(maps: np.ndarray, sizes: list[tuple[int, int]], pre: Preproce
     return scores
 
 
-def good_threshold(ckpt: Checkpoint, model: InferenceModel, progress: bool = False) -> float | None:
-    """The 1 % false-alarm quantile of the held-out good images (None when the checkpoint has none)."""
+def heldout_scores(ckpt: Checkpoint, model: InferenceModel, progress: bool = False) -> np.ndarray | None:
+    """Scores of the held-out good images, as the daemon computes them (None when the checkpoint has none)."""
     val = [Path(p) for p in ckpt.data.get("val_files", []) if Path(p).is_file()]
     if not val:
         return None
     sizes: list[tuple[int, int]] = []
     images = load_images(val, ckpt.preprocess, sizes=sizes)
     _, maps, _ = predict(model, images, progress="held-out good images" if progress else None)
-    scores = content_scores(maps, sizes, ckpt.preprocess)
-    return float(np.quantile(scores, 1.0 - FALSE_ALARM_RATE))
+    return content_scores(maps, sizes, ckpt.preprocess)
+
+
+def good_threshold(ckpt: Checkpoint, model: InferenceModel, progress: bool = False) -> float | None:
+    """The 1 % false-alarm quantile of the held-out good images (None when the checkpoint has none)."""
+    scores = heldout_scores(ckpt, model, progress)
+    return None if scores is None else float(np.quantile(scores, 1.0 - FALSE_ALARM_RATE))
+
+
+def score_quantiles(scores: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float]]:
+    """p50/p95/p99/max of the good and of the defective images' scores (beside the bank coverage)."""
+    out = {}
+    for name, sel in (("good", labels == 0), ("defective", labels == 1)):
+        if sel.any():
+            out[name] = {k: float(np.quantile(scores[sel], q)) for k, q in QUANTILES.items()}
+    return out
 
 
 def evaluate(
-    checkpoint: Path, data: Path, batch: int = 8, threads: int | None = None, progress: bool = False
+    checkpoint: Path,
+    data: Path,
+    batch: int = 8,
+    threads: int | None = None,
+    progress: bool = False,
+    worst: int = 0,
+    worst_dir: Path | None = None,
 ) -> dict[str, Any]:
     if threads:
         torch.set_num_threads(threads)
@@ -74,19 +96,28 @@ def evaluate(
     model = InferenceModel(ckpt.model, ckpt.preprocess).eval()
     category = MVTecCategory(Path(data))
     sizes: list[tuple[int, int]] = []  # each image's own size, read while loading: where it landed
-    images, masks, labels, types, _ = load_test_set(category, ckpt.preprocess, sizes=sizes)
+    images, masks, labels, types, paths = load_test_set(category, ckpt.preprocess, sizes=sizes)
     predict(model, images[:batch], batch)  # warm-up, not counted
     _, maps, rate = predict(model, images, batch, progress="test images" if progress else None)
     scores = content_scores(maps, sizes, ckpt.preprocess)
     if progress:
         print("computing image/pixel AUROC and AUPRO…", file=sys.stderr, flush=True)
     result = evaluate_maps(labels, scores, masks, maps, types)
-    threshold = good_threshold(ckpt, model, progress)
-    if threshold is not None:
+    good = heldout_scores(ckpt, model, progress)
+    if good is not None:
+        threshold = float(np.quantile(good, 1.0 - FALSE_ALARM_RATE))
         result["f1_at_good_threshold"] = {
             "threshold": threshold,
             **f1_at_threshold(labels, scores, threshold),
         }
+        result["line"] = line_operating_points(good, labels, scores)
+        if worst:
+            result["worst"] = str(worst_dir)
+            write_worst(worst_dir, worst, images, maps, scores, labels, [str(p) for p in paths], good)
+    elif worst:
+        raise ValueError(
+            f"{checkpoint} records no held-out good images: --worst needs them for its threshold"
+        )
     result.update(
         {
             "model": ckpt.kind,
@@ -98,9 +129,17 @@ def evaluate(
             "threads": torch.get_num_threads(),
             "train_seconds": ckpt.train_state.get("train_seconds"),
             "epochs": ckpt.train_state.get("epoch"),
+            "score_quantiles": score_quantiles(scores, labels),
+            "coverage": bank_coverage(ckpt),
         }
     )
     return result
+
+
+def bank_coverage(ckpt: Checkpoint) -> dict[str, Any]:
+    """A kNN model's held-out good patches' nearest-bank distance quantiles, per teacher (recorded by fit)."""
+    teachers = (ckpt.train_state.get("memory") or {}).get("teachers") or {}
+    return {name: t["coverage"] for name, t in teachers.items() if "coverage" in t}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -116,13 +155,30 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(
         f"{'all':<18} {f(result['image_auroc']):>11} {f(result['pixel_auroc']):>11} {f(result['aupro']):>7}"
     )
+    for fpr, op in result.get("line", {}).items():
+        lines.append(
+            f"recall at {float(fpr):.1%} false alarms, threshold from held-out good images (the line "
+            "protocol): "
+            f"{op['recall']:.3f} (false alarms on the good test images: {op['false_alarm_rate']:.1%})"
+        )
     for fpr, recall in result.get("recall_at_fpr", {}).items():
-        lines.append(f"recall at {float(fpr):.1%} false alarms on the good test images: {recall:.3f}")
+        lines.append(
+            f"recall at {float(fpr):.1%} false alarms, threshold from the good TEST images: {recall:.3f}"
+        )
     if "f1_at_good_threshold" in result:
         lines.append(
             f"F1 at the 1% false-alarm threshold of held-out good images: "
             f"{result['f1_at_good_threshold']['f1']:.3f}"
         )
+    for name, q in result.get("score_quantiles", {}).items():
+        lines.append(f"{name} test image scores: " + " ".join(f"{k} {v:.4g}" for k, v in q.items()))
+    for name, q in result.get("coverage", {}).items():
+        lines.append(
+            f"{name} bank coverage, held-out good patches' nearest-bank distance: "
+            + " ".join(f"{k} {v:.4g}" for k, v in q.items())
+        )
+    if result.get("worst"):
+        lines.append(f"worst images written to {result['worst']} (index.md)")
     lines.append(
         f"throughput {result['throughput_img_s']:.1f} img/s (batch {result['batch']}, {result['threads']} "
         f"threads)"

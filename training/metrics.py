@@ -227,6 +227,30 @@ def recall_at_fpr(labels: Any, scores: Any, fpr: float) -> float:
     return float(true_pos[false_pos <= fpr + 1e-12].max())
 
 
+def line_operating_points(good_scores: Any, labels: Any, scores: Any) -> dict[str, dict[str, float]]:
+    """The line protocol: for each false-alarm rate in ``OPERATING_FPRS``, the threshold a station sets from
+    good images alone (the (1 - rate) quantile of ``good_scores``, held-out good images never used for
+    the bank), and what it does on the labelled set: the share of defective images above it (``recall``)
+    and of good ones (``false_alarm_rate``, what the line would really see). A score strictly above the
+    threshold is flagged, as the daemon does. With fewer than 1/rate good images the quantile is
+    interpolated near their maximum.
+    """
+    g = np.asarray(good_scores, dtype=np.float64).ravel()
+    if g.size == 0 or not np.isfinite(g).all():
+        raise ValueError("line operating points need at least one finite good-image score")
+    y, s = _labels_scores(labels, scores)
+    out = {}
+    for fpr in OPERATING_FPRS:
+        threshold = float(np.quantile(g, 1.0 - fpr))
+        flagged = s > threshold
+        out[str(fpr)] = {
+            "threshold": threshold,
+            "recall": float(flagged[y].mean()) if y.any() else float("nan"),
+            "false_alarm_rate": float(flagged[~y].mean()) if (~y).any() else float("nan"),
+        }
+    return out
+
+
 def _or_none(metric: Any, *args: Any) -> float | None:
     try:
         return metric(*args)

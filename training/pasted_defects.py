@@ -28,7 +28,8 @@ from training.checkpoint import load_checkpoint
 from training.data import load_images
 from training.evaluate import predict
 from training.graph import InferenceModel
-from training.metrics import evaluate_maps
+from training.metrics import evaluate_maps, line_operating_points
+from training.worst import write_worst
 
 KINDS = ("patch", "scar", "blob")
 MIN_CHANGE = 20.0  # mean |difference| (grey levels) under the mask for a paste to count as a defect
@@ -115,11 +116,27 @@ def score_pasted(
     good: np.ndarray,
     per_image: int = 3,
     seed: int = 0,
+    worst: int = 0,
+    worst_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Metrics (as ``evaluate_maps``) of ``predict`` (uint8 images -> scores, maps) on the pasted set."""
+    """Metrics (as ``evaluate_maps``) of ``predict`` (uint8 images -> scores, maps) on the pasted set.
+
+    ``line``: the line protocol with the threshold from the good (held-out) images of the set itself.
+    ``worst``: write that many worst good and pasted images to ``worst_dir`` (``training.worst``)."""
     images, masks, labels, types = pasted_set(good, per_image, seed)
     scores, maps = predict(images)
     result = evaluate_maps(labels, scores, masks, maps, types)
+    result["line"] = line_operating_points(scores[labels == 0], labels, scores)
+    if worst:
+        n_good = len(good)
+        names = [
+            f"held-out good #{i}"
+            if i < n_good
+            else f"{types[i]} pasted on held-out good #{(i - n_good) // per_image}"
+            for i in range(len(images))
+        ]
+        write_worst(worst_dir, worst, images, maps, scores, labels, names, scores[labels == 0])
+        result["worst"] = str(worst_dir)
     result.update(
         {"n_good": int(len(good)), "n_pasted": int(labels.sum()), "per_image": per_image, "seed": seed}
     )
@@ -133,6 +150,8 @@ def evaluate_pasted(
     batch: int = 8,
     threads: int | None = None,
     progress: bool = False,
+    worst: int = 0,
+    worst_dir: Path | None = None,
 ) -> dict[str, Any]:
     """``score_pasted`` on the good images the checkpoint's training held out (its ``val_files``)."""
     if threads:
@@ -158,7 +177,7 @@ def evaluate_pasted(
         rate.append(img_s)
         return scores, maps
 
-    result = score_pasted(run, good, per_image, seed)
+    result = score_pasted(run, good, per_image, seed, worst, worst_dir)
     result.update(
         {
             "model": ckpt.kind,

@@ -29,6 +29,7 @@ from training.graph import Normalize
 from training.progress import Progress
 
 CHECKPOINT_NAME = "checkpoint.pt"
+DEFAULT_MODEL = "patchcore"  # what edge-train trains without --model (its config defaults: docs/models.md)
 
 # Per-model defaults chosen on generated data and CPU time, not tuned on any MVTec category.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -189,7 +190,11 @@ def fit_memory(cfg, model, pre, x_train, x_val, data_info, ckpt_path: Path) -> P
     """A training-free model (PatchCore): fill its memory from the training images in one pass."""
     started = time.perf_counter()
     info = model.fit(
-        x_train, batch=cfg.resolved("batch_size"), seed=cfg.seed, log=lambda m: log(m, cfg.progress)
+        x_train,
+        batch=cfg.resolved("batch_size"),
+        seed=cfg.seed,
+        log=lambda m: log(m, cfg.progress),
+        x_val=x_val,
     )
     seconds = time.perf_counter() - started
     val_loss = validation_loss(model, x_val)

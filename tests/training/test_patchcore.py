@@ -20,7 +20,7 @@ from training.graph import InferenceModel
 from training.models.patchcore import NearestBank, greedy_coreset
 from training.synthetic import good_part
 
-SMALL = ["image_size=128", "bank_size=512"]
+SMALL = ["image_size=128", "bank_size=512", 'backbone="effnet"']
 
 
 def test_coreset_keeps_a_rare_cluster_that_a_uniform_sample_drops() -> None:
@@ -57,7 +57,7 @@ def test_bank_search_is_the_nearest_neighbour_distance() -> None:
 
 
 def test_score_independent_of_batch() -> None:
-    model = build_model("patchcore", {"image_size": 64, "bank_size": 64}).eval()
+    model = build_model("patchcore", {"image_size": 64, "bank_size": 64, "backbone": "effnet"}).eval()
     model.search.set_bank(torch.randn(64, model.dim))
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():

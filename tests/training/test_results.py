@@ -15,6 +15,7 @@ def _result(model: str, image: float) -> dict:
         "aupro": None,
         "f1_at_good_threshold": {"f1": 0.25},
         "recall_at_fpr": {"0.01": 0.9, "0.001": 0.8},
+        "line": {"0.01": {"recall": 0.7, "threshold": 1.0}, "0.001": {"recall": 0.6, "threshold": 2.0}},
         "epochs": 3,
         "train_seconds": 90.0,
         "throughput_img_s": 12.5,
@@ -28,10 +29,12 @@ def test_markdown_rows_come_from_the_results_and_name_the_seed() -> None:
     rows = [
         line for line in text.splitlines() if line.startswith("| gtrans |") or line.startswith("| conv-ae |")
     ]
-    assert rows[0].split(" | ")[2:11] == [
+    assert rows[0].split(" | ")[2:13] == [
         "0.988",
         "0.500",
         "n/a",
+        "0.700",
+        "0.600",
         "0.900",
         "0.800",
         "0.250",
@@ -57,10 +60,19 @@ def test_pasted_defect_numbers_get_their_own_table() -> None:
         },
     }
     text = markdown([with_pasted, _result("conv-ae", 0.5)], Path("data/bottle"))
-    assert "| anovit | 0.957 | 0.875 | n/a | 0.500 | 0.250 | 21 + 63 |" in text
+    assert "| anovit | 0.957 | 0.875 | n/a | n/a | n/a | 0.500 | 0.250 | 21 + 63 |" in text
     lines = text.splitlines()
     assert any(line.startswith("| conv-ae | conv encoder") for line in lines)  # its main row stays
     assert not any(line.startswith("| conv-ae | 0.") for line in lines)  # and it gets no pasted row
+
+
+def test_rows_before_the_line_protocol_read_n_a_and_presets_have_a_description() -> None:
+    old = {k: v for k, v in _result("knn-vit-full", 0.9).items() if k != "line"}
+    text = markdown([old], Path("data/bottle"))
+    row = next(line for line in text.splitlines() if line.startswith("| knn-vit-full |"))
+    assert "plain kNN, ViT-S/14 blocks 5 + 8" in row
+    assert row.split(" | ")[5:7] == ["n/a", "n/a"]  # line recall: not measured then
+    assert "threshold from" not in row and "held-out good images' scores" in text
 
 
 def test_merge_keeps_the_rows_of_models_not_run_now(tmp_path: Path, monkeypatch) -> None:

@@ -1,21 +1,37 @@
-"""PatchCore-style kNN: the frozen teacher's patch features against a memory bank of good patches.
+"""PatchCore-style kNN: a frozen teacher's patch features against a memory bank of good patches.
 
-Roth et al., "Towards Total Recall in Industrial Anomaly Detection" (CVPR 2022), on the same
-EfficientNet-Lite0 teacher GTrans learns from. Nothing is trained: the bank holds a greedy coreset of the
-training images' locally pooled mid-level features, and a patch's anomaly is its distance to the nearest
-bank row. It is the yardstick every trained model is held to on a new category, and a model to deploy
-where it wins.
+Roth et al., "Towards Total Recall in Industrial Anomaly Detection" (CVPR 2022). Nothing is trained: the
+bank holds a greedy coreset of the training images' patch features, and a patch's anomaly is its distance
+to the nearest bank row. Two teachers can be used (``backbone``):
+
+- ``effnet``: EfficientNet-Lite0 blocks 4 + 10 (strides 8 and 16), 3x3 locally averaged, Euclidean
+  distance: a fine map (image/8), the teacher GTrans learns from.
+- ``vit``: ViT-S/14 (DINOv2 architecture, the AnoViT encoder) tokens after blocks 5 and 8 (0-based, as
+  ``ViTS14.forward_layers`` counts them: the 6th and 9th of 12 blocks), each final-LayerNorm'd, concatenated,
+  L2-normalised, cosine distance (1 - cos): a coarse map (image/14) that separates good from bad images
+  better on real texture.
+- ``both``: the two maps, each brought to the same units by the held-out good images' score statistics
+  (``calibration.scores.normalization_from_good``: median 0, 99th percentile 1), fused (``fusion``).
 
 The search is written as ``|q|^2 - 2 q.B^T + |B|^2`` followed by a min over the bank, so the exported graph
-is one MatMul and one ReduceMin with the bank as a constant: ONNX Runtime and TensorRT run it as they run
-any layer, with no index library on the device. The bank size bounds both the bundle and the per-image
-cost (``bank_size`` rows x feature width x 4 bytes; 16384 x 152 is 9.5 MiB).
+is one MatMul and one ReduceMin per teacher with the bank as a constant: ONNX Runtime and TensorRT run it
+as they run any layer, with no index library on the device. The bank size bounds both the bundle and the
+per-image cost (rows x feature width x 4 bytes; 16384 x 152 is 9.5 MiB; 4096 x 768 is 12 MiB).
+``bank_size = 0`` keeps every training patch: the plain full-bank kNN, an evaluation yardstick that
+export refuses (its bank grows with the data set).
+
+The coreset is chosen from every training patch: features are streamed image batch by image batch into
+a random projection (kept in memory, 64 floats a patch) and a float32 spool file (on disk), greedy
+k-center runs on the projections, and only the chosen rows are read back.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,64 +40,117 @@ from torch import nn
 
 from training.anomaly_map import MapHead
 from training.backbones.efficientnet_lite import EfficientNetLite0
+from training.backbones.vit import ViTS14
 from training.models.base import TrainableModel
+
+BACKBONES = ("effnet", "vit", "both")
+SCORES = ("max", "topk")
+FUSIONS = ("mean", "max", "shift")
+EAGER_BANK_CHUNK = 32768  # rows searched at once in eager mode (a full bank would need GBs at once)
+COVERAGE_QUANTILES = (0.5, 0.95, 0.99, 1.0)
+# Checkpoints written before these fields existed were EfficientNet-only max-scored kNNs (training.checkpoint)
+FIELDS_ADDED_SINCE = {"backbone": "effnet", "score": "max", "vit_bank_size": 1024, "fusion": "mean"}
 
 
 @dataclass
 class PatchCoreConfig:
-    image_size: int = 256
+    # Defaults = the recommended model (results/MODELS-DRAFT.md says which data chose each): both teachers,
+    # mean fusion, top-1 % mean score, banks sized so the bundle's CPU p50 stays within 3x GTrans's.
+    image_size: int = 224  # ViT-S/14's own size (16 x 16 patches); EfficientNet gets 28 x 28 cells
+    backbone: str = "both"  # "effnet" | "vit" | "both" (see the module docstring)
     teacher_blocks: tuple[int, ...] = (4, 10)  # EfficientNet-Lite0 blocks at strides 8 and 16
-    pool: int = 3  # local neighbourhood averaged into each patch feature (PatchCore's aggregation)
-    bank_size: int = 16384  # coreset rows kept; 16384 x 152 float32 = 9.5 MiB, small enough for a Jetson
+    pool: int = (
+        3  # local neighbourhood averaged into each EfficientNet patch feature (PatchCore's aggregation)
+    )
+    vit_layers: tuple[int, ...] = (5, 8)  # ViT-S/14 blocks, 0-based (ViTS14.forward_layers)
+    bank_size: int = (
+        4096  # EfficientNet coreset rows; 4096 x 152 float32 = 2.4 MiB. 0: every patch (eval only)
+    )
+    vit_bank_size: int = 1024  # ViT coreset rows; 1024 x 768 float32 = 3 MiB. 0: every patch (eval only)
     projection_dim: int = 64  # random projection the greedy coreset measures distances in
-    max_candidates: int = 100_000  # patches the coreset is chosen from (a random subset beyond this)
+    max_candidates: int = 0  # 0: the coreset is chosen from every patch; > 0: from a random subset this size
+    score: str = "topk"  # image score from the smoothed map: "max", or "topk" (mean of its top topk_fraction)
+    topk_fraction: float = 0.01
+    fusion: str = (
+        "mean"  # backbone "both": "mean" or "max" of the two normalised maps, or "shift" (fuse_maps)
+    )
     sigma: float = 4.0
 
 
 class NearestBank(nn.Module):
-    """(N, C, h, w) features -> (N, 1, h, w) Euclidean distance to the nearest bank row."""
+    """(N, C, h, w) features -> (N, 1, h, w) distance to the nearest bank row.
 
-    def __init__(self, rows: int, dim: int) -> None:
+    ``metric``: "euclidean" (the distance) or "cosine" (|q - b|^2 / 2, which is 1 - cos for unit rows).
+    ``rows = 0`` makes a bank whose size is set by ``set_bank`` and by a loaded state (the full bank).
+    """
+
+    def __init__(self, rows: int, dim: int, metric: str = "euclidean") -> None:
         super().__init__()
+        if metric not in ("euclidean", "cosine"):
+            raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+        self.metric = metric
+        self.resizable = rows == 0
         self.register_buffer("bank", torch.zeros(rows, dim))
         self.register_buffer("bank_sqnorm", torch.zeros(rows))
 
     @torch.no_grad()
     def set_bank(self, rows: torch.Tensor) -> None:
+        if self.resizable and rows.ndim == 2 and rows.shape[1] == self.bank.shape[1]:
+            self.bank = torch.empty_like(rows)
+            self.bank_sqnorm = torch.empty(rows.shape[0])
         if rows.shape != self.bank.shape:
             raise ValueError(f"bank must be {tuple(self.bank.shape)}, got {tuple(rows.shape)}")
         self.bank.copy_(rows)
         self.bank_sqnorm.copy_(rows.pow(2).sum(dim=1))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        if self.resizable and prefix + "bank" in state_dict:  # a full bank: its size comes with it
+            rows = state_dict[prefix + "bank"].shape[0]
+            self.bank = torch.zeros(rows, self.bank.shape[1])
+            self.bank_sqnorm = torch.zeros(rows)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _nearest_d2(self, q: torch.Tensor) -> torch.Tensor:
+        """(N, T, C) queries -> (N, T) squared distance to the nearest row."""
+        qn = q.pow(2).sum(-1, keepdim=True)  # (N, T, 1)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or len(self.bank) <= EAGER_BANK_CHUNK:
+            return (qn - 2.0 * (q @ self.bank.t()) + self.bank_sqnorm).amin(dim=-1)  # (N, T)
+        best = None
+        flat = q.reshape(-1, q.shape[-1])  # (N*T, C)
+        for i in range(0, len(self.bank), EAGER_BANK_CHUNK):  # eager only: the bank in slices
+            b, bn = self.bank[i : i + EAGER_BANK_CHUNK], self.bank_sqnorm[i : i + EAGER_BANK_CHUNK]
+            d2 = torch.addmm(bn, flat, b.t(), alpha=-2.0).amin(dim=-1)  # |B|^2 - 2 q.B, one fused pass
+            best = d2 if best is None else torch.minimum(best, d2)
+        return best.view(q.shape[:2]) + qn[..., 0]  # |q|^2 is the same for every row: added after the min
+
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         n, c, h, w = f.shape
         q = f.flatten(2).transpose(1, 2)  # (N, h*w, C)
-        d2 = q.pow(2).sum(-1, keepdim=True) - 2.0 * (q @ self.bank.t()) + self.bank_sqnorm  # (N, h*w, B)
-        nearest = d2.amin(dim=-1).clamp_min(0.0).sqrt()  # (N, h*w)
+        d2 = self._nearest_d2(q).clamp_min(0.0)  # (N, h*w)
+        nearest = d2 * 0.5 if self.metric == "cosine" else d2.sqrt()
         return nearest.view(n, 1, h, w)
 
 
-def greedy_coreset(features: torch.Tensor, n: int, projection_dim: int, seed: int = 0) -> torch.Tensor:
-    """Indices of ``n`` rows chosen by greedy k-center (each pick the row farthest from those picked).
+# --- the coreset -----------------------------------------------------------------------------------------
 
-    Distances are measured after a random Gaussian projection, as PatchCore does, which keeps the
-    ranking (Johnson-Lindenstrauss) at a fraction of the cost. Rare normal patches survive because the
-    farthest row is always taken next; a uniform sample would drop them and call them anomalies. The loop
-    is numpy with preallocated buffers: each pick is one matrix-vector product and three in-place passes.
+
+def _projection(dim: int, projection_dim: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.standard_normal((dim, projection_dim)).astype(np.float32) / math.sqrt(projection_dim)
+
+
+def greedy_kcenter(z: np.ndarray, n: int, first: int) -> np.ndarray:
+    """Indices of ``n`` rows of ``z`` (M, P) by greedy k-center, starting at row ``first``.
+
+    Each pick is the row farthest from those picked, so rare normal patches survive where a uniform
+    sample would drop them and call them anomalies. One matrix-vector product and three in-place passes a
+    pick, on preallocated buffers: memory is z plus three M-vectors.
     """
-    m = features.shape[0]
-    if n >= m:
-        return torch.arange(m)
-    rng = np.random.default_rng(seed)
-    proj = rng.standard_normal((features.shape[1], projection_dim)).astype(np.float32) / math.sqrt(
-        projection_dim
-    )
-    z = np.ascontiguousarray(features.numpy().astype(np.float32, copy=False) @ proj)  # (M, P)
+    m = z.shape[0]
     sq = np.einsum("ij,ij->i", z, z)
     nearest = np.full(m, np.inf, dtype=np.float32)
     dist = np.empty(m, dtype=np.float32)
     picked = np.empty(n, dtype=np.int64)
-    j = int(rng.integers(m))
+    j = first
     for i in range(n):
         picked[i] = j
         np.dot(z, z[j], out=dist)
@@ -90,7 +159,136 @@ def greedy_coreset(features: torch.Tensor, n: int, projection_dim: int, seed: in
         dist += sq[j]
         np.minimum(nearest, dist, out=nearest)
         j = int(nearest.argmax())
-    return torch.from_numpy(picked)
+    return picked
+
+
+def greedy_coreset(features: torch.Tensor, n: int, projection_dim: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``n`` rows of ``features`` (M, C) chosen by greedy k-center in a random projection.
+
+    The projection (Gaussian, as PatchCore's) keeps the distance ranking (Johnson-Lindenstrauss) at a
+    fraction of the cost. All rows in memory; ``StreamedCoreset`` picks the same rows from batches.
+    """
+    m = features.shape[0]
+    if n >= m:
+        return torch.arange(m)
+    rng = np.random.default_rng(seed)
+    proj = _projection(features.shape[1], projection_dim, rng)
+    z = np.ascontiguousarray(features.numpy().astype(np.float32, copy=False) @ proj)  # (M, P)
+    return torch.from_numpy(greedy_kcenter(z, n, int(rng.integers(m))))
+
+
+class StreamedCoreset:
+    """Greedy k-center over every row of a stream of (B, C) batches, memory bounded by the projection.
+
+    ``add`` projects each batch (kept: M x P float32) and appends its full rows to a float32 spool file;
+    ``rows(n)`` runs greedy k-center on the projections and reads the chosen rows back (``n = 0`` or
+    ``n >= M``: every row, in order). Same seed, same rows: picks equal ``greedy_coreset`` on the
+    concatenated batches.
+    """
+
+    def __init__(self, dim: int, projection_dim: int, seed: int = 0) -> None:
+        self.dim = dim
+        self.rng = np.random.default_rng(seed)
+        self.proj = _projection(dim, projection_dim, self.rng)
+        self.z: list[np.ndarray] = []
+        self.spool = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close(), after rows())
+        self.count = 0
+
+    def add(self, batch: torch.Tensor) -> None:
+        rows = np.ascontiguousarray(batch.detach().numpy(), dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise ValueError(f"expected (B, {self.dim}) rows, got {rows.shape}")
+        self.z.append(rows @ self.proj)
+        self.spool.write(rows.tobytes())
+        self.count += len(rows)
+
+    def _read(self, index: np.ndarray | None) -> torch.Tensor:
+        self.spool.flush()
+        spooled = np.memmap(self.spool, dtype=np.float32, mode="r", shape=(self.count, self.dim))
+        out = np.array(spooled if index is None else spooled[np.sort(index)])
+        del spooled
+        return torch.from_numpy(out)
+
+    def rows(self, n: int) -> torch.Tensor:
+        if self.count == 0:
+            raise ValueError("no patch features were added to the coreset")
+        if n == 0 or n >= self.count:
+            return self._read(None)
+        z = np.ascontiguousarray(np.concatenate(self.z))
+        picked = greedy_kcenter(z, n, int(self.rng.integers(self.count)))
+        return self._read(picked)
+
+    def close(self) -> None:
+        self.spool.close()
+
+
+# --- the teachers ----------------------------------------------------------------------------------------
+
+
+class EffNetPatches(nn.Module):
+    """(N, 3, H, W) normalised image -> (N, C, H/8, W/8) pooled EfficientNet-Lite0 multi-level features."""
+
+    def __init__(self, blocks: tuple[int, ...], pool: int) -> None:
+        super().__init__()
+        self.net = EfficientNetLite0()
+        self.net.requires_grad_(False)
+        self.blocks, self.pool = list(blocks), pool
+        self.dim = sum(self.net.block_channels(b) for b in blocks)
+
+    def load_pretrained(self) -> None:
+        self.net.load_imagenet()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.net(x, self.blocks)
+        size = feats[0].shape[-2:]
+        p, out = self.pool, []
+        for f in feats:
+            f = F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=False) if p > 1 else f
+            if f.shape[-2:] != size:
+                f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+            out.append(f)
+        return torch.cat(out, dim=1)
+
+
+class ViTPatches(nn.Module):
+    """(N, 3, S, S) normalised image -> (N, 384 * layers, S/14, S/14) L2-normalised ViT-S/14 tokens."""
+
+    def __init__(self, image_size: int, layers: tuple[int, ...]) -> None:
+        super().__init__()
+        self.net = ViTS14(img_size=image_size)
+        self.net.requires_grad_(False)
+        self.layers = list(layers)
+        self.dim = self.net.dim * len(self.layers)
+
+    def load_pretrained(self) -> None:
+        from training.backbones.vit import load_vit_s14
+
+        self.net.load_state_dict(load_vit_s14(img_size=self.net.cfg.img_size).state_dict(), strict=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = torch.cat(self.net.forward_layers(x, self.layers), dim=-1)  # (N, h*w, C)
+        tokens = tokens / tokens.pow(2).sum(-1, keepdim=True).clamp_min(1e-12).sqrt()
+        h, w = self.net.grid
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+
+
+def _check(config: PatchCoreConfig) -> None:
+    for name, value, allowed in (
+        ("backbone", config.backbone, BACKBONES),
+        ("score", config.score, SCORES),
+        ("fusion", config.fusion, FUSIONS),
+    ):
+        if value not in allowed:
+            raise ValueError(f"patchcore {name} must be one of {', '.join(allowed)}; got {value!r}")
+    if config.backbone != "effnet" and config.image_size % 14:
+        raise ValueError(
+            f"backbone {config.backbone!r} runs ViT-S/14, which needs image_size a multiple of 14; "
+            f"got {config.image_size} (224 is the ViT's own size)"
+        )
+    if not 0.0 < config.topk_fraction <= 1.0:
+        raise ValueError(f"topk_fraction must be in (0, 1], got {config.topk_fraction}")
+    if min(config.bank_size, config.vit_bank_size) < 0:
+        raise ValueError("bank sizes must be >= 0 (0 keeps every training patch)")
 
 
 class PatchCore(TrainableModel):
@@ -105,58 +303,188 @@ class PatchCore(TrainableModel):
 
     def __init__(self, config: PatchCoreConfig) -> None:
         super().__init__()
+        _check(config)
         self.config = config
-        self.teacher = EfficientNetLite0()
-        self.teacher.requires_grad_(False)
-        self.dim = sum(self.teacher.block_channels(b) for b in config.teacher_blocks)
-        self.search = NearestBank(config.bank_size, self.dim)
+        self.teachers = [t for t in ("effnet", "vit") if config.backbone in (t, "both")]
+        if "effnet" in self.teachers:
+            self.teacher = EffNetPatches(tuple(config.teacher_blocks), config.pool)
+            self.search = NearestBank(config.bank_size, self.teacher.dim)
+        if "vit" in self.teachers:
+            self.vit = ViTPatches(config.image_size, tuple(config.vit_layers))
+            self.vit_search = NearestBank(config.vit_bank_size, self.vit.dim, metric="cosine")
+        # per-teacher (offset, scale) of the held-out good scores; identity until fit sets them ("both" only)
+        self.register_buffer("norm_offset", torch.zeros(len(self.teachers)))
+        self.register_buffer("norm_scale", torch.ones(len(self.teachers)))
         size = config.image_size
         self.head = MapHead(size, size, sigma=config.sigma)
+        self.k = max(1, round(config.topk_fraction * size * size))
+
+    @property
+    def dim(self) -> int:
+        """Feature width of the first teacher (EfficientNet's when it is used)."""
+        return self.parts()[0][0].dim
+
+    @property
+    def export_refusal(self) -> str | None:
+        """Why this model cannot be exported (a full bank), or None."""
+        full = [t for t, (_, s) in zip(self.teachers, self.parts(), strict=True) if s.resizable]
+        if full:
+            return (
+                f"its {' and '.join(full)} bank keeps every training patch (bank_size=0, the evaluation "
+                "yardstick); train with a bank size (the default) to get a deployable model"
+            )
+        return None
+
+    def parts(self) -> list[tuple[nn.Module, NearestBank]]:
+        return [
+            (self.teacher, self.search) if t == "effnet" else (self.vit, self.vit_search)
+            for t in self.teachers
+        ]
 
     def train(self, mode: bool = True) -> PatchCore:
         super().train(mode)
-        self.teacher.eval()  # frozen: BatchNorm always in inference mode
+        for teacher, _ in self.parts():
+            teacher.eval()  # frozen: BatchNorm always in inference mode
         return self
 
     def load_pretrained(self) -> None:
-        self.teacher.load_imagenet()
+        for teacher, _ in self.parts():
+            teacher.load_pretrained()
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) normalised image -> (N, C, H/8, W/8) pooled multi-level patch features."""
-        feats = self.teacher(x, list(self.config.teacher_blocks))
-        size = feats[0].shape[-2:]
-        p = self.config.pool
-        out = []
-        for f in feats:
-            f = F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=False) if p > 1 else f
-            if f.shape[-2:] != size:
-                f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-            out.append(f)
-        return torch.cat(out, dim=1)
+        """(N, 3, H, W) normalised image -> (N, C, h, w) patch features of the first teacher."""
+        return self.parts()[0][0](x)
+
+    # --- fitting -------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def fit(self, x: torch.Tensor, batch: int = 16, seed: int = 0, log=None) -> dict[str, int]:
-        """Fill the bank from good images (N, 3, H, W normalised): the whole of PatchCore's 'training'."""
+    def fit(
+        self,
+        x: torch.Tensor,
+        batch: int = 16,
+        seed: int = 0,
+        log: Callable[[str], None] | None = None,
+        x_val: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
+        """Fill the banks from good images (N, 3, H, W normalised): the whole of PatchCore's 'training'.
+
+        With held-out good images ``x_val``: the coverage report (their patches' nearest-bank distances)
+        and, for ``both``, each teacher's score normalisation.
+        """
         self.eval()
-        rows = torch.cat(
-            [
-                self.embed(x[i : i + batch]).permute(0, 2, 3, 1).reshape(-1, self.dim)
-                for i in range(0, len(x), batch)
-            ]
-        )  # (N*h*w, C)
-        total = rows.shape[0]
+        say = log or (lambda _m: None)
+        info: dict[str, Any] = {"teachers": {}}
+        for name, (teacher, search) in zip(self.teachers, self.parts(), strict=True):
+            size = self.config.bank_size if name == "effnet" else self.config.vit_bank_size
+            info["teachers"][name] = self._fit_bank(name, teacher, search, x, size, batch, seed, say)
+            if x_val is not None and len(x_val):
+                cov = coverage(search, _embed_batches(teacher, x_val, batch))
+                info["teachers"][name]["coverage"] = cov
+                say(f"{name} coverage, held-out good patches' nearest-bank distance: {format_quantiles(cov)}")
+        first = info["teachers"][self.teachers[0]]  # the keys the single-teacher reports always had
+        info.update({k: first[k] for k in ("patches", "candidates", "bank")})
+        if len(self.teachers) > 1:
+            info["normalization"] = self._fit_normalization(x_val, batch)
+        return info
+
+    def _fit_bank(self, name, teacher, search, x, size, batch, seed, say) -> dict[str, Any]:
         cfg = self.config
-        if total > cfg.max_candidates:
-            keep = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[: cfg.max_candidates]
-            rows = rows[keep]
-        if log is not None:
-            log(f"choosing a {cfg.bank_size}-row coreset from {rows.shape[0]} of {total} patch features")
-        if rows.shape[0] >= cfg.bank_size:
-            chosen = rows[greedy_coreset(rows, cfg.bank_size, cfg.projection_dim, seed)]
-        else:  # fewer patches than rows: repeat them (the nearest distance is unchanged)
-            chosen = rows[torch.arange(cfg.bank_size) % rows.shape[0]]
-        self.search.set_bank(chosen)
-        return {"patches": int(total), "candidates": int(rows.shape[0]), "bank": cfg.bank_size}
+        stream = StreamedCoreset(teacher.dim, cfg.projection_dim, seed)
+        try:
+            for f in _embed_batches(teacher, x, batch):
+                stream.add(f.permute(0, 2, 3, 1).reshape(-1, teacher.dim))  # (B*h*w, C)
+            total = stream.count
+            if cfg.max_candidates and total > cfg.max_candidates:  # the old random-subset behaviour
+                keep = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[
+                    : cfg.max_candidates
+                ]
+                rows_all = stream.rows(0)[keep]
+                candidates = len(keep)
+                chosen = (
+                    rows_all[greedy_coreset(rows_all, size, cfg.projection_dim, seed)] if size else rows_all
+                )
+            else:
+                candidates = total
+                say(
+                    f"{name}: "
+                    + (f"choosing a {size}-row coreset from all {total}" if size else f"keeping all {total}")
+                    + " patch features"
+                )
+                chosen = stream.rows(size)
+        finally:
+            stream.close()
+        if size and len(chosen) < size:  # fewer patches than rows: repeat them (nearest distance unchanged)
+            chosen = chosen[torch.arange(size) % len(chosen)]
+        search.set_bank(chosen)
+        return {"patches": int(total), "candidates": int(candidates), "bank": int(len(chosen))}
+
+    def _fit_normalization(self, x_val: torch.Tensor | None, batch: int) -> dict[str, list[float]]:
+        from calibration.scores import normalization_from_good
+
+        if x_val is None or len(x_val) < 2:
+            raise ValueError(
+                "backbone 'both' brings the two teachers to one scale with held-out good images; "
+                "train with --val-fraction > 0 and at least 2 held-out images"
+            )
+        scores: list[list[torch.Tensor]] = [[] for _ in self.teachers]
+        for i in range(0, len(x_val), batch):
+            for t, r in enumerate(self.raw_maps(x_val[i : i + batch])):
+                scores[t].append(self.image_score(self.head(r)[1]))
+        norms = [normalization_from_good(torch.cat(s).numpy()) for s in scores]
+        self.norm_offset.copy_(torch.tensor([n.offset for n in norms]))
+        self.norm_scale.copy_(torch.tensor([n.scale for n in norms]))
+        return {"offset": [n.offset for n in norms], "scale": [n.scale for n in norms]}
+
+    # --- inference -----------------------------------------------------------------------------------
+
+    def raw_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each teacher's (N, 1, h, w) nearest-bank distance map, at its own grid."""
+        return [search(teacher(x)) for teacher, search in self.parts()]
+
+    def image_score(self, amap: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) smoothed map -> (N,) image score: its max, or the mean of its top ``k`` pixels."""
+        flat = amap.flatten(1)
+        if self.config.score == "topk":
+            return flat.topk(self.k, dim=1).values.mean(dim=1)
+        return flat.amax(dim=1)
+
+    def fuse_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Normalised per-teacher (N, H, W) maps -> one map. "mean" / "max": their pixelwise mean / max.
+        "shift": the first (fine, EfficientNet) map moved so that its peak equals the mean of the maps'
+        image scores."""
+        if self.config.fusion == "mean":
+            return torch.stack(maps, 0).mean(0)
+        if self.config.fusion == "max":
+            return torch.stack(maps, 0).amax(0)
+        fused = torch.stack([self.image_score(m) for m in maps], 0).mean(0)  # (N,)
+        return maps[0] + (fused - self.image_score(maps[0]))[:, None, None]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.head(self.search(self.embed(x)))
+        maps = [self.head(r)[1] for r in self.raw_maps(x)]  # each (N, H, W), upsampled and smoothed
+        if len(maps) == 1:
+            amap = maps[0]
+        else:
+            amap = self.fuse_maps(
+                [(m - self.norm_offset[i]) / self.norm_scale[i] for i, m in enumerate(maps)]
+            )
+        score = self.image_score(amap)
+        if self.config.score != "max":
+            # the daemon scores an image by its map's maximum: move the map so that maximum is the score
+            amap = amap + (score - amap.flatten(1).amax(dim=1))[:, None, None]
+        return score, amap
+
+
+def _embed_batches(teacher: nn.Module, x: torch.Tensor, batch: int) -> Iterable[torch.Tensor]:
+    for i in range(0, len(x), batch):
+        yield teacher(x[i : i + batch])
+
+
+@torch.no_grad()
+def coverage(search: NearestBank, features: Iterable[torch.Tensor]) -> dict[str, float]:
+    """Quantiles (p50/p95/p99/max) of patches' nearest-bank distances, in the search's own units."""
+    d = torch.cat([search(f).flatten() for f in features]).numpy()
+    return {f"p{round(q * 100)}" if q < 1 else "max": float(np.quantile(d, q)) for q in COVERAGE_QUANTILES}
+
+
+def format_quantiles(q: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.4g}" for k, v in q.items())

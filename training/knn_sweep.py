@@ -1,0 +1,261 @@
+"""Choose the kNN model's settings on visible data: held-out good images and pasted defects only.
+
+    python -m training.knn_sweep --data ../shared/data/mvtec-bottle/bottle --out runs/sweep/bottle.json
+
+For one category: the same training/held-out split ``edge-train`` makes, defects pasted onto the held-out
+good images (``training.pasted_defects``), both teachers' features computed once, then every combination
+of teacher (effnet / vit / both with each fusion), bank size (full, and greedy coresets from every patch)
+and image score (max, top-k means) scored with image AUROC, pixel AUROC, AUPRO and the line protocol's
+recall (threshold from the held-out good images). The test split is never read. Models are the real
+``PatchCore`` class: only the banks are swapped between settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from edge.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
+from training.data import good_images, load_images, split_train_val
+from training.metrics import evaluate_maps, line_operating_points
+from training.models.patchcore import NearestBank, PatchCore, PatchCoreConfig, StreamedCoreset, coverage
+from training.pasted_defects import pasted_set
+from training.train import images_to_tensor
+
+SIZE = 224
+
+
+def _features(teacher: torch.nn.Module, x: torch.Tensor, batch: int = 8) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([teacher(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def _bank(train_f: torch.Tensor, rows: int, metric: str, seed: int = 0) -> NearestBank:
+    dim = train_f.shape[1]
+    stream = StreamedCoreset(dim, 64, seed)
+    for i in range(0, len(train_f), 16):
+        stream.add(train_f[i : i + 16].permute(0, 2, 3, 1).reshape(-1, dim))
+    chosen = stream.rows(rows)
+    stream.close()
+    bank = NearestBank(0, dim, metric)
+    bank.set_bank(chosen)
+    return bank
+
+
+def _metrics(model: PatchCore, raw: list[torch.Tensor], labels, masks, types) -> dict[str, Any]:
+    """Score ``raw`` per-teacher maps (N, 1, h, w) with ``model``'s head, fusion and image score."""
+    with torch.no_grad():
+        maps = [model.head(r)[1] for r in raw]
+        if len(maps) == 1:
+            amap = maps[0]
+        else:
+            good = torch.from_numpy(labels == 0)
+            norm = []
+            for m in maps:  # calibration.scores: median 0, q99 1 over the held-out good images
+                from calibration.scores import normalization_from_good
+
+                n = normalization_from_good(model.image_score(m[good]).numpy())
+                norm.append((m - n.offset) / n.scale)
+            amap = model.fuse_maps(norm)
+        score = model.image_score(amap)
+        if model.config.score != "max":
+            amap = amap + (score - amap.flatten(1).amax(dim=1))[:, None, None]
+    s, a = score.numpy(), amap.numpy()
+    r = evaluate_maps(labels, s, masks, a, types)
+    line = line_operating_points(s[labels == 0], labels, s)
+    return {
+        "image_auroc": r["image_auroc"],
+        "pixel_auroc": r["pixel_auroc"],
+        "aupro": r["aupro"],
+        "recall_1": line["0.01"]["recall"],
+        "recall_01": line["0.001"]["recall"],
+    }
+
+
+def sweep(
+    data: Path, banks: dict[str, list[int]], scores: list[tuple[str, float]], log, raw_out: Path | None = None
+) -> dict[str, Any]:
+    torch.manual_seed(0)
+    pre = Preprocess(
+        height=SIZE, width=SIZE, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="letterbox"
+    )
+    train_paths, val_paths = split_train_val(good_images(data), 0.1, 0)
+    x_train = images_to_tensor(load_images(train_paths, pre), pre)
+    images, masks, labels, types = pasted_set(load_images(val_paths, pre), 3, 0)
+    x_eval = images_to_tensor(images, pre)
+    model = PatchCore(PatchCoreConfig(image_size=SIZE, backbone="both", bank_size=0, vit_bank_size=0)).eval()
+    model.load_pretrained()
+    out: dict[str, Any] = {
+        "data": str(data),
+        "n_train": len(train_paths),
+        "n_good": len(val_paths),
+        "runs": [],
+    }
+    raw: dict[tuple[str, int], torch.Tensor] = {}
+    for name, (teacher, search) in zip(model.teachers, model.parts(), strict=True):
+        t = time.perf_counter()
+        f_train, f_eval = _features(teacher, x_train), _features(teacher, x_eval)
+        out[f"{name}_feature_seconds"] = time.perf_counter() - t
+        log(f"{data.name} {name}: features {tuple(f_train.shape)} in {out[f'{name}_feature_seconds']:.0f} s")
+        for rows in banks[name]:
+            t = time.perf_counter()
+            bank = _bank(f_train, rows, search.metric)
+            build = time.perf_counter() - t
+            with torch.no_grad():
+                raw[(name, rows)] = torch.cat([bank(f_eval[i : i + 2]) for i in range(0, len(f_eval), 2)])
+                cov = coverage(bank, [f_eval[torch.from_numpy(labels == 0)]])
+            log(f"  bank {rows or 'full'} ({len(bank.bank)} rows) built {build:.0f} s, good coverage {cov}")
+            for score, frac in scores:
+                cfg = PatchCoreConfig(
+                    image_size=SIZE,
+                    backbone=name,
+                    bank_size=0,
+                    vit_bank_size=0,
+                    score=score,
+                    topk_fraction=frac,
+                )
+                m = _metrics(PatchCore(cfg), [raw[(name, rows)]], labels, masks, types)
+                out["runs"].append(
+                    {
+                        "teacher": name,
+                        "bank": rows,
+                        "score": score,
+                        "topk": frac,
+                        **m,
+                        "coverage": cov,
+                        "build_s": build,
+                    }
+                )
+                log(f"    {name} bank {rows or 'full'} {score} {frac}: {m}")
+    if raw_out is not None:  # for trying other fusions later without the teachers
+        np.savez_compressed(
+            raw_out,
+            labels=labels,
+            masks=masks,
+            types=np.array(types),
+            **{f"{name}_{rows}": r.numpy() for (name, rows), r in raw.items()},
+        )
+    for rows_e, rows_v in zip(banks["effnet"], banks["vit"], strict=True):
+        for fusion in ("mean", "max", "shift"):
+            for score, frac in scores:
+                cfg = PatchCoreConfig(
+                    image_size=SIZE,
+                    backbone="both",
+                    fusion=fusion,
+                    score=score,
+                    topk_fraction=frac,
+                    bank_size=0,
+                    vit_bank_size=0,
+                )
+                m = _metrics(
+                    PatchCore(cfg), [raw[("effnet", rows_e)], raw[("vit", rows_v)]], labels, masks, types
+                )
+                out["runs"].append(
+                    {"teacher": f"both-{fusion}", "bank": [rows_e, rows_v], "score": score, "topk": frac, **m}
+                )
+                log(f"    both-{fusion} banks {rows_e}/{rows_v} {score} {frac}: {m}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path)
+    p.add_argument("--out", type=Path)
+    p.add_argument(
+        "--table", type=Path, nargs="+", help="print a markdown table of these sweep JSONs and exit"
+    )
+    p.add_argument(
+        "--refuse", type=Path, help="a sweep's -raw.npz: score other fusions of its maps (--fusions)"
+    )
+    p.add_argument("--fusions", default="mean,max")
+    p.add_argument("--effnet-banks", default="0,16384,4096")
+    p.add_argument("--vit-banks", default="0,4096,1024")
+    p.add_argument("--threads", type=int)
+    args = p.parse_args(argv)
+    if args.table:
+        print(table(args.table), end="")
+        return 0
+    if args.refuse:
+        rows = refuse(args.refuse, args.fusions.split(","), [("max", 0.01), ("topk", 0.01)])
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    if args.data is None or args.out is None:
+        p.error("--data and --out are needed (or --table)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    banks = {
+        "effnet": [int(v) for v in args.effnet_banks.split(",")],
+        "vit": [int(v) for v in args.vit_banks.split(",")],
+    }
+    scores = [("max", 0.01), ("topk", 0.01), ("topk", 0.001)]
+    raw_out = args.out.with_name(args.out.stem + "-raw.npz")
+    result = sweep(args.data, banks, scores, lambda m: print(m, file=sys.stderr, flush=True), raw_out)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def refuse(raw_path: Path, fusions: list[str], scores: list[tuple[str, float]]) -> list[dict[str, Any]]:
+    """Score fusions of the raw maps a sweep saved (no teacher runs): one row per bank pair, fusion, score."""
+    raw = np.load(raw_path)
+    labels, masks, types = raw["labels"], raw["masks"], [str(t) for t in raw["types"]]
+    maps = {k: torch.from_numpy(raw[k]) for k in raw.files if k.startswith(("effnet_", "vit_"))}
+    rows = []
+    pairs = [(e, v) for e in maps if e.startswith("effnet_") for v in maps if v.startswith("vit_")]
+    for e, v in pairs:
+        for fusion in fusions:
+            for score, frac in scores:
+                cfg = PatchCoreConfig(
+                    image_size=SIZE,
+                    backbone="both",
+                    fusion=fusion,
+                    score=score,
+                    topk_fraction=frac,
+                    bank_size=0,
+                    vit_bank_size=0,
+                )
+                m = _metrics(PatchCore(cfg), [maps[e], maps[v]], labels, masks, types)
+                rows.append({"teacher": f"both-{fusion}", "bank": [e, v], "score": score, "topk": frac, **m})
+    return rows
+
+
+def table(paths: list[Path]) -> str:
+    """Markdown of sweep JSONs: one row per (category, teacher, bank, score)."""
+
+    def f(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = [
+        "| category | teacher | bank rows | image score | image AUROC | pixel AUROC | AUPRO | line recall "
+        "@ 1 % "
+        "| line recall @ 0.1 % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        name = Path(data["data"]).name
+        for r in data["runs"]:
+            bank = (
+                "/".join(str(b or "full") for b in r["bank"])
+                if isinstance(r["bank"], list)
+                else r["bank"] or "full"
+            )
+            score = "max" if r["score"] == "max" else f"top {r['topk']:.1%} mean"
+            lines.append(
+                f"| {name} | {r['teacher']} | {bank} | {score} | {f(r['image_auroc'])} | "
+                f"{f(r['pixel_auroc'])} "
+                f"| {f(r['aupro'])} | {f(r['recall_1'])} | {f(r['recall_01'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""CPU latency and size of exported graphs, measured side by side in one run (ONNX Runtime, batch 1).
+
+    python -m training.latency_compare --out runs/latency.json
+
+Latency does not depend on the weights or the bank's contents, only on the architecture and the bank's
+shape, so each model is built with its config's shapes (random weights, a bank of the configured size)
+and exported exactly as ``edge-export`` traces it (``export.onnx_export.onnx_from_module``). The models
+are timed in interleaved rounds, so a load change on the machine hits them all alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from edge.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
+from export.onnx_export import onnx_from_module
+from training.checkpoint import build_model
+from training.graph import InferenceModel
+
+CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
+    "gtrans (default)": ("gtrans", {}),
+    "patchcore effnet 256 px, 16384 rows (the old default)": (
+        "patchcore",
+        {"backbone": "effnet", "image_size": 256, "bank_size": 16384},
+    ),
+    "patchcore effnet 224 px, 4096 rows": (
+        "patchcore",
+        {"backbone": "effnet", "image_size": 224, "bank_size": 4096},
+    ),
+    "patchcore vit 224 px, 1024 rows": (
+        "patchcore",
+        {"backbone": "vit", "image_size": 224, "vit_bank_size": 1024},
+    ),
+    "patchcore both 224 px, 16384 + 4096 rows": (
+        "patchcore",
+        {"backbone": "both", "image_size": 224, "bank_size": 16384, "vit_bank_size": 4096},
+    ),
+    "patchcore both 224 px, 4096 + 1024 rows": (
+        "patchcore",
+        {"backbone": "both", "image_size": 224, "bank_size": 4096, "vit_bank_size": 1024},
+    ),
+}
+
+
+def export_one(kind: str, config: dict[str, Any], path: Path) -> Path:
+    model = build_model(kind, config).eval()
+    for _, search in getattr(model, "parts", list)():
+        search.set_bank(torch.randn_like(search.bank))
+    size = int(model.config.image_size)
+    pre = Preprocess(height=size, width=size, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    onnx_from_module(InferenceModel(model, pre).eval(), pre, path)
+    return path
+
+
+def measure(paths: dict[str, Path], rounds: int, per_round: int, threads: int) -> dict[str, dict[str, float]]:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sessions = {
+        n: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for n, p in paths.items()
+    }
+    inputs = {}
+    for name, s in sessions.items():
+        shape = [1 if not isinstance(d, int) else d for d in s.get_inputs()[0].shape]
+        inputs[name] = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+        s.run(None, {s.get_inputs()[0].name: inputs[name]})  # warm-up
+    times: dict[str, list[float]] = {n: [] for n in sessions}
+    for _ in range(rounds):
+        for name, s in sessions.items():
+            for _ in range(per_round):
+                t = time.perf_counter()
+                s.run(None, {s.get_inputs()[0].name: inputs[name]})
+                times[name].append(time.perf_counter() - t)
+    return {
+        n: {
+            "p50_ms": 1e3 * float(np.median(t)),
+            "p90_ms": 1e3 * float(np.quantile(t, 0.9)),
+            "onnx_mib": paths[n].stat().st_size / 2**20,
+        }
+        for n, t in times.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--per-round", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {
+            n: export_one(k, c, Path(tmp) / f"{i}.onnx") for i, (n, (k, c)) in enumerate(CANDIDATES.items())
+        }
+        result = measure(paths, args.rounds, args.per_round, args.threads)
+    base = result["gtrans (default)"]["p50_ms"]
+    for name, r in result.items():
+        r["x_gtrans"] = r["p50_ms"] / base
+        print(
+            f"{name:<55} p50 {r['p50_ms']:7.1f} ms  x{r['x_gtrans']:.2f}  {r['onnx_mib']:.1f} MiB",
+            file=sys.stderr,
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"threads": args.threads, "results": result}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
