@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from edge.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
+from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from training.data import good_images, load_images, split_train_val
 from training.metrics import evaluate_maps, line_operating_points
 from training.models.patchcore import NearestBank, PatchCore, PatchCoreConfig, StreamedCoreset, coverage

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-from edge.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
+from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from export.onnx_export import onnx_from_module
 from training.checkpoint import build_model
 from training.graph import InferenceModel

@@ -14,8 +14,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from edge.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
+from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from export.onnx_export import onnx_from_module
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.cli import eval_main

@@ -54,7 +54,7 @@ FIELDS_ADDED_SINCE = {"backbone": "effnet", "score": "max", "vit_bank_size": 102
 
 @dataclass
 class PatchCoreConfig:
-    # Defaults = the recommended model (results/MODELS-DRAFT.md says which data chose each): both teachers,
+    # Defaults = the recommended model (docs/accuracy.md says which data chose each): both teachers,
     # mean fusion, top-1 % mean score, banks sized so the bundle's CPU p50 stays within 3x GTrans's.
     image_size: int = 224  # ViT-S/14's own size (16 x 16 patches); EfficientNet gets 28 x 28 cells
     backbone: str = "both"  # "effnet" | "vit" | "both" (see the module docstring)
