@@ -3,7 +3,8 @@ topics, and hands commands to edge.commands (one parser, one retained-command gu
 
 - mqtt_json: the JSON MQTT API (topic table, publishing, command routing, the JSON Schema CLI);
 - sparkplug: the Sparkplug B 3.0 edge node;
-- the next faces (an OPC UA server, a web view) go here as opcua/ and web/, beside these two.
+- opcua: the OPC UA server (asyncua, own thread and loop; [opcua], off by default);
+- web: the live-view page (aiohttp, own thread and loop; [web], off by default).
 
 MQTT faces share edge.faces.mqtt_session: each owns one MqttSession (the network thread that connects,
 backs off and reconnects) and is its SessionFace, handed to it at construction; the session asks the face

@@ -80,7 +80,8 @@ FLOORS = (
 FLOOR = {stage: level for level, stages in enumerate(FLOORS) for stage in stages}
 # config validates a model.backend name against the backend table (a dict of strings; nothing is loaded)
 EXCEPTIONS = {("config", "edge.scoring.backends")}
-FACES = ("mqtt_json", "sparkplug", "web")  # each face keeps its own internals; MQTT ones share mqtt_session
+# each face keeps its own internals; the MQTT ones share mqtt_session
+FACES = ("mqtt_json", "sparkplug", "opcua", "web")
 
 
 def _stage(module: str) -> str:
