@@ -154,20 +154,27 @@ def threshold_payload_of(value: Optional[float]) -> bytes:
 # --- model/set -------------------------------------------------------------------------------------------
 
 
-def parse_model_set(payload: bytes) -> Tuple[Optional[str], bool]:
-    """(recipe or bundle id, rollback) from a model/set payload; ValueError says what is accepted."""
-    if len(payload) > SET_PAYLOAD_MAX:
-        raise ValueError(f"model/set payload is {len(payload)} bytes; at most {SET_PAYLOAD_MAX}")
+def _text_or_json(payload: bytes, what: str, max_bytes: int) -> object:
+    """A name-like command payload: plain UTF-8 text, or JSON when it starts like JSON ('{' or '"').
+
+    ValueError names the command, so the reply says which payload was wrong and how."""
+    if len(payload) > max_bytes:
+        raise ValueError(f"{what} payload is {len(payload)} bytes; at most {max_bytes}")
     try:
         text = payload.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise ValueError("model/set payload is not UTF-8 text") from None
-    doc: object = text
-    if text.startswith(("{", '"')):
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"model/set payload looks like JSON but does not parse: {exc}") from None
+        raise ValueError(f"{what} payload is not UTF-8 text") from None
+    if not text.startswith(("{", '"')):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} payload looks like JSON but does not parse: {exc}") from None
+
+
+def parse_model_set(payload: bytes) -> Tuple[Optional[str], bool]:
+    """(recipe or bundle id, rollback) from a model/set payload; ValueError says what is accepted."""
+    doc = _text_or_json(payload, "model/set", SET_PAYLOAD_MAX)
     if isinstance(doc, dict):
         unknown = sorted(set(doc) - {"recipe", "rollback"})
         if unknown:
@@ -194,18 +201,7 @@ def parse_trigger(payload: bytes) -> str:
 
     Accepted: plain text ``P-0042``, a JSON string ``"P-0042"`` or ``{"part_id": "P-0042"}``; at most 128
     bytes; the id is 1-64 printable characters without '/', '+' or '#' (it may become a topic level)."""
-    if len(payload) > TRIGGER_PAYLOAD_MAX:
-        raise ValueError(f"trigger payload is {len(payload)} bytes; at most {TRIGGER_PAYLOAD_MAX}")
-    try:
-        text = payload.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise ValueError("trigger payload is not UTF-8 text") from None
-    doc: object = text
-    if text.startswith(("{", '"')):
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"trigger payload looks like JSON but does not parse: {exc}") from None
+    doc = _text_or_json(payload, "trigger", TRIGGER_PAYLOAD_MAX)
     if isinstance(doc, dict):
         if set(doc) != {"part_id"}:
             raise ValueError('trigger JSON must be exactly {"part_id": "<id>"}')
