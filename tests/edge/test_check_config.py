@@ -6,16 +6,15 @@ the broker: bundle (hashes, signature, numbers), password and TLS files readable
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import pytest
 
 from edge.config import load_config
-from edge.service.cli import EXIT_CONFIG, EXIT_OK, EXIT_STARTUP, main
+from edge.service.cli import EXIT_CONFIG, EXIT_OK, EXIT_STARTUP
 from edge.util.redact import redact
+from tests.helpers.cli import run_edge as run
 from tests.helpers.tiny_bundle import make_tiny_bundle
 from training.synthetic import part_sequence, write_video
 
@@ -39,13 +38,6 @@ def write(tmp_path: Path, bundle: Path, mqtt: str = "", source: str | None = Non
     )
     path.chmod(mode)
     return path
-
-
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(argv))
-    return rc, out.getvalue(), err.getvalue()
 
 
 def test_all_ok(tmp_path: Path, bundle: Path) -> None:

@@ -3,25 +3,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import pytest
 
-from edge.service.cli import EXIT_OK, EXIT_STARTUP, main
+from edge.service.cli import EXIT_OK, EXIT_STARTUP
+from tests.helpers.cli import run_edge as run
 from tests.helpers.tiny_bundle import make_tiny_bundle
 from training.synthetic import part_sequence, write_video
 
 pytestmark = pytest.mark.usefixtures("clean_env")
-
-
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(argv))
-    return rc, out.getvalue(), err.getvalue()
 
 
 def config(tmp_path: Path, source: str | None = None) -> Path:

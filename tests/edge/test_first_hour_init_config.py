@@ -3,28 +3,20 @@ files, and a missing precision's error suggests only a fix the model kind allows
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import pytest
 
 from edge.config import load_config
-from edge.service.cli import EXIT_OK, EXIT_STARTUP, main
+from edge.service.cli import EXIT_OK, EXIT_STARTUP
 from edge.service.init_config import config_text
 from edge.trust import precision_hints
 from edge.trust.precision_hints import missing_precision_fix, suited_precision
+from tests.helpers.cli import run_edge as run
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 pytestmark = pytest.mark.usefixtures("clean_env")
-
-
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(argv))
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

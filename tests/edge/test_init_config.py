@@ -11,17 +11,11 @@ import pytest
 
 from edge.config import load_config
 from edge.service.cli import EXIT_CONFIG, EXIT_OK, main
+from tests.helpers.cli import run_edge as run
 from tests.helpers.tiny_bundle import make_tiny_bundle
 from training.synthetic import part_sequence, write_video
 
 pytestmark = pytest.mark.usefixtures("clean_env")
-
-
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(argv))
-    return rc, out.getvalue(), err.getvalue()
 
 
 def test_written_config_validates_and_passes_every_check(tmp_path: Path) -> None:
