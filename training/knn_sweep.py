@@ -79,6 +79,22 @@ def _metrics(model: PatchCore, raw: list[torch.Tensor], labels, masks, types) ->
     }
 
 
+def _fused_metrics(
+    pair: list[torch.Tensor], fusion: str, score: str, frac: float, labels, masks, types
+) -> dict[str, Any]:
+    """Metrics of the two teachers' raw maps fused as the model would (``backbone="both"``, full banks)."""
+    cfg = PatchCoreConfig(
+        image_size=SIZE,
+        backbone="both",
+        fusion=fusion,
+        score=score,
+        topk_fraction=frac,
+        bank_size=0,
+        vit_bank_size=0,
+    )
+    return _metrics(PatchCore(cfg), pair, labels, masks, types)
+
+
 def sweep(
     data: Path, banks: dict[str, list[int]], scores: list[tuple[str, float]], log, raw_out: Path | None = None
 ) -> dict[str, Any]:
@@ -145,18 +161,8 @@ def sweep(
     for rows_e, rows_v in zip(banks["effnet"], banks["vit"], strict=True):
         for fusion in ("mean", "max", "shift"):
             for score, frac in scores:
-                cfg = PatchCoreConfig(
-                    image_size=SIZE,
-                    backbone="both",
-                    fusion=fusion,
-                    score=score,
-                    topk_fraction=frac,
-                    bank_size=0,
-                    vit_bank_size=0,
-                )
-                m = _metrics(
-                    PatchCore(cfg), [raw[("effnet", rows_e)], raw[("vit", rows_v)]], labels, masks, types
-                )
+                pair = [raw[("effnet", rows_e)], raw[("vit", rows_v)]]
+                m = _fused_metrics(pair, fusion, score, frac, labels, masks, types)
                 out["runs"].append(
                     {"teacher": f"both-{fusion}", "bank": [rows_e, rows_v], "score": score, "topk": frac, **m}
                 )
@@ -213,16 +219,7 @@ def refuse(raw_path: Path, fusions: list[str], scores: list[tuple[str, float]]) 
     for e, v in pairs:
         for fusion in fusions:
             for score, frac in scores:
-                cfg = PatchCoreConfig(
-                    image_size=SIZE,
-                    backbone="both",
-                    fusion=fusion,
-                    score=score,
-                    topk_fraction=frac,
-                    bank_size=0,
-                    vit_bank_size=0,
-                )
-                m = _metrics(PatchCore(cfg), [maps[e], maps[v]], labels, masks, types)
+                m = _fused_metrics([maps[e], maps[v]], fusion, score, frac, labels, masks, types)
                 rows.append({"teacher": f"both-{fusion}", "bank": [e, v], "score": score, "topk": frac, **m})
     return rows
 
