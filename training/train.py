@@ -25,6 +25,7 @@ from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from training.checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, save_checkpoint
 from training.corruption import corrupt_batch
 from training.data import fingerprint, good_images, load_images, split_train_val
+from training.geometry import CHOICES, choose_geometry
 from training.graph import Normalize
 from training.progress import Progress
 
@@ -54,6 +55,7 @@ class TrainConfig:
     progress: bool = True
     threads: int | None = None
     stop_after: int | None = None  # stop (resumably) after this many epochs, e.g. to time-box a session
+    geometry: str = "auto"  # "auto" (measured, training.geometry), "letterbox" or "stretch"
 
     def resolved(self, key: str) -> Any:
         value = getattr(self, key)
@@ -70,15 +72,27 @@ def images_to_tensor(images: np.ndarray, pre: Preprocess) -> torch.Tensor:
     return Normalize(pre)(torch.from_numpy(images))
 
 
-def make_preprocess(kind: str, model_config: dict[str, Any]) -> Preprocess:
-    size = (
-        int(build_model(kind, model_config).config.image_size)
-        if "image_size" not in model_config
-        else int(model_config["image_size"])
-    )
+def input_size(kind: str, model_config: dict[str, Any]) -> int:
+    if "image_size" in model_config:
+        return int(model_config["image_size"])
+    return int(build_model(kind, model_config).config.image_size)
+
+
+def make_preprocess(kind: str, model_config: dict[str, Any], resize: str = "letterbox") -> Preprocess:
+    size = input_size(kind, model_config)
     return Preprocess(
-        height=size, width=size, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="letterbox"
+        height=size, width=size, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=resize
     )
+
+
+def resolve_geometry(cfg: TrainConfig, train_paths: list[Path], val_paths: list[Path]) -> dict[str, Any]:
+    """The input geometry of a new run: as asked, or measured on its good images (``training.geometry``)."""
+    if cfg.geometry not in CHOICES:
+        raise ValueError(f"geometry must be one of {', '.join(CHOICES)}, got {cfg.geometry!r}")
+    if cfg.geometry != "auto":
+        return {"resize": cfg.geometry, "reason": "asked for (--geometry)"}
+    size = input_size(cfg.model, cfg.model_config)
+    return choose_geometry(train_paths, val_paths, size, cfg.seed, log=lambda m: log(m, cfg.progress))
 
 
 def resume_state(path: Path, kind: str, data_fp: str) -> Checkpoint | None:
@@ -116,8 +130,12 @@ def train(cfg: TrainConfig) -> Path:
         log(f"{ckpt_path} is already complete; nothing to do (use a new --out to train again)", cfg.progress)
         return ckpt_path
     model = previous.model if previous is not None else build_model(cfg.model, cfg.model_config)
-    pre = previous.preprocess if previous is not None else make_preprocess(cfg.model, cfg.model_config)
-    if previous is None:
+    if previous is not None:
+        pre = previous.preprocess
+        data_info["geometry"] = previous.data.get("geometry", {"resize": pre.resize})
+    else:
+        data_info["geometry"] = resolve_geometry(cfg, train_paths, val_paths)
+        pre = make_preprocess(cfg.model, cfg.model_config, data_info["geometry"]["resize"])
         model.load_pretrained()
 
     log(
