@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.data import GOOD, MASK_SUFFIX, MVTecCategory, list_images
+from training.data import GOOD, MASK_SUFFIX, MVTecCategory, good_images
 
 MIN_SIDE = 0.6  # each crop side is 60-100 % of the original's: aspect ratios from 0.6 to 1.67 times
 
@@ -71,16 +71,17 @@ def _write(path: Path, image: np.ndarray) -> None:
 def make_varied_framing(
     data: Path, out: Path, seed: int = 0, min_side: float = MIN_SIDE, log=print
 ) -> dict[str, int]:
-    """Write the varied-framing copy of MVTec category ``data`` to ``out``; returns image counts per split."""
-    category = MVTecCategory(data)
+    """Write the varied-framing copy of ``data`` (an MVTec category, or a plain folder of good images, whose
+    copy gets only train/good) to ``out``; returns image counts per split."""
     rng = np.random.default_rng(seed)
     counts = {"train": 0, "test": 0}
-    for path in list_images(category.root / "train" / GOOD):
+    for path in good_images(data):
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         x, y, w, h = crop_box(image.shape[:2], rng, min_side)
         _write(out / "train" / GOOD / f"{path.stem}.png", image[y : y + h, x : x + w])
         counts["train"] += 1
-    for item in category.test_items():
+    items = MVTecCategory(data).test_items() if (Path(data) / "test").is_dir() else []
+    for item in items:
         image = cv2.imread(str(item.path), cv2.IMREAD_COLOR)
         mask = None if item.mask_path is None else cv2.imread(str(item.mask_path), cv2.IMREAD_GRAYSCALE)
         x, y, w, h = crop_box(image.shape[:2], rng, min_side, None if mask is None else mask > 0)
@@ -89,7 +90,9 @@ def make_varied_framing(
             name = f"{item.path.stem}{MASK_SUFFIX}.png"
             _write(out / "ground_truth" / item.defect_type / name, mask[y : y + h, x : x + w])
         counts["test"] += 1
-    log(f"varied framing of {category.name}: {counts['train']} train, {counts['test']} test images in {out}")
+    log(
+        f"varied framing of {Path(data).name}: {counts['train']} train, {counts['test']} test images in {out}"
+    )
     return counts
 
 

@@ -22,7 +22,7 @@ def test_crop_box_sides_vary_within_bounds_and_keep_the_defect() -> None:
     boxes = [crop_box((100, 200), rng, 0.6, keep) for _ in range(200)]
     for x, y, w, h in boxes:
         assert 120 <= w <= 200 and 60 <= h <= 100
-        assert 0 <= x and x + w <= 200 and 0 <= y and y + h <= 100
+        assert 0 <= x <= 200 - w and 0 <= y <= 100 - h
         assert x <= 150 and x + w >= 170 and y <= 40 and y + h >= 50, (x, y, w, h)
     assert len({w / h for _, _, w, h in boxes}) > 50  # the aspect ratio varies from crop to crop
 
