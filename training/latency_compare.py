@@ -49,6 +49,14 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
         "patchcore",
         {"backbone": "both", "image_size": 224, "bank_size": 4096, "vit_bank_size": 1024},
     ),
+    "patchcore vit 168 px, 1024 rows": (
+        "patchcore",
+        {"backbone": "vit", "image_size": 168, "vit_bank_size": 1024},
+    ),
+    "patchcore both 168 px, 4096 + 1024 rows": (
+        "patchcore",
+        {"backbone": "both", "image_size": 168, "bank_size": 4096, "vit_bank_size": 1024},
+    ),
 }
 
 
@@ -96,12 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--per-round", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", help="comma-separated substrings: time GTrans and the candidates naming one")
     args = p.parse_args(argv)
     torch.manual_seed(0)
+    wanted = {
+        n: c
+        for n, c in CANDIDATES.items()
+        if n == "gtrans (default)" or not args.only or any(w in n for w in args.only.split(","))
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {
-            n: export_one(k, c, Path(tmp) / f"{i}.onnx") for i, (n, (k, c)) in enumerate(CANDIDATES.items())
-        }
+        paths = {n: export_one(k, c, Path(tmp) / f"{i}.onnx") for i, (n, (k, c)) in enumerate(wanted.items())}
         result = measure(paths, args.rounds, args.per_round, args.threads)
     base = result["gtrans (default)"]["p50_ms"]
     for name, r in result.items():
