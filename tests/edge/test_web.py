@@ -102,6 +102,17 @@ def test_token_login_cookie_and_cross_site_posts() -> None:
     with_client(TOKEN, body)
 
 
+def test_every_image_and_evidence_route_needs_the_login() -> None:
+    async def body(client: TestClient, commands: FakeCommands) -> None:
+        for path in ("/cam/line/latest", "/cam/line/frame.jpg", "/cam/line/frame/0.jpg",
+                     "/cam/line/frame/0/mask.png", "/api/evidence", "/evidence/1/thumb.jpg",
+                     "/evidence/1/image.jpg", "/evidence/1/mask.png"):  # fmt: skip
+            answer = await client.get(path)
+            assert answer.status == 401, path
+
+    with_client(TOKEN, body)
+
+
 def test_bearer_token_and_no_cookie_without_login() -> None:
     async def body(client: TestClient, commands: FakeCommands) -> None:
         headers = {"Authorization": f"Bearer {TOKEN}"}
