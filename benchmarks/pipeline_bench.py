@@ -33,10 +33,12 @@ import numpy as np
 from benchmarks.daemon_process import FIRST_RESULT_TIMEOUT_S, START_TIMEOUT_S, DaemonProcess, daemon_config
 from benchmarks.model_bench import BenchSettings, Cell, Engine, latency_summary, run_for, subsample, warm_up
 from benchmarks.subscriber import Received, ResultSubscriber
-from tools.local_broker import Broker
+from benchmarks.viewer import PageViewer
+from tools.local_broker import Broker, free_port
 
 SATURATION = 1.5  # cameras offer this much more than the backend can take in "saturated" runs
 MAX_CAMERA_FPS = 1000.0  # EdgeConfig's upper bound for cameras[].fps
+VIEWER_LOAD = "saturated+viewer"  # a saturated run with one live-view viewer polling the page
 SETTLE_S = 0.5  # after a thawed daemon resumes: the frame in flight at the freeze is published first
 LATENCY_FIELDS = ("capture_to_infer", "inference", "postprocess", "total")
 
@@ -65,6 +67,8 @@ def _run_pipeline_once(
     sparkplug: bool = False,
     between: Callable[[], dict[str, Any]] | None = None,
     slices: int = 1,
+    web: bool = False,
+    viewer: bool = False,
 ) -> dict[str, Any]:
     """Start the daemon, skip ``warmup_s`` after the first result, count results for ``measure_s``, stop.
 
@@ -72,6 +76,9 @@ def _run_pipeline_once(
     while ``between`` runs (a bare-backend slice), then thawed and given ``SETTLE_S`` before the next window.
     Pipeline and bare then alternate seconds apart, so a change of machine speed (a shared VM's neighbours,
     CPU frequency) lands on both sides of the ratio instead of on one.
+
+    ``web``: the daemon serves its live-view page; ``viewer``: a :class:`PageViewer` polls it from the
+    warm-up on, paused while the daemon is frozen.
     """
     prefix_id = f"bench-{uuid.uuid4().hex[:8]}"
     config = daemon_config(
@@ -85,6 +92,7 @@ def _run_pipeline_once(
         run.camera_fps,
         model_options,
         sparkplug=sparkplug,
+        web_port=free_port() if web or viewer else None,
     )
     sub = ResultSubscriber(broker.host, broker.port, f"edge-anomaly/{prefix_id}")
     sub.start()
@@ -92,12 +100,17 @@ def _run_pipeline_once(
     daemon = DaemonProcess(config, max_s=max_s)
     windows: list[tuple[float, float]] = []
     interleaved: list[dict[str, Any]] = []
+    page: PageViewer | None = None
+    viewed: dict[str, int] | None = None
     try:
         daemon.start()
         if not sub.wait_first(FIRST_RESULT_TIMEOUT_S):
             raise RuntimeError(
                 f"no result arrived within {FIRST_RESULT_TIMEOUT_S:.0f} s of the daemon starting"
             )
+        if viewer:
+            cams = [c["name"] for c in config["cameras"]]
+            page = PageViewer("127.0.0.1", config["web"]["port"], cams).start()
         time.sleep(warmup_s)  # warm-up window: results in it are not counted
         n = max(1, slices) if between is not None else 1
         for k in range(n):
@@ -105,21 +118,30 @@ def _run_pipeline_once(
             time.sleep(measure_s / n)  # one measurement window
             windows.append((t0, time.monotonic()))
             if between is not None:
+                if page is not None:
+                    page.pause()
                 daemon.pause()
                 try:
                     interleaved.append(between())
                 finally:
                     daemon.resume()
+                    if page is not None:
+                        page.resume()
                 if k < n - 1:
                     time.sleep(SETTLE_S)
+        if page is not None:
+            viewed = page.stop()
         final = daemon.stop()
     finally:
+        if page is not None and viewed is None:
+            page.stop()
         daemon.kill()
         sub.stop()
     if final.get("state") != "done":
         raise RuntimeError(f"the daemon did not stop cleanly: {final.get('error', final)}")
     per_window = [sub.window(t0, t1) for t0, t1 in windows]
     result = summarise_window(run, [r for got in per_window for r in got], windows, final, sub)
+    result["viewer"] = viewed  # requests, frames, bytes, errors of the polling viewer (None: no viewer)
     if interleaved:
         result["interleaved"] = [
             {"pipeline_rps": len(got) / (t1 - t0), **bare}
@@ -179,6 +201,7 @@ class PipelineSettings:
     camera_fps: float | None = None  # fixed offered fps per camera for every run (overrides the rules above)
     sparkplug: bool = False  # the daemon also runs its Sparkplug B node (both faces on)
     slices: int = 5  # pipeline windows per saturated run, each followed by a bare slice of the same length
+    viewer: bool = False  # page on in every run; each saturated run is repeated with one viewer polling it
 
 
 def pipeline_batch(cameras: int, max_batch: int) -> int:
@@ -228,8 +251,10 @@ def run_pipeline_bench(
                 into.extend(samples)
                 return {"bare_ips": cell.batch * len(samples) / (sum(samples) / 1000.0)}
 
-            loads = [("saturated", SATURATION)] + (
-                [("paced", settings.latency_load)] if settings.latency_load > 0 else []
+            loads = (
+                [("saturated", SATURATION)]
+                + ([(VIEWER_LOAD, SATURATION)] if settings.viewer else [])
+                + ([("paced", settings.latency_load)] if settings.latency_load > 0 else [])
             )
             for load, factor in loads:
                 fps = settings.camera_fps or offered_fps(offered_basis[b], cams, factor)
@@ -247,8 +272,10 @@ def run_pipeline_bench(
                     settings.warmup_s,
                     settings.measure_s,
                     sparkplug=settings.sparkplug,
-                    between=bare_slice if load == "saturated" else None,
+                    between=bare_slice if load != "paced" else None,
                     slices=slices,
+                    web=settings.viewer,
+                    viewer=load == VIEWER_LOAD,
                 )
                 result["round"] = r + 1
                 runs.append(result)
@@ -256,6 +283,7 @@ def run_pipeline_bench(
                     ips = b * len(round_samples) / (sum(round_samples) / 1000.0)
                     cell.per_round_ips.append(ips)
                     offered_basis[b] = ips
+                    round_samples.clear()  # the viewer run's bare slices are its own
     return {
         "method": (
             "per round and camera count: the daemon saturated, its measurement cut into windows with the "
@@ -272,6 +300,7 @@ def run_pipeline_bench(
         "measure_s_per_run": settings.measure_s,
         "warmup_s_per_run": settings.warmup_s,
         "sparkplug": settings.sparkplug,
+        "viewer": settings.viewer,
         "bare": {str(b): bare_summary(c) for b, c in cells.items()},
         "runs": runs,
         "by_cameras": aggregate_runs(runs, settings.camera_counts),
@@ -314,6 +343,11 @@ def aggregate_runs(runs: list[dict[str, Any]], camera_counts: Sequence[int]) -> 
             "throughput_rps": results / seconds if seconds else None,
             "saturated_latency_total_ms": latency_summary(_samples(sat)),
         }
+        viewed = [r for r in runs if r["cameras"] == cams and r["load"] == VIEWER_LOAD]
+        if viewed:  # --viewer: the same saturated runs with one viewer polling the page
+            seconds_v = sum(r["seconds"] for r in viewed)
+            entry["viewer_results"] = sum(r["results"] for r in viewed)
+            entry["viewer_throughput_rps"] = entry["viewer_results"] / seconds_v if seconds_v else None
         if paced:
             entry["paced_latency_total_ms"] = latency_summary(_samples(paced))
             entry["paced_throughput_rps"] = sum(r["results"] for r in paced) / sum(
