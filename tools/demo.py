@@ -311,8 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     client.loop_start()
     web_port = free_loopback_port() if importlib.util.find_spec("aiohttp") is not None else None
     config = write_config(out, bundle, pub, video, broker, args.precision, web_port)
+    linger = args.linger > 0 and web_port is not None  # the daemon stays up after the video (--keep-running)
     daemon = subprocess.Popen(
         [sys.executable, "-m", "edge.service.cli", "--config", str(config), "--log-level", "WARNING"]
+        + (["--keep-running"] if linger else [])
     )
     if web_port is None:
         print("live view off: aiohttp is not installed (pip install 'edge-anomaly[web]')", flush=True)
@@ -321,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ended = watch.ended.wait(timeout=120)
         time.sleep(1.0)  # let results of the last frames in flight arrive before stopping
-        if args.linger > 0 and web_port is not None:
+        if linger:
             print(f"the video ended; the live view stays up {args.linger:.0f} s (Ctrl-C ends it)", flush=True)
             with contextlib.suppress(KeyboardInterrupt):  # the daemon got the Ctrl-C too and is stopping
                 time.sleep(args.linger)

@@ -1,9 +1,11 @@
 """What the page shows, kept by the daemon's threads and read by the web thread (no aiohttp here).
 
-Cost rules: offering a frame stores a reference (no copy, no encoding), and only while a viewer polled in the
-last :data:`VIEWER_IDLE_S` seconds; a frame is encoded in the web thread when a viewer asks for it, at most
-``frame_fps`` times a second per camera (between two encodes the last snapshot is served again). An idle
-page, or no page, costs a timestamp comparison per published frame.
+Cost rules: offering a frame stores a reference to it (no copy, no encoding; the newest frame per camera is
+held, so a viewer who opens the page after the camera ended or failed still sees what it saw last); a
+snapshot is encoded in the web thread only when a viewer asks, at most ``frame_fps`` times a second per camera
+(between two encodes the last snapshot is served again), and the encoded snapshots are dropped once no
+viewer asked for :data:`VIEWER_IDLE_S` seconds. An idle page, or no page, costs one reference per published
+frame.
 
 One frame, one snapshot: the picture, its mask overlay and the result fields shown beside them are taken
 together from the same published frame (:class:`Snapshot`, named by its frame id), so the page cannot show
@@ -25,7 +27,7 @@ from edge.capture.frames import Frame
 from edge.results.payloads import CameraState, PartPayload, ResultPayload
 from edge.results.postprocess import Verdict
 
-VIEWER_IDLE_S = 5.0  # no frame request for this long: frames are no longer kept for viewers
+VIEWER_IDLE_S = 5.0  # no frame request for this long: the encoded snapshots are dropped
 MAX_WIDTH = 800  # frames wider than this are scaled down before encoding (the tile is smaller anyway)
 JPEG_QUALITY = 80
 HOURS_KEPT = 24
@@ -130,10 +132,8 @@ class LiveView:
     # --- the publish thread's frame tap -----------------------------------------------------------------
 
     def offer(self, camera: str, frame: Frame, verdict: Verdict) -> None:
-        """Keep a reference to the newest frame with its result's fields, only while someone is watching
-        (no copy, no encoding). The JSON face told :meth:`result` of this frame just before."""
-        if time.monotonic() - self._viewed_at > VIEWER_IDLE_S:
-            return
+        """Keep a reference to the newest frame with its result's fields (no copy, no encoding). The JSON face
+        told :meth:`result` of this frame just before."""
         with self._lock:
             cam = self._cams.get(camera)
             if cam is None:
@@ -180,12 +180,11 @@ class LiveView:
         return time.monotonic() - self._viewed_at <= VIEWER_IDLE_S
 
     def forget_frames(self) -> None:
-        """Drop the frame references once nobody watches (the web thread calls it now and then)."""
+        """Drop the encoded snapshots once nobody watches (the web thread calls it now and then)."""
         if self.watching():
             return
         with self._lock:
             for cam in self._cams.values():
-                cam.frame = None
                 cam.snaps.clear()
 
     def state(self) -> Dict[str, Dict[str, Any]]:

@@ -372,7 +372,7 @@ class WebServer:
             loop.close()
 
     def _tidy(self) -> None:
-        """Every second: drop the frame references once no viewer is left."""
+        """Every second: drop the encoded snapshots once no viewer is left."""
         self.live.forget_frames()
         if self._loop is not None and self._loop.is_running():
             self._loop.call_later(1.0, self._tidy)
