@@ -125,8 +125,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--viewer",
         action="store_true",
-        help="pipeline: the live-view page on in every run, and each saturated run repeated with one viewer "
-        "polling it as a browser does",
+        help="pipeline: the live-view page on in every run; saturated runs alternate windows without and "
+        "with one viewer polling it as a browser does",
     )
     p.add_argument(
         "--frame-size", type=int, help="generated video frame size in pixels (default 2x the model input)"

@@ -38,7 +38,7 @@ from tools.local_broker import Broker, free_port
 
 SATURATION = 1.5  # cameras offer this much more than the backend can take in "saturated" runs
 MAX_CAMERA_FPS = 1000.0  # EdgeConfig's upper bound for cameras[].fps
-VIEWER_LOAD = "saturated+viewer"  # a saturated run with one live-view viewer polling the page
+VIEWER_LOAD = "saturated+viewer"  # the windows of a saturated run in which one viewer polled the page
 SETTLE_S = 0.5  # after a thawed daemon resumes: the frame in flight at the freeze is published first
 LATENCY_FIELDS = ("capture_to_infer", "inference", "postprocess", "total")
 
@@ -77,8 +77,10 @@ def _run_pipeline_once(
     Pipeline and bare then alternate seconds apart, so a change of machine speed (a shared VM's neighbours,
     CPU frequency) lands on both sides of the ratio instead of on one.
 
-    ``web``: the daemon serves its live-view page; ``viewer``: a :class:`PageViewer` polls it from the
-    warm-up on, paused while the daemon is frozen.
+    ``web``: the daemon serves its live-view page. ``viewer`` (with ``between``): twice the windows, and a
+    :class:`PageViewer` polls the page in every second one (paused before the daemon is frozen); the windows
+    without it make this run's result, those with it ``result["with_viewer"]``, so the page idle and the
+    page watched are measured in one daemon, seconds apart, each beside its own bare slices.
     """
     prefix_id = f"bench-{uuid.uuid4().hex[:8]}"
     config = daemon_config(
@@ -96,7 +98,12 @@ def _run_pipeline_once(
     )
     sub = ResultSubscriber(broker.host, broker.port, f"edge-anomaly/{prefix_id}")
     sub.start()
-    max_s = START_TIMEOUT_S + FIRST_RESULT_TIMEOUT_S + warmup_s + 3 * measure_s + SETTLE_S * slices + 60
+    n = max(1, slices) if between is not None else 1
+    watched = [viewer and between is not None and k % 2 == 1 for k in range(2 * n if viewer else n)]
+    measured_s = measure_s * len(watched) / n
+    max_s = (
+        START_TIMEOUT_S + FIRST_RESULT_TIMEOUT_S + warmup_s + 3 * measured_s + SETTLE_S * len(watched) + 60
+    )
     daemon = DaemonProcess(config, max_s=max_s)
     windows: list[tuple[float, float]] = []
     interleaved: list[dict[str, Any]] = []
@@ -108,26 +115,25 @@ def _run_pipeline_once(
             raise RuntimeError(
                 f"no result arrived within {FIRST_RESULT_TIMEOUT_S:.0f} s of the daemon starting"
             )
-        if viewer:
+        if any(watched):
             cams = [c["name"] for c in config["cameras"]]
-            page = PageViewer("127.0.0.1", config["web"]["port"], cams).start()
+            page = PageViewer("127.0.0.1", config["web"]["port"], cams).start()  # paused until resumed
         time.sleep(warmup_s)  # warm-up window: results in it are not counted
-        n = max(1, slices) if between is not None else 1
-        for k in range(n):
+        for k, with_page in enumerate(watched):
+            if page is not None and with_page:
+                page.resume()
             t0 = time.monotonic()
             time.sleep(measure_s / n)  # one measurement window
             windows.append((t0, time.monotonic()))
+            if page is not None and with_page:
+                page.pause()
             if between is not None:
-                if page is not None:
-                    page.pause()
                 daemon.pause()
                 try:
                     interleaved.append(between())
                 finally:
                     daemon.resume()
-                    if page is not None:
-                        page.resume()
-                if k < n - 1:
+                if k < len(watched) - 1:
                     time.sleep(SETTLE_S)
         if page is not None:
             viewed = page.stop()
@@ -140,13 +146,22 @@ def _run_pipeline_once(
     if final.get("state") != "done":
         raise RuntimeError(f"the daemon did not stop cleanly: {final.get('error', final)}")
     per_window = [sub.window(t0, t1) for t0, t1 in windows]
-    result = summarise_window(run, [r for got in per_window for r in got], windows, final, sub)
-    result["viewer"] = viewed  # requests, frames, bytes, errors of the polling viewer (None: no viewer)
-    if interleaved:
-        result["interleaved"] = [
-            {"pipeline_rps": len(got) / (t1 - t0), **bare}
-            for got, (t0, t1), bare in zip(per_window, windows, interleaved, strict=True)
-        ]
+
+    def part(with_page: bool) -> dict[str, Any]:
+        picked = [k for k, w in enumerate(watched) if w == with_page]
+        got = [r for k in picked for r in per_window[k]]
+        result = summarise_window(run, got, [windows[k] for k in picked], final, sub)
+        if interleaved:
+            result["interleaved"] = [
+                {"pipeline_rps": len(per_window[k]) / (windows[k][1] - windows[k][0]), **interleaved[k]}
+                for k in picked
+            ]
+        return result
+
+    result = part(False)
+    result["viewer"] = None
+    if page is not None:  # requests, frames, bytes, errors of the polling viewer
+        result["with_viewer"] = {**part(True), "load": VIEWER_LOAD, "viewer": viewed}
     return result
 
 
@@ -201,7 +216,7 @@ class PipelineSettings:
     camera_fps: float | None = None  # fixed offered fps per camera for every run (overrides the rules above)
     sparkplug: bool = False  # the daemon also runs its Sparkplug B node (both faces on)
     slices: int = 5  # pipeline windows per saturated run, each followed by a bare slice of the same length
-    viewer: bool = False  # page on in every run; each saturated run is repeated with one viewer polling it
+    viewer: bool = False  # page on in every run; saturated runs alternate windows without and with a viewer
 
 
 def pipeline_batch(cameras: int, max_batch: int) -> int:
@@ -251,10 +266,8 @@ def run_pipeline_bench(
                 into.extend(samples)
                 return {"bare_ips": cell.batch * len(samples) / (sum(samples) / 1000.0)}
 
-            loads = (
-                [("saturated", SATURATION)]
-                + ([(VIEWER_LOAD, SATURATION)] if settings.viewer else [])
-                + ([("paced", settings.latency_load)] if settings.latency_load > 0 else [])
+            loads = [("saturated", SATURATION)] + (
+                [("paced", settings.latency_load)] if settings.latency_load > 0 else []
             )
             for load, factor in loads:
                 fps = settings.camera_fps or offered_fps(offered_basis[b], cams, factor)
@@ -272,18 +285,19 @@ def run_pipeline_bench(
                     settings.warmup_s,
                     settings.measure_s,
                     sparkplug=settings.sparkplug,
-                    between=bare_slice if load != "paced" else None,
+                    between=bare_slice if load == "saturated" else None,
                     slices=slices,
                     web=settings.viewer,
-                    viewer=load == VIEWER_LOAD,
+                    viewer=settings.viewer and load == "saturated",
                 )
-                result["round"] = r + 1
-                runs.append(result)
+                with_viewer = result.pop("with_viewer", None)
+                for done in [result] + ([with_viewer] if with_viewer else []):
+                    done["round"] = r + 1
+                    runs.append(done)
                 if load == "saturated":
                     ips = b * len(round_samples) / (sum(round_samples) / 1000.0)
                     cell.per_round_ips.append(ips)
                     offered_basis[b] = ips
-                    round_samples.clear()  # the viewer run's bare slices are its own
     return {
         "method": (
             "per round and camera count: the daemon saturated, its measurement cut into windows with the "

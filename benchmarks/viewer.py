@@ -22,7 +22,7 @@ TIMEOUT_S = 5.0
 
 class PageViewer:
     """A polling client in its own thread; ``pause`` (before the daemon is frozen) waits for the request in
-    flight, ``resume`` goes on."""
+    flight, ``resume`` (re)starts the polling."""
 
     def __init__(self, host: str, port: int, cameras: list[str]) -> None:
         self.host, self.port, self.cameras = host, port, list(cameras)
@@ -35,7 +35,7 @@ class PageViewer:
         self._conn: http.client.HTTPConnection | None = None
 
     def start(self) -> PageViewer:
-        self._run.set()
+        """Starts the thread, paused: :meth:`resume` starts the polling."""
         self._thread.start()
         return self
 
