@@ -147,7 +147,7 @@ class LiveView:
 
     def latest(self, camera: str) -> Optional[Snapshot]:
         """The newest frame as a :class:`Snapshot`; a new one is made at most every ``frame_interval_s``
-        (between two, the last one is given again). Asking is what keeps frames offered (a viewer)."""
+        (between two, the last one is given again). Asking is what counts as a viewer watching."""
         now = time.monotonic()
         self._viewed_at = now
         with self._lock:
@@ -170,11 +170,6 @@ class LiveView:
         """One of the last few snapshots, by frame id (the image and overlay URLs a page was given)."""
         with self._lock:
             return next((s for s in self._cams[camera].snaps if s.frame_id == frame_id), None)
-
-    def jpeg(self, camera: str) -> Optional[bytes]:
-        """The newest frame as JPEG (no overlay): for clients that only want a picture."""
-        snap = self.latest(camera)
-        return None if snap is None else snap.jpeg
 
     def watching(self) -> bool:
         return time.monotonic() - self._viewed_at <= VIEWER_IDLE_S
