@@ -123,6 +123,12 @@ def parser() -> argparse.ArgumentParser:
         "--sparkplug", action="store_true", help="pipeline: the daemon also runs its Sparkplug B node"
     )
     p.add_argument(
+        "--viewer",
+        action="store_true",
+        help="pipeline: the live-view page on in every run; saturated runs alternate windows without and "
+        "with one viewer polling it as a browser does",
+    )
+    p.add_argument(
         "--frame-size", type=int, help="generated video frame size in pixels (default 2x the model input)"
     )
     p.add_argument("--interval", type=float, default=5.0, help="soak: seconds between samples")

@@ -121,9 +121,11 @@ def daemon_config(
     model_options: dict[str, Any],
     stats_interval_s: float = 1.0,
     sparkplug: bool = False,
+    web_port: int | None = None,
 ) -> dict[str, Any]:
     """An EdgeConfig as plain data: ``cameras`` looping copies of one video at ``camera_fps`` each
-    (``sparkplug``: the Sparkplug B node publishes beside the JSON topics)."""
+    (``sparkplug``: the Sparkplug B node publishes beside the JSON topics; ``web_port``: the live-view page
+    is served on 127.0.0.1 at that port)."""
     model: dict[str, Any] = {"bundle": str(bundle), "backend": backend, "precision": precision}
     model.update(model_options)
     return {
@@ -133,6 +135,7 @@ def daemon_config(
         "mqtt": {"host": broker.host, "port": broker.port, "stats_interval_s": stats_interval_s},
         "model": model,
         "health": {"watchdog": False},
+        "web": {"enabled": web_port is not None, "port": web_port or 0},
         "cameras": [
             {
                 "name": f"cam{i}",

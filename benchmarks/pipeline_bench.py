@@ -33,10 +33,12 @@ import numpy as np
 from benchmarks.daemon_process import FIRST_RESULT_TIMEOUT_S, START_TIMEOUT_S, DaemonProcess, daemon_config
 from benchmarks.model_bench import BenchSettings, Cell, Engine, latency_summary, run_for, subsample, warm_up
 from benchmarks.subscriber import Received, ResultSubscriber
-from tools.local_broker import Broker
+from benchmarks.viewer import PageViewer
+from tools.local_broker import Broker, free_port
 
 SATURATION = 1.5  # cameras offer this much more than the backend can take in "saturated" runs
 MAX_CAMERA_FPS = 1000.0  # EdgeConfig's upper bound for cameras[].fps
+VIEWER_LOAD = "saturated+viewer"  # the windows of a saturated run in which one viewer polled the page
 SETTLE_S = 0.5  # after a thawed daemon resumes: the frame in flight at the freeze is published first
 LATENCY_FIELDS = ("capture_to_infer", "inference", "postprocess", "total")
 
@@ -65,6 +67,8 @@ def _run_pipeline_once(
     sparkplug: bool = False,
     between: Callable[[], dict[str, Any]] | None = None,
     slices: int = 1,
+    web: bool = False,
+    viewer: bool = False,
 ) -> dict[str, Any]:
     """Start the daemon, skip ``warmup_s`` after the first result, count results for ``measure_s``, stop.
 
@@ -72,6 +76,11 @@ def _run_pipeline_once(
     while ``between`` runs (a bare-backend slice), then thawed and given ``SETTLE_S`` before the next window.
     Pipeline and bare then alternate seconds apart, so a change of machine speed (a shared VM's neighbours,
     CPU frequency) lands on both sides of the ratio instead of on one.
+
+    ``web``: the daemon serves its live-view page. ``viewer`` (with ``between``): twice the windows, and a
+    :class:`PageViewer` polls the page in every second one (paused before the daemon is frozen); the windows
+    without it make this run's result, those with it ``result["with_viewer"]``, so the page idle and the
+    page watched are measured in one daemon, seconds apart, each beside its own bare slices.
     """
     prefix_id = f"bench-{uuid.uuid4().hex[:8]}"
     config = daemon_config(
@@ -85,46 +94,74 @@ def _run_pipeline_once(
         run.camera_fps,
         model_options,
         sparkplug=sparkplug,
+        web_port=free_port() if web or viewer else None,
     )
     sub = ResultSubscriber(broker.host, broker.port, f"edge-anomaly/{prefix_id}")
     sub.start()
-    max_s = START_TIMEOUT_S + FIRST_RESULT_TIMEOUT_S + warmup_s + 3 * measure_s + SETTLE_S * slices + 60
+    n = max(1, slices) if between is not None else 1
+    watched = [viewer and between is not None and k % 2 == 1 for k in range(2 * n if viewer else n)]
+    measured_s = measure_s * len(watched) / n
+    max_s = (
+        START_TIMEOUT_S + FIRST_RESULT_TIMEOUT_S + warmup_s + 3 * measured_s + SETTLE_S * len(watched) + 60
+    )
     daemon = DaemonProcess(config, max_s=max_s)
     windows: list[tuple[float, float]] = []
     interleaved: list[dict[str, Any]] = []
+    page: PageViewer | None = None
+    viewed: dict[str, int] | None = None
     try:
         daemon.start()
         if not sub.wait_first(FIRST_RESULT_TIMEOUT_S):
             raise RuntimeError(
                 f"no result arrived within {FIRST_RESULT_TIMEOUT_S:.0f} s of the daemon starting"
             )
+        if any(watched):
+            cams = [c["name"] for c in config["cameras"]]
+            page = PageViewer("127.0.0.1", config["web"]["port"], cams).start()  # paused until resumed
         time.sleep(warmup_s)  # warm-up window: results in it are not counted
-        n = max(1, slices) if between is not None else 1
-        for k in range(n):
+        for k, with_page in enumerate(watched):
+            if page is not None and with_page:
+                page.resume()
             t0 = time.monotonic()
             time.sleep(measure_s / n)  # one measurement window
             windows.append((t0, time.monotonic()))
+            if page is not None and with_page:
+                page.pause()
             if between is not None:
                 daemon.pause()
                 try:
                     interleaved.append(between())
                 finally:
                     daemon.resume()
-                if k < n - 1:
+                if k < len(watched) - 1:
                     time.sleep(SETTLE_S)
+        if page is not None:
+            viewed = page.stop()
         final = daemon.stop()
     finally:
+        if page is not None and viewed is None:
+            page.stop()
         daemon.kill()
         sub.stop()
     if final.get("state") != "done":
         raise RuntimeError(f"the daemon did not stop cleanly: {final.get('error', final)}")
     per_window = [sub.window(t0, t1) for t0, t1 in windows]
-    result = summarise_window(run, [r for got in per_window for r in got], windows, final, sub)
-    if interleaved:
-        result["interleaved"] = [
-            {"pipeline_rps": len(got) / (t1 - t0), **bare}
-            for got, (t0, t1), bare in zip(per_window, windows, interleaved, strict=True)
-        ]
+
+    def part(with_page: bool) -> dict[str, Any]:
+        picked = [k for k, w in enumerate(watched) if w == with_page]
+        got = [r for k in picked for r in per_window[k]]
+        result = summarise_window(run, got, [windows[k] for k in picked], final, sub)
+        if interleaved:
+            result["interleaved"] = [
+                {"pipeline_rps": len(per_window[k]) / (windows[k][1] - windows[k][0]), **interleaved[k]}
+                for k in picked
+            ]
+        return result
+
+    result = part(False)
+    result["viewer"] = None
+    if page is not None:  # requests, frames, bytes, errors of the polling viewer
+        result["with_viewer"] = {**part(True), "load": VIEWER_LOAD, "viewer": viewed}
     return result
 
 
@@ -179,6 +216,7 @@ class PipelineSettings:
     camera_fps: float | None = None  # fixed offered fps per camera for every run (overrides the rules above)
     sparkplug: bool = False  # the daemon also runs its Sparkplug B node (both faces on)
     slices: int = 5  # pipeline windows per saturated run, each followed by a bare slice of the same length
+    viewer: bool = False  # page on in every run; saturated runs alternate windows without and with a viewer
 
 
 def pipeline_batch(cameras: int, max_batch: int) -> int:
@@ -249,9 +287,13 @@ def run_pipeline_bench(
                     sparkplug=settings.sparkplug,
                     between=bare_slice if load == "saturated" else None,
                     slices=slices,
+                    web=settings.viewer,
+                    viewer=settings.viewer and load == "saturated",
                 )
-                result["round"] = r + 1
-                runs.append(result)
+                with_viewer = result.pop("with_viewer", None)
+                for done in [result] + ([with_viewer] if with_viewer else []):
+                    done["round"] = r + 1
+                    runs.append(done)
                 if load == "saturated":
                     ips = b * len(round_samples) / (sum(round_samples) / 1000.0)
                     cell.per_round_ips.append(ips)
@@ -272,6 +314,7 @@ def run_pipeline_bench(
         "measure_s_per_run": settings.measure_s,
         "warmup_s_per_run": settings.warmup_s,
         "sparkplug": settings.sparkplug,
+        "viewer": settings.viewer,
         "bare": {str(b): bare_summary(c) for b, c in cells.items()},
         "runs": runs,
         "by_cameras": aggregate_runs(runs, settings.camera_counts),
@@ -314,6 +357,11 @@ def aggregate_runs(runs: list[dict[str, Any]], camera_counts: Sequence[int]) -> 
             "throughput_rps": results / seconds if seconds else None,
             "saturated_latency_total_ms": latency_summary(_samples(sat)),
         }
+        viewed = [r for r in runs if r["cameras"] == cams and r["load"] == VIEWER_LOAD]
+        if viewed:  # --viewer: the same saturated runs with one viewer polling the page
+            seconds_v = sum(r["seconds"] for r in viewed)
+            entry["viewer_results"] = sum(r["results"] for r in viewed)
+            entry["viewer_throughput_rps"] = entry["viewer_results"] / seconds_v if seconds_v else None
         if paced:
             entry["paced_latency_total_ms"] = latency_summary(_samples(paced))
             entry["paced_throughput_rps"] = sum(r["results"] for r in paced) / sum(

@@ -66,6 +66,17 @@ def pipeline_ratios(pipeline: dict[str, Any]) -> list[dict[str, Any]]:
                 (lambda v: v >= 0.90) if cams == "1" else None,
             )
         )
+        if entry.get("viewer_throughput_rps") is not None:  # --viewer: the same runs with a viewer polling
+            out.append(
+                _ratio(
+                    f"pipeline_with_viewer_vs_bare_{cams}cam",
+                    f"pipeline with one live-view viewer ÷ bare backend ({cams} camera(s), batch {b})",
+                    (f"pipeline.by_cameras.{cams}.viewer_throughput_rps", entry["viewer_throughput_rps"]),
+                    (f"pipeline.bare.{b}.throughput_ips", _get(pipeline, "bare", b, "throughput_ips")),
+                    "≥ 0.85" if cams == "1" else "",
+                    (lambda v: v >= 0.85) if cams == "1" else None,
+                )
+            )
         load = "paced" if "paced_latency_total_ms" in entry else "saturated"
         out.append(
             _ratio(

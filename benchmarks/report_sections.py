@@ -180,6 +180,7 @@ def _evidence_cell(ev: dict[str, Any] | None) -> str:
 
 def md_pipeline(pipeline: dict[str, Any]) -> list[str]:
     with_evidence = any(r.get("evidence") for r in pipeline["runs"])
+    with_viewer = any(r.get("viewer") for r in pipeline["runs"])
     rows = []
     for r in pipeline["runs"]:
         lat = r["latency_ms"]["total"]
@@ -198,6 +199,7 @@ def md_pipeline(pipeline: dict[str, Any]) -> list[str]:
                 r["results"],
             ]
             + ([_evidence_cell(r.get("evidence"))] if with_evidence else [])
+            + ([(r.get("viewer") or {}).get("frames", "-")] if with_viewer else [])
         )
     bare = [
         [b, v["throughput_ips"], v["latency_ms"]["p50"], v["latency_ms"]["p99"]]
@@ -236,7 +238,8 @@ def md_pipeline(pipeline: dict[str, Any]) -> list[str]:
                 "slot drops",
                 "results",
             ]
-            + (["evidence written / dropped (daemon total)"] if with_evidence else []),
+            + (["evidence written / dropped (daemon total)"] if with_evidence else [])
+            + (["frames the viewer fetched"] if with_viewer else []),
             rows,
         )
         + ["Bare backend in the same rounds:", ""]

@@ -82,6 +82,7 @@ def scenario_pipeline(
         camera_fps=args.camera_fps,
         sparkplug=args.sparkplug,
         slices=args.slices,
+        viewer=args.viewer,
     )
     engine = open_backend(args.backend, args.bundle, ctx["manifest"], precision, ctx["options"])
     broker = QuietBroker(args.out / "mosquitto").start()

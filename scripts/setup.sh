@@ -24,6 +24,10 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then  # the liv
     echo "setup: installing chromium and chromium-driver (Debian packages)..." >&2
     { apt_get update -qq && apt_get install -y -qq chromium chromium-driver >/dev/null; } || echo "setup: no chromium: its test skips" >&2
 fi
+if [ ! -x /usr/bin/firefox-esr ]; then  # the same browser test in Firefox (driven over its own WebDriver BiDi)
+    echo "setup: installing firefox-esr (Debian package)..." >&2
+    { apt_get update -qq && apt_get install -y -qq firefox-esr >/dev/null; } || echo "setup: no firefox-esr: its test skips" >&2
+fi
 
 if [ -n "${PYTHON:-}" ]; then
     PY=$PYTHON

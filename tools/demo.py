@@ -4,16 +4,21 @@
 2. makes (or reuses) a small trained, signed bundle: a folder of generated good parts -> edge-train (GTrans)
    -> edge-export, the threshold fitted on the good parts training held out (no defect is ever used);
 3. writes a sample video of parts on a line, every few parts with a pasted defect;
-4. runs ``edge-run`` on that video, as the service would, and prints the MQTT results as they arrive
-   (score, verdict, regions, latency) next to the truth, saving an overlay image of every defect found;
+4. runs ``edge-run`` on that video, as the service would, with its live-view page on a free loopback port
+   (the URL is printed; ``--linger S`` keeps the page up S seconds after the video), and prints the MQTT
+   results as they arrive (score, verdict, regions, latency) next to the truth, saving an overlay image of
+   every defect found;
 5. stops the daemon with SIGTERM when the video has ended, and prints a summary. It finishes by itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -196,7 +201,37 @@ def annotated_overlay(frame: np.ndarray, mask: np.ndarray, r: dict) -> np.ndarra
     return annotate(frame, mask, lines, r["anomalous"])
 
 
-def write_config(out: Path, bundle: Path, pub: Path, video: Path, broker: Broker, precision: str) -> Path:
+def free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def live_view_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/"
+
+
+def web_section(port: int | None) -> str:
+    """The live view on loopback (no token needed there), or nothing without aiohttp (the web extra)."""
+    if port is None:
+        return ""
+    return f"""
+[web]
+enabled = true
+host = "127.0.0.1"
+port = {port}
+"""
+
+
+def write_config(
+    out: Path,
+    bundle: Path,
+    pub: Path,
+    video: Path,
+    broker: Broker,
+    precision: str,
+    web_port: int | None = None,
+) -> Path:
     config = out / "edge.toml"
     config.write_text(
         f"""device_id = "demo"
@@ -216,7 +251,8 @@ name = "line1"
 source = "{video.resolve()}"
 fps = 10
 publish_mask = "anomalous"
-""",
+"""
+        + web_section(web_port),
         encoding="utf-8",
     )
     return config
@@ -250,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=40)
     p.add_argument("--defect-every", type=int, default=4)
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="int8")
+    p.add_argument(
+        "--linger", type=float, default=0.0, metavar="S",
+        help="keep the daemon and its live-view page up S seconds after the video ended (default 0)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -269,13 +309,24 @@ def main(argv: list[str] | None = None) -> int:
     client.connect(broker.host, broker.port)
     client.subscribe("edge-anomaly/demo/#", qos=1)
     client.loop_start()
-    config = write_config(out, bundle, pub, video, broker, args.precision)
+    web_port = free_loopback_port() if importlib.util.find_spec("aiohttp") is not None else None
+    config = write_config(out, bundle, pub, video, broker, args.precision, web_port)
+    linger = args.linger > 0 and web_port is not None  # the daemon stays up after the video (--keep-running)
     daemon = subprocess.Popen(
         [sys.executable, "-m", "edge.service.cli", "--config", str(config), "--log-level", "WARNING"]
+        + (["--keep-running"] if linger else [])
     )
+    if web_port is None:
+        print("live view off: aiohttp is not installed (pip install 'edge-anomaly[web]')", flush=True)
+    else:
+        print(f"live view    {live_view_url(web_port)}  (open it in a browser on this machine)", flush=True)
     try:
         ended = watch.ended.wait(timeout=120)
         time.sleep(1.0)  # let results of the last frames in flight arrive before stopping
+        if linger:
+            print(f"the video ended; the live view stays up {args.linger:.0f} s (Ctrl-C ends it)", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):  # the daemon got the Ctrl-C too and is stopping
+                time.sleep(args.linger)
         daemon.send_signal(signal.SIGTERM)
         rc = daemon.wait(timeout=30)
         time.sleep(0.5)  # the retained offline status

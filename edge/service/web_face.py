@@ -2,7 +2,8 @@
 
 aiohttp is imported here only then (the ``web`` extra); the page is told every result and camera change by
 the JSON face (as one more observer), offered every published frame by the publish thread, and sends
-threshold changes through the JSON face's ``set_threshold`` (source ``web``). A port that cannot be bound is
+threshold changes through the JSON face's ``set_threshold`` (source ``web``); with ``[evidence]`` on, it lists
+the store's latest anomalous frames (read-only, edge.service.web_evidence). A port that cannot be bound is
 logged and the daemon inspects on without the page.
 """
 
@@ -39,13 +40,15 @@ class WebFace:
             return None
         require("aiohttp", "web", "The live-view page ([web] enabled)")
         from edge.faces.web.server import Access, WebServer, make_app
+        from edge.service.web_evidence import StoreEvidence
 
         token = read_token(web.token_file) if web.token_file is not None else None
         sources = {cam.name: redact(str(cam.source)) for cam in config.enabled_cameras()}
         live = LiveView(daemon.api.cameras_now(), sources, web.frame_fps, web.timeline_s)
         daemon.api.observers.append(live)
         daemon.publisher.live = live
-        app = make_app(live, daemon.api, Access(token))
+        evidence = StoreEvidence(daemon.evidence.root) if daemon.evidence is not None else None
+        app = make_app(live, daemon.api, Access(token), evidence)
         return cls(live, WebServer(app, web.host, web.port, live, config.model.helper_threads_nice))
 
     def start(self) -> None:

@@ -87,8 +87,10 @@ def query(
     since: Optional[float] = None,
     until: Optional[float] = None,
     limit: Optional[int] = None,
+    newest_first: bool = False,
 ) -> List[Record]:
-    """Rows of the index, oldest first, filtered; ``verdict`` is 'good' or 'anomalous'."""
+    """Rows of the index, oldest first (``newest_first``: the other way), filtered; ``verdict`` is 'good' or
+    'anomalous'."""
     where: List[str] = []
     args: List[object] = []
     if camera is not None:
@@ -111,7 +113,7 @@ def query(
     sql = f"SELECT {COLUMNS} FROM evidence"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY ts, id"
+    sql += " ORDER BY ts DESC, id DESC" if newest_first else " ORDER BY ts, id"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     db = open_index(root)

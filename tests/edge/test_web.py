@@ -14,16 +14,21 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 
 pytest.importorskip("aiohttp", reason="the live view needs edge-anomaly[web] (aiohttp)")
 
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
+from edge.faces.web.evidence_routes import THUMB_WIDTH  # noqa: E402
 from edge.faces.web.live import LiveView  # noqa: E402
 from edge.faces.web.server import COOKIE, Access, make_app  # noqa: E402
 from edge.results.payloads import CameraState, ThresholdStatePayload  # noqa: E402
+from edge.service.web_evidence import StoreEvidence  # noqa: E402
 from edge.service.web_face import WebFace  # noqa: E402
+from edge.stores.evidence_index import query  # noqa: E402
 from tests.edge.test_daemon_e2e import WAIT, InProcess, config_toml  # noqa: E402
 from tests.helpers.broker import Broker  # noqa: E402
 from tests.helpers.mqtt import Subscriber  # noqa: E402
@@ -102,6 +107,17 @@ def test_token_login_cookie_and_cross_site_posts() -> None:
     with_client(TOKEN, body)
 
 
+def test_every_image_and_evidence_route_needs_the_login() -> None:
+    async def body(client: TestClient, commands: FakeCommands) -> None:
+        for path in ("/cam/line/latest", "/cam/line/frame.jpg", "/cam/line/frame/0.jpg",
+                     "/cam/line/frame/0/mask.png", "/api/evidence", "/evidence/1/thumb.jpg",
+                     "/evidence/1/image.jpg", "/evidence/1/mask.png"):  # fmt: skip
+            answer = await client.get(path)
+            assert answer.status == 401, path
+
+    with_client(TOKEN, body)
+
+
 def test_bearer_token_and_no_cookie_without_login() -> None:
     async def body(client: TestClient, commands: FakeCommands) -> None:
         headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -122,6 +138,10 @@ def test_loopback_without_token_still_needs_same_origin_and_host() -> None:
         assert rebinding.status == 421
         assert (await client.get("/cam/line/frame.jpg")).status == 503  # nothing published yet
         assert (await client.get("/cam/other/frame.jpg")).status == 404
+        assert (await client.get("/cam/line/latest")).status == 503
+        evidence = await (await client.get("/api/evidence")).json()
+        assert evidence == {"enabled": False, "items": []}  # no store: the page hides the section
+        assert (await client.get("/evidence/1/thumb.jpg")).status == 404
         assert not commands.sets
 
     with_client(None, body)
@@ -140,12 +160,12 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
 
 
-def web_daemon(broker: Broker, media: dict, tmp_path: Path) -> tuple:
+def web_daemon(broker: Broker, media: dict, tmp_path: Path, **sections: dict) -> tuple:
     dev = f"web-{uuid.uuid4().hex[:8]}"
     cams = [
         {"name": "line", "source": str(media["video"]), "loop": True, "fps": 15, "publish_mask": "always"}
     ]
-    text = config_toml(dev, broker, media["bundle"], cams, web={"enabled": True, "port": 0})
+    text = config_toml(dev, broker, media["bundle"], cams, web={"enabled": True, "port": 0}, **sections)
     return f"edge-anomaly/{dev}", InProcess(tmp_path, text)
 
 
@@ -198,6 +218,61 @@ def test_threshold_from_the_page_takes_the_mqtt_path(broker: Broker, media: dict
         assert face.live.encoded >= 1
         doc = json.loads(sub.on(states)[-1].payload)
         assert doc["source"] == "web"
+    finally:
+        sub.close()
+        run.stop()
+
+
+def test_evidence_thumbnails_full_frames_and_masks(broker: Broker, media: dict, tmp_path: Path) -> None:
+    """The page lists the store's newest anomalous frames (read through its index) and serves each as a
+    thumbnail with the mask tinted in, as the stored JPEG itself, and its stored mask as the overlay."""
+    store = tmp_path / "evidence"
+    prefix, run = web_daemon(broker, media, tmp_path, evidence={"enabled": True, "dir": str(store)})
+    sub = Subscriber(broker.host, broker.port, [f"{prefix}/line/result"])
+    run.start()
+    try:
+        face = next(f for f in run.daemon.faces if isinstance(f, WebFace))
+        app = make_app(face.live, run.daemon.api, Access(None), StoreEvidence(store))
+
+        async def main() -> None:
+            async with TestClient(TestServer(app)) as client:
+                items: list = []
+                deadline = time.monotonic() + WAIT
+                while len(items) < 3 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.3)
+                    doc = await (await client.get("/api/evidence")).json()
+                    assert doc["enabled"]
+                    items = doc["items"]
+                assert len(items) >= 3
+                records = {r.id: r for r in query(store, verdict="anomalous")}
+                assert [i["id"] for i in items] == sorted(records, key=lambda k: -records[k].ts)[: len(items)]
+                item = items[0]
+                rec = records[item["id"]]
+                assert (item["camera"], item["frame_id"], item["score"]) == (
+                    rec.camera,
+                    rec.frame_id,
+                    rec.score,
+                )
+                full = await client.get(item["image"])
+                assert full.status == 200 and await full.read() == (store / rec.image).read_bytes()
+                overlay = await client.get(item["mask"])
+                rgba = cv2.imdecode(np.frombuffer(await overlay.read(), np.uint8), cv2.IMREAD_UNCHANGED)
+                assert rec.mask is not None
+                stored = cv2.imread(str(store / rec.mask), cv2.IMREAD_GRAYSCALE) > 0
+                assert stored.any() and np.array_equal(rgba[..., 3] > 0, stored)
+                thumb = await client.get(item["thumb"])
+                small = cv2.imdecode(np.frombuffer(await thumb.read(), np.uint8), cv2.IMREAD_COLOR)
+                assert small.shape[1] == THUMB_WIDTH
+                on = (
+                    cv2.resize(stored.astype(np.uint8), small.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+                    > 0
+                )
+                red = small[..., 2].astype(int) - small[..., 1].astype(int)
+                assert red[on].mean() > red[~on].mean() + 50  # the mask is tinted red in the thumbnail
+                assert (await client.get("/evidence/987654/thumb.jpg")).status == 404
+
+        asyncio.run(main())
+        assert sub.wait_for(lambda m: len(m) >= 3, WAIT)
     finally:
         sub.close()
         run.stop()

@@ -2,9 +2,10 @@
 threshold control that takes the same path as MQTT ``threshold/set`` (source ``web``).
 
 - live: :class:`LiveView`, told every result and camera change (as an ``ApiObserver``) and offered every
-  published frame; it keeps only references, and encodes a frame (mask and regions drawn by
-  :func:`edge.results.overlays.annotate`) only when a viewer asks, at most ``web.frame_fps`` per camera.
-  No aiohttp here.
+  published frame; it keeps only references, and makes a snapshot of a frame (its JPEG, its mask as a PNG
+  overlay and its own result fields, together) only when a viewer asks, at most ``web.frame_fps`` per
+  camera. No aiohttp here.
+- evidence_routes: the evidence store's latest anomalous frames, through a reader the daemon hands in.
 - server: the aiohttp application (routes, login, CSRF and Host checks) and :class:`WebServer`, its own
   thread with its own asyncio loop at the helper threads' priority. Imported only when ``[web]`` is enabled.
 - static/: the page (plain HTML, CSS and a little JavaScript; no build step, nothing from a CDN).

@@ -1,9 +1,15 @@
 """What the page shows, kept by the daemon's threads and read by the web thread (no aiohttp here).
 
-Cost rules: offering a frame stores a reference (no copy, no encoding), and only while a viewer polled in the
-last :data:`VIEWER_IDLE_S` seconds; a frame is drawn and encoded in the web thread when a viewer asks for
-it, at most ``frame_fps`` times a second per camera (between two encodes the last JPEG is served again).
-An idle page, or no page, costs a timestamp comparison per published frame.
+Cost rules: offering a frame stores a reference to it (no copy, no encoding; the newest frame per camera is
+held, so a viewer who opens the page after the camera ended or failed still sees what it saw last); a
+snapshot is encoded in the web thread only when a viewer asks, at most ``frame_fps`` times a second per camera
+(between two encodes the last snapshot is served again), and the encoded snapshots are dropped once no
+viewer asked for :data:`VIEWER_IDLE_S` seconds. An idle page, or no page, costs one reference per published
+frame.
+
+One frame, one snapshot: the picture, its mask overlay and the result fields shown beside them are taken
+together from the same published frame (:class:`Snapshot`, named by its frame id), so the page cannot show
+the picture of one frame with the score or verdict of a later one.
 """
 
 from __future__ import annotations
@@ -12,21 +18,34 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple
 
 import cv2
 import numpy as np
 
 from edge.capture.frames import Frame
-from edge.results.overlays import annotate, verdict_lines
 from edge.results.payloads import CameraState, PartPayload, ResultPayload
 from edge.results.postprocess import Verdict
 
-VIEWER_IDLE_S = 5.0  # no frame request for this long: frames are no longer kept for viewers
+VIEWER_IDLE_S = 5.0  # no frame request for this long: the encoded snapshots are dropped
 MAX_WIDTH = 800  # frames wider than this are scaled down before encoding (the tile is smaller anyway)
 JPEG_QUALITY = 80
 HOURS_KEPT = 24
 FPS_WINDOW_S = 5.0
+SNAPSHOTS_KEPT = 4  # a page asks for a snapshot's image and overlay right after its fields
+OVERLAY_RGBA = (0, 0, 255, 140)  # BGRA: the mask in translucent red (the --save-overlays colour)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One published frame as the page shows it: its image, its mask overlay and the result fields that
+    belong to that frame, made together so the page never shows one frame's picture with another's text."""
+
+    frame_id: int
+    info: Dict[str, Any]  # the result's fields the page shows with this frame (LiveView.result)
+    jpeg: bytes  # the frame, scaled to at most MAX_WIDTH
+    overlay: Optional[bytes]  # RGBA PNG of the jpeg's size: the mask in translucent red; None: no mask
+    size: Tuple[int, int]  # (width, height) of the camera frame (region boxes are in these pixels)
 
 
 @dataclass
@@ -36,10 +55,9 @@ class _Camera:
     timeline: Deque[Tuple[float, float, float, int]] = field(default_factory=collections.deque)
     hours: Dict[int, Dict[str, int]] = field(default_factory=dict)  # hour start (epoch s) -> verdict counts
     arrivals: Deque[float] = field(default_factory=lambda: collections.deque(maxlen=256))
-    frame: Optional[Tuple[Frame, Verdict]] = None  # newest published frame while a viewer is connected
-    jpeg: Optional[bytes] = None
-    jpeg_frame_id: int = -1
-    jpeg_at: float = float("-inf")
+    frame: Optional[Tuple[Frame, Verdict, Dict[str, Any]]] = None  # newest frame while a viewer watches
+    snaps: Deque[Snapshot] = field(default_factory=lambda: collections.deque(maxlen=SNAPSHOTS_KEPT))
+    snap_at: float = float("-inf")
 
 
 class LiveView:
@@ -81,6 +99,7 @@ class LiveView:
             "threshold_source": doc.threshold_source,
             "verdict": verdict,
             "regions": len(doc.regions),
+            "boxes": [list(r.bbox) for r in doc.regions],  # x, y, w, h in camera pixels
             "model": {"id": doc.model.id, "precision": doc.model.precision, "backend": doc.model.backend},
             "latency_ms": doc.latency_ms.total,
         }
@@ -113,45 +132,55 @@ class LiveView:
     # --- the publish thread's frame tap -----------------------------------------------------------------
 
     def offer(self, camera: str, frame: Frame, verdict: Verdict) -> None:
-        """Keep a reference to the newest frame, only while someone is watching (no copy, no encoding)."""
-        if time.monotonic() - self._viewed_at > VIEWER_IDLE_S:
-            return
+        """Keep a reference to the newest frame with its result's fields (no copy, no encoding). The JSON face
+        told :meth:`result` of this frame just before."""
         with self._lock:
             cam = self._cams.get(camera)
-            if cam is not None:
-                cam.frame = (frame, verdict)
+            if cam is None:
+                return
+            last = cam.last
+            if last is None or last["frame_id"] != frame.frame_id:  # its result was not published
+                return
+            cam.frame = (frame, verdict, last)
 
     # --- readers (the web thread) -------------------------------------------------------------------------
 
-    def jpeg(self, camera: str) -> Optional[bytes]:
-        """The newest frame with its mask drawn, as JPEG; encoded at most every ``frame_interval_s``."""
+    def latest(self, camera: str) -> Optional[Snapshot]:
+        """The newest frame as a :class:`Snapshot`; a new one is made at most every ``frame_interval_s``
+        (between two, the last one is given again). Asking is what counts as a viewer watching."""
         now = time.monotonic()
         self._viewed_at = now
         with self._lock:
             cam = self._cams[camera]
             taken = cam.frame
-            if taken is None or now - cam.jpeg_at < self.frame_interval_s:
-                return cam.jpeg
-            if taken[0].frame_id == cam.jpeg_frame_id:
-                return cam.jpeg
-            cam.jpeg_at = now
-        frame, verdict = taken
-        data = encode_overlay(camera, frame, verdict)
+            newest = cam.snaps[-1] if cam.snaps else None
+            if taken is None or now - cam.snap_at < self.frame_interval_s:
+                return newest
+            if newest is not None and taken[0].frame_id == newest.frame_id:
+                return newest
+            cam.snap_at = now
+        frame, verdict, info = taken
+        snap = make_snapshot(camera, frame, verdict, info)
         with self._lock:
-            cam.jpeg, cam.jpeg_frame_id = data, frame.frame_id
+            cam.snaps.append(snap)
             self.encoded += 1
-        return data
+        return snap
+
+    def snapshot(self, camera: str, frame_id: int) -> Optional[Snapshot]:
+        """One of the last few snapshots, by frame id (the image and overlay URLs a page was given)."""
+        with self._lock:
+            return next((s for s in self._cams[camera].snaps if s.frame_id == frame_id), None)
 
     def watching(self) -> bool:
         return time.monotonic() - self._viewed_at <= VIEWER_IDLE_S
 
     def forget_frames(self) -> None:
-        """Drop the frame references once nobody watches (the web thread calls it now and then)."""
+        """Drop the encoded snapshots once nobody watches (the web thread calls it now and then)."""
         if self.watching():
             return
         with self._lock:
             for cam in self._cams.values():
-                cam.frame = None
+                cam.snaps.clear()
 
     def state(self) -> Dict[str, Dict[str, Any]]:
         """Per camera: state, source (redacted), the latest result's fields, fps and hourly counts."""
@@ -178,25 +207,37 @@ class LiveView:
             return {name: [p for p in cam.timeline if p[0] > since] for name, cam in self._cams.items()}
 
 
-def encode_overlay(camera: str, frame: Frame, verdict: Verdict) -> bytes:
-    """The frame with its mask and regions drawn (the --save-overlays drawing), scaled to MAX_WIDTH, JPEG."""
-    lines = verdict_lines(camera, frame.frame_id, verdict.score, verdict.threshold, verdict.anomalous)
-    image = annotate(frame.full_image(), verdict.frame_mask(), lines, verdict.anomalous)
-    for region in verdict.regions:
-        x0, y0, x1, y1 = _box(region.bbox)
-        top = image.shape[0] - frame.hw[0]  # annotate puts the banner above the frame
-        cv2.rectangle(image, (x0, y0 + top), (x1, y1 + top), (0, 255, 255), 1)
-    if image.shape[1] > MAX_WIDTH:
-        scale = MAX_WIDTH / image.shape[1]
-        image = cv2.resize(
-            image, (MAX_WIDTH, int(round(image.shape[0] * scale))), interpolation=cv2.INTER_AREA
-        )
+def make_snapshot(camera: str, frame: Frame, verdict: Verdict, info: Dict[str, Any]) -> Snapshot:
+    """The frame scaled to MAX_WIDTH as JPEG and, when it has a mask, the mask at the same size as an RGBA
+    PNG (the page lays it over the picture; region boxes are drawn by the page from ``info``)."""
+    image = frame.full_image()
+    fh, fw = frame.hw
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    size = (fw, fh)
+    if fw > MAX_WIDTH:
+        size = (MAX_WIDTH, max(1, int(round(fh * MAX_WIDTH / fw))))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise RuntimeError(f"OpenCV could not encode a frame of {camera} as JPEG")
+    overlay = overlay_png(verdict.frame_mask(), size) if verdict.mask_model.any() else None
+    return Snapshot(frame.frame_id, info, bytes(buf), overlay, (fw, fh))
+
+
+def overlay_png(mask: np.ndarray, size: Tuple[int, int]) -> Optional[bytes]:
+    """``mask`` (>0 = defect) scaled to ``size`` (width, height) as an RGBA PNG: translucent red on the
+    defect, transparent elsewhere; None when nothing is masked."""
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if (mask.shape[1], mask.shape[0]) != size:
+        mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+    on = mask > 0
+    if not on.any():
+        return None
+    rgba = np.zeros(mask.shape + (4,), np.uint8)
+    rgba[on] = OVERLAY_RGBA
+    ok, buf = cv2.imencode(".png", rgba)
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a mask overlay as PNG")
     return bytes(buf)
-
-
-def _box(bbox: Sequence[int]) -> Tuple[int, int, int, int]:
-    x, y, w, h = (int(v) for v in bbox[:4])
-    return x, y, x + w - 1, y + h - 1

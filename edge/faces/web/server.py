@@ -1,7 +1,9 @@
 """The live view's aiohttp application and the thread that serves it (imported only when [web] is enabled).
 
 Routes: ``/`` (the page, or the login form when a token is needed), ``/static/*``, ``/api/state``,
-``/api/timeline``, ``/cam/<name>/frame.jpg``, ``POST /api/threshold/<name>`` (the body is a
+``/api/timeline``, ``/cam/<name>/latest`` (the newest snapshot's fields, naming its own
+``/cam/<name>/frame/<frame_id>.jpg`` and ``.../mask.png``), ``/cam/<name>/frame.jpg`` (the newest picture
+alone), ``POST /api/threshold/<name>`` (the body is a
 ``threshold/set`` payload and takes the same path: :meth:`DeviceApi.set_threshold` with source ``web``),
 ``POST /login`` and ``POST /logout``.
 
@@ -30,10 +32,12 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, Optional, Protocol
+from urllib.parse import quote
 
 from aiohttp import web
 
 from edge.config.web import LOOPBACK_NAMES
+from edge.faces.web.evidence_routes import EvidencePages, EvidenceReader
 from edge.faces.web.live import LiveView
 from edge.results.payloads import ThresholdStatePayload
 from edge.util.priority import lower_current_thread_priority
@@ -129,8 +133,11 @@ class Access:
         return host in LOOPBACK_NAMES
 
 
-def make_app(live: LiveView, commands: Commands, access: Access) -> web.Application:
-    """The page's application; it reads ``live`` and sends threshold changes through ``commands``."""
+def make_app(
+    live: LiveView, commands: Commands, access: Access, evidence: Optional[EvidenceReader] = None
+) -> web.Application:
+    """The page's application; it reads ``live`` (and ``evidence``: the store's latest anomalous frames)
+    and sends threshold changes through ``commands``."""
     app = web.Application(client_max_size=4096, middlewares=[_guard(access)])
     app[LIVE], app[COMMANDS], app[ACCESS] = live, commands, access
     app.router.add_get("/", _index)
@@ -139,7 +146,11 @@ def make_app(live: LiveView, commands: Commands, access: Access) -> web.Applicat
     app.router.add_get("/api/state", _state)
     app.router.add_get("/api/timeline", _timeline)
     app.router.add_get("/cam/{camera}/frame.jpg", _frame)
+    app.router.add_get("/cam/{camera}/latest", _latest)
+    app.router.add_get("/cam/{camera}/frame/{frame_id:\\d+}.jpg", _snap_image)
+    app.router.add_get("/cam/{camera}/frame/{frame_id:\\d+}/mask.png", _snap_overlay)
     app.router.add_post("/api/threshold/{camera}", _set_threshold)
+    EvidencePages(evidence).add_routes(app)
     app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
     return app
 
@@ -227,14 +238,62 @@ async def _timeline(request: web.Request) -> web.StreamResponse:
 
 
 async def _frame(request: web.Request) -> web.StreamResponse:
+    """The newest frame's picture alone (no overlay), named by the ``X-Frame-Id`` header."""
     live: LiveView = request.app[LIVE]
     camera = request.match_info["camera"]
     if camera not in live.cameras:
         return _error(404, f"no camera {camera!r}")
-    data = live.jpeg(camera)
-    if data is None:
+    snap = live.latest(camera)
+    if snap is None:
         return _error(503, "no frame yet")
-    return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
+    return _image(snap.jpeg, "image/jpeg", {"X-Frame-Id": str(snap.frame_id)})
+
+
+async def _latest(request: web.Request) -> web.StreamResponse:
+    """The newest snapshot's result fields and the URLs of its own picture and mask overlay."""
+    live: LiveView = request.app[LIVE]
+    camera = request.match_info["camera"]
+    if camera not in live.cameras:
+        return _error(404, f"no camera {camera!r}")
+    snap = live.latest(camera)
+    if snap is None:
+        return _error(503, "no frame yet")
+    base = f"/cam/{quote(camera, safe='')}/frame/{snap.frame_id}"
+    return _json({
+        **snap.info, "frame_id": snap.frame_id, "width": snap.size[0], "height": snap.size[1],
+        "image": base + ".jpg", "mask": base + "/mask.png" if snap.overlay is not None else None,
+    })  # fmt: skip
+
+
+def _snap(request: web.Request) -> Any:
+    live: LiveView = request.app[LIVE]
+    camera = request.match_info["camera"]
+    if camera not in live.cameras:
+        return _error(404, f"no camera {camera!r}")
+    snap = live.snapshot(camera, int(request.match_info["frame_id"]))
+    if snap is None:
+        return _error(404, "that frame is no longer kept: ask /cam/<camera>/latest again")
+    return snap
+
+
+async def _snap_image(request: web.Request) -> web.StreamResponse:
+    snap = _snap(request)
+    return snap if isinstance(snap, web.Response) else _image(snap.jpeg, "image/jpeg")
+
+
+async def _snap_overlay(request: web.Request) -> web.StreamResponse:
+    snap = _snap(request)
+    if isinstance(snap, web.Response):
+        return snap
+    if snap.overlay is None:
+        return _error(404, "this frame has no mask")
+    return _image(snap.overlay, "image/png")
+
+
+def _image(data: bytes, content_type: str, headers: Optional[Dict[str, str]] = None) -> web.Response:
+    return web.Response(
+        body=data, content_type=content_type, headers={"Cache-Control": "no-store", **(headers or {})}
+    )
 
 
 async def _set_threshold(request: web.Request) -> web.StreamResponse:
@@ -313,7 +372,7 @@ class WebServer:
             loop.close()
 
     def _tidy(self) -> None:
-        """Every second: drop the frame references once no viewer is left."""
+        """Every second: drop the encoded snapshots once no viewer is left."""
         self.live.forget_frames()
         if self._loop is not None and self._loop.is_running():
             self._loop.call_later(1.0, self._tidy)

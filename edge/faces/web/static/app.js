@@ -1,12 +1,50 @@
-// The live view: polls /api/state and /api/timeline, refreshes each camera's frame a few times a second,
-// draws the score timeline with its threshold line, and sends threshold changes (same path as MQTT).
+// The live view: polls /api/state and /api/timeline, shows each camera's newest frame a few times a second
+// (picture, mask overlay, region boxes and the result's fields all from one snapshot, so they always belong to
+// the same frame), draws the score timeline with its threshold line, lists the evidence store's latest
+// anomalous frames, and sends threshold changes (same path as MQTT).
 "use strict";
-const FRAME_MS = 300, STATE_MS = 1000;
+const FRAME_MS = 250, STATE_MS = 1000, EVIDENCE_MS = 5000;
 const tiles = {};
 let timelineS = 300;
 const timeline = {};
 
-function el(tile, cls) { return tile.querySelector("." + cls); }
+function el(node, cls) { return node.querySelector("." + cls); }
+function fmt(x, digits) { return (x === null || x === undefined) ? "–" : Number(x).toFixed(digits); }
+function sleep(ms) { return new Promise((resolve) => setTimeout(resolve, ms)); }
+
+async function getJson(url) {
+  const r = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+  if (r.status === 401) { location.reload(); throw new Error("logged out"); }
+  if (!r.ok) { const e = new Error("HTTP " + r.status); e.status = r.status; throw e; }
+  return r.json();
+}
+
+async function loadImage(url) {
+  const img = new Image();
+  img.src = url;
+  await img.decode();
+  return img;
+}
+
+// Lays ``picture`` (and ``overlay``, an RGBA PNG of the same size, or null) into a .view box, with the region
+// boxes (camera pixels of a width x height frame) on a canvas of their own.
+function showView(view, picture, overlay, boxes, width, height) {
+  picture.className = "frame";
+  picture.alt = "frame with its defect mask";
+  el(view, "frame").replaceWith(picture);
+  const mask = el(view, "mask");
+  mask.width = picture.naturalWidth; mask.height = picture.naturalHeight;
+  const mctx = mask.getContext("2d");
+  mctx.clearRect(0, 0, mask.width, mask.height);
+  if (overlay) { mctx.drawImage(overlay, 0, 0, mask.width, mask.height); }
+  const regions = el(view, "regions");
+  regions.width = picture.naturalWidth; regions.height = picture.naturalHeight;
+  const rctx = regions.getContext("2d");
+  rctx.clearRect(0, 0, regions.width, regions.height);
+  rctx.strokeStyle = "#ffff00"; rctx.lineWidth = Math.max(1, regions.width / 400);
+  const sx = regions.width / width, sy = regions.height / height;
+  for (const b of boxes || []) { rctx.strokeRect(b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy); }
+}
 
 function makeTile(name) {
   const node = document.getElementById("tile").content.firstElementChild.cloneNode(true);
@@ -14,15 +52,45 @@ function makeTile(name) {
   el(node, "name").textContent = name;
   el(node, "setthr").addEventListener("submit", (ev) => { ev.preventDefault(); setThreshold(name, node); });
   document.getElementById("cameras").appendChild(node);
-  const img = el(node, "frame");
-  const refresh = () => { img.src = "/cam/" + encodeURIComponent(name) + "/frame.jpg?t=" + Date.now(); };
-  img.addEventListener("load", () => setTimeout(refresh, FRAME_MS));
-  img.addEventListener("error", () => setTimeout(refresh, 1000));
-  refresh();
+  frameLoop(name, node);
   return node;
 }
 
-function fmt(x, digits) { return (x === null || x === undefined) ? "–" : Number(x).toFixed(digits); }
+// The newest snapshot, when it is a new frame: its picture and overlay are loaded first, then the picture,
+// the overlay and the text change in one step.
+async function frameLoop(name, tile) {
+  const url = "/cam/" + encodeURIComponent(name) + "/latest";
+  let shown = null;
+  for (;;) {
+    let wait = FRAME_MS;
+    try {
+      const snap = await getJson(url);
+      if (snap.frame_id !== shown) {
+        const [picture, overlay] = await Promise.all([
+          loadImage(snap.image), snap.mask ? loadImage(snap.mask) : Promise.resolve(null),
+        ]);
+        showSnapshot(tile, snap, picture, overlay);
+        shown = snap.frame_id;
+      }
+    } catch (e) {
+      wait = 1000;  // no frame yet, or the snapshot was replaced while loading: ask again
+    }
+    await sleep(wait);
+  }
+}
+
+function showSnapshot(tile, snap, picture, overlay) {
+  const view = el(tile, "view");
+  showView(view, picture, overlay, snap.boxes, snap.width, snap.height);
+  view.dataset.frameId = String(snap.frame_id);
+  el(tile, "frameid").textContent = snap.frame_id + " · " + (snap.time || "").replace("T", " ");
+  el(tile, "score").textContent = fmt(snap.score, 3) + " / threshold " + fmt(snap.threshold, 3);
+  const v = el(tile, "verdict");
+  v.textContent = snap.verdict + (snap.regions ? " (" + snap.regions + " region(s))" : "");
+  v.className = "verdict " + snap.verdict;
+  el(tile, "model").textContent = snap.model.id + " · " + snap.model.precision + " · " + snap.model.backend;
+  el(tile, "latency").textContent = fmt(snap.latency_ms, 1) + " ms";
+}
 
 function showState(doc) {
   timelineS = doc.timeline_s;
@@ -35,15 +103,7 @@ function showState(doc) {
     el(tile, "threshold").textContent = fmt(thr.threshold, 3) + " (" + thr.source + ", range " +
       fmt(thr.range[0], 2) + "–" + fmt(thr.range[1], 2) + ")";
     el(tile, "source").textContent = cam.source;
-    const last = cam.last;
-    if (last) {
-      el(tile, "score").textContent = fmt(last.score, 3);
-      const v = el(tile, "verdict");
-      v.textContent = last.verdict + (last.regions ? " (" + last.regions + " region(s))" : "");
-      v.className = "verdict " + last.verdict;
-      el(tile, "model").textContent = last.model.id + " · " + last.model.precision + " · " + last.model.backend;
-      el(tile, "rate").textContent = fmt(cam.fps, 1) + " fps · " + fmt(last.latency_ms, 1) + " ms";
-    }
+    el(tile, "rate").textContent = fmt(cam.fps, 1);
     const body = el(tile, "hours").tBodies[0];
     body.textContent = "";
     for (const h of cam.hours.slice(-6)) {
@@ -82,12 +142,6 @@ function drawTimeline(name) {
   canvas.dataset.last = String(t1);
 }
 
-async function getJson(url) {
-  const r = await fetch(url, { credentials: "same-origin", cache: "no-store" });
-  if (r.status === 401) { location.reload(); throw new Error("logged out"); }
-  return r.json();
-}
-
 async function poll() {
   try {
     showState(await getJson("/api/state"));
@@ -98,6 +152,50 @@ async function poll() {
     document.getElementById("status").textContent = "no answer from the station (" + e.message + ")";
   }
   setTimeout(poll, STATE_MS);
+}
+
+// The evidence store's latest anomalous frames as thumbnails; a click opens the frame full size with its mask.
+async function pollEvidence() {
+  const box = document.getElementById("evidence");
+  try {
+    const doc = await getJson("/api/evidence");
+    box.hidden = !doc.enabled;
+    const list = el(box, "thumbs");
+    const ids = doc.items.map((item) => String(item.id)).join(",");
+    if (list.dataset.ids !== ids) {
+      list.textContent = "";
+      for (const item of doc.items) { list.appendChild(thumb(item)); }
+      list.dataset.ids = ids;
+    }
+  } catch (e) { /* the station is unreachable: poll() says so */ }
+  setTimeout(pollEvidence, EVIDENCE_MS);
+}
+
+function thumb(item) {
+  const button = document.createElement("button");
+  button.className = "thumb";
+  button.dataset.id = String(item.id);
+  const img = document.createElement("img");
+  img.src = item.thumb;
+  img.alt = item.camera + " frame " + item.frame_id;
+  const caption = document.createElement("span");
+  caption.textContent = item.camera + " · " + fmt(item.score, 2) + " · " + item.time.slice(11, 19);
+  button.append(img, caption);
+  button.addEventListener("click", () => openEvidence(item));
+  return button;
+}
+
+async function openEvidence(item) {
+  const dialog = document.getElementById("full");
+  const [picture, overlay] = await Promise.all([
+    loadImage(item.image), item.mask ? loadImage(item.mask) : Promise.resolve(null),
+  ]);
+  const view = el(dialog, "view");
+  showView(view, picture, overlay, item.boxes, item.width, item.height);
+  view.dataset.id = String(item.id);
+  el(dialog, "caption").textContent = item.camera + " · frame " + item.frame_id + " · " +
+    item.time.replace("T", " ") + " · score " + fmt(item.score, 3) + " / threshold " + fmt(item.threshold, 3);
+  if (!dialog.open) { dialog.showModal(); }
 }
 
 async function setThreshold(name, tile) {
@@ -111,4 +209,6 @@ async function setThreshold(name, tile) {
   answer.textContent = r.ok ? "applied: " + fmt(doc.threshold, 3) : "refused: " + (doc.error || r.status);
 }
 
+document.getElementById("close").addEventListener("click", () => document.getElementById("full").close());
 poll();
+pollEvidence();
