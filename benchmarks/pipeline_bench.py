@@ -65,13 +65,15 @@ def _run_pipeline_once(
     sparkplug: bool = False,
     between: Callable[[], dict[str, Any]] | None = None,
     slices: int = 1,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Start the daemon, skip ``warmup_s`` after the first result, count results for ``measure_s``, stop.
 
     With ``between``, the measurement is cut into ``slices`` windows and after each one the daemon is frozen
     while ``between`` runs (a bare-backend slice), then thawed and given ``SETTLE_S`` before the next window.
     Pipeline and bare then alternate seconds apart, so a change of machine speed (a shared VM's neighbours,
-    CPU frequency) lands on both sides of the ratio instead of on one.
+    CPU frequency) lands on both sides of the ratio instead of on one. ``overrides``: config sections that
+    replace the defaults (``edge-bench line``: ``opcua``).
     """
     prefix_id = f"bench-{uuid.uuid4().hex[:8]}"
     config = daemon_config(
@@ -86,6 +88,7 @@ def _run_pipeline_once(
         model_options,
         sparkplug=sparkplug,
     )
+    config.update(overrides or {})
     sub = ResultSubscriber(broker.host, broker.port, f"edge-anomaly/{prefix_id}")
     sub.start()
     max_s = START_TIMEOUT_S + FIRST_RESULT_TIMEOUT_S + warmup_s + 3 * measure_s + SETTLE_S * slices + 60

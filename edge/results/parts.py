@@ -1,12 +1,16 @@
 """The part tracker: triggers open parts, camera results join them, the deadline closes them.
 
 A part opens on its trigger: a trigger message with a part id (cameras with ``trigger = "message"``) or the
-scored frame itself (``trigger = "frame"``, whose capture time is the trigger time). A camera's next result
-whose frame was captured at or after the trigger belongs to the oldest part of that camera still waiting
-for it. The part closes with the combined verdict when every camera reported, or at its deadline with what
-it has: a missing camera makes it ``no_result`` (with the reason :attr:`PartTracker.explain` gives and the
-configured default action) unless another camera already said ``ng``. A camera that reports after the
-deadline completes a *late* verdict: published with ``late`` set and the default action, never another.
+scored frame itself (``trigger = "frame"``, whose capture time is the trigger time). A camera's result
+belongs to the part in front of the camera when its frame was captured: the newest part triggered at or
+before the capture. A frame captured after the next part's trigger never goes to an earlier part: on a line
+that part has moved on, and under overload handing each frame to the oldest waiting part would make every
+later part late in turn; a part whose window held no scored frame closes ``no_result``.
+
+The part closes with the combined verdict when every camera reported, or at its deadline with what it has: a
+missing camera makes it ``no_result`` (with the reason :attr:`PartTracker.explain` gives and the configured
+default action) unless another camera already said ``ng``. A camera that reports after the deadline completes
+a *late* verdict: published with ``late`` set and the default action, never another.
 
 Pure logic, thread-safe (one lock), clocks injected: the publish thread calls :meth:`PartTracker.result`,
 the network thread :meth:`PartTracker.trigger`, the deadline thread (:mod:`edge.service.parts`)
@@ -91,13 +95,14 @@ class _Part:
     trigger_ts: float
     reports: Dict[str, CameraOutcome] = field(default_factory=dict)
     closed: bool = False  # closed at the deadline; still waiting for a late camera
+    until: float = float("inf")  # the next part's trigger: a frame captured from then on is not this part's
 
     @property
     def deadline(self) -> float:
         return self.trigger_mono + self.spec.deadline_s
 
     def waits_for(self, camera: str, capture_mono: float) -> bool:
-        return camera not in self.reports and self.trigger_mono <= capture_mono
+        return camera not in self.reports and self.trigger_mono <= capture_mono < self.until
 
 
 class PartTracker:
@@ -179,12 +184,17 @@ class PartTracker:
 
     def _open(self, spec: PartSpec, part_id: str, trigger_mono: float, trigger_ts: float) -> _Part:
         part = _Part(spec, part_id, trigger_mono, trigger_ts)
+        for before in reversed(self._parts):
+            if before.spec is spec and before.trigger_mono <= trigger_mono:
+                before.until = min(before.until, trigger_mono)
+                break
         self._parts.append(part)
         self._parts.sort(key=lambda p: p.trigger_mono)
         self._counts[spec.name]["triggered"] += 1
         return part
 
     def _waiting(self, camera: str, capture_mono: float) -> Optional[_Part]:
+        """The part in front of ``camera`` at the capture (see the module docstring), if it still waits."""
         for part in self._parts:
             if camera in part.spec.cameras and part.waits_for(camera, capture_mono):
                 return part
