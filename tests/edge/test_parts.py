@@ -232,3 +232,31 @@ def test_parts_config_is_checked() -> None:
             check_parts(bad, cams)
     with pytest.raises(ValueError, match="listed twice"):
         PartConfig(name="p", cameras=["a", "a"])
+
+
+def test_a_frame_triggered_part_opens_at_capture_and_a_dropped_frame_closes_it_no_result() -> None:
+    parts, clock = tracker(cameras=("a",), trigger="frame")
+    parts.capture("a", 5, clock.now, 1e9)  # read by the grabber: the part's deadline runs from now
+    assert parts.next_deadline() == pytest.approx(clock.now + 0.150)
+    clock.now += 0.01
+    parts.capture("a", 6, clock.now, 1e9)
+    parts.dropped("a", 5, "replaced in the slot")  # frame 5 never reaches the backend
+    [six] = parts.result("a", res(clock.now, score=5.0, frame_id=6))
+    assert (six.part_id, six.verdict, six.late) == ("a:6", "ng", False)
+    clock.now += 0.2
+    [five] = parts.expire()
+    assert (five.part_id, five.verdict, five.action) == ("a:5", "no_result", "reject")
+    assert five.reason == "a: replaced in the slot" and five.trigger_mono == pytest.approx(100.0)
+    assert parts.result("a", res(clock.now, frame_id=99)) == []  # a frame it was never told of: no part
+    assert parts.counts()["pair"] == {"triggered": 2, "ok": 0, "warn": 0, "ng": 1, "no_result": 1, "late": 0}
+
+
+def test_two_frame_triggered_cameras_captured_together_make_one_part() -> None:
+    parts, clock = tracker(trigger="frame")
+    parts.capture("a", 1, clock.now, 1e9)
+    parts.capture("b", 7, clock.now + 0.002, 1e9)
+    parts.capture("a", 2, clock.now + 0.04, 1e9)  # the next part
+    assert parts.result("a", res(clock.now, frame_id=1)) == []
+    [one] = parts.result("b", res(clock.now + 0.002, frame_id=7))
+    assert (one.part_id, sorted(one.cameras)) == ("a:1", ["a", "b"])
+    assert one.cameras["b"].frame_id == 7 and parts.counts()["pair"]["triggered"] == 2

@@ -1,6 +1,7 @@
-"""Fail-safe parts end to end, with a real mosquitto: a camera whose source goes away and a model switch
-each give ``no_result`` with the default action ``reject`` by the deadline, never ``ok``; the verdict that
-comes after the deadline is marked late and keeps the default action; the counts reach the stats topic.
+"""Fail-safe parts end to end, with a real mosquitto: a camera whose source goes away, a model switch and a
+frame-triggered camera's frame dropped before it was scored each give ``no_result`` with the default action
+``reject`` by the deadline, never ``ok``; the verdict that comes after the deadline is marked late and keeps
+the default action; the counts reach the stats topic.
 
 The camera is killed the way a camera is lost on a line: its video file is renamed away while it plays, so
 the grabber's real reopen fails (``fault: cannot open``). The model switch is a real ``model/set``: its load
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.service.parts import DROPPED_IN_SLOT
 from tests.edge.test_daemon_e2e import WAIT, InProcess, config_toml, results
 from tests.edge.test_parts_e2e import SLACK_S, _stall, part_docs, trigger
 from tests.helpers.broker import Broker
@@ -149,3 +151,39 @@ def _loading(sub: Subscriber, prefix: str) -> str | None:
 def _active(sub: Subscriber, prefix: str) -> str | None:
     states = _states(sub, prefix)
     return states[-1]["active"]["recipe"] if states and not states[-1]["loading"] else None
+
+
+def test_a_frame_triggered_part_opens_at_capture_and_a_dropped_frame_gives_no_result(
+    broker: Broker, media: dict, tmp_path: Path
+) -> None:
+    dev = f"framepart-{uuid.uuid4().hex[:8]}"
+    prefix = f"edge-anomaly/{dev}"
+    cam = {"name": "hw", "source": str(media["video"]), "loop": True, "fps": 25, "publish_mask": "never"}
+    text = config_toml(dev, broker, media["bundles"] / "A", [cam])
+    text += f'[[parts]]\nname = "hw"\ncameras = ["hw"]\ndeadline_ms = {DEADLINE_MS}\n'
+    sub = Subscriber(broker.host, broker.port, [f"{prefix}/#"])
+    run = InProcess(tmp_path, text).start()
+
+    def docs() -> list[dict]:
+        return [m.json() for m in sub.on(f"{prefix}/part/hw")]
+
+    try:
+        assert sub.wait_for(lambda m: sum(d["verdict"] != "no_result" for d in docs()) >= 3, WAIT)
+        stall = _stall(run)  # the backend hangs: frames keep coming and replace each other in the slot
+        dropped = lambda m: any(d["verdict"] == "no_result" and not d["late"] for d in docs())  # noqa: E731
+        assert sub.wait_for(dropped, WAIT)
+        stall.set()
+    finally:
+        assert run.stop() == 0
+        sub.close()
+    missed = [d for d in docs() if d["verdict"] == "no_result" and not d["late"]]
+    assert all(d["action"] == "reject" and d["trigger"] == "frame" for d in missed)
+    assert any(d["reason"] == f"hw: {DROPPED_IN_SLOT}" for d in missed), [d["reason"] for d in missed]
+    for d in missed:  # opened when the frame was read: its deadline ran from the capture
+        assert (
+            d["part_id"].startswith("hw:") and DEADLINE_MS <= d["elapsed_ms"] <= DEADLINE_MS + SLACK_S * 1000
+        )
+    ok = [d for d in docs() if d["verdict"] != "no_result" and not d["late"]]
+    frame_ids = {int(d["part_id"].split(":")[1]) for d in ok}
+    assert frame_ids == {d["cameras"]["hw"]["frame_id"] for d in ok}  # each scored frame its own part
+    assert not frame_ids & {int(d["part_id"].split(":")[1]) for d in missed}
