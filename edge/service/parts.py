@@ -129,6 +129,8 @@ class PartDesk:
         desk = cls(config, daemon.api, daemon.stats, loading)
         daemon.api.on_trigger = desk.on_trigger
         daemon.publisher.parts = desk
+        if daemon.sparkplug is not None:  # the verdicts are node metrics there: NBIRTH must name them
+            daemon.sparkplug.part_metrics.add([part.name for part in config.parts])
         for cam in daemon.cameras:
             spec = desk.tracker.spec(cam.cfg.name)
             if spec is not None and spec.trigger == "frame" and isinstance(cam.slot, SignallingSlot):
