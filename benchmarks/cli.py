@@ -5,7 +5,7 @@
     edge-bench accuracy --bundle B --data DIR [--checkpoint CKPT]
     edge-bench all      --bundle B [--data DIR] [--checkpoint CKPT] --out DIR
     edge-bench soak     --bundle B --cameras 4 --duration 600 [--interval 5]
-    edge-bench line     --bundle B [--trigger-rate HZ] [--deadline-ms 150]
+    edge-bench line     --bundle B [--trigger-rate HZ] [--deadline-ms 150] [--triggers mqtt,opcua,frame]
 
 Every run writes ``report.json``, ``report.md`` and PNG plots to ``--out``. Exit codes: 0 measured and
 written; 2 unusable input (bundle, dataset, options); 1 a measurement failed.
@@ -131,6 +131,12 @@ def parser() -> argparse.ArgumentParser:
         "--trigger-rate", type=float, help="line: part triggers per second (default 0.8 x the bare backend's)"
     )
     p.add_argument("--deadline-ms", type=float, default=150.0, help="line: the part's deadline (default 150)")
+    p.add_argument(
+        "--triggers",
+        type=_str_list,
+        default=["mqtt", "opcua", "frame"],
+        help="line: trigger kinds to measure, of mqtt, opcua, frame (default all three)",
+    )
     p.add_argument(
         "--evidence",
         action="store_true",

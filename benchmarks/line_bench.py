@@ -48,7 +48,7 @@ CAMERA_FACTOR = 1.5  # the free-running camera offers this x the bare rate
 PART, CAMERA = "line", "cam0"
 SETTLE_S = 1.0  # after the last trigger, past its deadline: verdicts still on the way
 FIRST_TRIGGER_EVERY_S = 0.2  # until the daemon answers its first trigger
-MODES = ("mqtt", "opcua")
+MODES = ("mqtt", "opcua", "frame")
 
 
 @dataclass
@@ -73,10 +73,11 @@ def line_config(
     model_options: dict[str, Any],
     deadline_ms: float,
     opcua_endpoint: str | None,
+    trigger: str = "message",
 ) -> dict[str, Any]:
-    """One message-triggered camera in one part (``opcua_endpoint``: the OPC UA face on, there)."""
+    """One camera in one part (``opcua_endpoint``: the OPC UA face on, there); ``trigger``: the camera's."""
     config = daemon_config(prefix_id, broker, bundle, backend, precision, video, 1, camera_fps, model_options)
-    config["cameras"][0]["trigger"] = "message"
+    config["cameras"][0]["trigger"] = trigger
     config["parts"] = [{"name": PART, "cameras": [CAMERA], "deadline_ms": deadline_ms}]
     if opcua_endpoint is not None:
         config["opcua"] = {"enabled": True, "endpoint": opcua_endpoint}
@@ -107,7 +108,14 @@ def run_triggered(
     camera_fps: float,
     settings: LineSettings,
 ) -> dict[str, Any]:
-    """One daemon, triggers of one kind at ``rate_hz`` for ``settings.measure_s``; the mode's section."""
+    """One daemon, triggers of one kind at ``rate_hz`` for ``settings.measure_s``; the mode's section.
+
+    ``frame``: no PLC; the camera itself is the trigger (a hardware-triggered camera, one frame one part) at
+    ``rate_hz`` fps, and a part's trigger time is its frame's capture time."""
+    if mode == "frame":
+        return run_frame_triggered(
+            broker, bundle, backend, precision, video, model_options, rate_hz, settings
+        )
     prefix_id = f"line-{uuid.uuid4().hex[:8]}"
     prefix = f"edge-anomaly/{prefix_id}"
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}" if mode == "opcua" else None
@@ -140,7 +148,57 @@ def run_triggered(
     if final.get("state") != "done":
         raise RuntimeError(f"the daemon did not stop cleanly: {final.get('error', final)}")
     received, bad = sub.verdicts()
-    return summarise_mode(mode, sent, received, bad, final, rate_hz, camera_fps, settings.deadline_ms)
+    got = [(mono, doc) for mono, _, doc in received]
+    return summarise_mode(mode, sent, got, bad, final, rate_hz, camera_fps, settings.deadline_ms)
+
+
+def run_frame_triggered(
+    broker: Broker,
+    bundle: Path,
+    backend: str,
+    precision: str,
+    video: Path,
+    model_options: dict[str, Any],
+    rate_hz: float,
+    settings: LineSettings,
+) -> dict[str, Any]:
+    """The camera at ``rate_hz`` fps with ``trigger = "frame"``: each frame read opens its part. The parts
+    triggered (captured) inside the measurement window are counted; trigger -> verdict is capture -> verdict
+    received (the wall clocks of one machine)."""
+    prefix_id = f"line-{uuid.uuid4().hex[:8]}"
+    config = line_config(
+        prefix_id, broker, bundle, backend, precision, video, rate_hz, model_options, settings.deadline_ms,
+        None, trigger="frame",
+    )  # fmt: skip
+    sub = VerdictSubscriber(broker.host, broker.port, f"edge-anomaly/{prefix_id}").start()
+    daemon = DaemonProcess(
+        config, max_s=START_TIMEOUT_S + FIRST_RESULT_TIMEOUT_S + 2 * settings.measure_s + 60
+    )
+    try:
+        daemon.start()
+        t_end = time.monotonic() + FIRST_RESULT_TIMEOUT_S
+        while sub.count() == 0 and time.monotonic() < t_end:
+            time.sleep(0.05)
+        time.sleep(settings.warmup_s)
+        t0 = time.time()
+        time.sleep(settings.measure_s)
+        t1 = time.time()
+        time.sleep(settings.deadline_ms / 1000.0 + SETTLE_S)
+        final = daemon.stop()
+    finally:
+        daemon.kill()
+        sub.stop()
+    if final.get("state") != "done":
+        raise RuntimeError(f"the daemon did not stop cleanly: {final.get('error', final)}")
+    received, bad = sub.verdicts()
+    # the trigger on this process's monotonic clock: received (mono) - (received - captured) (wall clock)
+    sent = sorted(
+        {doc.part_id: Sent(doc.part_id, mono - (wall - doc.trigger_ts)) for mono, wall, doc in received
+         if t0 <= doc.trigger_ts < t1}.values(),
+        key=lambda s: s.mono,
+    )  # fmt: skip
+    got = [(mono, doc) for mono, _, doc in received]
+    return summarise_mode("frame", sent, got, bad, final, rate_hz, rate_hz, settings.deadline_ms)
 
 
 def summarise_mode(

@@ -115,7 +115,9 @@ def md_line(line: dict[str, Any]) -> list[str]:
     lines += [
         "trigger→verdict: trigger sent → verdict received on `<prefix>/part/<name>` by the benchmark (the "
         "PLC's view, through the broker; the OPC UA trigger is a method call, its verdict still read over "
-        "MQTT). station: the verdict's `elapsed_ms` (trigger received → verdict published).",
+        "MQTT; frame: the camera is the trigger at the trigger rate, one frame one part, and trigger→verdict "
+        "is capture → verdict received). station: the verdict's `elapsed_ms` (trigger received, or frame "
+        "captured → verdict published). The message-triggered camera runs free at the fps above.",
         "",
     ]
     for mode, m in line["modes"].items():

@@ -37,7 +37,7 @@ class VerdictSubscriber:
 
     def __init__(self, host: str, port: int, prefix: str) -> None:
         self.prefix = prefix
-        self._raw: list[tuple[float, bytes]] = []
+        self._raw: list[tuple[float, float, bytes]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._client = _paho(f"edge-bench-parts-{uuid.uuid4().hex[:8]}")
@@ -60,16 +60,17 @@ class VerdictSubscriber:
         self._client.loop_stop()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         with self._lock:
-            self._raw.append((now, message.payload))
+            self._raw.append((now, wall, message.payload))
 
     def count(self) -> int:
         with self._lock:
             return len(self._raw)
 
-    def verdicts(self) -> tuple[list[tuple[float, Any]], int]:
-        """(receive time, PartPayload) of everything received so far, and how many did not parse."""
+    def verdicts(self) -> tuple[list[tuple[float, float, Any]], int]:
+        """(receive time, its wall-clock time, PartPayload) of everything received so far, and how many did
+        not parse."""
         from pydantic import ValidationError
 
         from edge.results.payloads import PartPayload
@@ -77,9 +78,9 @@ class VerdictSubscriber:
         with self._lock:
             raw = list(self._raw)
         out, bad = [], 0
-        for mono, payload in raw:
+        for mono, wall, payload in raw:
             try:
-                out.append((mono, PartPayload.model_validate_json(payload)))
+                out.append((mono, wall, PartPayload.model_validate_json(payload)))
             except (ValidationError, ValueError):
                 bad += 1
         return out, bad

@@ -164,10 +164,13 @@ def scenario_line(args: argparse.Namespace, ctx: dict[str, Any], report: dict[st
 
     if args.trigger_rate is not None and args.trigger_rate <= 0 or args.deadline_ms <= 0:
         raise InputError("--trigger-rate and --deadline-ms must be positive")
+    unknown = sorted(set(args.triggers) - {"mqtt", "opcua", "frame"})
+    if unknown or not args.triggers:
+        raise InputError(f"--triggers takes mqtt, opcua and/or frame, not {','.join(unknown) or 'nothing'}")
     precision = _pipeline_precision(args, ctx)
     settings = LineSettings(
         measure_s=ctx["duration"], warmup_s=args.warmup, trigger_rate=args.trigger_rate,
-        deadline_ms=args.deadline_ms, camera_fps=args.camera_fps, slices=args.slices,
+        deadline_ms=args.deadline_ms, camera_fps=args.camera_fps, slices=args.slices, modes=args.triggers,
     )  # fmt: skip
     engine = open_backend(args.backend, args.bundle, ctx["manifest"], precision, ctx["options"])
     broker = QuietBroker(args.out / "mosquitto").start()
