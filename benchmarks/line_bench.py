@@ -14,9 +14,9 @@ bare backend's rate at batch 1) and reads each part's verdict on ``<prefix>/part
 - deadline misses: parts whose first verdict is ``no_result``, plus triggers never answered.
 
 Bare-backend slices at batch 1 run in this process before each daemon run (the daemon is not running
-then), so the backend p50/p99 beside them come from the same run. Last, a saturated pipeline run with the
-OPC UA face on (:func:`benchmarks.pipeline_bench._run_pipeline_once`, its windows interleaved with bare
-slices) gives pipeline / bare with that face serving every result.
+then), so the backend p50/p99 beside them come from the same run. Last, two saturated pipeline runs, the
+OPC UA face off and on (:func:`benchmarks.pipeline_bench._run_pipeline_once`, their windows interleaved with
+bare slices), give pipeline / bare with and without that face serving every result.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class LineSettings:
     deadline_ms: float = 150.0
     camera_fps: float | None = None  # None: CAMERA_FACTOR x the bare rate
     modes: Sequence[str] = MODES
-    slices: int = 5  # of the saturated OPC UA run (0: no saturated run)
+    slices: int = 5  # windows of each saturated run
 
 
 def line_config(
@@ -290,24 +290,26 @@ def run_line_bench(
             mode, broker, bundle, backend, precision, video, model_options, rate, camera_fps, settings
         )
     bare_slice()
-    saturated = None
-    if settings.slices > 0:
+    saturated: dict[str, Any] = {}
+    fps = min(MAX_CAMERA_FPS, SATURATION * bare_rate)
+    for face in ("plain", "opcua"):  # the same saturated run without, then with the OPC UA face
         samples: list[float] = []
-        fps = min(MAX_CAMERA_FPS, SATURATION * bare_rate)
-        log_fn(f"line: OPC UA face on, saturated at {fps:.1f} fps, {settings.slices} windows")
-        saturated = _run_pipeline_once(
+        log_fn(f"line: saturated at {fps:.1f} fps, OPC UA face {'on' if face == 'opcua' else 'off'}")
+        endpoint = f"opc.tcp://127.0.0.1:{free_port()}"
+        run = _run_pipeline_once(
             PipelineRun(1, "saturated", fps, 1), broker, bundle, backend, precision, video, model_options,
             settings.warmup_s, settings.measure_s, slices=settings.slices,
-            between=lambda: bare_slice(samples, slice_s / settings.slices),
-            overrides={"opcua": {"enabled": True, "endpoint": f"opc.tcp://127.0.0.1:{free_port()}"}},
+            between=lambda into=samples: bare_slice(into, slice_s / settings.slices),
+            overrides={"opcua": {"enabled": True, "endpoint": endpoint}} if face == "opcua" else None,
         )  # fmt: skip
-        saturated["bare_ips"] = len(samples) / (sum(samples) / 1000.0)
-        saturated.pop("samples_total_ms", None)
+        run["bare_ips"] = len(samples) / (sum(samples) / 1000.0)
+        run.pop("samples_total_ms", None)
+        saturated[face] = run
     return {
         "method": (
             "one camera in one part; per trigger kind a fresh daemon (trigger = 'message', free-running "
             "camera) and a PLC sending triggers at a steady rate; bare batch-1 slices before each run; "
-            "then a saturated run with the OPC UA face on, its windows interleaved with bare slices"
+            "then two saturated runs, the OPC UA face off and on, their windows interleaved with bare slices"
         ),
         "engine": engine.engine,
         "precision": precision,
@@ -325,5 +327,6 @@ def run_line_bench(
         "warmup_s_per_mode": settings.warmup_s,
         "bare": bare_summary(cell),
         "modes": modes,
-        "opcua_saturated": saturated,
+        "plain_saturated": saturated["plain"],
+        "opcua_saturated": saturated["opcua"],
     }

@@ -48,18 +48,19 @@ def line_ratios(line: dict[str, Any]) -> list[dict[str, Any]]:
                 + ("" if at_default_rate else "; not at 80 % of bare (--trigger-rate): no target"),
             )
         )
-    sat = line.get("opcua_saturated")
-    if sat:
-        out.append(
-            _ratio(
-                "line_pipeline_vs_bare_opcua",
-                "pipeline ÷ bare backend with the OPC UA face on (1 camera, batch 1)",
-                ("line.opcua_saturated.throughput_rps", sat["throughput_rps"]),
-                ("line.opcua_saturated.bare_ips", sat["bare_ips"]),
-                "≥ 0.90",
-                lambda v: v >= 0.90,
+    for face, on in (("opcua", True), ("plain", False)):
+        sat = line.get(f"{face}_saturated")
+        if sat:
+            out.append(
+                _ratio(
+                    f"line_pipeline_vs_bare_{face}",
+                    f"pipeline ÷ bare backend, OPC UA face {'on' if on else 'off'} (1 camera, batch 1)",
+                    (f"line.{face}_saturated.throughput_rps", sat["throughput_rps"]),
+                    (f"line.{face}_saturated.bare_ips", sat["bare_ips"]),
+                    "≥ 0.90" if on else "",
+                    (lambda v: v >= 0.90) if on else None,
+                )
             )
-        )
     return out
 
 
@@ -124,12 +125,13 @@ def md_line(line: dict[str, Any]) -> list[str]:
         if m["no_result_reasons"]:
             why = "; ".join(f"{n}× {r}" for r, n in m["no_result_reasons"].items())
             lines += [f"*{mode} no_result reasons: {why}*", ""]
-    sat = line.get("opcua_saturated")
-    if sat:
-        lines += [
-            f"OPC UA face on, saturated ({_f(sat['camera_fps_offered'], 1)} fps offered): "
-            f"{_f(sat['throughput_rps'], 1)} results/s over {_f(sat['seconds'], 1)} s against "
-            f"{_f(sat['bare_ips'], 1)} images/s bare in the interleaved slices.",
-            "",
-        ]
+    for face, on in (("plain", "off"), ("opcua", "on")):
+        sat = line.get(f"{face}_saturated")
+        if sat:
+            lines += [
+                f"OPC UA face {on}, saturated ({_f(sat['camera_fps_offered'], 1)} fps offered): "
+                f"{_f(sat['throughput_rps'], 1)} results/s over {_f(sat['seconds'], 1)} s against "
+                f"{_f(sat['bare_ips'], 1)} images/s bare in the interleaved slices.",
+                "",
+            ]
     return lines

@@ -51,10 +51,11 @@ def test_line_end_to_end(bundle: Path, tmp_path: Path) -> None:
         assert plc["p50"] >= station["p50"] > 0, mode  # the PLC's view includes the station's
         assert m["daemon_parts"]["line"]["triggered"] >= m["triggers_sent"], mode  # warm-up ones too
     assert line["modes"]["frame"]["camera_fps_offered"] == 20.0
+    for face in ("plain", "opcua"):
+        sat = line[f"{face}_saturated"]
+        assert sat["results"] > 0 and sat["throughput_rps"] > 0 and sat["bare_ips"] > 0, face
+        assert sat["bad_payloads"] == 0, face
     sat = line["opcua_saturated"]
-    assert (
-        sat["results"] > 0 and sat["throughput_rps"] > 0 and sat["bare_ips"] > 0 and sat["bad_payloads"] == 0
-    )
 
     ratios = {r["name"]: r for r in report["ratios"]}
     p99 = ratios["line_trigger_p99_vs_backend_p99_plus_10ms_mqtt"]
@@ -70,6 +71,7 @@ def test_line_end_to_end(bundle: Path, tmp_path: Path) -> None:
         and opcua["target"] == "≥ 0.90"
     )
     assert {f"line_trigger_p99_vs_backend_p99_plus_10ms_{m}" for m in ("opcua", "frame")} <= set(ratios)
+    assert ratios["line_pipeline_vs_bare_plain"]["target"] is None
     text = (out / "report.md").read_text(encoding="utf-8")
     assert "## Line: trigger → part verdict" in text and "| mqtt |" in text and "| frame |" in text
 
