@@ -5,6 +5,7 @@
     edge-bench accuracy --bundle B --data DIR [--checkpoint CKPT]
     edge-bench all      --bundle B [--data DIR] [--checkpoint CKPT] --out DIR
     edge-bench soak     --bundle B --cameras 4 --duration 600 [--interval 5]
+    edge-bench line     --bundle B [--trigger-rate HZ] [--deadline-ms 150] [--triggers mqtt,opcua,frame]
 
 Every run writes ``report.json``, ``report.md`` and PNG plots to ``--out``. Exit codes: 0 measured and
 written; 2 unusable input (bundle, dataset, options); 1 a measurement failed.
@@ -32,7 +33,7 @@ from benchmarks.inputs import (
 from benchmarks.scenarios import RUNS
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
-SCENARIOS = ("model", "pipeline", "accuracy", "all", "soak")
+SCENARIOS = ("model", "pipeline", "accuracy", "all", "soak", "line")
 
 
 def _int_list(text: str) -> list[int]:
@@ -132,6 +133,16 @@ def parser() -> argparse.ArgumentParser:
         "--frame-size", type=int, help="generated video frame size in pixels (default 2x the model input)"
     )
     p.add_argument("--interval", type=float, default=5.0, help="soak: seconds between samples")
+    p.add_argument(
+        "--trigger-rate", type=float, help="line: part triggers per second (default 0.8 x the bare backend's)"
+    )
+    p.add_argument("--deadline-ms", type=float, default=150.0, help="line: the part's deadline (default 150)")
+    p.add_argument(
+        "--triggers",
+        type=_str_list,
+        default=["mqtt", "opcua", "frame"],
+        help="line: trigger kinds to measure, of mqtt, opcua, frame (default all three)",
+    )
     p.add_argument(
         "--evidence",
         action="store_true",

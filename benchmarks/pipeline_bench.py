@@ -69,6 +69,7 @@ def _run_pipeline_once(
     slices: int = 1,
     web: bool = False,
     viewer: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Start the daemon, skip ``warmup_s`` after the first result, count results for ``measure_s``, stop.
 
@@ -81,6 +82,7 @@ def _run_pipeline_once(
     :class:`PageViewer` polls the page in every second one (paused before the daemon is frozen); the windows
     without it make this run's result, those with it ``result["with_viewer"]``, so the page idle and the
     page watched are measured in one daemon, seconds apart, each beside its own bare slices.
+    ``overrides``: config sections that replace the defaults (``edge-bench line``: ``opcua``).
     """
     prefix_id = f"bench-{uuid.uuid4().hex[:8]}"
     config = daemon_config(
@@ -96,6 +98,7 @@ def _run_pipeline_once(
         sparkplug=sparkplug,
         web_port=free_port() if web or viewer else None,
     )
+    config.update(overrides or {})
     sub = ResultSubscriber(broker.host, broker.port, f"edge-anomaly/{prefix_id}")
     sub.start()
     n = max(1, slices) if between is not None else 1

@@ -185,6 +185,10 @@ def compute_ratios(report: dict[str, Any]) -> list[dict[str, Any]]:
         ratios += precision_ratios(report["model"], report.get("accuracy"), backend)
         ratios += torch_ratios(report["model"], backend, report["settings"]["precisions"])
         ratios += compared_ratios(report["model"], backend)
+    if report.get("line"):
+        from benchmarks.line_report import line_ratios
+
+        ratios += line_ratios(report["line"])
     return ratios
 
 

@@ -309,6 +309,10 @@ def markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
         lines += md_pipeline(report["pipeline"])
     if report.get("accuracy"):
         lines += md_accuracy(report["accuracy"])
+    if report.get("line"):
+        from benchmarks.line_report import md_line
+
+        lines += md_line(report["line"])
     ref = report.get("torch_reference")
     if ref and not ref["matches_bundle"]:
         lines += [

@@ -1,4 +1,4 @@
-"""The scenarios of ``edge-bench`` (model, pipeline, accuracy, soak; ``all`` runs the first three): each
+"""The scenarios of ``edge-bench`` (model, pipeline, accuracy, soak, line; ``all`` runs the first three): each
 reads the run's context, measures, and adds its section to the report."""
 
 from __future__ import annotations
@@ -158,10 +158,38 @@ def scenario_soak(args: argparse.Namespace, ctx: dict[str, Any], report: dict[st
         broker.stop()
 
 
+def scenario_line(args: argparse.Namespace, ctx: dict[str, Any], report: dict[str, Any], log: Log) -> None:
+    from benchmarks.line_bench import LineSettings, run_line_bench
+    from benchmarks.model_bench import open_backend
+    from benchmarks.subscriber import QuietBroker
+
+    if args.trigger_rate is not None and args.trigger_rate <= 0 or args.deadline_ms <= 0:
+        raise InputError("--trigger-rate and --deadline-ms must be positive")
+    unknown = sorted(set(args.triggers) - {"mqtt", "opcua", "frame"})
+    if unknown or not args.triggers:
+        raise InputError(f"--triggers takes mqtt, opcua and/or frame, not {','.join(unknown) or 'nothing'}")
+    precision = _pipeline_precision(args, ctx)
+    settings = LineSettings(
+        measure_s=ctx["duration"], warmup_s=args.warmup, trigger_rate=args.trigger_rate,
+        deadline_ms=args.deadline_ms, camera_fps=args.camera_fps, slices=args.slices, modes=args.triggers,
+    )  # fmt: skip
+    engine = open_backend(args.backend, args.bundle, ctx["manifest"], precision, ctx["options"])
+    broker = QuietBroker(args.out / "mosquitto").start()
+    try:
+        report["line"] = run_line_bench(
+            engine, broker, args.bundle, args.backend, precision, _video(args, ctx, args.out),
+            ctx["daemon_options"], settings, ctx["bench"], log,
+        )  # fmt: skip
+    finally:
+        broker.stop()
+        engine.close()
+
+
 RUNS = {
     "model": (scenario_model,),
     "pipeline": (scenario_pipeline,),
     "accuracy": (scenario_accuracy,),
     "all": (scenario_model, scenario_pipeline, scenario_accuracy),
     "soak": (scenario_soak,),
+    "line": (scenario_line,),
 }

@@ -2,7 +2,8 @@
 
 Anonymous access is allowed only on a loopback endpoint. An endpoint beyond the host needs user accounts
 from ``users_file`` and the server's own certificate and key (``SignAndEncrypt`` only); a config without
-them is refused here, before anything listens. Files are read when the server starts, not here.
+them is refused here, before anything listens. ``trusted_clients_dir`` adds a trust list of client
+certificates on top. Files are read when the server starts, not here.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ class OpcUaConfig(_Section):
         default=None, description="the server's own certificate (PEM or DER); given: SignAndEncrypt only"
     )
     key_file: Optional[Path] = Field(default=None, description="private key (PEM) of cert_file")
+    trusted_clients_dir: Optional[Path] = Field(
+        default=None,
+        description="folder of trusted client certificates (*.pem / *.der, certificates only; a CA's "
+        "certificate trusts what it signed); given: a client whose certificate is not trusted gets no "
+        "session. Needs cert_file",
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -58,6 +65,11 @@ class OpcUaConfig(_Section):
     def _secure_beyond_localhost(self) -> OpcUaConfig:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file must be given together")
+        if self.trusted_clients_dir is not None and self.cert_file is None:
+            raise ValueError(
+                "trusted_clients_dir checks client certificates, which only a secured endpoint receives: "
+                "set cert_file and key_file too"
+            )
         host = endpoint_host(self.endpoint)
         if self.enabled and host not in LOOPBACK_HOSTS:
             missing = [

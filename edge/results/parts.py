@@ -1,12 +1,17 @@
 """The part tracker: triggers open parts, camera results join them, the deadline closes them.
 
 A part opens on its trigger: a trigger message with a part id (cameras with ``trigger = "message"``) or the
-scored frame itself (``trigger = "frame"``, whose capture time is the trigger time). A camera's next result
-whose frame was captured at or after the trigger belongs to the oldest part of that camera still waiting
-for it. The part closes with the combined verdict when every camera reported, or at its deadline with what
-it has: a missing camera makes it ``no_result`` (with the reason :attr:`PartTracker.explain` gives and the
-configured default action) unless another camera already said ``ng``. A camera that reports after the
-deadline completes a *late* verdict: published with ``late`` set and the default action, never another.
+captured frame itself (``trigger = "frame"``: :meth:`PartTracker.capture`, when the frame is read, so a frame
+dropped before it is scored still closes its part ``no_result`` at the deadline, saying why). A camera's
+result belongs to the part in front of the camera when its frame was captured: the newest part triggered at or
+before the capture. A frame captured after the next part's trigger never goes to an earlier part: on a line
+that part has moved on, and under overload handing each frame to the oldest waiting part would make every
+later part late in turn; a part whose window held no scored frame closes ``no_result``.
+
+The part closes with the combined verdict when every camera reported, or at its deadline with what it has: a
+missing camera makes it ``no_result`` (with the reason :attr:`PartTracker.explain` gives and the configured
+default action) unless another camera already said ``ng``. A camera that reports after the deadline completes
+a *late* verdict: published with ``late`` set and the default action, never another.
 
 Pure logic, thread-safe (one lock), clocks injected: the publish thread calls :meth:`PartTracker.result`,
 the network thread :meth:`PartTracker.trigger`, the deadline thread (:mod:`edge.service.parts`)
@@ -18,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from edge.results.verdicts import ActionName, VerdictName, action_of, camera_verdict, combined_verdict
 
@@ -91,13 +96,16 @@ class _Part:
     trigger_ts: float
     reports: Dict[str, CameraOutcome] = field(default_factory=dict)
     closed: bool = False  # closed at the deadline; still waiting for a late camera
+    until: float = float("inf")  # the next part's trigger: a frame captured from then on is not this part's
+    captured: Dict[str, int] = field(default_factory=dict)  # frame-triggered: camera -> the frame id it took
+    dropped: Dict[str, str] = field(default_factory=dict)  # camera -> why its frame was never scored
 
     @property
     def deadline(self) -> float:
         return self.trigger_mono + self.spec.deadline_s
 
     def waits_for(self, camera: str, capture_mono: float) -> bool:
-        return camera not in self.reports and self.trigger_mono <= capture_mono
+        return camera not in self.reports and self.trigger_mono <= capture_mono < self.until
 
 
 class PartTracker:
@@ -117,6 +125,7 @@ class PartTracker:
         self._lock = threading.Lock()
         self._parts: List[_Part] = []  # open and closed-but-incomplete, oldest trigger first
         self._counts: Dict[str, Dict[str, int]] = {s.name: dict.fromkeys(COUNTED, 0) for s in specs}
+        self._capturing: Set[str] = set()  # frame-triggered cameras told of their captures (capture())
 
     def spec(self, camera: str) -> Optional[PartSpec]:
         return self._spec_of.get(camera)
@@ -137,6 +146,30 @@ class PartTracker:
             self._open(spec, part_id, self._clock(), self._wall())
         return None
 
+    def capture(self, camera: str, frame_id: int, capture_mono: float, capture_ts: float) -> None:
+        """A frame-triggered camera read a frame: it opens a part (or joins the one its other cameras opened
+        within the same trigger window), whose deadline runs from now."""
+        spec = self._spec_of.get(camera)
+        if spec is None or spec.trigger != "frame":
+            return
+        with self._lock:
+            self._capturing.add(camera)
+            part = next(
+                (p for p in self._parts if p.spec is spec and not p.closed and camera not in p.captured
+                 and p.trigger_mono <= capture_mono < p.until),
+                None,
+            )  # fmt: skip
+            if part is None:
+                part = self._open(spec, f"{camera}:{frame_id}", capture_mono, capture_ts)
+            part.captured[camera] = frame_id
+
+    def dropped(self, camera: str, frame_id: int, why: str) -> None:
+        """``camera``'s frame ``frame_id`` will never be scored: its part's reason says ``why``."""
+        with self._lock:
+            part = self._captured(camera, frame_id)
+            if part is not None and camera not in part.reports:
+                part.dropped[camera] = why
+
     def result(self, camera: str, res: CameraResult) -> List[PartVerdict]:
         """A camera's published result: the verdicts it closes (a part on time, a late one, or none)."""
         spec = self._spec_of.get(camera)
@@ -147,9 +180,12 @@ class PartTracker:
         )
         outcome = CameraOutcome(verdict, res.score, res.threshold, res.seq, res.frame_id)
         with self._lock:
-            part = self._waiting(camera, res.capture_mono)
-            if part is None and spec.trigger == "frame":
-                part = self._open(spec, f"{camera}:{res.frame_id}", res.capture_mono, res.capture_ts)
+            if camera in self._capturing:  # its part opened at capture (or was forgotten long ago)
+                part = self._captured(camera, res.frame_id)
+            else:
+                part = self._waiting(camera, res.capture_mono)
+                if part is None and spec.trigger == "frame":
+                    part = self._open(spec, f"{camera}:{res.frame_id}", res.capture_mono, res.capture_ts)
             closed = self._expire_locked(self._clock())  # a result that comes after its deadline is late
             if part is None:
                 return closed
@@ -179,14 +215,25 @@ class PartTracker:
 
     def _open(self, spec: PartSpec, part_id: str, trigger_mono: float, trigger_ts: float) -> _Part:
         part = _Part(spec, part_id, trigger_mono, trigger_ts)
+        for before in reversed(self._parts):
+            if before.spec is spec and before.trigger_mono <= trigger_mono:
+                before.until = min(before.until, trigger_mono)
+                break
         self._parts.append(part)
         self._parts.sort(key=lambda p: p.trigger_mono)
         self._counts[spec.name]["triggered"] += 1
         return part
 
     def _waiting(self, camera: str, capture_mono: float) -> Optional[_Part]:
+        """The part in front of ``camera`` at the capture (see the module docstring), if it still waits."""
         for part in self._parts:
             if camera in part.spec.cameras and part.waits_for(camera, capture_mono):
+                return part
+        return None
+
+    def _captured(self, camera: str, frame_id: int) -> Optional[_Part]:
+        for part in self._parts:
+            if part.captured.get(camera) == frame_id:
                 return part
         return None
 
@@ -206,7 +253,7 @@ class PartTracker:
         cameras = dict(part.reports)
         for cam in spec.cameras:
             if cam not in cameras:
-                cameras[cam] = CameraOutcome("no_result", reason=self._why(cam))
+                cameras[cam] = CameraOutcome("no_result", reason=part.dropped.get(cam) or self._why(cam))
         verdict = combined_verdict(c.verdict for c in cameras.values())
         missing = [f"{cam}: {c.reason}" for cam, c in cameras.items() if c.verdict == "no_result"]
         reason = "; ".join(missing) or None

@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -39,8 +39,14 @@ class SignallingSlot(FrameSlot):
     def __init__(self, ready: threading.Event) -> None:
         super().__init__()
         self._ready = ready
+        # told each frame at capture and the unread one it replaces: the part desk opens frame-triggered parts
+        self.on_put: Optional[Callable[[Frame, Optional[Frame]], None]] = None
 
     def put(self, frame: Frame) -> None:
+        if self.on_put is not None:
+            with self._cond:
+                replaced = None if self._closed else self._frame
+            self.on_put(frame, replaced)
         super().put(frame)
         self._ready.set()
 

@@ -438,7 +438,7 @@ def build(
         sparkplug,
         overlays,
     )
-    daemon.parts = PartDesk.wired(config, api, daemon.stats, daemon.publisher, changeover.loading_recipe)
+    daemon.parts = PartDesk.wired(config, daemon, changeover.loading_recipe)
     faces = [WebFace.wired(config, daemon), opcua_face.wired(config, api, changeover)]
     daemon.faces = [face for face in faces if face is not None]
     return daemon

@@ -2,9 +2,10 @@
 
 The tracker (:mod:`edge.results.parts`) holds the logic; this module wires it to the JSON face (triggers from
 ``<prefix>/<camera>/trigger``, verdicts to ``<prefix>/part/<name>``), to the publish thread (each published
-result) and to its own thread, ``edge-parts``, which sleeps until the next deadline and closes what is due.
-That thread never waits on the inference or the publish thread, so a stalled inference, a model switch or a
-dead camera still produce ``no_result`` and the default action by the deadline.
+result), to the camera slots of frame-triggered cameras (each capture opens its part) and to its own thread,
+``edge-parts``, which sleeps until the next deadline and closes what is due. That thread never waits on the
+inference or the publish thread, so a stalled inference, a model switch or a dead camera still produce
+``no_result`` and the default action by the deadline.
 """
 
 from __future__ import annotations
@@ -12,19 +13,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
+from edge.capture.frames import Frame
 from edge.commands import parse_trigger
 from edge.config import EdgeConfig
 from edge.faces.mqtt_json.api import DeviceApi
 from edge.results.parts import CameraResult, PartSpec, PartTracker, PartVerdict
 from edge.results.payloads import PartCameraDoc, PartPayload, PartStats, ResultPayload, iso_utc
-from edge.service.publish import PublishStage
+from edge.scoring.inference import SignallingSlot
 from edge.util.stats import Stats
+
+if TYPE_CHECKING:
+    from edge.service.daemon import Daemon
 
 log = logging.getLogger("edge.parts")
 
 MAX_SLEEP_S = 0.05  # the deadline thread's longest sleep when no part is open (stop is noticed within it)
+DROPPED_IN_SLOT = (
+    "frame dropped unscored: a newer frame replaced it in the camera slot (the station is behind)"
+)
 
 
 def part_specs(config: EdgeConfig) -> List[PartSpec]:
@@ -98,21 +106,35 @@ class PartDesk:
     def counts(self) -> Dict[str, PartStats]:
         return {name: PartStats(**c) for name, c in self.tracker.counts().items()}
 
+    def on_capture(self, camera: str) -> Callable[[Frame, Optional[Frame]], None]:
+        """The camera slot's hook (grabber thread): a frame-triggered part opens when its frame is read, and
+        a frame replaced in the slot before it was scored says so in its part's reason."""
+
+        def captured(frame: Frame, replaced: Optional[Frame]) -> None:
+            self.tracker.capture(camera, frame.frame_id, frame.capture_mono, frame.capture_ts)
+            if replaced is not None:
+                self.tracker.dropped(camera, replaced.frame_id, DROPPED_IN_SLOT)
+            self._wake.set()  # its deadline may be the next one
+
+        return captured
+
     @classmethod
     def wired(
-        cls,
-        config: EdgeConfig,
-        api: DeviceApi,
-        stats: Stats,
-        publisher: PublishStage,
-        loading: Callable[[str], Optional[str]],
+        cls, config: EdgeConfig, daemon: Daemon, loading: Callable[[str], Optional[str]]
     ) -> Optional[PartDesk]:
-        """The desk told every trigger and every published result; None when no [[parts]] are configured."""
+        """The desk told every trigger, every frame-triggered capture and every published result; None when
+        no [[parts]] are configured."""
         if not config.parts:
             return None
-        desk = cls(config, api, stats, loading)
-        api.on_trigger = desk.on_trigger
-        publisher.parts = desk
+        desk = cls(config, daemon.api, daemon.stats, loading)
+        daemon.api.on_trigger = desk.on_trigger
+        daemon.publisher.parts = desk
+        if daemon.sparkplug is not None:  # the verdicts are node metrics there: NBIRTH must name them
+            daemon.sparkplug.part_metrics.add([part.name for part in config.parts])
+        for cam in daemon.cameras:
+            spec = desk.tracker.spec(cam.cfg.name)
+            if spec is not None and spec.trigger == "frame" and isinstance(cam.slot, SignallingSlot):
+                cam.slot.on_put = desk.on_capture(cam.cfg.name)
         return desk
 
     # --- the deadline thread -----------------------------------------------------------------------------

@@ -223,3 +223,50 @@ def test_secured_endpoint_needs_sign_and_encrypt_and_a_user(tmp_path: Path) -> N
     finally:
         face.stop()
     time.sleep(0.1)
+
+
+def test_trusted_client_certificates_from_a_folder(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path, "server", "urn:edge-anomaly:t")
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    known_cert, known_key = _self_signed(tmp_path, "known", "urn:edge-anomaly:known")
+    (trusted / "known.pem").write_bytes(known_cert.read_bytes())  # certificates only in the folder
+    other_cert, other_key = _self_signed(tmp_path, "other", "urn:edge-anomaly:other")
+    users = tmp_path / "users"
+    users.write_text(hash_line("plc1", "s3cret", iterations=1000) + "\n")
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}"
+    with pytest.raises(ValueError, match="set cert_file and key_file"):
+        OpcUaConfig(enabled=True, endpoint=endpoint, trusted_clients_dir=trusted)
+    config = OpcUaConfig(
+        enabled=True, endpoint=endpoint, users_file=users, cert_file=cert, key_file=key,
+        trusted_clients_dir=trusted,
+    )  # fmt: skip
+    face = OpcUaFace(config, FakeDevice(), "urn:edge-anomaly:t")
+    face.start()
+
+    async def connect(name: str, client_cert: Path, client_key: Path) -> str:
+        client = Client(endpoint, timeout=5)
+        client.application_uri = f"urn:edge-anomaly:{name}"
+        await client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{client_cert},{client_key}")
+        client.set_user("plc1")
+        client.set_password("s3cret")
+        try:
+            async with client:
+                idx = await client.get_namespace_index("urn:edge-anomaly")
+                node = client.get_node(ua.NodeId("VisionSystem.Cameras.cam1.State", idx))
+                return str(await node.read_value())
+        except Exception as exc:
+            return f"refused: {type(exc).__name__} {exc}"
+
+    try:
+        assert asyncio.run(connect("known", known_cert, known_key)) == "online"
+        refused = asyncio.run(connect("other", other_cert, other_key))
+        assert refused.startswith("refused") and "BadCertificateUntrusted" in refused, refused
+    finally:
+        face.stop()
+
+    (trusted / "known-key.pem").write_bytes(known_key.read_bytes())  # a key in the folder: refused at start
+    broken = OpcUaFace(config, FakeDevice(), "urn:edge-anomaly:t")
+    with pytest.raises(RuntimeError, match="a file there is not a certificate"):
+        broken.start()
+    broken.stop()

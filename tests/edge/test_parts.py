@@ -148,17 +148,36 @@ def test_a_frame_captured_before_the_trigger_does_not_belong_to_the_part() -> No
     assert done.verdict == "ok"
 
 
-def test_the_oldest_waiting_part_gets_the_next_frame_and_duplicate_triggers_join() -> None:
+def test_a_frame_belongs_to_the_part_triggered_last_before_its_capture() -> None:
     parts, clock = tracker(cameras=("a",), band=0.1)
     parts.trigger("a", "P1")
     assert parts.trigger("a", "P1") is None  # the same part again: joined, not a second part
+    t1 = clock.now
     clock.now += 0.01
     parts.trigger("a", "P2")
-    [first] = parts.result("a", res(clock.now + 0.001, score=0.95))
-    [second] = parts.result("a", res(clock.now + 0.002, score=0.1))
-    assert (first.part_id, first.verdict, first.action) == ("P1", "warn", "pass")
-    assert (second.part_id, second.verdict) == ("P2", "ok")
+    [second] = parts.result("a", res(clock.now + 0.001, score=0.95))  # captured after P2's trigger
+    assert (second.part_id, second.verdict, second.action) == ("P2", "warn", "pass")
+    assert parts.result("a", res(clock.now + 0.002, score=0.1)) == []  # P2 has its frame; P1 has moved on
+    [first] = parts.result("a", res(t1 + 0.005, score=0.1))  # captured between the triggers: P1's
+    assert (first.part_id, first.verdict) == ("P1", "ok")
     assert parts.counts()["pair"]["triggered"] == 2
+
+
+def test_a_station_behind_its_triggers_misses_parts_instead_of_making_every_later_part_late() -> None:
+    parts, clock = tracker(cameras=("a",))
+    out = []
+    for i in range(6):  # a trigger every 100 ms, a frame scored 250 ms after its capture
+        parts.trigger("a", f"P{i}")
+        clock.now += 0.1
+        out += parts.result("a", res(clock.now - 0.25)) if i >= 2 else parts.expire()
+    clock.now += 1.0
+    out += parts.expire()
+    on_time = [v.part_id for v in out if not v.late and v.verdict == "ok"]
+    assert on_time == [] and sorted(v.part_id for v in out if v.late) == ["P0", "P1", "P2", "P3"]
+    clock.now += 0.1
+    parts.trigger("a", "P9")  # caught up: the next part is on time again
+    [done] = parts.result("a", res(clock.now + 0.01))
+    assert (done.part_id, done.verdict, done.late) == ("P9", "ok", False)
 
 
 def test_frame_trigger_each_frame_is_a_part() -> None:
@@ -213,3 +232,31 @@ def test_parts_config_is_checked() -> None:
             check_parts(bad, cams)
     with pytest.raises(ValueError, match="listed twice"):
         PartConfig(name="p", cameras=["a", "a"])
+
+
+def test_a_frame_triggered_part_opens_at_capture_and_a_dropped_frame_closes_it_no_result() -> None:
+    parts, clock = tracker(cameras=("a",), trigger="frame")
+    parts.capture("a", 5, clock.now, 1e9)  # read by the grabber: the part's deadline runs from now
+    assert parts.next_deadline() == pytest.approx(clock.now + 0.150)
+    clock.now += 0.01
+    parts.capture("a", 6, clock.now, 1e9)
+    parts.dropped("a", 5, "replaced in the slot")  # frame 5 never reaches the backend
+    [six] = parts.result("a", res(clock.now, score=5.0, frame_id=6))
+    assert (six.part_id, six.verdict, six.late) == ("a:6", "ng", False)
+    clock.now += 0.2
+    [five] = parts.expire()
+    assert (five.part_id, five.verdict, five.action) == ("a:5", "no_result", "reject")
+    assert five.reason == "a: replaced in the slot" and five.trigger_mono == pytest.approx(100.0)
+    assert parts.result("a", res(clock.now, frame_id=99)) == []  # a frame it was never told of: no part
+    assert parts.counts()["pair"] == {"triggered": 2, "ok": 0, "warn": 0, "ng": 1, "no_result": 1, "late": 0}
+
+
+def test_two_frame_triggered_cameras_captured_together_make_one_part() -> None:
+    parts, clock = tracker(trigger="frame")
+    parts.capture("a", 1, clock.now, 1e9)
+    parts.capture("b", 7, clock.now + 0.002, 1e9)
+    parts.capture("a", 2, clock.now + 0.04, 1e9)  # the next part
+    assert parts.result("a", res(clock.now, frame_id=1)) == []
+    [one] = parts.result("b", res(clock.now + 0.002, frame_id=7))
+    assert (one.part_id, sorted(one.cameras)) == ("a:1", ["a", "b"])
+    assert one.cameras["b"].frame_id == 7 and parts.counts()["pair"]["triggered"] == 2

@@ -78,6 +78,12 @@ def test_readme_lists_every_metric_as_the_code_defines_it() -> None:
     for name, datatype, unit, meaning in spb.metric_table(spb.NODE_METRICS + spb.DEVICE_METRICS):
         row = f"| `{name}` | {datatype} | {unit} | {meaning} |"
         assert row in text, f"docs/sparkplug.md's metric table lacks or differs in: {row}"
+    for name, datatype, unit, meaning in spb.metric_table(spb.PART_METRICS):
+        row = f"| `Parts/<part>/{name}` | {datatype} | {unit} | {meaning} |"
+        assert row in text, f"docs/sparkplug.md's part metric table lacks or differs in: {row}"
+    part_aliases = {a for i in range(20) for _, a in spb.part_metrics(f"p{i}", i)}
+    camera_aliases = {spb.device_alias(i, m.name) for i in range(500) for m in spb.DEVICE_METRICS}
+    assert len(part_aliases) == 20 * len(spb.PART_METRICS) and not part_aliases & camera_aliases
     assert len({spb.device_alias(i, m.name) for i in range(3) for m in spb.DEVICE_METRICS}) == 3 * len(
         spb.DEVICE_METRICS
     )

@@ -23,6 +23,7 @@ import importlib
 import logging
 import threading
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from edge.config.opcua import OpcUaConfig
@@ -195,6 +196,10 @@ class OpcUaFace:
             server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
             await server.load_certificate(str(self.config.cert_file), format=_format(self.config.cert_file))
             await server.load_private_key(str(self.config.key_file), format=_format(self.config.key_file))
+            if self.config.trusted_clients_dir is not None:
+                server.set_certificate_validator(
+                    await self._client_validator(self.config.trusted_clients_dir)
+                )
         if self._users is not None:
             server.set_security_IDs(["Username"])
         self._server = server
@@ -205,6 +210,34 @@ class OpcUaFace:
             self._offer(("Cameras", camera), State=self.device.camera_state(camera))
         await self._flush()
         return server
+
+    async def _client_validator(self, folder: Path) -> Any:
+        """Only a client whose certificate, or its issuer's, lies in ``folder`` gets a session (asyncua's
+        trust store; a refused client gets BadCertificateUntrusted and asyncua logs its CN)."""
+        try:
+            truststore = importlib.import_module("asyncua.crypto.truststore")
+            validator = importlib.import_module("asyncua.crypto.validator")
+        except ImportError as exc:
+            raise RuntimeError(
+                "opcua.trusted_clients_dir needs asyncua.crypto.truststore, which this asyncua lacks"
+            ) from exc
+        if not folder.is_dir():
+            raise RuntimeError(f"opcua.trusted_clients_dir {folder} is not a folder")
+        certs = [f for f in folder.iterdir() if f.suffix.lower() in (".pem", ".der")]
+        if not certs:
+            raise RuntimeError(
+                f"opcua.trusted_clients_dir {folder} holds no *.pem or *.der: no client could connect"
+            )
+        store = truststore.TrustStore([folder], [])
+        try:
+            await store.load()
+        except Exception as exc:  # a key or any other file that is not a certificate: say where
+            raise RuntimeError(
+                f"opcua.trusted_clients_dir {folder}: a file there is not a certificate ({exc})"
+            ) from exc
+        log.info("OPC UA: %d trusted client certificate file(s) from %s", len(certs), folder)
+        opts = validator.CertificateValidatorOptions
+        return validator.CertificateValidator(opts.TIME_RANGE | opts.TRUSTED | opts.PEER_CLIENT, store)
 
     def _user_manager(self) -> Any:
         if self._users is None:

@@ -46,6 +46,7 @@ from edge.faces.sparkplug import limits
 from edge.faces.sparkplug import payload as spb
 from edge.faces.sparkplug.bdseq import BdSeqStore
 from edge.faces.sparkplug.device import Camera, Device, node_values
+from edge.faces.sparkplug.parts import PartMetrics
 from edge.results.payloads import CameraState, PartPayload, ResultPayload
 from edge.util.ratelog import RateLimitedLog
 
@@ -99,24 +100,14 @@ class SparkplugNode:
         self._unwritten: Deque[paho.MQTTMessageInfo] = deque()
         self._node_values = node_values(api.identity, json_prefix)
         self._cameras: Dict[str, Camera] = {}
+        self.part_metrics = PartMetrics()  # [[parts]] verdicts as node metrics, declared before start()
         for index, (name, state) in enumerate(api.cameras_now().items()):
             self._cameras[name] = Camera(index, self._initial_camera_values(name, state))
-        self.counters: Dict[str, int] = {
-            "connects": 0,
-            "disconnects": 0,
-            "connect_failures": 0,
-            "network_errors": 0,
-            "published": 0,
-            "births": 0,
-            "rebirth_requests": 0,
-            "host_offline": 0,
-            "stale_state": 0,
-            "dropped_ddata": 0,
-            "commands_rejected": 0,
-            "commands_too_large": 0,
-            "commands_too_many_metrics": 0,
-            "rebirths_coalesced": 0,
-        }
+        self.counters: Dict[str, int] = dict.fromkeys(
+            ("connects", "disconnects", "connect_failures", "network_errors", "published", "births",
+             "rebirth_requests", "host_offline", "stale_state", "dropped_ddata", "commands_rejected",
+             "commands_too_large", "commands_too_many_metrics", "rebirths_coalesced"), 0,
+        )  # fmt: skip
         self._rebirths = limits.RebirthGate()
         self.desk = CommandDesk(self._clear_retained)  # the retained-command guard every face shares
         self.session = MqttSession(
@@ -164,6 +155,7 @@ class SparkplugNode:
             "Inspection/Frame Key": doc.frame_key,
             "Latency/Total": doc.latency_ms.total,
             "Latency/Inference": doc.latency_ms.inference,
+            "Inspection/Verdict": doc.verdict or ("ng" if doc.anomalous else "ok"),
         }
         model = doc.model
         node: Dict[str, spb.Value] = {
@@ -219,7 +211,15 @@ class SparkplugNode:
             self._update(camera, self._threshold_values(camera), spb.now_ms(time.time()))
 
     def part(self, doc: PartPayload) -> None:
-        """Part verdicts are not Sparkplug metrics yet (issue 28): the JSON face and OPC UA carry them."""
+        """NDATA with every metric of the part (declared in ``part_metrics``), at the verdict's time."""
+        with self._lock:
+            entries = self.part_metrics.verdict(doc)
+            if entries is not None and (not self._born or not self._room()):
+                self.counters["dropped_ddata"] += 1
+            elif entries is not None:
+                self._send(
+                    self.topic("NDATA"), spb.encode(spb.now_ms(time.time()), entries, self._next_seq())
+                )
 
     def _update(self, camera: str, values: Dict[str, spb.Value], ts: int, force: Sequence[str] = ()) -> None:
         cam = self._cameras.get(camera)
@@ -263,6 +263,7 @@ class SparkplugNode:
         self._node_values["bdSeq"] = self._current_bdseq
         self._node_values["Node Control/Rebirth"] = False
         entries = [(m, spb.NODE_ALIAS[m.name], self._node_values[m.name], now) for m in spb.NODE_METRICS]
+        entries += self.part_metrics.birth(now)
         self._send(self.topic("NBIRTH"), spb.encode(now, entries, self._next_seq(), names=True))
         self._born = True
         self.counters["births"] += 1

@@ -87,7 +87,19 @@ DEVICE_METRICS: Tuple[MetricDef, ...] = (
     MetricDef("Camera/Reason", STRING, "", "why (e.g. cannot open, no frame for 3.0 s)"),
     MetricDef("Latency/Total", DOUBLE, "ms", "capture to hand-over to MQTT"),
     MetricDef("Latency/Inference", DOUBLE, "ms", "time in the backend (the whole batch)"),
+    MetricDef("Inspection/Verdict", STRING, "", "ok, warn (inside the camera's warn band) or ng"),
 )  # fmt: skip
+
+# [[parts]]: node metrics Parts/<part>/<name>, one set per part, all sent in one NDATA per part verdict
+PART_METRICS: Tuple[MetricDef, ...] = (
+    MetricDef("Verdict", STRING, "", "ok, warn, ng or no_result: the part's combined verdict"),
+    MetricDef("Action", STRING, "", "reject or pass: what the reject gate does"),
+    MetricDef("Part ID", STRING, "", "the trigger's part id (<camera>:<frame_id> when frame-triggered)"),
+    MetricDef("Reason", STRING, "", "why no_result (per missing camera), or late; empty otherwise"),
+    MetricDef("Late", BOOLEAN, "", "true: after the deadline; the default action stood (a second NDATA)"),
+    MetricDef("Elapsed", DOUBLE, "ms", "trigger to verdict"),
+)  # fmt: skip
+PART_ALIAS_BASE = 1_000_000_000  # part i's metrics: base + 100 * i + their index (above every camera's)
 
 NODE_ALIAS = {m.name: i for i, m in enumerate(NODE_METRICS)}
 DEVICE_ALIAS_BASE = 1000  # camera i's metrics are 1000 * (i + 1) + their index: unique across the node
@@ -102,6 +114,17 @@ METRIC_BY_NAME: Dict[str, MetricDef] = {m.name: m for m in NODE_METRICS + DEVICE
 
 Value = Any  # bool, int, float, str or None (sent as is_null)
 Entry = Tuple[MetricDef, int, Value, int]  # (definition, alias, value, timestamp in ms)
+
+
+def part_metrics(part: str, index: int) -> List[Tuple[MetricDef, int]]:
+    """Part ``part``'s node metrics (named ``Parts/<part>/...``) with their aliases."""
+    return [
+        (
+            MetricDef(f"Parts/{part}/{m.name}", m.datatype, m.unit, m.meaning),
+            PART_ALIAS_BASE + 100 * index + i,
+        )
+        for i, m in enumerate(PART_METRICS)
+    ]
 
 
 def now_ms(epoch_s: float) -> int:
