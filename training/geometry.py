@@ -35,7 +35,7 @@ from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from training.data import DatasetError, load_images
 from training.evaluate import content_scores
 from training.metrics import evaluate_maps, line_operating_points
-from training.pasted_defects import KINDS, paste_defect
+from training.pasted_defects import paste_each
 
 GEOMETRIES = ("letterbox", "stretch")
 CHOICES = ("auto", *GEOMETRIES)
@@ -65,22 +65,8 @@ def image_sizes(paths: Sequence[Path]) -> list[tuple[int, int]]:
 def native_pasted(
     paths: Sequence[Path], seed: int = 0, per_image: int = PER_IMAGE
 ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[str]]:
-    """The good images followed by ``per_image`` pasted copies of each, every one in its own frame (BGR):
-    images, bool masks, labels, types (as ``pasted_set``, which needs one size for all)."""
-    good = [_read(Path(p)) for p in paths]
-    rng = np.random.default_rng(seed)
-    images, masks = list(good), [np.zeros(g.shape[:2], bool) for g in good]
-    types = ["good"] * len(good)
-    for i, image in enumerate(good):
-        others = [k for k in range(len(good)) if k != i] or [i]
-        for j in range(per_image):
-            donor = good[int(rng.choice(others))]
-            kind = KINDS[(i * per_image + j) % len(KINDS)]
-            defective, mask = paste_defect(image, donor, kind, rng)
-            images.append(defective)
-            masks.append(mask)
-            types.append(kind)
-    return images, masks, np.array([int(t != "good") for t in types], dtype=np.int64), types
+    """The held-out good images and defects pasted onto each **in its own frame** (BGR, sizes differ)."""
+    return paste_each([_read(Path(p)) for p in paths], per_image, seed)
 
 
 def to_model_frame(maps: np.ndarray, sizes: Sequence[tuple[int, int]], pre: Preprocess) -> np.ndarray:

@@ -16,7 +16,7 @@ is never labelled defective while looking unchanged.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,15 +89,17 @@ def paste_defect(
     return best[1], best[2]
 
 
-def pasted_set(
-    good: np.ndarray, per_image: int = 3, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def paste_each(
+    good: Sequence[np.ndarray], per_image: int = 3, seed: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[str]]:
     """The good images (label 0, empty masks) followed by ``per_image`` pasted copies of each (label 1),
-    kinds in turn and donors drawn from the other images: images, masks, labels, types."""
+    kinds in turn and donors drawn from the other images; each image keeps its own size: images, bool
+    masks, labels, types."""
     if len(good) == 0 or per_image < 1:
         raise ValueError(f"need at least one good image and per_image >= 1, got {len(good)} and {per_image}")
     rng = np.random.default_rng(seed)
-    images, masks, types = list(good), [np.zeros(good.shape[1:3], bool)] * len(good), ["good"] * len(good)
+    images, masks = list(good), [np.zeros(g.shape[:2], bool) for g in good]
+    types = ["good"] * len(good)
     for i, image in enumerate(good):
         others = [k for k in range(len(good)) if k != i] or [i]
         for j in range(per_image):
@@ -108,6 +110,14 @@ def pasted_set(
             masks.append(mask)
             types.append(kind)
     labels = np.array([int(t != "good") for t in types], dtype=np.int64)
+    return images, masks, labels, types
+
+
+def pasted_set(
+    good: np.ndarray, per_image: int = 3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """``paste_each`` for images of one size, stacked: images (N, H, W, 3), masks (N, H, W), labels, types."""
+    images, masks, labels, types = paste_each(list(good), per_image, seed)
     return np.stack(images), np.stack(masks), labels, types
 
 
