@@ -47,8 +47,24 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int)
     p.add_argument("--stop-after", type=int, help="stop after this many epochs; run again to resume")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--tile",
+        type=int,
+        metavar="SIZE",
+        help="train on SIZE px tiles of the good images (the model input) at --scale; the bundle then "
+        "inspects every camera region in such tiles (docs/tiling.md)",
+    )
+    p.add_argument("--tile-overlap", type=int, default=0, metavar="PX", help="with --tile: tile overlap")
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="with --tile: image scale before cutting (1: native pixels)"
+    )
     args = p.parse_args(argv)
+    if args.tile is None and (args.tile_overlap or args.scale != 1.0):
+        p.error("--tile-overlap and --scale go with --tile SIZE")
     try:
+        from edge.capture.tiling import Tiling
+
+        tiling = None if args.tile is None else Tiling(args.tile, args.tile_overlap, args.scale)
         overrides = dict(parse_override(s) for s in args.set)
         cfg = TrainConfig(
             model=args.model,
@@ -63,6 +79,7 @@ def train_main(argv: list[str] | None = None) -> int:
             progress=not args.quiet,
             threads=args.threads,
             stop_after=args.stop_after,
+            tiling=tiling,
         )
         path = train(cfg)
     except (DatasetError, CheckpointError, ValueError) as exc:
