@@ -133,6 +133,11 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--worst-dir", type=Path, help="where --worst writes (default: worst/ beside the checkpoint)"
     )
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help="maps and masks at the images' own size, as tiled checkpoints always are (docs/tiling.md)",
+    )
     args = p.parse_args(argv)
     if args.worst < 0:
         p.error("--worst needs N >= 0")
@@ -159,6 +164,7 @@ def eval_main(argv: list[str] | None = None) -> int:
                 progress=not args.quiet,
                 worst=args.worst,
                 worst_dir=worst_dir,
+                native=args.native,
             )
     except (DatasetError, CheckpointError, ValueError) as exc:
         print(f"edge-eval: error: {exc}", file=sys.stderr)
