@@ -128,6 +128,21 @@ def test_a_good_frame_fires_no_tile_and_the_payload_carries_the_grid() -> None:
     assert json.loads(payload.to_bytes())["tiles"]["grid"] == doc["grid"]
 
 
+def test_a_tiled_result_follows_the_published_schema() -> None:
+    import jsonschema
+
+    frame = np.zeros((200, 300, 3), np.uint8)
+    frame[50:70, 100:130] = 255
+    v = verdict_of(score_one(loaded(tiled(), BrightnessBackend()), frame))
+    doc = json.loads(_payload(v, v.tiles_json()).to_bytes())
+    assert doc["tiles"]["fired"]
+    schema = json.loads((Path(__file__).parents[2] / "docs/schemas/result.schema.json").read_text())
+    jsonschema.validate(doc, schema)
+    doc["tiles"]["fired"][0]["bbox"] = "nope"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, schema)
+
+
 def _payload(v: Verdict, tiles: Any) -> ResultPayload:
     return ResultPayload(
         device_id="d", run_id="r", camera="cam0", seq=0, frame_id=0, frame_key="r-0", capture_ts=0.0,
