@@ -139,10 +139,15 @@ def native_metrics(ckpt: Path, data: Path) -> dict[str, Any]:
     }
 
 
-def compare(name: str, data: Path, work: Path, tiling: list[str]) -> dict[str, Any]:
+def compare(name: str, data: Path, work: Path, tiling: list[str], candidates: int = 0) -> dict[str, Any]:
+    """Whole-frame and tiled kNN on one set; ``candidates`` > 0 caps the tiled coreset's candidate patches
+    (a random subset, ``max_candidates``): the greedy coreset's time grows with patches x bank rows."""
     whole = native_metrics(train(data, work / f"{name}-whole", []), data)
     print(f"{name} whole: {json.dumps(whole)}", flush=True)
-    tiled = native_metrics(train(data, work / f"{name}-tiled-{'-'.join(tiling[1::2])}", tiling), data)
+    extra = ("--set", f"max_candidates={candidates}") if candidates else ()
+    suffix = "-".join(tiling[1::2]) + (f"-c{candidates}" if candidates else "")
+    tiled = native_metrics(train(data, work / f"{name}-tiled-{suffix}", tiling, extra), data)
+    tiled["max_candidates"] = candidates
     print(f"{name} tiled: {json.dumps(tiled)}", flush=True)
     return {"whole": whole, "tiled": tiled, "uptime": uptime()}
 
@@ -286,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"host": platform.node(), "cpus": os.cpu_count(), "started": uptime()}
+    previous = args.out / "report.json"  # a later run adds its sets to the same report
+    report: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
+    report.update({"host": platform.node(), "cpus": os.cpu_count(), "started": uptime()})
     small_test = write_small_set(args.work / "small-test", 1, 60, 30, 30)
     tiling = ["--tile", args.tile, "--tile-overlap", args.tile_overlap, "--scale", args.scale]
     if args.select:  # on the generated validation split only: the scale that detects best there
@@ -305,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         if data is None or not Path(data).is_dir():
             report[name] = {"skipped": f"{data} not found"}
             continue
-        report[name] = compare(name, Path(data), args.work, tiling)
+        report[name] = compare(
+            name, Path(data), args.work, tiling, 0 if name == "small" else args.max_candidates
+        )
         _write(args.out, report)
         if name == "small" and args.cost:
             ckpt = args.work / f"small-tiled-{'-'.join(tiling[1::2])}" / "checkpoint.pt"
