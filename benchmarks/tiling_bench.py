@@ -329,6 +329,85 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write(out: Path, report: dict[str, Any]) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(render(report), encoding="utf-8")
+
+
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "recall_at_1pct_fa")
+# (set, what, target): shown as met/missed with the margin, never asserted
+TARGETS = (
+    ("small", "tiled image AUROC - whole-frame image AUROC", 0.10),
+    ("small", "tiled pixel AUROC", 0.95),
+    ("deeppcb", "tiled image AUROC", 0.80),
+    ("deeppcb", "tiled pixel AUROC", 0.95),
+    ("cost", "pipeline fps / (bare tiles/s / tiles per frame)", 0.85),
+)
+
+
+def _target_value(report: dict[str, Any], name: str, what: str) -> float | None:
+    if name == "cost":
+        return report.get("cost", {}).get("ratio")
+    res = report.get(name, {})
+    if "tiled" not in res:
+        return None
+    if what.startswith("tiled image AUROC -"):
+        return res["tiled"]["image_auroc"] - res["whole"]["image_auroc"]
+    return res["tiled"]["image_auroc" if "image" in what else "pixel_auroc"]
+
+
+def render(report: dict[str, Any]) -> str:
+    """report.md: one table per comparison, the targets met or missed, the cost, the load."""
+    lines = ["# Whole-frame vs native-scale tiles (edge-bench tiling)", ""]
+    end = report.get("ended", "still running")
+    lines += [f"Host {report.get('host')} ({report.get('cpus')} CPUs). Load at the start: "]
+    lines[-1] += f"`{report.get('started')}`; at the end: `{end}`."
+    lines.append("")
+    if "chosen" in report:
+        c = report["chosen"]
+        lines.append(f"Chosen on `{c['on']}` (the generated validation split, never a reported test split): ")
+        lines[-1] += f"tile {c['tile']}, overlap {c['overlap']}, scale {c['scale']} "
+        lines[-1] += "(rule: best tiled image AUROC, then pixel AUROC)."
+        lines.append("")
+    header = "| set | model | image AUROC | pixel AUROC | AUPRO | recall @1 % FA | train s | eval s/img |"
+    lines += [header, "|---|---|---|---|---|---|---|---|"]
+    rows = [(f"select scale {k}", v) for k, v in report.get("select", {}).items()]
+    rows += [(k, report[k]) for k in SETS if isinstance(report.get(k), dict) and "whole" in report[k]]
+    for name, res in rows:
+        for kind in ("whole", "tiled"):
+            r = res[kind]
+            t = r.get("tiling")
+            what = "whole frame (224 px)" if t is None else f"tiles {t['tile']}/{t['overlap']} @ {t['scale']}"
+            if r.get("max_candidates"):
+                what += f", coreset from {r['max_candidates']} patches"
+            vals = " | ".join(f"{r[m]:.3f}" for m in METRICS)
+            lines.append(
+                f"| {name} | {what} | {vals} | {r['train_seconds']:.0f} | {r['eval_seconds_per_image']:.2f} |"
+            )
+    lines += ["", "Load during each comparison: "]
+    lines += [f"- {name}: `{res.get('uptime')}`" for name, res in rows]
+    lines += [
+        "",
+        "## Targets (never asserted)",
+        "",
+        "| set | quantity | target | measured | |",
+        "|---|---|---|---|---|",
+    ]
+    for name, what, target in TARGETS:
+        v = _target_value(report, name, what)
+        shown = "not measured" if v is None else f"{v:.3f}"
+        verdict = "" if v is None else ("met" if v >= target else f"missed by {target - v:.3f}")
+        lines.append(f"| {name} | {what} | ≥ {target} | {shown} | {verdict} |")
+    if "cost" in report:
+        c = report["cost"]
+        text = f"Frame {c['frame'][0]}×{c['frame'][1]}, {c['tiles_per_frame']} tiles per frame: "
+        text += f"bare backend {c['bare_backend_tiles_s']:.1f} tiles/s, pipeline {c['pipeline_fps']:.3f} "
+        text += f"frames/s, ratio {c['ratio']:.3f}; stitching {c['stitch_ms_per_frame']:.2f} ms per frame. "
+        lines += ["", "## Cost (one camera, one run)", "", text + f"Load: `{c['uptime']}`."]
+    if "memory_20mp" in report:
+        m = report["memory_20mp"]
+        text = f"20 MP frame ({m['frame'][0]}×{m['frame'][1]}, {m['tiles']} tiles): resident memory "
+        text += f"{m['rss_mib_loaded']} MiB with the bundle loaded, peak {m['rss_mib_peak']} MiB through "
+        lines += ["", text + f"cut, backend, stitch and mask. Load: `{m['uptime']}`."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
