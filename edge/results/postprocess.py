@@ -68,8 +68,9 @@ class Verdict:
     defect_area: float  # fraction of the inspected area (ROI or whole frame) inside kept regions
     regions: List[Region]
     regions_total: int  # kept regions before the max_regions cut
-    mask_model: np.ndarray = field(repr=False)  # uint8 {0,255} at model resolution, small regions removed
-    norm_map: np.ndarray = field(repr=False)  # float32 normalised map at model resolution
+    # at model resolution (a tiled bundle: the stitched map's, the ROI at the tiling's scale)
+    mask_model: np.ndarray = field(repr=False)  # uint8 {0,255}, small regions removed
+    norm_map: np.ndarray = field(repr=False)  # float32 normalised map
     roi: Box = (0, 0, 0, 0)  # the inspected area in camera pixels (clipped to the frame)
     frame_hw: Tuple[int, int] = (0, 0)
     grid: Optional[TileGrid] = field(default=None, repr=False)  # a tiled bundle's grid over the ROI
