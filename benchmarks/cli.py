@@ -6,6 +6,7 @@
     edge-bench all      --bundle B [--data DIR] [--checkpoint CKPT] --out DIR
     edge-bench soak     --bundle B --cameras 4 --duration 600 [--interval 5]
     edge-bench line     --bundle B [--trigger-rate HZ] [--deadline-ms 150] [--triggers mqtt,opcua,frame]
+    edge-bench tiling   --out DIR [--sets small,deeppcb,ballscrew] [--select] [--cost]   (docs/tiling.md)
 
 Every run writes ``report.json``, ``report.md`` and PNG plots to ``--out``. Exit codes: 0 measured and
 written; 2 unusable input (bundle, dataset, options); 1 a measurement failed.
@@ -213,6 +214,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> tuple[dict[str, Path],
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["tiling"]:  # whole-frame vs tiles: trains and evaluates its own models, no --bundle
+        from benchmarks.tiling_bench import main as tiling_main
+
+        return tiling_main(argv[1:])
     args = parser().parse_args(argv)
     try:
         _, failed = run(args, argv)

@@ -65,6 +65,7 @@ def input_spec(pre: Preprocess, max_batch: int) -> dict[str, object]:
         "std": list(pre.std),
         "max_batch": max_batch,
         "resize": pre.resize,
+        **({} if pre.tiling is None else {"tiling": pre.tiling.to_dict()}),
     }
 
 

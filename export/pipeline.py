@@ -47,7 +47,16 @@ from export.onnx_export import (
     tail_nodes,
 )
 from training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from training.data import DatasetError, MVTecCategory, good_images, load_images, load_test_set
+from training.data import (
+    DatasetError,
+    MVTecCategory,
+    TiledImages,
+    good_images,
+    load_images,
+    load_samples,
+    load_test_set,
+    load_tiles,
+)
 
 DEFAULT_MAX_BATCH = 8
 # Bad input the user can fix (exit code 2); the CLI adds the errors of the light modules.
@@ -94,8 +103,9 @@ class Inputs:
 
     ckpt: Checkpoint
     gate_set: GateSet  # the held-out good images first, then the labelled set
-    n_val: int  # how many held-out good images lead the gate set
+    n_val: int  # how many held-out good images (or their tiles) lead the gate set
     calib_images: np.ndarray | None
+    tiled: TiledImages | None = None  # a tiled model: the held-out good images' tiles and grids
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------
@@ -132,15 +142,21 @@ def load_inputs(opts: ExportOptions) -> Inputs:
         f"loaded {ckpt.kind} checkpoint {opts.checkpoint} (sha256 {ckpt.sha256[:12]}, input "
         f"{pre.height}x{pre.width})"
     )
-    val = load_images(
-        _recorded_paths(
-            ckpt,
-            "val_files",
-            "held-out good images",
-            "re-train with edge-train, which keeps a validation slice",
-        ),
-        pre,
+    val_paths = _recorded_paths(
+        ckpt, "val_files", "held-out good images", "re-train with edge-train, which keeps a validation slice"
     )
+    tiled = None
+    if pre.tiling is not None:  # the gate compares tiles; calibration scores whole images, stitched
+        if opts.data is not None:
+            raise ExportError(
+                "--data (threshold by best F1 on a labelled set) is not offered for a tiled model yet; "
+                "export without it: the threshold then comes from the held-out good images"
+            )
+        tiled = load_tiles(val_paths, pre)[0]
+        val = tiled.tiles
+        say(f"tiled model: {len(val_paths)} held-out good images, {len(val)} tiles of {pre.tiling.tile} px")
+    else:
+        val = load_images(val_paths, pre)
     images, good, labels = val, np.ones(len(val), bool), None
     if opts.data is not None:
         test_images, _, test_labels, _, _ = load_test_set(MVTecCategory(opts.data), pre)
@@ -156,9 +172,11 @@ def load_inputs(opts: ExportOptions) -> Inputs:
         )
     if opts.int8:
         calib_paths = _calibration_paths(opts, ckpt)
-        calib = load_images(calib_paths, pre)
+        calib = load_samples(calib_paths, pre)
+        if pre.tiling is not None and opts.calib_count:  # tiles of the chosen images, as many as asked
+            calib = calib[np.asarray(select_evenly(list(range(len(calib))), opts.calib_count), np.int64)]
     gate_set = GateSet(images=images, good=good, labels=labels)
-    return Inputs(ckpt=ckpt, gate_set=gate_set, n_val=len(val), calib_images=calib)
+    return Inputs(ckpt=ckpt, gate_set=gate_set, n_val=len(val), calib_images=calib, tiled=tiled)
 
 
 # ---- the export -----------------------------------------------------------------------------------------
@@ -265,9 +283,13 @@ def export_bundle(opts: ExportOptions) -> Path:
         files = write_models(opts, inputs, stage.path)
         say(f"running the torch fp32 reference on {len(inputs.gate_set.images)} images…")
         reference = torch_outputs(module, inputs.gate_set.images, progress="torch reference")
-        norm, threshold = calibrate_scores(
-            reference[0], inputs.n_val, inputs.gate_set.labels, opts.false_alarm_rate
-        )
+        if inputs.tiled is not None:  # image scores as the daemon computes them: max of the stitched map
+            scores = np.array([m.max() for m in inputs.tiled.stitched(reference[1][: inputs.n_val])])
+            norm, threshold = calibrate_scores(scores, len(scores), None, opts.false_alarm_rate)
+        else:
+            norm, threshold = calibrate_scores(
+                reference[0], inputs.n_val, inputs.gate_set.labels, opts.false_alarm_rate
+            )
         inputs.gate_set.scale = norm.scale
         say(f"accuracy gate ({', '.join(files)})…")
         report = run_gate(module, files, inputs.gate_set, reference=reference, progress=True)

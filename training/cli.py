@@ -54,8 +54,24 @@ def train_main(argv: list[str] | None = None) -> int:
         "good images when the images vary in shape; docs/accuracy.md)",
     )
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--tile",
+        type=int,
+        metavar="SIZE",
+        help="train on SIZE px tiles of the good images (the model input) at --scale; the bundle then "
+        "inspects every camera region in such tiles (docs/tiling.md)",
+    )
+    p.add_argument("--tile-overlap", type=int, default=0, metavar="PX", help="with --tile: tile overlap")
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="with --tile: image scale before cutting (1: native pixels)"
+    )
     args = p.parse_args(argv)
+    if args.tile is None and (args.tile_overlap or args.scale != 1.0):
+        p.error("--tile-overlap and --scale go with --tile SIZE")
     try:
+        from edge.capture.tiling import Tiling
+
+        tiling = None if args.tile is None else Tiling(args.tile, args.tile_overlap, args.scale)
         overrides = dict(parse_override(s) for s in args.set)
         cfg = TrainConfig(
             model=args.model,
@@ -71,6 +87,7 @@ def train_main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             stop_after=args.stop_after,
             geometry=args.geometry,
+            tiling=tiling,
         )
         path = train(cfg)
     except (DatasetError, CheckpointError, ValueError) as exc:
@@ -124,6 +141,11 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--worst-dir", type=Path, help="where --worst writes (default: worst/ beside the checkpoint)"
     )
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help="maps and masks at the images' own size, as tiled checkpoints always are (docs/tiling.md)",
+    )
     args = p.parse_args(argv)
     if args.worst < 0:
         p.error("--worst needs N >= 0")
@@ -150,6 +172,7 @@ def eval_main(argv: list[str] | None = None) -> int:
                 progress=not args.quiet,
                 worst=args.worst,
                 worst_dir=worst_dir,
+                native=args.native,
             )
     except (DatasetError, CheckpointError, ValueError) as exc:
         print(f"edge-eval: error: {exc}", file=sys.stderr)

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from edge.capture.preprocess import Preprocess
+from edge.capture.tiling import TileGrid
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GOOD = "good"
@@ -270,3 +271,68 @@ def load_test_set(
     labels = np.array([int(item.is_anomalous) for item in items], dtype=np.int64)
     types = [item.defect_type for item in items]
     return images, masks, labels, types, paths
+
+
+@dataclass
+class TiledImages:
+    """Every tile of a list of images (a tiled preprocessing): the tiles in image order, which image each
+    came from, and each image's grid, so per-tile maps can be stitched back per image."""
+
+    tiles: np.ndarray  # uint8 (M, tile, tile, 3)
+    owner: np.ndarray  # (M,) index of the image each tile came from
+    grids: list[TileGrid]
+
+    def stitched(self, maps: np.ndarray) -> list[np.ndarray]:
+        """Per-tile maps (M, tile, tile) -> one map per image at its scaled size."""
+        out, start = [], 0
+        for grid in self.grids:
+            out.append(grid.stitch(maps[start : start + len(grid)]))
+            start += len(grid)
+        return out
+
+
+def load_tiles(
+    paths: Sequence[Path], pre: Preprocess, masks: Sequence[Path | None] | None = None
+) -> tuple[TiledImages, list[np.ndarray]]:
+    """Every image cut into tiles as the daemon cuts a camera region (``Preprocess.tiles_of``), and, with
+    ``masks``, each image's ground-truth mask at its scaled size (bool; all False for None)."""
+    if pre.tiling is None:
+        raise ValueError("load_tiles needs a tiled preprocessing")
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise DatasetError("no images to load")
+    tiles, owners, grids, scaled_masks = [], [], [], []
+    for i, path in enumerate(paths):
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise DatasetError(
+                f"cannot read image {path}: the file is missing, corrupt or not an image; replace or remove "
+                f"it"
+            )
+        grid, cut = pre.tiles_of(frame, frame.shape[:2])
+        tiles.append(cut)
+        owners.append(np.full(len(cut), i, np.int64))
+        grids.append(grid)
+        if masks is not None:
+            scaled_masks.append(_scaled_mask(masks[i], grid))
+    return TiledImages(np.concatenate(tiles), np.concatenate(owners), grids), scaled_masks
+
+
+def _scaled_mask(path: Path | None, grid: TileGrid) -> np.ndarray:
+    if path is None:
+        return np.zeros(grid.scaled_hw, dtype=bool)
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise DatasetError(f"cannot read mask {path}: the file is missing, corrupt or not an image")
+    sh, sw = grid.scaled_hw
+    if mask.shape != (sh, sw):
+        mask = cv2.resize(mask, (sw, sh), interpolation=cv2.INTER_NEAREST)
+    return mask > 0
+
+
+def load_samples(paths: Sequence[Path], pre: Preprocess) -> np.ndarray:
+    """Training samples: each image at the model size, or, for a tiled preprocessing, every tile of every
+    image (the tiles are the samples, for every model kind)."""
+    if pre.tiling is None:
+        return load_images(paths, pre)
+    return load_tiles(paths, pre)[0].tiles

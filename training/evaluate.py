@@ -89,12 +89,19 @@ def evaluate(
     progress: bool = False,
     worst: int = 0,
     worst_dir: Path | None = None,
+    native: bool = False,
 ) -> dict[str, Any]:
+    """``native`` (always for a tiled checkpoint): maps and masks at the images' own size
+    (``training.native_eval``)."""
     if threads:
         torch.set_num_threads(threads)
     ckpt = load_checkpoint(checkpoint)
     model = InferenceModel(ckpt.model, ckpt.preprocess).eval()
     category = MVTecCategory(Path(data))
+    if native or ckpt.preprocess.tiling is not None:
+        if worst:
+            raise ValueError("--worst is not offered with native-resolution evaluation (tiled checkpoints)")
+        return _native(ckpt, model, category, batch, progress)
     sizes: list[tuple[int, int]] = []  # each image's own size, read while loading: where it landed
     images, masks, labels, types, paths = load_test_set(category, ckpt.preprocess, sizes=sizes)
     predict(model, images[:batch], batch)  # warm-up, not counted
@@ -136,6 +143,31 @@ def evaluate(
     return result
 
 
+def _native(
+    ckpt: Checkpoint, model: InferenceModel, category: MVTecCategory, batch: int, progress: bool
+) -> dict[str, Any]:
+    from training.native_eval import evaluate_native
+
+    started = time.perf_counter()
+    val = [Path(p) for p in ckpt.data.get("val_files", [])]
+    result = evaluate_native(model, ckpt.preprocess, category.root, val, batch, progress)
+    tiling = ckpt.preprocess.tiling
+    result.update(
+        {
+            "model": ckpt.kind,
+            "checkpoint": str(ckpt.path),
+            "category": category.name,
+            "tiling": None if tiling is None else tiling.to_dict(),
+            "throughput_img_s": (result["n_test_images"] + len(val)) / (time.perf_counter() - started),
+            "batch": batch,
+            "threads": torch.get_num_threads(),
+            "train_seconds": ckpt.train_state.get("train_seconds"),
+            "coverage": bank_coverage(ckpt),
+        }
+    )
+    return result
+
+
 def bank_coverage(ckpt: Checkpoint) -> dict[str, Any]:
     """A kNN model's held-out good patches' nearest-bank distance quantiles, per teacher (recorded by fit)."""
     teachers = (ckpt.train_state.get("memory") or {}).get("teachers") or {}
@@ -146,8 +178,16 @@ def format_table(result: dict[str, Any]) -> str:
     def f(v: Any) -> str:
         return "  n/a" if v is None else f"{v:.3f}"
 
+    where = ""
+    if result.get("resolution") == "native":
+        tiling = result.get("tiling")
+        where = ", native resolution" + (
+            f", tiles {tiling['tile']} px, overlap {tiling['overlap']}, scale {tiling['scale']:g}"
+            if tiling
+            else ""
+        )
     lines = [
-        f"{result['model']} on {result['category']} ({result['n_test_images']} test images)",
+        f"{result['model']} on {result['category']} ({result['n_test_images']} test images{where})",
         f"{'defect type':<18} {'image AUROC':>11} {'pixel AUROC':>11} {'AUPRO':>7}",
     ]
     for name, m in result["per_type"].items():

@@ -177,15 +177,18 @@ def evaluate_pasted(
     if missing:
         raise ValueError(f"{len(missing)} held-out images of {checkpoint} are gone, e.g. {missing[0]}")
     model = InferenceModel(ckpt.model, ckpt.preprocess).eval()
-    good = load_images(val, ckpt.preprocess)
     rate: list[float] = []
+    if ckpt.preprocess.tiling is not None:  # pasted onto the images at their own size, scored in tiles
+        good, run = _native_run(model, ckpt.preprocess, val, batch, rate)
+    else:
+        good = load_images(val, ckpt.preprocess)
 
-    def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores, maps, img_s = predict(
-            model, images, batch, progress="pasted-defect set" if progress else None
-        )
-        rate.append(img_s)
-        return scores, maps
+        def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            scores, maps, img_s = predict(
+                model, images, batch, progress="pasted-defect set" if progress else None
+            )
+            rate.append(img_s)
+            return scores, maps
 
     result = score_pasted(run, good, per_image, seed, worst, worst_dir)
     result.update(
@@ -202,3 +205,22 @@ def evaluate_pasted(
         }
     )
     return result
+
+
+def _native_run(model: InferenceModel, pre: Any, val: list[Path], batch: int, rate: list[float]) -> tuple:
+    """A tiled checkpoint's held-out good images at their own size (BGR) and a predict that stitches."""
+    import time
+
+    from training.native_eval import native_scores_maps, read_bgr
+
+    images = [read_bgr(p) for p in val]
+    if len({i.shape for i in images}) > 1:
+        raise ValueError("pasted defects on a tiled checkpoint need held-out images of one size")
+
+    def run(batch_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        started = time.perf_counter()
+        scores, maps = native_scores_maps(model, pre, list(batch_images), batch)
+        rate.append(len(batch_images) / (time.perf_counter() - started))
+        return scores, np.stack(maps)
+
+    return np.stack(images), run

@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from edge.capture.tiling import Tiling
 from training.checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, save_checkpoint
 from training.corruption import corrupt_batch
-from training.data import fingerprint, good_images, load_images, split_train_val
+from training.data import fingerprint, good_images, load_samples, split_train_val
 from training.geometry import CHOICES, choose_geometry
 from training.graph import Normalize
 from training.progress import Progress
@@ -56,6 +57,7 @@ class TrainConfig:
     threads: int | None = None
     stop_after: int | None = None  # stop (resumably) after this many epochs, e.g. to time-box a session
     geometry: str = "auto"  # "auto" (measured, training.geometry), "letterbox" or "stretch"
+    tiling: Tiling | None = None  # edge-train --tile: tiles of the good images at a scale are the samples
 
     def resolved(self, key: str) -> Any:
         value = getattr(self, key)
@@ -78,10 +80,25 @@ def input_size(kind: str, model_config: dict[str, Any]) -> int:
     return int(build_model(kind, model_config).config.image_size)
 
 
-def make_preprocess(kind: str, model_config: dict[str, Any], resize: str = "letterbox") -> Preprocess:
+def make_preprocess(
+    kind: str, model_config: dict[str, Any], resize: str = "letterbox", tiling: Tiling | None = None
+) -> Preprocess:
+    """The model's input geometry; with ``tiling`` the input is one tile (``image_size`` is the tile)."""
+    if tiling is not None:
+        if int(model_config.get("image_size", tiling.tile)) != tiling.tile:
+            raise ValueError(
+                f"--tile {tiling.tile} is the model input; drop --set image_size={model_config['image_size']}"
+            )
+        model_config["image_size"] = tiling.tile
     size = input_size(kind, model_config)
     return Preprocess(
-        height=size, width=size, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=resize
+        height=size,
+        width=size,
+        color_order="RGB",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        resize=resize,
+        tiling=tiling,
     )
 
 
@@ -91,6 +108,8 @@ def resolve_geometry(cfg: TrainConfig, train_paths: list[Path], val_paths: list[
         raise ValueError(f"geometry must be one of {', '.join(CHOICES)}, got {cfg.geometry!r}")
     if cfg.geometry != "auto":
         return {"resize": cfg.geometry, "reason": "asked for (--geometry)"}
+    if cfg.tiling is not None:
+        return {"resize": "letterbox", "reason": "tiled: every tile is cut square at the bundle's scale"}
     size = input_size(cfg.model, cfg.model_config)
     return choose_geometry(train_paths, val_paths, size, cfg.seed, log=lambda m: log(m, cfg.progress))
 
@@ -104,6 +123,21 @@ def resume_state(path: Path, kind: str, data_fp: str) -> Checkpoint | None:
             f"{path} was trained on other images (data fingerprint differs); use a new --out directory"
         )
     return ckpt
+
+
+class NormalizedView:
+    """uint8 samples that slice as normalised float tensors: thousands of tiles held as bytes, not floats
+    (a training-free model only ever reads them in batches)."""
+
+    def __init__(self, images: np.ndarray, pre: Preprocess) -> None:
+        self.images = images
+        self.pre = pre
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        return images_to_tensor(np.ascontiguousarray(self.images[index]), self.pre)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -129,21 +163,33 @@ def train(cfg: TrainConfig) -> Path:
     if previous is not None and previous.train_state.get("completed"):
         log(f"{ckpt_path} is already complete; nothing to do (use a new --out to train again)", cfg.progress)
         return ckpt_path
-    model = previous.model if previous is not None else build_model(cfg.model, cfg.model_config)
+    if previous is not None and previous.preprocess.tiling != cfg.tiling:
+        raise CheckpointError(f"{ckpt_path} was trained with another tiling; use a new --out directory")
     if previous is not None:
         pre = previous.preprocess
         data_info["geometry"] = previous.data.get("geometry", {"resize": pre.resize})
     else:
         data_info["geometry"] = resolve_geometry(cfg, train_paths, val_paths)
-        pre = make_preprocess(cfg.model, cfg.model_config, data_info["geometry"]["resize"])
+        # make_preprocess before the model: with a tiling it sets the model's image_size to the tile
+        pre = make_preprocess(cfg.model, cfg.model_config, data_info["geometry"]["resize"], cfg.tiling)
+    model = previous.model if previous is not None else build_model(cfg.model, cfg.model_config)
+    if previous is None:
         model.load_pretrained()
 
     log(
         f"loading {len(train_paths)} training images ({len(val_paths)} held out for validation)", cfg.progress
     )
-    u8_train = load_images(train_paths, pre)
+    u8_train = load_samples(train_paths, pre)
+    if pre.tiling is not None:
+        log(
+            f"{len(u8_train)} training tiles of {pre.tiling.tile} px at scale {pre.tiling.scale:g}",
+            cfg.progress,
+        )
+    if getattr(model, "training_free", False) and pre.tiling is not None:  # many tiles: normalise per batch
+        x_val_lazy = NormalizedView(load_samples(val_paths, pre), pre) if val_paths else None
+        return fit_memory(cfg, model, pre, NormalizedView(u8_train, pre), x_val_lazy, data_info, ckpt_path)
     x_train = images_to_tensor(u8_train, pre)
-    x_val = images_to_tensor(load_images(val_paths, pre), pre) if val_paths else None
+    x_val = images_to_tensor(load_samples(val_paths, pre), pre) if val_paths else None
     if getattr(model, "training_free", False):
         return fit_memory(cfg, model, pre, x_train, x_val, data_info, ckpt_path)
     model.eval()

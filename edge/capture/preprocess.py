@@ -9,15 +9,21 @@ the model input and pads the rest with black, so a part keeps its shape whatever
 ratio and a thin crack stays thin; ``stretch`` (bundles made before letterbox existed) resizes each axis
 on its own. ``content_box`` says where the frame landed, so maps are cropped back to the frame and the
 padding never scores.
+
+``tiling`` (:mod:`edge.capture.tiling`), when set, replaces the resize altogether: the frame region is scaled
+by the tiling's factor and cut into tiles of the model's input size (``tiles_of``), so small defects keep
+their pixels; whole-image bundles have none.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import cv2
 import numpy as np
+
+from edge.capture.tiling import TileGrid, Tiling
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,6 +41,7 @@ class Preprocess:
     mean: Tuple[float, float, float] = field(default=IMAGENET_MEAN)
     std: Tuple[float, float, float] = field(default=IMAGENET_STD)
     resize: str = "stretch"  # "stretch" or "letterbox"; see the module docstring
+    tiling: Optional[Tiling] = None  # tiles at a fixed scale instead of one resized image
 
     def __post_init__(self) -> None:
         if self.color_order not in ("RGB", "BGR"):
@@ -43,9 +50,16 @@ class Preprocess:
             raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
         if self.height < 16 or self.width < 16:
             raise ValueError(f"input size must be at least 16x16, got {self.height}x{self.width}")
+        if self.tiling is not None and (self.tiling.tile, self.tiling.tile) != (self.height, self.width):
+            raise ValueError(
+                f"tile size {self.tiling.tile} must equal the model input {self.height}x{self.width}"
+            )
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.tiling is None:  # whole-image checkpoints keep the keys they always had
+            del out["tiling"]
+        return out
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> Preprocess:
@@ -56,7 +70,25 @@ class Preprocess:
             mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
             std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
             resize=str(data.get("resize", "stretch")),
+            tiling=Tiling.from_dict(data.get("tiling")),
         )
+
+    def tiles_of(self, region_bgr: np.ndarray, region_hw: Tuple[int, int]) -> Tuple[TileGrid, np.ndarray]:
+        """A tiled model's inputs for one region: its grid and uint8 (N, tile, tile, 3) in colour order.
+
+        ``region_hw`` is the region's size in camera pixels; ``region_bgr`` may be smaller (a JPEG decoded
+        at a reduced scale) and is scaled to the grid's size all the same."""
+        if self.tiling is None:
+            raise ValueError("tiles_of needs a tiled preprocessing")
+        if region_bgr.ndim == 2:
+            region_bgr = cv2.cvtColor(region_bgr, cv2.COLOR_GRAY2BGR)
+        if region_bgr.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 frame, got {region_bgr.dtype}")
+        grid = self.tiling.grid(*region_hw)
+        scaled = grid.scale_region(region_bgr)
+        if self.color_order == "RGB":
+            scaled = cv2.cvtColor(scaled, cv2.COLOR_BGR2RGB)
+        return grid, grid.cut(scaled)
 
     def content_box(self, h: int, w: int) -> Box:
         """Where an h x w frame lands in the model input, (x, y, width, height) in model pixels."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Optional, Set
 
 SIGNIFICANT = 12  # far beyond any measurement here, far above the 1e-16 noise of float arithmetic
 MIN_DECIMALS = 6  # timestamps (1.8e9 s) keep microseconds
@@ -36,7 +36,8 @@ def tidy(value: Any) -> Any:
     return value
 
 
-def payload_json(doc: Any) -> bytes:
-    """A pydantic payload as compact UTF-8 JSON (as ``model_dump_json``), its floats tidied."""
-    data = tidy(doc.model_dump(mode="json", by_alias=True))
+def payload_json(doc: Any, exclude: Optional[Set[str]] = None) -> bytes:
+    """A pydantic payload as compact UTF-8 JSON (as ``model_dump_json``), its floats tidied; ``exclude``:
+    top-level fields left out (an optional block a payload omits when absent)."""
+    data = tidy(doc.model_dump(mode="json", by_alias=True, exclude=exclude))
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()

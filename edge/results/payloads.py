@@ -62,6 +62,22 @@ class RegionDoc(_Payload):
     peak: float = Field(description="highest normalised map value in the region")
 
 
+class TileDoc(_Payload):
+    index: int = Field(ge=0, description="the tile's place in the grid, row-major from the top left")
+    bbox: Tuple[int, int, int, int] = Field(description="[x, y, w, h] of the tile in camera pixels")
+    peak: float = Field(description="highest normalised map value inside the tile")
+
+
+class TilesDoc(_Payload):
+    """A tiled bundle's grid over the ROI and the tiles that fired (docs/tiling.md)."""
+
+    grid: Tuple[int, int] = Field(description="[rows, columns] of tiles over the ROI")
+    size: int = Field(ge=1, description="tile side in scaled pixels (the model input)")
+    overlap: int = Field(ge=0, description="overlap of neighbouring tiles in scaled pixels")
+    scale: float = Field(gt=0, description="scaled pixels per camera pixel (1: the camera's own pixels)")
+    fired: List[TileDoc] = Field(description="tiles whose part of the stitched map exceeds the threshold")
+
+
 class ImageRef(_Payload):
     """Where the image of this result was published (absent when none was)."""
 
@@ -107,6 +123,14 @@ class ResultPayload(_Versioned):
     heatmap: Optional[ImageRef] = Field(default=None, description="the heatmap published, or null")
     model: ModelRef
     latency_ms: LatencyDoc
+    tiles: Optional[TilesDoc] = Field(
+        default=None,
+        description="tiled bundles only (absent otherwise): the tile grid and the tiles that fired",
+    )
+
+    def to_bytes(self) -> bytes:
+        """A whole-image bundle's result has no ``tiles`` key at all: the bytes it always had."""
+        return payload_json(self, exclude=None if self.tiles is not None else {"tiles"})
 
 
 class CameraState(_Payload):

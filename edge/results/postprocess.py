@@ -6,6 +6,11 @@ and every consumer gets the same numbers. With a letterboxed input the map is fi
 ROI landed (``Preprocess.content_box``) and the score is the maximum of that crop: padding never scores,
 and the verdict and the mask still come from the same pixels.
 
+A tiled bundle (:mod:`edge.capture.tiling`) hands over one map per tile instead: they are stitched here into
+one map of the ROI at the tiling's scale (overlaps blended), the score is that map's maximum, and the same
+mapping back to camera pixels follows; the verdict also says which tiles saw a value above the threshold.
+Stitching runs in the publish thread, beside the next batch's inference.
+
 Normalisation comes from the manifest and is applied to the score and to every map pixel alike, so one
 threshold (normalised units) serves both the image verdict and the pixel mask.
 """
@@ -22,6 +27,7 @@ import cv2
 import numpy as np
 
 from edge.capture.preprocess import Preprocess
+from edge.capture.tiling import TileGrid
 from edge.trust.manifest import ScoreNormalization
 
 Box = Tuple[int, int, int, int]  # x, y, w, h
@@ -39,6 +45,18 @@ class Region:
         return {"bbox": list(self.bbox), "area": self.area, "peak": round(self.peak, 4)}
 
 
+@dataclass(frozen=True)
+class TileHit:
+    """One tile of a tiled bundle whose part of the stitched map rose above the threshold."""
+
+    index: int  # row-major in the grid
+    bbox: Box  # camera pixels
+    peak: float  # highest normalised map value inside the tile
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "bbox": list(self.bbox), "peak": round(self.peak, 4)}
+
+
 @dataclass
 class Verdict:
     """Everything postprocess decides about one frame."""
@@ -50,10 +68,25 @@ class Verdict:
     defect_area: float  # fraction of the inspected area (ROI or whole frame) inside kept regions
     regions: List[Region]
     regions_total: int  # kept regions before the max_regions cut
-    mask_model: np.ndarray = field(repr=False)  # uint8 {0,255} at model resolution, small regions removed
-    norm_map: np.ndarray = field(repr=False)  # float32 normalised map at model resolution
+    # at model resolution (a tiled bundle: the stitched map's, the ROI at the tiling's scale)
+    mask_model: np.ndarray = field(repr=False)  # uint8 {0,255}, small regions removed
+    norm_map: np.ndarray = field(repr=False)  # float32 normalised map
     roi: Box = (0, 0, 0, 0)  # the inspected area in camera pixels (clipped to the frame)
     frame_hw: Tuple[int, int] = (0, 0)
+    grid: Optional[TileGrid] = field(default=None, repr=False)  # a tiled bundle's grid over the ROI
+    tiles_fired: List[TileHit] = field(default_factory=list)  # tiles with a map value above the threshold
+
+    def tiles_json(self) -> Optional[dict]:
+        """The result's ``tiles`` document (None for a whole-image bundle)."""
+        if self.grid is None:
+            return None
+        return {
+            "grid": [self.grid.rows, self.grid.cols],
+            "size": self.grid.tiling.tile,
+            "overlap": self.grid.tiling.overlap,
+            "scale": self.grid.tiling.scale,
+            "fired": [t.to_json() for t in self.tiles_fired],
+        }
 
     def frame_mask(self) -> np.ndarray:
         """The binary mask at camera-frame size (zeros outside the ROI), uint8 {0,255}."""
@@ -99,7 +132,12 @@ class Postprocessor:
     def __call__(
         self, raw_score: float, raw_map: np.ndarray, threshold: float, frame_hw: Tuple[int, int], roi: Box
     ) -> Verdict:
-        if self.pre is not None and self.pre.resize != "stretch":
+        grid = None
+        if self.pre is not None and self.pre.tiling is not None:  # one map per tile: stitch them
+            grid = self.pre.tiling.grid(roi[3], roi[2])
+            raw_map = grid.stitch(np.asarray(raw_map, np.float32))
+            raw_score = float(raw_map.max())
+        elif self.pre is not None and self.pre.resize != "stretch":
             x, y, w, h = self.pre.content_box(roi[3], roi[2])
             raw_map = np.asarray(raw_map)[y : y + h, x : x + w]
             raw_score = float(raw_map.max())
@@ -125,6 +163,8 @@ class Postprocessor:
             norm_map=norm_map,
             roi=roi,
             frame_hw=frame_hw,
+            grid=grid,
+            tiles_fired=[] if grid is None else _fired(grid, norm_map, threshold, roi),
         )
 
     def _regions(
@@ -160,6 +200,15 @@ class Postprocessor:
         keep = np.zeros(n, bool)
         keep[kept] = True
         return regions, len(kept), keep[labels].astype(np.uint8)
+
+
+def _fired(grid: TileGrid, norm_map: np.ndarray, threshold: float, roi: Box) -> List[TileHit]:
+    """The tiles whose part of the stitched map exceeds the threshold; a good frame costs one max."""
+    if not float(norm_map.max()) > threshold:
+        return []
+    peaks = grid.tile_peaks(norm_map)
+    boxes = grid.camera_boxes((roi[0], roi[1]))
+    return [TileHit(int(i), boxes[i], float(peaks[i])) for i in np.flatnonzero(peaks > threshold)]
 
 
 def encode_mask_png(verdict: Verdict) -> bytes:

@@ -65,8 +65,8 @@ class ScoredFrame:
     camera: Camera
     frame: Frame
     roi: Box  # the inspected area in camera pixels, clipped to the frame
-    raw_score: float
-    raw_map: np.ndarray  # (H, W) float32 at the model's input size, raw units
+    raw_score: float  # a tiled bundle: the highest tile score (postprocess scores the stitched map)
+    raw_map: np.ndarray  # (H, W) float32 at the model's input size, raw units; tiled: (tiles, H, W)
     t_infer: float  # time.monotonic() when the batch went into the backend
     inference_ms: float  # the whole batch's backend time
     model: LoadedModel  # the model that scored it (its post, threshold default and id)
@@ -131,8 +131,8 @@ class InferenceStage:
         if not prepared:
             return 0
         t_infer = time.monotonic()
-        try:
-            scores, maps = model.backend.run(np.stack([inp for _, _, _, inp in prepared]))
+        try:  # a tiled frame brings all its tiles; the backend runs max_batch at a time
+            scores, maps = model.backend.run(np.concatenate([inp for _, _, _, inp in prepared]))
         except Exception:
             self._inference_failed(len(prepared))
             return 0
@@ -141,14 +141,18 @@ class InferenceStage:
             self._error_streak = 0
             self._error_backoff.reset()
         self.stats.mark_inference()
-        scored = [
-            ScoredFrame(cam, frame, roi, float(scores[i]), maps[i], t_infer, inference_ms, model)
-            for i, (cam, frame, roi, _) in enumerate(prepared)
-        ]
+        scored, start = [], 0
+        for cam, frame, roi, inp in prepared:
+            end = start + len(inp)
+            raw_map = maps[start] if model.pre.tiling is None else maps[start:end]
+            score = float(scores[start:end].max())
+            scored.append(ScoredFrame(cam, frame, roi, score, raw_map, t_infer, inference_ms, model))
+            start = end
         self.out.put(scored)
         return len(scored)
 
     def _prepare(self, batch: List[Tuple[Camera, Frame]]) -> List[Tuple[Camera, Frame, Box, np.ndarray]]:
+        """Each frame's model inputs, (1, H, W, 3), or (tiles, H, W, 3) for a tiled bundle."""
         out = []
         for cam, frame in batch:
             pre: Preprocess = self.models.active(cam.cfg.name).pre
@@ -157,6 +161,8 @@ class InferenceStage:
             if roi is None:
                 self._roi_outside(cam, frame)
                 continue
+            if pre.tiling is not None:  # the region is needed at the tiling's scale, not the input's
+                input_hw = pre.tiling.scaled_hw(roi[3], roi[2])
             prefiltered = frame.reduction_for(roi, input_hw) > 1
             try:
                 image = frame.image_for(roi, input_hw)
@@ -167,7 +173,10 @@ class InferenceStage:
                     log.warning("%s; skipped", exc)
                 continue
             cam.source.accept_frame()
-            out.append((cam, frame, roi, pre.frame_to_input(image, prefiltered)))
+            if pre.tiling is not None:
+                out.append((cam, frame, roi, pre.tiles_of(image, (roi[3], roi[2]))[1]))
+            else:
+                out.append((cam, frame, roi, pre.frame_to_input(image, prefiltered)[None]))
         return out
 
     def _roi_outside(self, cam: Camera, frame: Frame) -> None:

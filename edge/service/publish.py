@@ -132,6 +132,7 @@ class PublishStage:
             roi=verdict.roi,
             frame_size=(fw, fh),
             latency_ms=latency,
+            tiles=verdict.tiles_json(),
         )
         self.stats.record_frame(name, verdict.anomalous, latency)
         if self.parts is not None:

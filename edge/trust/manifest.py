@@ -34,13 +34,16 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from typing_extensions import Annotated
 
 from edge.capture.preprocess import Preprocess
+from edge.capture.tiling import SCALE_MAX, SCALE_MIN, TILE_MAX, TILE_MIN, Tiling
 from edge.trust.bundle_files import (
     FILE_NAME,
     MANIFEST_NAME,
@@ -109,6 +112,27 @@ class ModelInfo(_Strict):
         return _sha256_hex(value)
 
 
+class TilingSpec(_Strict):
+    """Native-scale tiles (:mod:`edge.capture.tiling`): the region is scaled by ``scale`` and cut into
+    ``tile`` px squares, the model input, overlapping by ``overlap`` px. The daemon uses exactly this."""
+
+    tile: int = Field(ge=TILE_MIN, le=TILE_MAX)
+    overlap: int = Field(default=0, ge=0, le=TILE_MAX // 2)
+    scale: Annotated[float, Field(allow_inf_nan=False, ge=SCALE_MIN, le=SCALE_MAX)] = 1.0
+
+    @model_validator(mode="after")
+    def _overlap_under_half(self) -> TilingSpec:
+        if self.overlap > self.tile // 2:
+            raise ValueError(
+                f"tiling.overlap {self.overlap} is more than half the tile ({self.tile}); re-export the "
+                "bundle"
+            )
+        return self
+
+    def tiling(self) -> Tiling:
+        return Tiling(tile=self.tile, overlap=self.overlap, scale=self.scale)
+
+
 class InputSpec(_Strict):
     """The graph input: uint8 NHWC in ``color_order``; mean/std are applied inside the graph."""
 
@@ -126,6 +150,25 @@ class InputSpec(_Strict):
     )
     max_batch: int = Field(default=8, ge=1, le=1024)
     resize: Literal["stretch", "letterbox"] = "stretch"  # bundles from before letterbox stretched each axis
+    tiling: Optional[TilingSpec] = None  # absent: one resized image per region (whole-image bundles)
+
+    @model_validator(mode="after")
+    def _tile_is_the_input(self) -> InputSpec:
+        if self.tiling is not None and (self.tiling.tile, self.tiling.tile) != (self.height, self.width):
+            raise ValueError(
+                f"tiling.tile {self.tiling.tile} differs from the model input {self.height}x{self.width} "
+                "(a tile is one model input); re-export the bundle"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_absent_tiling(self, handler: SerializerFunctionWrapHandler) -> Dict[str, Any]:
+        """A whole-image bundle's input dumps as it did before tiling existed: the same manifest bytes for
+        older runtimes, the same bundle id (:mod:`edge.trust.bundle_id`)."""
+        out: Dict[str, Any] = handler(self)
+        if out.get("tiling") is None:
+            out.pop("tiling", None)
+        return out
 
     def preprocess(self) -> Preprocess:
         return Preprocess(
@@ -135,6 +178,7 @@ class InputSpec(_Strict):
             mean=tuple(self.mean),  # type: ignore[arg-type]
             std=tuple(self.std),  # type: ignore[arg-type]
             resize=self.resize,
+            tiling=None if self.tiling is None else self.tiling.tiling(),
         )
 
 

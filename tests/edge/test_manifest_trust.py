@@ -342,3 +342,41 @@ def test_an_fp32_model_listed_as_int8_is_refused(site: dict[str, Path]) -> None:
             verify_bundle(site["bundle"])
     finally:
         shutil.copy(site["pristine"] / "model.int8.onnx", int8)
+
+
+# ---- tiling ------------------------------------------------------------------------------------------------
+
+BAD_TILINGS: list[tuple[Any, str]] = [
+    ({"tile": 64, "overlap": 0, "scale": 1.0}, "differs from the model input"),  # the bundle's input is 32
+    ({"tile": 32, "overlap": 17, "scale": 1.0}, "more than half the tile"),
+    ({"tile": 32, "overlap": -1, "scale": 1.0}, "tiling.overlap"),
+    ({"tile": 32, "overlap": 0, "scale": 0.0}, "tiling.scale"),
+    ({"tile": 32, "overlap": 0, "scale": 1e300}, "tiling.scale"),
+    ({"tile": 32, "overlap": 0, "scale": "1"}, "tiling.scale"),
+    ({"tile": True, "overlap": 0, "scale": 1.0}, "tiling.tile"),
+    ({"tile": 8, "overlap": 0, "scale": 1.0}, "tiling.tile"),
+    ({"tile": 32, "overlap": 0, "scale": 1.0, "pad": 4}, "tiling.pad"),
+    ("32", "input.tiling"),
+]
+
+
+@pytest.mark.parametrize(("tiling", "named"), BAD_TILINGS)
+def test_hostile_tiling_values_are_refused(site: dict[str, Path], tiling: Any, named: str) -> None:
+    doc = pristine_doc(site)
+    doc["input"]["tiling"] = tiling
+    write_manifest(site, json.dumps(doc))
+    assert named in assert_refused(site)
+
+
+def test_a_valid_tiling_loads_and_changes_the_bundle_id(site: dict[str, Path]) -> None:
+    doc = pristine_doc(site)
+    assert "tiling" not in doc["input"]  # a whole-image bundle's manifest is what it was before tiling
+    write_manifest(site, json.dumps(doc))
+    whole = verify_bundle(site["bundle"])
+    doc["input"]["tiling"] = {"tile": 32, "overlap": 8, "scale": 0.5}
+    write_manifest(site, json.dumps(doc))
+    tiled = verify_bundle(site["bundle"])
+    pre = tiled.input.preprocess()
+    assert pre.tiling is not None and (pre.tiling.tile, pre.tiling.overlap, pre.tiling.scale) == (32, 8, 0.5)
+    assert whole.input.preprocess().tiling is None
+    assert tiled.model_id() != whole.model_id()

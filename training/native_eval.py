@@ -1,0 +1,105 @@
+"""Evaluation at the images' own resolution, for tiled and whole-image checkpoints alike.
+
+A tiled checkpoint's maps are stitched per image as the daemon stitches them (``TileGrid.stitch``); a
+whole-image checkpoint's map is cropped to where the image landed and resized back. Either way the map is
+brought to the image's native size and scored against the full-size mask, and the image score is the
+maximum of the (stitched or cropped) map, the daemon's score. So the numbers of a tiled bundle and of a
+whole-image one compare. ``edge-eval`` uses this for every tiled checkpoint (and with ``--native`` for a
+whole-image one).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.capture.preprocess import Preprocess
+from training.data import DatasetError, MVTecCategory
+from training.evaluate import FALSE_ALARM_RATE, predict
+from training.graph import InferenceModel
+from training.metrics import evaluate_maps, f1_at_threshold, line_operating_points
+
+
+def read_bgr(path: Path) -> np.ndarray:
+    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if frame is None:
+        raise DatasetError(f"cannot read image {path}: the file is missing, corrupt or not an image")
+    return frame
+
+
+def native_map(model: InferenceModel, pre: Preprocess, image_bgr: np.ndarray, batch: int = 8) -> np.ndarray:
+    """One image's raw map at its own size (float32 HxW)."""
+    h, w = image_bgr.shape[:2]
+    if pre.tiling is not None:
+        grid, tiles = pre.tiles_of(image_bgr, (h, w))
+        _, maps, _ = predict(model, tiles, batch)
+        amap = grid.stitch(maps)
+    else:
+        _, maps, _ = predict(model, pre.frame_to_input(image_bgr)[None], batch)
+        x, y, cw, ch = pre.content_box(h, w)  # the whole input for a stretched image
+        amap = maps[0][y : y + ch, x : x + cw]
+    if amap.shape != (h, w):
+        amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(amap, dtype=np.float32)
+
+
+def native_scores_maps(
+    model: InferenceModel, pre: Preprocess, images: Sequence[np.ndarray], batch: int = 8
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Scores as the daemon computes them (the map's maximum) and native-size maps, per image."""
+    maps = [native_map(model, pre, image, batch) for image in images]
+    return np.array([float(m.max()) for m in maps], np.float32), maps
+
+
+def read_mask(path: Path | None, hw: tuple[int, int]) -> np.ndarray:
+    if path is None:
+        return np.zeros(hw, bool)
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise DatasetError(f"cannot read mask {path}: the file is missing, corrupt or not an image")
+    if mask.shape != hw:
+        mask = cv2.resize(mask, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+    return mask > 0
+
+
+def evaluate_native(
+    model: InferenceModel,
+    pre: Preprocess,
+    data: Path,
+    val_files: Sequence[Path] = (),
+    batch: int = 8,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Image / pixel AUROC, AUPRO (full-size masks) and the line protocol of an MVTec-layout test split.
+
+    The test images must share one size (the metrics stack the maps); ``val_files``, the held-out good
+    images, set the line's threshold."""
+    items = MVTecCategory(Path(data)).test_items()
+    scores, maps, masks = [], [], []
+    for i, item in enumerate(items):
+        image = read_bgr(item.path)
+        amap = native_map(model, pre, image, batch)
+        scores.append(float(amap.max()))
+        maps.append(amap)
+        masks.append(read_mask(item.mask_path, image.shape[:2]))
+        if progress and (i + 1) % 25 == 0:
+            print(f"native evaluation: {i + 1}/{len(items)} images", file=sys.stderr, flush=True)
+    if len({m.shape for m in maps}) > 1:
+        raise DatasetError(f"{data}: test images differ in size; native evaluation needs one size")
+    labels = np.array([int(item.is_anomalous) for item in items], np.int64)
+    s = np.array(scores, np.float32)
+    result = evaluate_maps(labels, s, np.stack(masks), np.stack(maps), [item.defect_type for item in items])
+    val = [Path(p) for p in val_files if Path(p).is_file()]
+    if val:
+        good, _ = native_scores_maps(model, pre, [read_bgr(p) for p in val], batch)
+        threshold = float(np.quantile(good, 1.0 - FALSE_ALARM_RATE))
+        result["f1_at_good_threshold"] = {"threshold": threshold, **f1_at_threshold(labels, s, threshold)}
+        result["line"] = line_operating_points(good, labels, s)
+    result["resolution"] = "native"
+    result["n_test_images"] = len(items)
+    return result
