@@ -29,7 +29,7 @@ def test_tiles_are_the_training_samples(parts: Path) -> None:
     from training.train import make_preprocess
 
     config: dict = {"backbone": "effnet"}
-    pre = make_preprocess("patchcore", config, Tiling(48, 8, 1.0))
+    pre = make_preprocess("patchcore", config, tiling=Tiling(48, 8, 1.0))
     assert config["image_size"] == 48 and (pre.height, pre.width) == (48, 48)
     paths = sorted((parts / "train" / "good").iterdir())[:2]
     samples = load_samples(paths, pre)
@@ -39,7 +39,7 @@ def test_tiles_are_the_training_samples(parts: Path) -> None:
     assert [m.shape for m in masks] == [(SIZE, SIZE)] * 2
     assert np.array_equal(tiled.stitched(tiled.tiles[..., 0].astype(np.float32))[1].shape, (SIZE, SIZE))
     with pytest.raises(ValueError, match="--tile 48 is the model input"):
-        make_preprocess("patchcore", {"image_size": 64}, Tiling(48))
+        make_preprocess("patchcore", {"image_size": 64}, tiling=Tiling(48))
 
 
 def test_train_export_and_evaluate_a_tiled_knn(
