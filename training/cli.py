@@ -51,7 +51,7 @@ def train_main(argv: list[str] | None = None) -> int:
         default="auto",
         choices=("auto", "letterbox", "stretch"),
         help="how images of another shape reach the square input (default auto: measured on the held-out "
-        "good images when the images vary in shape; docs/accuracy.md)",
+        "good images unless every image is square; docs/accuracy.md)",
     )
     p.add_argument("--quiet", action="store_true")
     p.add_argument(

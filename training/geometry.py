@@ -127,7 +127,7 @@ def choose_geometry(
             "resize": "letterbox",
             "reason": "fewer than 2 held-out good images: nothing to measure on (letterbox keeps shapes)",
         }
-    log(f"geometry: images vary in shape; probing letterbox vs stretch on {len(val_paths)} held-out images")
+    log(f"geometry: not every image is square; probing letterbox vs stretch on {len(val_paths)} held-out")
     pasted = native_pasted(val_paths, seed)
     probe = {g: score_geometry(g, size, train_paths, pasted, seed) for g in GEOMETRIES}
     total = {g: sum(v for v in probe[g].values() if v is not None) for g in GEOMETRIES}
