@@ -237,28 +237,30 @@ async def _timeline(request: web.Request) -> web.StreamResponse:
     return _json({"timeline_s": live.timeline_s, "cameras": live.timeline(since)})
 
 
-async def _frame(request: web.Request) -> web.StreamResponse:
-    """The newest frame's picture alone (no overlay), named by the ``X-Frame-Id`` header."""
+def _newest(request: web.Request) -> Any:
+    """The camera's newest snapshot, or the error response to send (no such camera, no frame yet)."""
     live: LiveView = request.app[LIVE]
     camera = request.match_info["camera"]
     if camera not in live.cameras:
         return _error(404, f"no camera {camera!r}")
     snap = live.latest(camera)
-    if snap is None:
-        return _error(503, "no frame yet")
+    return _error(503, "no frame yet") if snap is None else snap
+
+
+async def _frame(request: web.Request) -> web.StreamResponse:
+    """The newest frame's picture alone (no overlay), named by the ``X-Frame-Id`` header."""
+    snap = _newest(request)
+    if isinstance(snap, web.Response):
+        return snap
     return _image(snap.jpeg, "image/jpeg", {"X-Frame-Id": str(snap.frame_id)})
 
 
 async def _latest(request: web.Request) -> web.StreamResponse:
     """The newest snapshot's result fields and the URLs of its own picture and mask overlay."""
-    live: LiveView = request.app[LIVE]
-    camera = request.match_info["camera"]
-    if camera not in live.cameras:
-        return _error(404, f"no camera {camera!r}")
-    snap = live.latest(camera)
-    if snap is None:
-        return _error(503, "no frame yet")
-    base = f"/cam/{quote(camera, safe='')}/frame/{snap.frame_id}"
+    snap = _newest(request)
+    if isinstance(snap, web.Response):
+        return snap
+    base = f"/cam/{quote(request.match_info['camera'], safe='')}/frame/{snap.frame_id}"
     return _json({
         **snap.info, "frame_id": snap.frame_id, "width": snap.size[0], "height": snap.size[1],
         "image": base + ".jpg", "mask": base + "/mask.png" if snap.overlay is not None else None,
