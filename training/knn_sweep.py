@@ -25,7 +25,8 @@ import torch
 from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from training.data import good_images, load_images, split_train_val
 from training.metrics import evaluate_maps, line_operating_points
-from training.models.patchcore import NearestBank, PatchCore, PatchCoreConfig, StreamedCoreset, coverage
+from training.models.memory_bank import NearestBank, StreamedCoreset, coverage
+from training.models.patchcore import PatchCore, PatchCoreConfig
 from training.pasted_defects import pasted_set
 from training.train import images_to_tensor
 

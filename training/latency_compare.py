@@ -39,23 +39,31 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "patchcore vit 224 px, 1024 rows": (
         "patchcore",
-        {"backbone": "vit", "image_size": 224, "vit_bank_size": 1024},
+        {"backbone": "vit", "image_size": 224, "vit_bank_size": 1024, "vit_pca_dim": 0},
     ),
     "patchcore both 224 px, 16384 + 4096 rows": (
         "patchcore",
-        {"backbone": "both", "image_size": 224, "bank_size": 16384, "vit_bank_size": 4096},
+        {"backbone": "both", "image_size": 224, "bank_size": 16384, "vit_bank_size": 4096, "vit_pca_dim": 0},
     ),
     "patchcore both 224 px, 4096 + 1024 rows": (
         "patchcore",
-        {"backbone": "both", "image_size": 224, "bank_size": 4096, "vit_bank_size": 1024},
+        {"backbone": "both", "image_size": 224, "bank_size": 4096, "vit_bank_size": 1024, "vit_pca_dim": 0},
+    ),
+    "patchcore vit 224 px, 8192 rows of 96 components": (
+        "patchcore",
+        {"backbone": "vit", "image_size": 224, "vit_bank_size": 8192, "vit_pca_dim": 96},
+    ),
+    "patchcore both 224 px, 4096 + 8192 rows of 96 components": (
+        "patchcore",
+        {"backbone": "both", "image_size": 224, "bank_size": 4096, "vit_bank_size": 8192, "vit_pca_dim": 96},
     ),
     "patchcore vit 168 px, 1024 rows": (
         "patchcore",
-        {"backbone": "vit", "image_size": 168, "vit_bank_size": 1024},
+        {"backbone": "vit", "image_size": 168, "vit_bank_size": 1024, "vit_pca_dim": 0},
     ),
     "patchcore both 168 px, 4096 + 1024 rows": (
         "patchcore",
-        {"backbone": "both", "image_size": 168, "bank_size": 4096, "vit_bank_size": 1024},
+        {"backbone": "both", "image_size": 168, "bank_size": 4096, "vit_bank_size": 1024, "vit_pca_dim": 0},
     ),
 }
 

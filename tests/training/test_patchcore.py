@@ -17,7 +17,7 @@ from tests.training.checks import assert_finds_blobs
 from training.checkpoint import build_model, load_checkpoint
 from training.cli import eval_main, train_main
 from training.graph import InferenceModel
-from training.models.patchcore import NearestBank, greedy_coreset
+from training.models.memory_bank import NearestBank, greedy_coreset
 from training.synthetic import good_part
 
 SMALL = ["image_size=128", "bank_size=512", 'backbone="effnet"']

@@ -21,13 +21,8 @@ from training.checkpoint import load_checkpoint, save_checkpoint
 from training.cli import eval_main
 from training.graph import InferenceModel
 from training.metrics import line_operating_points
-from training.models.patchcore import (
-    FIELDS_ADDED_SINCE,
-    PatchCore,
-    PatchCoreConfig,
-    StreamedCoreset,
-    greedy_coreset,
-)
+from training.models.memory_bank import NearestBank, StreamedCoreset, greedy_coreset, pca_basis
+from training.models.patchcore import FIELDS_ADDED_SINCE, PatchCore, PatchCoreConfig
 from training.worst import pick_worst
 
 SIZE = 56  # 4 x 4 ViT patches, 7 x 7 EfficientNet cells: the smallest size both teachers take
@@ -216,13 +211,49 @@ def test_pasted_eval_writes_the_worst_images(knn_run: Path, tmp_path: Path) -> N
 
 
 def test_a_large_bank_is_searched_in_slices_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
-    import training.models.patchcore as patchcore
+    import training.models.memory_bank as memory_bank
 
-    monkeypatch.setattr(patchcore, "EAGER_BANK_CHUNK", 100)
+    monkeypatch.setattr(memory_bank, "EAGER_BANK_CHUNK", 100)
     bank = torch.randn(1000, 8)
-    search = patchcore.NearestBank(0, 8)
+    search = memory_bank.NearestBank(0, 8)
     search.set_bank(bank)
     f = torch.randn(2, 8, 3, 4)
     q = f.flatten(2).transpose(1, 2)
     want = torch.cdist(q, bank.expand(2, -1, -1)).amin(dim=-1).view(2, 1, 3, 4)
     torch.testing.assert_close(search(f), want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_projected_bank_searches_in_the_principal_components() -> None:
+    """Features that vary in 3 of 16 directions: 3 components keep every distance, 1 does not."""
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(16, 3, generator=g))[0]  # 3 orthonormal directions in 16-d
+    train = torch.randn(500, 3, generator=g) @ basis.t() + 2.0
+    mean, comps = pca_basis(train, 3)
+    search = NearestBank(0, 16, project_to=3)
+    search.set_projection(mean, comps)
+    search.set_bank(search.project(train[:200]))
+    f = (torch.randn(2, 3, 5, generator=g).transpose(1, 2) @ basis.t()).transpose(1, 2) + 2.0  # (2, 16, 5)
+    f = f.reshape(2, 16, 5, 1)
+    q = f.flatten(2).transpose(1, 2)
+    want = torch.cdist(q, train[:200].expand(2, -1, -1)).amin(dim=-1).view(2, 1, 5, 1)
+    torch.testing.assert_close(search(f), want, atol=1e-3, rtol=1e-3)
+    one = NearestBank(0, 16, project_to=1)
+    one.set_projection(*pca_basis(train, 1))
+    one.set_bank(one.project(train[:200]))
+    assert (one(f) < want - 1e-2).any()  # one component drops distance: the projection is really used
+    with pytest.raises(ValueError, match="narrower"):
+        NearestBank(10, 16, project_to=16)
+
+
+def test_a_projected_vit_bank_is_fitted_saved_and_exported(tmp_path: Path) -> None:
+    model = fitted("vit", vit_pca_dim=8)
+    search = model.vit_search
+    assert search.bank.shape == (24, 8) and search.proj.shape == (768, 8)
+    assert float(search.proj.abs().sum()) > 0  # components were set from the training patches
+    comps = search.proj
+    torch.testing.assert_close(comps.t() @ comps, torch.eye(8), atol=1e-4, rtol=1e-4)  # orthonormal
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    pre = Preprocess(height=SIZE, width=SIZE, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    again = load_checkpoint(save_checkpoint(tmp_path / "c.pt", "patchcore", model, pre)).model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x)[0], model(x)[0])

@@ -16,24 +16,20 @@ to the nearest bank row. Two teachers can be used (``backbone``):
 The search is written as ``|q|^2 - 2 q.B^T + |B|^2`` followed by a min over the bank, so the exported graph
 is one MatMul and one ReduceMin per teacher with the bank as a constant: ONNX Runtime and TensorRT run it
 as they run any layer, with no index library on the device. The bank size bounds both the bundle and the
-per-image cost (rows x feature width x 4 bytes; 16384 x 152 is 9.5 MiB; 4096 x 768 is 12 MiB).
+per-image cost (rows x feature width x 4 bytes; 16384 x 152 is 9.5 MiB; 4096 x 768 is 12 MiB). A bank
+can live in its training patches' principal components (``pca_dim`` / ``vit_pca_dim``): 8192 ViT rows of
+96 components cost what 1024 rows of 768 do, and cover the good patches far better.
 ``bank_size = 0`` keeps every training patch: the plain full-bank kNN, an evaluation yardstick that
-export refuses (its bank grows with the data set).
-
-The coreset is chosen from every training patch: features are streamed image batch by image batch into
-a random projection (kept in memory, 64 floats a patch) and a float32 spool file (on disk), greedy
-k-center runs on the projections, and only the chosen rows are read back.
+export refuses (its bank grows with the data set). The bank, its coreset and its coverage report are in
+``training.models.memory_bank``.
 """
 
 from __future__ import annotations
 
-import math
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,14 +38,28 @@ from training.anomaly_map import MapHead
 from training.backbones.efficientnet_lite import EfficientNetLite0
 from training.backbones.vit import ViTS14
 from training.models.base import TrainableModel
+from training.models.memory_bank import (
+    NearestBank,
+    StreamedCoreset,
+    coverage,
+    format_quantiles,
+    greedy_coreset,
+    pca_basis,
+)
 
 BACKBONES = ("effnet", "vit", "both")
 SCORES = ("max", "topk")
 FUSIONS = ("mean", "max", "shift")
-EAGER_BANK_CHUNK = 32768  # rows searched at once in eager mode (a full bank would need GBs at once)
-COVERAGE_QUANTILES = (0.5, 0.95, 0.99, 1.0)
 # Checkpoints written before these fields existed were EfficientNet-only max-scored kNNs (training.checkpoint)
-FIELDS_ADDED_SINCE = {"backbone": "effnet", "score": "max", "vit_bank_size": 1024, "fusion": "mean"}
+FIELDS_ADDED_SINCE = {
+    "backbone": "effnet",
+    "score": "max",
+    "vit_bank_size": 1024,
+    "fusion": "mean",
+    "pca_dim": 0,
+    "vit_pca_dim": 0,
+}
+PCA_SAMPLE = 60000  # training patches the principal components are computed from
 
 
 @dataclass
@@ -66,7 +76,9 @@ class PatchCoreConfig:
     bank_size: int = (
         4096  # EfficientNet coreset rows; 4096 x 152 float32 = 2.4 MiB. 0: every patch (eval only)
     )
-    vit_bank_size: int = 1024  # ViT coreset rows; 1024 x 768 float32 = 3 MiB. 0: every patch (eval only)
+    vit_bank_size: int = 8192  # ViT coreset rows; 8192 x 96 float32 = 3 MiB. 0: every patch (eval only)
+    pca_dim: int = 0  # EfficientNet bank in this many principal components; 0: the 152-d features
+    vit_pca_dim: int = 96  # ViT bank in this many principal components of its 768-d tokens; 0: none
     projection_dim: int = 64  # random projection the greedy coreset measures distances in
     max_candidates: int = 0  # 0: the coreset is chosen from every patch; > 0: from a random subset this size
     score: str = "topk"  # image score from the smoothed map: "max", or "topk" (mean of its top topk_fraction)
@@ -75,151 +87,6 @@ class PatchCoreConfig:
         "mean"  # backbone "both": "mean" or "max" of the two normalised maps, or "shift" (fuse_maps)
     )
     sigma: float = 4.0
-
-
-class NearestBank(nn.Module):
-    """(N, C, h, w) features -> (N, 1, h, w) distance to the nearest bank row.
-
-    ``metric``: "euclidean" (the distance) or "cosine" (|q - b|^2 / 2, which is 1 - cos for unit rows).
-    ``rows = 0`` makes a bank whose size is set by ``set_bank`` and by a loaded state (the full bank).
-    """
-
-    def __init__(self, rows: int, dim: int, metric: str = "euclidean") -> None:
-        super().__init__()
-        if metric not in ("euclidean", "cosine"):
-            raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
-        self.metric = metric
-        self.resizable = rows == 0
-        self.register_buffer("bank", torch.zeros(rows, dim))
-        self.register_buffer("bank_sqnorm", torch.zeros(rows))
-
-    @torch.no_grad()
-    def set_bank(self, rows: torch.Tensor) -> None:
-        if self.resizable and rows.ndim == 2 and rows.shape[1] == self.bank.shape[1]:
-            self.bank = torch.empty_like(rows)
-            self.bank_sqnorm = torch.empty(rows.shape[0])
-        if rows.shape != self.bank.shape:
-            raise ValueError(f"bank must be {tuple(self.bank.shape)}, got {tuple(rows.shape)}")
-        self.bank.copy_(rows)
-        self.bank_sqnorm.copy_(rows.pow(2).sum(dim=1))
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
-        if self.resizable and prefix + "bank" in state_dict:  # a full bank: its size comes with it
-            rows = state_dict[prefix + "bank"].shape[0]
-            self.bank = torch.zeros(rows, self.bank.shape[1])
-            self.bank_sqnorm = torch.zeros(rows)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def _nearest_d2(self, q: torch.Tensor) -> torch.Tensor:
-        """(N, T, C) queries -> (N, T) squared distance to the nearest row."""
-        qn = q.pow(2).sum(-1, keepdim=True)  # (N, T, 1)
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or len(self.bank) <= EAGER_BANK_CHUNK:
-            return (qn - 2.0 * (q @ self.bank.t()) + self.bank_sqnorm).amin(dim=-1)  # (N, T)
-        best = None
-        flat = q.reshape(-1, q.shape[-1])  # (N*T, C)
-        for i in range(0, len(self.bank), EAGER_BANK_CHUNK):  # eager only: the bank in slices
-            b, bn = self.bank[i : i + EAGER_BANK_CHUNK], self.bank_sqnorm[i : i + EAGER_BANK_CHUNK]
-            d2 = torch.addmm(bn, flat, b.t(), alpha=-2.0).amin(dim=-1)  # |B|^2 - 2 q.B, one fused pass
-            best = d2 if best is None else torch.minimum(best, d2)
-        return best.view(q.shape[:2]) + qn[..., 0]  # |q|^2 is the same for every row: added after the min
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = f.shape
-        q = f.flatten(2).transpose(1, 2)  # (N, h*w, C)
-        d2 = self._nearest_d2(q).clamp_min(0.0)  # (N, h*w)
-        nearest = d2 * 0.5 if self.metric == "cosine" else d2.sqrt()
-        return nearest.view(n, 1, h, w)
-
-
-# --- the coreset -----------------------------------------------------------------------------------------
-
-
-def _projection(dim: int, projection_dim: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.standard_normal((dim, projection_dim)).astype(np.float32) / math.sqrt(projection_dim)
-
-
-def greedy_kcenter(z: np.ndarray, n: int, first: int) -> np.ndarray:
-    """Indices of ``n`` rows of ``z`` (M, P) by greedy k-center, starting at row ``first``.
-
-    Each pick is the row farthest from those picked, so rare normal patches survive where a uniform
-    sample would drop them and call them anomalies. One matrix-vector product and three in-place passes a
-    pick, on preallocated buffers: memory is z plus three M-vectors.
-    """
-    m = z.shape[0]
-    sq = np.einsum("ij,ij->i", z, z)
-    nearest = np.full(m, np.inf, dtype=np.float32)
-    dist = np.empty(m, dtype=np.float32)
-    picked = np.empty(n, dtype=np.int64)
-    j = first
-    for i in range(n):
-        picked[i] = j
-        np.dot(z, z[j], out=dist)
-        dist *= -2.0
-        dist += sq
-        dist += sq[j]
-        np.minimum(nearest, dist, out=nearest)
-        j = int(nearest.argmax())
-    return picked
-
-
-def greedy_coreset(features: torch.Tensor, n: int, projection_dim: int, seed: int = 0) -> torch.Tensor:
-    """Indices of ``n`` rows of ``features`` (M, C) chosen by greedy k-center in a random projection.
-
-    The projection (Gaussian, as PatchCore's) keeps the distance ranking (Johnson-Lindenstrauss) at a
-    fraction of the cost. All rows in memory; ``StreamedCoreset`` picks the same rows from batches.
-    """
-    m = features.shape[0]
-    if n >= m:
-        return torch.arange(m)
-    rng = np.random.default_rng(seed)
-    proj = _projection(features.shape[1], projection_dim, rng)
-    z = np.ascontiguousarray(features.numpy().astype(np.float32, copy=False) @ proj)  # (M, P)
-    return torch.from_numpy(greedy_kcenter(z, n, int(rng.integers(m))))
-
-
-class StreamedCoreset:
-    """Greedy k-center over every row of a stream of (B, C) batches, memory bounded by the projection.
-
-    ``add`` projects each batch (kept: M x P float32) and appends its full rows to a float32 spool file;
-    ``rows(n)`` runs greedy k-center on the projections and reads the chosen rows back (``n = 0`` or
-    ``n >= M``: every row, in order). Same seed, same rows: picks equal ``greedy_coreset`` on the
-    concatenated batches.
-    """
-
-    def __init__(self, dim: int, projection_dim: int, seed: int = 0) -> None:
-        self.dim = dim
-        self.rng = np.random.default_rng(seed)
-        self.proj = _projection(dim, projection_dim, self.rng)
-        self.z: list[np.ndarray] = []
-        self.spool = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close(), after rows())
-        self.count = 0
-
-    def add(self, batch: torch.Tensor) -> None:
-        rows = np.ascontiguousarray(batch.detach().numpy(), dtype=np.float32)
-        if rows.ndim != 2 or rows.shape[1] != self.dim:
-            raise ValueError(f"expected (B, {self.dim}) rows, got {rows.shape}")
-        self.z.append(rows @ self.proj)
-        self.spool.write(rows.tobytes())
-        self.count += len(rows)
-
-    def _read(self, index: np.ndarray | None) -> torch.Tensor:
-        self.spool.flush()
-        spooled = np.memmap(self.spool, dtype=np.float32, mode="r", shape=(self.count, self.dim))
-        out = np.array(spooled if index is None else spooled[np.sort(index)])
-        del spooled
-        return torch.from_numpy(out)
-
-    def rows(self, n: int) -> torch.Tensor:
-        if self.count == 0:
-            raise ValueError("no patch features were added to the coreset")
-        if n == 0 or n >= self.count:
-            return self._read(None)
-        z = np.ascontiguousarray(np.concatenate(self.z))
-        picked = greedy_kcenter(z, n, int(self.rng.integers(self.count)))
-        return self._read(picked)
-
-    def close(self) -> None:
-        self.spool.close()
 
 
 # --- the teachers ----------------------------------------------------------------------------------------
@@ -289,6 +156,8 @@ def _check(config: PatchCoreConfig) -> None:
         raise ValueError(f"topk_fraction must be in (0, 1], got {config.topk_fraction}")
     if min(config.bank_size, config.vit_bank_size) < 0:
         raise ValueError("bank sizes must be >= 0 (0 keeps every training patch)")
+    if min(config.pca_dim, config.vit_pca_dim) < 0:
+        raise ValueError("pca dims must be >= 0 (0 keeps the teacher's features)")
 
 
 class PatchCore(TrainableModel):
@@ -308,10 +177,12 @@ class PatchCore(TrainableModel):
         self.teachers = [t for t in ("effnet", "vit") if config.backbone in (t, "both")]
         if "effnet" in self.teachers:
             self.teacher = EffNetPatches(tuple(config.teacher_blocks), config.pool)
-            self.search = NearestBank(config.bank_size, self.teacher.dim)
+            self.search = NearestBank(config.bank_size, self.teacher.dim, project_to=config.pca_dim)
         if "vit" in self.teachers:
             self.vit = ViTPatches(config.image_size, tuple(config.vit_layers))
-            self.vit_search = NearestBank(config.vit_bank_size, self.vit.dim, metric="cosine")
+            self.vit_search = NearestBank(
+                config.vit_bank_size, self.vit.dim, metric="cosine", project_to=config.vit_pca_dim
+            )
         # per-teacher (offset, scale) of the held-out good scores; identity until fit sets them ("both" only)
         self.register_buffer("norm_offset", torch.zeros(len(self.teachers)))
         self.register_buffer("norm_scale", torch.ones(len(self.teachers)))
@@ -394,6 +265,15 @@ class PatchCore(TrainableModel):
             for f in _embed_batches(teacher, x, batch):
                 stream.add(f.permute(0, 2, 3, 1).reshape(-1, teacher.dim))  # (B*h*w, C)
             total = stream.count
+            if search.projected:  # the coreset is chosen where the search measures: in the projection
+                width = search.bank.shape[1]
+                say(f"{name}: {width} principal components of {teacher.dim}-d patch features")
+                search.set_projection(*pca_basis(stream.sample(PCA_SAMPLE, seed), width))
+                reduced = StreamedCoreset(width, cfg.projection_dim, seed)
+                for rows in stream.chunks(65536):
+                    reduced.add(search.project(rows))
+                stream.close()
+                stream = reduced
             if cfg.max_candidates and total > cfg.max_candidates:  # the old random-subset behaviour
                 keep = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[
                     : cfg.max_candidates
@@ -477,14 +357,3 @@ class PatchCore(TrainableModel):
 def _embed_batches(teacher: nn.Module, x: torch.Tensor, batch: int) -> Iterable[torch.Tensor]:
     for i in range(0, len(x), batch):
         yield teacher(x[i : i + batch])
-
-
-@torch.no_grad()
-def coverage(search: NearestBank, features: Iterable[torch.Tensor]) -> dict[str, float]:
-    """Quantiles (p50/p95/p99/max) of patches' nearest-bank distances, in the search's own units."""
-    d = torch.cat([search(f).flatten() for f in features]).numpy()
-    return {f"p{round(q * 100)}" if q < 1 else "max": float(np.quantile(d, q)) for q in COVERAGE_QUANTILES}
-
-
-def format_quantiles(q: dict[str, float]) -> str:
-    return " ".join(f"{k} {v:.4g}" for k, v in q.items())
