@@ -13,6 +13,7 @@ recall (threshold from the held-out good images). The test split is never read. 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -25,7 +26,7 @@ import torch
 from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from training.data import good_images, load_images, split_train_val
 from training.metrics import evaluate_maps, line_operating_points
-from training.models.memory_bank import NearestBank, StreamedCoreset, coverage
+from training.models.memory_bank import PCA_SAMPLE, NearestBank, StreamedCoreset, coverage, pca_basis
 from training.models.patchcore import PatchCore, PatchCoreConfig
 from training.pasted_defects import pasted_set
 from training.train import images_to_tensor
@@ -38,16 +39,28 @@ def _features(teacher: torch.nn.Module, x: torch.Tensor, batch: int = 8) -> torc
         return torch.cat([teacher(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
-def _bank(train_f: torch.Tensor, rows: int, metric: str, seed: int = 0) -> NearestBank:
+def _bank(train_f: torch.Tensor, rows: int, metric: str, seed: int = 0, pca: int = 0) -> NearestBank:
+    """A bank of ``rows`` coreset rows (0: every patch), in ``pca`` principal components when > 0."""
     dim = train_f.shape[1]
-    stream = StreamedCoreset(dim, 64, seed)
-    for i in range(0, len(train_f), 16):
-        stream.add(train_f[i : i + 16].permute(0, 2, 3, 1).reshape(-1, dim))
+    bank = NearestBank(0, dim, metric, project_to=pca)
+    patches = train_f.permute(0, 2, 3, 1).reshape(-1, dim)
+    if pca:
+        sample = torch.randperm(len(patches), generator=torch.Generator().manual_seed(seed))[:PCA_SAMPLE]
+        bank.set_projection(*pca_basis(patches[sample], pca))
+    stream = StreamedCoreset(pca or dim, 64, seed)
+    per_batch = train_f.shape[2] * train_f.shape[3] * 16
+    for i in range(0, len(patches), per_batch):
+        stream.add(bank.project(patches[i : i + per_batch]))
     chosen = stream.rows(rows)
     stream.close()
-    bank = NearestBank(0, dim, metric)
     bank.set_bank(chosen)
     return bank
+
+
+def bank_spec(spec: str) -> tuple[int, int]:
+    """'8192x96' -> (8192 rows, 96 principal components); '1024' -> (1024, 0); '0' is every patch."""
+    rows, _, pca = spec.partition("x")
+    return int(rows), int(pca or 0)
 
 
 def _metrics(model: PatchCore, raw: list[torch.Tensor], labels, masks, types) -> dict[str, Any]:
@@ -97,7 +110,7 @@ def _fused_metrics(
 
 
 def sweep(
-    data: Path, banks: dict[str, list[int]], scores: list[tuple[str, float]], log, raw_out: Path | None = None
+    data: Path, banks: dict[str, list[str]], scores: list[tuple[str, float]], log, raw_out: Path | None = None
 ) -> dict[str, Any]:
     torch.manual_seed(0)
     pre = Preprocess(
@@ -121,14 +134,15 @@ def sweep(
         f_train, f_eval = _features(teacher, x_train), _features(teacher, x_eval)
         out[f"{name}_feature_seconds"] = time.perf_counter() - t
         log(f"{data.name} {name}: features {tuple(f_train.shape)} in {out[f'{name}_feature_seconds']:.0f} s")
-        for rows in banks[name]:
+        for spec in banks[name]:
+            rows, pca = bank_spec(spec)
             t = time.perf_counter()
-            bank = _bank(f_train, rows, search.metric)
+            bank = _bank(f_train, rows, search.metric, pca=pca)
             build = time.perf_counter() - t
             with torch.no_grad():
-                raw[(name, rows)] = torch.cat([bank(f_eval[i : i + 2]) for i in range(0, len(f_eval), 2)])
+                raw[(name, spec)] = torch.cat([bank(f_eval[i : i + 2]) for i in range(0, len(f_eval), 2)])
                 cov = coverage(bank, [f_eval[torch.from_numpy(labels == 0)]])
-            log(f"  bank {rows or 'full'} ({len(bank.bank)} rows) built {build:.0f} s, good coverage {cov}")
+            log(f"  bank {spec} ({len(bank.bank)} rows) built {build:.0f} s, good coverage {cov}")
             for score, frac in scores:
                 cfg = PatchCoreConfig(
                     image_size=SIZE,
@@ -138,11 +152,12 @@ def sweep(
                     score=score,
                     topk_fraction=frac,
                 )
-                m = _metrics(PatchCore(cfg), [raw[(name, rows)]], labels, masks, types)
+                m = _metrics(PatchCore(cfg), [raw[(name, spec)]], labels, masks, types)
                 out["runs"].append(
                     {
                         "teacher": name,
                         "bank": rows,
+                        "pca": pca,
                         "score": score,
                         "topk": frac,
                         **m,
@@ -150,16 +165,16 @@ def sweep(
                         "build_s": build,
                     }
                 )
-                log(f"    {name} bank {rows or 'full'} {score} {frac}: {m}")
+                log(f"    {name} bank {spec} {score} {frac}: {m}")
     if raw_out is not None:  # for trying other fusions later without the teachers
         np.savez_compressed(
             raw_out,
             labels=labels,
             masks=masks,
             types=np.array(types),
-            **{f"{name}_{rows}": r.numpy() for (name, rows), r in raw.items()},
+            **{f"{name}_{spec}": r.numpy() for (name, spec), r in raw.items()},
         )
-    for rows_e, rows_v in zip(banks["effnet"], banks["vit"], strict=True):
+    for rows_e, rows_v in itertools.product(banks["effnet"], banks["vit"]):
         for fusion in ("mean", "max", "shift"):
             for score, frac in scores:
                 pair = [raw[("effnet", rows_e)], raw[("vit", rows_v)]]
@@ -182,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         "--refuse", type=Path, help="a sweep's -raw.npz: score other fusions of its maps (--fusions)"
     )
     p.add_argument("--fusions", default="mean,max")
-    p.add_argument("--effnet-banks", default="0,16384,4096")
-    p.add_argument("--vit-banks", default="0,4096,1024")
+    p.add_argument("--effnet-banks", default="0,16384,4096", help="bank rows; ROWSxPCA: projected")
+    p.add_argument("--vit-banks", default="0,4096,1024,8192x96", help="as --effnet-banks; 0 is every patch")
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
     if args.table:
@@ -198,10 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--data and --out are needed (or --table)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    banks = {
-        "effnet": [int(v) for v in args.effnet_banks.split(",")],
-        "vit": [int(v) for v in args.vit_banks.split(",")],
-    }
+    banks = {"effnet": args.effnet_banks.split(","), "vit": args.vit_banks.split(",")}
     scores = [("max", 0.01), ("topk", 0.01), ("topk", 0.001)]
     raw_out = args.out.with_name(args.out.stem + "-raw.npz")
     result = sweep(args.data, banks, scores, lambda m: print(m, file=sys.stderr, flush=True), raw_out)
@@ -242,9 +254,11 @@ def table(paths: list[Path]) -> str:
         name = Path(data["data"]).name
         for r in data["runs"]:
             bank = (
-                "/".join(str(b or "full") for b in r["bank"])
+                "/".join("full" if str(b) == "0" else str(b) for b in r["bank"])
                 if isinstance(r["bank"], list)
-                else r["bank"] or "full"
+                else (r["bank"] or "full")
+                if not r.get("pca")
+                else f"{r['bank'] or 'full'}x{r['pca']}"
             )
             score = "max" if r["score"] == "max" else f"top {r['topk']:.1%} mean"
             lines.append(

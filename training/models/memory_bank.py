@@ -17,6 +17,7 @@ from torch import nn
 
 EAGER_BANK_CHUNK = 32768  # rows searched at once in eager mode (a full bank would need GBs at once)
 COVERAGE_QUANTILES = (0.5, 0.95, 0.99, 1.0)
+PCA_SAMPLE = 60000  # training patches a projected bank's principal components are computed from
 
 
 class NearestBank(nn.Module):

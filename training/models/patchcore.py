@@ -39,6 +39,7 @@ from training.backbones.efficientnet_lite import EfficientNetLite0
 from training.backbones.vit import ViTS14
 from training.models.base import TrainableModel
 from training.models.memory_bank import (
+    PCA_SAMPLE,
     NearestBank,
     StreamedCoreset,
     coverage,
@@ -59,7 +60,6 @@ FIELDS_ADDED_SINCE = {
     "pca_dim": 0,
     "vit_pca_dim": 0,
 }
-PCA_SAMPLE = 60000  # training patches the principal components are computed from
 
 
 @dataclass
