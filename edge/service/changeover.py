@@ -286,8 +286,8 @@ class Changeover:
             log.warning("SIGHUP: changes to %s take effect at the next restart", ", ".join(ignored))
         self.config = new
         self.store = RecipeStore(new.model.store, new.model.bundle)
-        self.thresholds.set_fixed({cam.name: cam.threshold for cam in new.cameras})
-        by_name = {cam.name: cam for cam in new.cameras}
+        self.thresholds.set_fixed({cam.name: cam.threshold for cam in new.units()})
+        by_name = {cam.name: cam for cam in new.units()}
         log.info("SIGHUP: config and bundle store read again")
         for camera, before in list(self._configured.items()):
             cfg = by_name.get(camera)
@@ -357,8 +357,9 @@ def restart_only_changes(old: EdgeConfig, new: EdgeConfig) -> List[str]:
         for key in ("bundle", "store"):
             doc["model"].pop(key, None)
         for cam in doc["cameras"]:
-            cam.pop("recipe", None)
-            cam.pop("threshold", None)
+            for entry in [cam, *cam.get("regions", [])]:  # a region's recipe and threshold reload too
+                entry.pop("recipe", None)
+                entry.pop("threshold", None)
         return doc
 
     a, b = reloadable_removed(old), reloadable_removed(new)
