@@ -16,6 +16,7 @@ import pytest
 
 import edge.capture.sources as sources
 from tests.edge.test_daemon_e2e import WAIT, InProcess, config_toml, results
+from tests.edge.test_sparkplug import Host
 from tests.edge.test_tiled_daemon_e2e import GREY, tiled_bundle
 from tests.helpers.broker import Broker
 from tests.helpers.mqtt import Subscriber, has_availability
@@ -179,3 +180,33 @@ def test_a_region_outside_the_frame_faults_alone(broker: Broker, tmp_path: Path,
     assert not results(sub, prefix, "cam0/far")
     assert len(opens) >= 1 and set(opens) == {str(src)}
     assert any(r["threshold"] == 7.5 for r in results(sub, prefix, "cam0/left"))
+
+
+def test_each_region_is_a_sparkplug_device_of_its_own(broker: Broker, tmp_path: Path) -> None:
+    src = video(tmp_path)
+    tag = uuid.uuid4().hex[:8]
+    group, node, dev = f"line-{tag}", f"node-{tag}", f"regions-{tag}"
+    prefix = f"edge-anomaly/{dev}"
+    regions = [{"name": "left", "roi": LEFT}, {"name": "right", "roi": RIGHT}]
+    text = regions_config(
+        dev, broker, whole_bundle(tmp_path), tmp_path, {"source": str(src), "loop": True}, regions
+    )
+    text = text.replace(
+        "[model]\n", f'[sparkplug]\nenabled = true\ngroup_id = "{group}"\nedge_node_id = "{node}"\n[model]\n'
+    )
+    host = Host(broker, group, node, None, prefix)  # type: ignore[arg-type]  # only raw topics are read
+    run = InProcess(tmp_path, text).start()
+    try:
+        for region in ("left", "right"):  # '/' cannot be in a device id: <camera>:<region>
+            assert host.wait_count("DBIRTH", 1, f"cam0:{region}") and host.wait_count(
+                "DDATA", 2, f"cam0:{region}"
+            )
+        host.command("DCMD", [("Inspection/Threshold", "Double", 4.5)], "cam0:right")
+        state = f"{prefix}/cam0/right/threshold/state"
+        assert host.sub.wait_for(
+            lambda _: any(m.json()["threshold"] == 4.5 for m in host.sub.on(state)), WAIT
+        )
+    finally:
+        assert run.stop() == 0
+    host.sub.close()
+    assert not any("/DDATA/" in m.topic and m.topic.endswith("/cam0") for m in host.sub.snapshot())
