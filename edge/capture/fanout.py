@@ -53,14 +53,13 @@ class RegionStates:
         self._faults: Dict[str, str] = {}  # unit -> reason of its own fault
 
     def on_camera_state(self, camera: str, state: str, reason: str) -> None:
-        """The source's ``on_state``: a region in a fault of its own stays in it while the camera is
+        """The source's ``on_state``: a region in a fault of its own is in that fault while the camera is
         online; every other change (fault, ended, offline) reaches every region."""
         with self._lock:
             self._camera = (state, reason)
             for unit in self.units:
-                if state == "online" and unit in self._faults:
-                    continue
-                self._tell(unit, state, reason)
+                fault = self._faults.get(unit) if state == "online" else None
+                self._tell(unit, "fault" if fault else state, fault or reason)
 
     def region_fault(self, unit: str, reason: str) -> None:
         with self._lock:

@@ -73,7 +73,7 @@ class Changeover:
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
-        cams = [c for c in config.enabled_cameras()]
+        cams = [c for c in config.enabled_cameras() if book.runs(c.name)]  # not a region that failed to load
         now = time.time()
         self._configured: Dict[str, str] = {c.name: store.configured(c) for c in cams}
         self._since: Dict[str, float] = dict.fromkeys(self._configured, now)
@@ -102,6 +102,8 @@ class Changeover:
 
     def on_model_set(self, camera: str, payload: bytes) -> Optional[str]:
         """The MQTT command (network thread): queue the switch; an error string when refused at once."""
+        if camera not in self._configured:
+            return f"{camera}: its recipe failed to load at the start; fix it and restart"
         try:
             spec, rollback = parse_model_set(payload)
         except ValueError as exc:

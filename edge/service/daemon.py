@@ -380,9 +380,10 @@ def build(
     ``overlays``: edge-run --save-overlays (the publish thread offers it every published frame)."""
     store = RecipeStore(config.model.store, config.model.bundle)
     choices = RecipeChoices(resolve_state_dir(config.state_dir) / f"recipes-{config.device_id}.json")
-    boot = boot_models(config, store, choices)
+    faults: Dict[str, str] = {}  # regions whose recipe failed to load: they fault alone
+    boot = boot_models(config, store, choices, faults)
     names = [cam.name for cam in config.enabled_cameras()]
-    first = boot[names[0]]
+    first = next(boot[name] for name in names if name in boot)
     manifest, backend = first.manifest, first.backend
     ready = threading.Event()
     thresholds = _thresholds(config, manifest, {cam: m.id for cam, m in boot.items()})
@@ -413,7 +414,7 @@ def build(
         qos_mask=mqtt.qos_mask,
         queue_masks=mqtt.queue_masks,
     )
-    cameras = inspection_units(config, ready, api, config.model.helper_threads_nice)
+    cameras = inspection_units(config, ready, api, config.model.helper_threads_nice, faults)
     book = ModelBook(boot)
     evidence = None
     if config.evidence.enabled:

@@ -9,7 +9,7 @@ config (edge/config/regions.py), its own slot and a view of the shared source.
 from __future__ import annotations
 
 import threading
-from typing import List
+from typing import Dict, List
 
 from edge.capture.fanout import FanOutSlot, RegionSource, RegionStates
 from edge.capture.frames import FrameSlot
@@ -20,8 +20,13 @@ from edge.faces.mqtt_json.api import DeviceApi
 from edge.scoring.inference import Camera, SignallingSlot
 
 
-def inspection_units(config: EdgeConfig, ready: threading.Event, api: DeviceApi, nice: int) -> List[Camera]:
-    """Every enabled camera's units, in config order (the order of ``config.enabled_cameras()``)."""
+def inspection_units(
+    config: EdgeConfig, ready: threading.Event, api: DeviceApi, nice: int, faults: Dict[str, str]
+) -> List[Camera]:
+    """Every enabled camera's units, in config order (the order of ``config.enabled_cameras()``).
+
+    ``faults``: regions that cannot be inspected at all (their recipe failed to load): no slot, never
+    scored, in ``fault`` with that reason from the start (and again whenever their camera is online)."""
     units: List[Camera] = []
     for cfg in config.cameras:
         if not cfg.enabled:
@@ -30,9 +35,15 @@ def inspection_units(config: EdgeConfig, ready: threading.Event, api: DeviceApi,
             slot = SignallingSlot(ready)
             units.append(Camera(cfg=cfg, slot=slot, source=_source(cfg, slot, api.camera_state, nice)))
             continue
-        unit_cfgs = units_of(cfg)
+        states = RegionStates([u.name for u in units_of(cfg)], api.camera_state)
+        for name, reason in faults.items():
+            if name in states.units:
+                states.region_fault(name, reason)
+                api.camera_state(name, "fault", reason)
+        unit_cfgs = [u for u in units_of(cfg) if u.name not in faults]
+        if not unit_cfgs:  # every region of this camera failed: nothing to read it for
+            continue
         slots: List[FrameSlot] = [SignallingSlot(ready) for _ in unit_cfgs]
-        states = RegionStates([u.name for u in unit_cfgs], api.camera_state)
         shared = _source(cfg, FanOutSlot(slots), states.on_camera_state, nice)
         for unit, unit_slot in zip(unit_cfgs, slots):
             view = RegionSource(shared, unit.name, unit_slot, states)

@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 
 import edge.capture.sources as sources
+from edge.config import load_config
+from edge.service.daemon import build
+from edge.service.loader import StartupError
 from tests.edge.test_daemon_e2e import WAIT, InProcess, config_toml, results
 from tests.edge.test_sparkplug import Host
 from tests.edge.test_tiled_daemon_e2e import GREY, tiled_bundle
@@ -63,6 +66,12 @@ def regions_config(
     for region in regions:
         text += "[[cameras.regions]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in region.items())
     return text
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "other.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def inside(box: list[int], area: list[int]) -> bool:
@@ -210,3 +219,46 @@ def test_each_region_is_a_sparkplug_device_of_its_own(broker: Broker, tmp_path: 
         assert run.stop() == 0
     host.sub.close()
     assert not any("/DDATA/" in m.topic and m.topic.endswith("/cam0") for m in host.sub.snapshot())
+
+
+def test_a_region_whose_recipe_fails_to_load_faults_alone_and_its_parts_close_no_result(
+    broker: Broker, tmp_path: Path
+) -> None:
+    src = video(tmp_path)
+    store = tmp_path / "store"
+    store.mkdir()
+    dev = f"regions-{uuid.uuid4().hex[:8]}"
+    prefix = f"edge-anomaly/{dev}"
+    sub = Subscriber(broker.host, broker.port, [f"{prefix}/#"])
+    regions = [{"name": "left", "roi": LEFT}, {"name": "broken", "roi": RIGHT, "recipe": "missing"}]
+    cam = {"source": str(src), "loop": True}
+    text = regions_config(dev, broker, whole_bundle(tmp_path), store, cam, regions)
+    text += '[[parts]]\nname = "pair"\ncameras = ["cam0/left", "cam0/broken"]\ndeadline_ms = 300\n'
+    run = InProcess(tmp_path, text).start()
+    try:
+        fault = "fault: recipe missing cannot be loaded: no recipe 'missing' in the bundle store"
+        assert sub.wait_for(
+            has_availability(f"{prefix}/cam0/broken/availability", fault, startswith=True), WAIT
+        )
+        assert sub.wait_for(lambda _: len(results(sub, prefix, "cam0/left")) >= 3, WAIT)
+        assert sub.wait_for(
+            lambda _: any(m.json()["verdict"] == "no_result" for m in sub.on(f"{prefix}/part/pair")), WAIT
+        )
+        sub.publish(f"{prefix}/cam0/broken/model/set", b"other")  # refused: not a model switch
+        status = sub.on(f"{prefix}/status")[-1].json()["cameras"]
+        assert status["cam0/broken"]["state"] == "fault" and status["cam0/left"]["state"] == "online"
+    finally:
+        assert run.stop() == 0
+    sub.close()
+    assert not results(sub, prefix, "cam0/broken")
+    for doc in (m.json() for m in sub.on(f"{prefix}/part/pair")):
+        assert doc["verdict"] in ("no_result", "ng") and doc["action"] == "reject", doc  # never ok
+        assert doc["cameras"]["cam0/broken"]["verdict"] == "no_result"
+
+    every = [{"name": "a", "roi": LEFT, "recipe": "missing"}, {"name": "b", "roi": RIGHT, "recipe": "gone"}]
+    with pytest.raises(StartupError, match="no camera or region can be inspected: cam0/a: recipe missing"):
+        build(
+            load_config(
+                write(tmp_path, regions_config(dev, broker, whole_bundle(tmp_path), store, cam, every))
+            )
+        )

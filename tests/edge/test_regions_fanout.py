@@ -58,6 +58,7 @@ def test_a_region_fault_holds_while_the_camera_is_online_and_ends_when_the_roi_f
         ("cam0/a", "fault", "no frame for 3.0 s"),
         ("cam0/b", "fault", "no frame for 3.0 s"),
         ("cam0/a", "online", "frames flowing"),
+        ("cam0/b", "fault", "roi does not fit"),
     ]
     assert states.state_of("cam0/b", "online", "frames flowing") == ("fault", "roi does not fit")
     assert states.state_of("cam0/b", "ended", "end of stream") == ("ended", "end of stream")
