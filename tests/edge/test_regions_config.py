@@ -11,6 +11,7 @@ from edge.config import ConfigError, load_config
 from edge.config.regions import flat_name, unit_of_flat
 from edge.faces.mqtt_json.topics import TOPICS, camera_of, region_filter, topic_name_of
 from edge.service.cli import EXIT_CONFIG, main
+from tests.helpers.tiny_bundle import make_tiny_bundle
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -119,3 +120,21 @@ def test_command_topics_of_a_region_name_the_unit() -> None:
 def test_flat_names_for_faces_that_cannot_hold_a_slash() -> None:
     assert flat_name("cam0/label") == "cam0:label" and unit_of_flat("cam0:label") == "cam0/label"
     assert flat_name("cam0") == "cam0" and unit_of_flat("cam0") == "cam0"
+
+
+def test_check_config_names_a_region_recipe_by_its_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = make_tiny_bundle(tmp_path / "bundle", size=32)
+    (tmp_path / "store").mkdir()
+    text = regions_toml(
+        'name = "a"\nroi = [0, 0, 10, 10]', 'name = "b"\nroi = [10, 0, 10, 10]\nrecipe = "gone"'
+    )
+    text = text.replace(
+        'bundle = "/nonexistent/bundle"', f'bundle = "{bundle}"\nstore = "{tmp_path / "store"}"'
+    )
+    path = tmp_path / "edge.toml"
+    path.write_text(text, encoding="utf-8")
+    assert main(["--config", str(path), "--check-config", "--no-camera-open"]) != 0
+    err = capsys.readouterr().err
+    assert "FAILED  cameras[0].regions[1].recipe (cam0/b): no recipe 'gone'" in err, err
