@@ -41,6 +41,7 @@ from edge.config.mqtt import MqttConfig, TlsConfig
 from edge.config.opcua import OpcUaConfig
 from edge.config.parts import PartAction, PartConfig, check_parts
 from edge.config.postprocess import HealthConfig, PostprocessConfig
+from edge.config.regions import RegionConfig, units_of
 from edge.config.sparkplug import SparkplugConfig
 from edge.config.web import WebConfig
 from edge.util.redact import add_secret_params, redact_deep
@@ -65,6 +66,7 @@ __all__ = [  # the sections live in one module each; everyone imports them from 
     "PartConfig",
     "PostprocessConfig",
     "PublishMask",
+    "RegionConfig",
     "SparkplugConfig",
     "TlsConfig",
     "WebConfig",
@@ -163,14 +165,14 @@ class EdgeConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _recipes_need_a_store(self) -> EdgeConfig:
-        named = [cam.name for cam in self.cameras if cam.recipe is not None]
+        named = [cam.name for cam in self.units() if cam.recipe is not None]
         if named and self.model.store is None:
             raise ValueError(f"cameras {', '.join(named)} name a recipe but model.store is not set")
         return self
 
     @model_validator(mode="after")
     def _parts_name_enabled_cameras(self) -> EdgeConfig:
-        check_parts(self.parts, self.cameras)
+        check_parts(self.parts, self.units())
         return self
 
     @classmethod
@@ -208,8 +210,13 @@ class EdgeConfig(BaseSettings):
             return tls
         return tls.model_copy(update={"cert_file": spb.cert_file, "key_file": spb.key_file})
 
+    def units(self) -> List[CameraConfig]:
+        """Every inspection unit: a camera section, or each of its ``regions`` as ``<camera>/<region>``."""
+        return [unit for cam in self.cameras for unit in units_of(cam)]
+
     def enabled_cameras(self) -> List[CameraConfig]:
-        return [cam for cam in self.cameras if cam.enabled]
+        """The inspection units of the enabled cameras (what is scored, published and commanded)."""
+        return [unit for unit in self.units() if unit.enabled]
 
     def masked_dict(self) -> Dict[str, Any]:
         """The effective config as JSON-able data with secrets replaced by ``***`` (for --check-config,

@@ -1,13 +1,14 @@
-"""[[cameras]]: one section per camera (source, rate, ROI, threshold)."""
+"""[[cameras]]: one section per camera (source, rate, ROI or named regions, threshold)."""
 
 from __future__ import annotations
 
 import math
 from typing import List, Literal, Optional, Tuple
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from edge.config.base import PublishMask, _Section, _topic_safe
+from edge.config.regions import RegionConfig, check_regions
 from edge.util.names import is_safe_name
 
 
@@ -58,6 +59,11 @@ class CameraConfig(_Section):
         "0: off",
     )
     enabled: bool = Field(default=True, description="false: keep the section but do not open the camera")
+    regions: List[RegionConfig] = Field(
+        default_factory=list,
+        description="named regions, each its own inspection <camera>/<region> with its own roi (and "
+        "optionally recipe, threshold, warn_band, publish_mask, publish_heatmap); excludes roi",
+    )
     secret_params: List[str] = Field(
         default_factory=list,
         max_length=32,
@@ -95,4 +101,10 @@ class CameraConfig(_Section):
     def _threshold_finite(cls, value: Optional[float]) -> Optional[float]:
         if value is not None and not math.isfinite(value):
             raise ValueError("threshold must be a finite number")
+        return value
+
+    @field_validator("regions")
+    @classmethod
+    def _regions_fit(cls, value: List[RegionConfig], info: ValidationInfo) -> List[RegionConfig]:
+        check_regions(value, info.data.get("roi"))  # roi comes before regions: it is validated by now
         return value

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from edge.capture.frames import Frame
+from edge.config.regions import flat_name
 from edge.results.postprocess import Verdict
 
 log = logging.getLogger("edge.overlays")
@@ -79,7 +80,7 @@ class OverlaySaver:
             lines = verdict_lines(camera, frame_id, verdict.score, verdict.threshold, anomalous)
             image = annotate(frame.full_image(), verdict.frame_mask(), lines, anomalous)
             self.folder.mkdir(parents=True, exist_ok=True)
-            path = self.folder / f"{camera}_{frame_id:06d}.jpg"
+            path = self.folder / f"{flat_name(camera)}_{frame_id:06d}.jpg"  # a region: cam0:label_...
             if not cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 90]):
                 raise OSError(f"OpenCV could not write {path}")
         except Exception as exc:  # a full disk or a bad folder must not stop the results

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
+from edge.capture.fanout import region_source
 from edge.capture.frames import Frame, FrameSlot, UnusableFrame
 from edge.capture.preprocess import Preprocess
 from edge.capture.sources import CameraSource
@@ -158,9 +159,12 @@ class InferenceStage:
             pre: Preprocess = self.models.active(cam.cfg.name).pre
             input_hw = (pre.height, pre.width)
             roi = clip_roi(cam.cfg.roi, frame.hw)
-            if roi is None:
+            region = region_source(cam.source)  # a region's roi must fit whole: no silent clipping
+            if roi is None or (region is not None and roi != tuple(cam.cfg.roi or ())):
                 self._roi_outside(cam, frame)
                 continue
+            if region is not None:
+                region.roi_fits()
             if pre.tiling is not None:  # the region is needed at the tiling's scale, not the input's
                 input_hw = pre.tiling.scaled_hw(roi[3], roi[2])
             prefiltered = frame.reduction_for(roi, input_hw) > 1
@@ -181,6 +185,10 @@ class InferenceStage:
 
     def _roi_outside(self, cam: Camera, frame: Frame) -> None:
         self.stats.incr("drops_roi")
+        region = region_source(cam.source)
+        if region is not None:  # a region faults alone; its camera's other regions go on
+            fh, fw = frame.hw
+            region.roi_outside(f"roi {list(cam.cfg.roi or ())} does not fit the {fw}x{fh} frame")
         if cam.cfg.name in self._roi_warned:
             return
         self._roi_warned.add(cam.cfg.name)

@@ -65,6 +65,10 @@ class ModelBook:
     def active(self, camera: str) -> LoadedModel:
         return self._active[camera]
 
+    def runs(self, camera: str) -> bool:
+        """Whether ``camera`` has a model (a region whose recipe failed to load at the start has none)."""
+        return camera in self._active
+
     def cameras_on(self, model: LoadedModel) -> List[str]:
         return [cam for cam, m in self._active.items() if m is model]
 

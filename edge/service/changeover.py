@@ -73,7 +73,7 @@ class Changeover:
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
-        cams = [c for c in config.enabled_cameras()]
+        cams = [c for c in config.enabled_cameras() if book.runs(c.name)]  # not a region that failed to load
         now = time.time()
         self._configured: Dict[str, str] = {c.name: store.configured(c) for c in cams}
         self._since: Dict[str, float] = dict.fromkeys(self._configured, now)
@@ -102,6 +102,8 @@ class Changeover:
 
     def on_model_set(self, camera: str, payload: bytes) -> Optional[str]:
         """The MQTT command (network thread): queue the switch; an error string when refused at once."""
+        if camera not in self._configured:
+            return f"{camera}: its recipe failed to load at the start; fix it and restart"
         try:
             spec, rollback = parse_model_set(payload)
         except ValueError as exc:
@@ -286,8 +288,8 @@ class Changeover:
             log.warning("SIGHUP: changes to %s take effect at the next restart", ", ".join(ignored))
         self.config = new
         self.store = RecipeStore(new.model.store, new.model.bundle)
-        self.thresholds.set_fixed({cam.name: cam.threshold for cam in new.cameras})
-        by_name = {cam.name: cam for cam in new.cameras}
+        self.thresholds.set_fixed({cam.name: cam.threshold for cam in new.units()})
+        by_name = {cam.name: cam for cam in new.units()}
         log.info("SIGHUP: config and bundle store read again")
         for camera, before in list(self._configured.items()):
             cfg = by_name.get(camera)
@@ -357,8 +359,9 @@ def restart_only_changes(old: EdgeConfig, new: EdgeConfig) -> List[str]:
         for key in ("bundle", "store"):
             doc["model"].pop(key, None)
         for cam in doc["cameras"]:
-            cam.pop("recipe", None)
-            cam.pop("threshold", None)
+            for entry in [cam, *cam.get("regions", [])]:  # a region's recipe and threshold reload too
+                entry.pop("recipe", None)
+                entry.pop("threshold", None)
         return doc
 
     a, b = reloadable_removed(old), reloadable_removed(new)

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Set
 from urllib.parse import urlsplit
 
 from edge.config import CameraConfig, EdgeConfig, ModelConfig
+from edge.config.regions import units_of
 from edge.stores.evidence_names import index_problem
 from edge.stores.recipes import RecipeError, RecipeStore
 from edge.trust.manifest import BundleError, Manifest, verify_bundle
@@ -111,10 +112,15 @@ def check_recipes(config: EdgeConfig) -> List[Check]:
     an unknown recipe, or one whose bundle is unsigned or signed by an untrusted key, fails here as there."""
     checks: List[Check] = []
     verified: Dict[Path, Check] = {}
-    for index, cam in enumerate(config.enabled_cameras()):
+    units = [
+        (f"cameras[{index}]" + (f".regions[{sub}]" if section.regions else ""), cam)
+        for index, section in enumerate(c for c in config.cameras if c.enabled)
+        for sub, cam in enumerate(units_of(section))
+    ]
+    for field, cam in units:
         if cam.recipe is None:
             continue
-        name = f"cameras[{index}].recipe ({cam.name})"
+        name = f"{field}.recipe ({cam.name})"
         try:
             path = RecipeStore(config.model.store, config.model.bundle).path_of(cam.recipe)
         except RecipeError as exc:

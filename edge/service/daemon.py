@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 import cv2
 
 import edge
-from edge.capture.sources import CameraSource
-from edge.config import CameraConfig, EdgeConfig
+from edge.config import EdgeConfig
 from edge.faces.mqtt_json.api import DeviceApi
 from edge.faces.mqtt_json.topics import status_will
 from edge.faces.mqtt_json.transport import MqttTransport
@@ -40,7 +39,7 @@ from edge.results.payloads import (
 )
 from edge.results.thresholds import ThresholdBook, resolve_state_dir, threshold_range
 from edge.scoring.backends import Backend
-from edge.scoring.inference import Camera, InferenceStage, SignallingSlot
+from edge.scoring.inference import Camera, InferenceStage
 from edge.scoring.models import ModelBook, close_backend
 from edge.service import opcua_face
 from edge.service.changeover import Changeover
@@ -48,6 +47,7 @@ from edge.service.health import MetricsServer, SdNotifier, Watchdog, watchdog_in
 from edge.service.loader import StartupError, boot_models, load_model
 from edge.service.parts import PartDesk
 from edge.service.publish import PublishStage
+from edge.service.regions import inspection_units
 from edge.service.run_end import ended_line, every_camera_ended, final_line
 from edge.service.web_face import WebFace
 from edge.stores.evidence import EvidenceStore
@@ -380,9 +380,10 @@ def build(
     ``overlays``: edge-run --save-overlays (the publish thread offers it every published frame)."""
     store = RecipeStore(config.model.store, config.model.bundle)
     choices = RecipeChoices(resolve_state_dir(config.state_dir) / f"recipes-{config.device_id}.json")
-    boot = boot_models(config, store, choices)
+    faults: Dict[str, str] = {}  # regions whose recipe failed to load: they fault alone
+    boot = boot_models(config, store, choices, faults)
     names = [cam.name for cam in config.enabled_cameras()]
-    first = boot[names[0]]
+    first = next(boot[name] for name in names if name in boot)
     manifest, backend = first.manifest, first.backend
     ready = threading.Event()
     thresholds = _thresholds(config, manifest, {cam: m.id for cam, m in boot.items()})
@@ -413,7 +414,7 @@ def build(
         qos_mask=mqtt.qos_mask,
         queue_masks=mqtt.queue_masks,
     )
-    cameras = [_camera(cam, ready, api, config.model.helper_threads_nice) for cam in config.enabled_cameras()]
+    cameras = inspection_units(config, ready, api, config.model.helper_threads_nice, faults)
     book = ModelBook(boot)
     evidence = None
     if config.evidence.enabled:
@@ -472,7 +473,7 @@ def _thresholds(config: EdgeConfig, manifest: Manifest, models: Dict[str, str]) 
     state_file = resolve_state_dir(config.state_dir) / f"thresholds-{config.device_id}.json"
     return ThresholdBook(
         default=default,
-        fixed={cam.name: cam.threshold for cam in config.cameras},
+        fixed={cam.name: cam.threshold for cam in config.units()},
         lo=lo,
         hi=hi,
         state_file=Path(state_file),
@@ -480,19 +481,3 @@ def _thresholds(config: EdgeConfig, manifest: Manifest, models: Dict[str, str]) 
         models={cam: mid for cam, mid in models.items() if mid != manifest.model_id()},
         bounds=(config.postprocess.threshold_min, config.postprocess.threshold_max),
     )
-
-
-def _camera(cfg: CameraConfig, ready: threading.Event, api: DeviceApi, nice: int) -> Camera:
-    slot = SignallingSlot(ready)
-    source = CameraSource(
-        cfg.name,
-        cfg.source,
-        slot,
-        loop=cfg.loop,
-        fps_cap=cfg.fps,
-        fault_after_s=cfg.fault_after_s,
-        on_state=api.camera_state,
-        decode_on_demand=cfg.decode_on_demand,
-        thread_nice=nice,
-    )
-    return Camera(cfg=cfg, slot=slot, source=source)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from edge.config import EdgeConfig
+from edge.config.regions import REGION_SEP
 from edge.results.payloads import ModelRef, iso_utc
 from edge.results.postprocess import Postprocessor
 from edge.scoring.backends import Backend, cache_option, load_backend
@@ -26,9 +27,15 @@ class StartupError(RuntimeError):
     """The daemon cannot start (bundle, backend or camera set-up); the message says what to fix."""
 
 
-def boot_models(config: EdgeConfig, store: RecipeStore, choices: RecipeChoices) -> Dict[str, LoadedModel]:
+def boot_models(
+    config: EdgeConfig, store: RecipeStore, choices: RecipeChoices, faults: Optional[Dict[str, str]] = None
+) -> Dict[str, LoadedModel]:
     """Each enabled camera's recipe (the one chosen over MQTT before a restart, else the configured one),
-    verified and loaded (once per bundle)."""
+    verified and loaded (once per bundle).
+
+    ``faults``: a region (``<camera>/<region>``) whose recipe cannot be loaded is recorded there (unit ->
+    reason) and left out, so it faults alone; a camera's own recipe, or no loadable unit at all, still stops
+    the start."""
     loaded: Dict[Path, LoadedModel] = {}
 
     def load(recipe: str) -> LoadedModel:
@@ -63,8 +70,18 @@ def boot_models(config: EdgeConfig, store: RecipeStore, choices: RecipeChoices) 
                 choices.forget(cam.name)
         try:
             models[cam.name] = load(configured)
-        except RecipeError as exc:
-            raise StartupError(f"cameras {cam.name}: {exc}") from exc
+        except (RecipeError, StartupError) as exc:
+            if (faults is None or REGION_SEP not in cam.name) and isinstance(exc, StartupError):
+                raise
+            if faults is None or REGION_SEP not in cam.name:
+                raise StartupError(f"cameras {cam.name}: {exc}") from exc
+            faults[cam.name] = f"recipe {configured} cannot be loaded: {exc}"
+            log.error("region %s: %s; it is in fault, the other cameras and regions go on", cam.name, exc)
+    if not models:
+        raise StartupError(
+            "no camera or region can be inspected: "
+            + "; ".join(f"{u}: {r}" for u, r in (faults or {}).items())
+        )
     return models
 
 

@@ -52,7 +52,8 @@ class DaemonDevice:
         return self.api.thresholds.get(camera)[0]
 
     def recipe(self, camera: str) -> str:
-        return self.changeover.book.active(camera).recipe  # not state(): that lists the store on disk
+        book = self.changeover.book  # not state(): that lists the store on disk
+        return book.active(camera).recipe if book.runs(camera) else ""  # "": a region that failed to load
 
     def camera_state(self, camera: str) -> str:
         state = self.api.cameras_now().get(camera)

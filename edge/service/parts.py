@@ -36,7 +36,7 @@ DROPPED_IN_SLOT = (
 
 
 def part_specs(config: EdgeConfig) -> List[PartSpec]:
-    cams = {cam.name: cam for cam in config.cameras}
+    cams = {cam.name: cam for cam in config.units()}
     return [
         PartSpec(
             name=part.name,

@@ -55,6 +55,7 @@ from edge.results.postprocess import Verdict, encode_mask_png
 from edge.stores.evidence_index import COLUMNS, INDEX_NAME, SCHEMA, Record
 from edge.stores.evidence_names import (
     UnsafeName,
+    camera_folder,
     index_problem,
     inside,
     is_corruption,
@@ -332,7 +333,7 @@ class EvidenceStore:
         doc = result.model_dump(by_alias=True, mode="json") if hasattr(result, "model_dump") else dict(result)
         ts = float(doc.get("capture_ts", item.frame.capture_ts))
         day = time.strftime("%Y-%m-%d", time.gmtime(ts))
-        folder = Path(day) / safe_part(item.camera, "camera name")
+        folder = Path(day) / camera_folder(item.camera)  # a region's: <camera>:<region>
         run_id = safe_part(str(doc.get("run_id", "run")), "run id")
         stem = f"{run_id}-{int(doc.get('seq', item.frame.frame_id)):08d}"
         files: List[Tuple[str, bytes]] = [(str(folder / f"{stem}.jpg"), self._jpeg(item.frame))]

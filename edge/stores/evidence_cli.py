@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from edge.stores.evidence_index import INDEX_NAME, Record, query
-from edge.stores.evidence_names import UnsafeName, inside, is_safe_part
+from edge.stores.evidence_names import UnsafeName, camera_folder, inside
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -131,9 +131,7 @@ def export(root: Path, records: List[Record], out: Path, as_good: bool = False) 
 
 def _copies(root: Path, rec: Record, out: Path, as_good: bool) -> List[Tuple[Path, Path]]:
     """(source inside the store, destination inside ``out``) pairs of one row; UnsafeName otherwise."""
-    if not is_safe_part(rec.camera):
-        raise UnsafeName(f"camera {rec.camera[:80]!r} is not a camera name")
-    stem = f"{rec.camera}-{int(rec.id):08d}"
+    stem = f"{camera_folder(rec.camera)}-{int(rec.id):08d}"  # UnsafeName unless a camera (or region) name
     if as_good or not rec.anomalous:
         pairs = [(rec.image, f"train/good/{stem}.jpg")]
     else:

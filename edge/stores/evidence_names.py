@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
+from edge.config.regions import flat_name, unit_of_flat
 from edge.util.names import is_safe_name
 
 DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -36,6 +37,19 @@ class UnsafeName(ValueError):
 def is_safe_part(value: str) -> bool:
     """A camera name (the config's rule, edge.util.names) or any other part of a stored name."""
     return is_safe_name(value)
+
+
+def is_safe_camera(value: str) -> bool:
+    """A camera name, or a region's ``<camera>/<region>`` (its folder ``<camera>:<region>``)."""
+    sides = unit_of_flat(value).split("/")
+    return len(sides) <= 2 and all(is_safe_part(side) for side in sides)
+
+
+def camera_folder(camera: str) -> str:
+    """The folder of a camera's (or a region's, ``cam0:label``) evidence; UnsafeName when it is neither."""
+    if not is_safe_camera(camera):
+        raise UnsafeName(f"camera {camera[:80]!r} is not a camera name")
+    return flat_name(camera)
 
 
 def safe_part(value: str, what: str) -> str:
@@ -100,9 +114,9 @@ def rows_from_files(root: Path) -> List[Tuple[Any, ...]]:
     ``edge.stores.evidence.COLUMNS`` after ``id``). Files that are not the store's own are skipped."""
     rows = []
     for day in sorted(p for p in root.iterdir() if p.is_dir() and DAY.match(p.name)):
-        for cam in sorted(p for p in day.iterdir() if p.is_dir() and is_safe_part(p.name)):
+        for cam in sorted(p for p in day.iterdir() if p.is_dir() and is_safe_camera(p.name)):
             for result in sorted(cam.glob("*.json")):
-                row = _row(root, cam.name, result)
+                row = _row(root, unit_of_flat(cam.name), result)
                 if row is not None:
                     rows.append(row)
     rows.sort(key=lambda r: r[1])

@@ -31,7 +31,7 @@ from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from edge.commands import CommandDesk, ThresholdError
-from edge.faces.mqtt_json.topics import TOPICS, camera_of, status_doc
+from edge.faces.mqtt_json.topics import TOPICS, camera_of, region_filter, status_doc
 from edge.faces.mqtt_json.transport import Inbound
 from edge.results.payloads import (
     AvailabilityPayload,
@@ -136,9 +136,12 @@ class DeviceApi:
         self.on_trigger: Optional[Callable[[str, bytes], Optional[str]]] = None
         self.observers: List[ApiObserver] = []
         transport.on_warnings = self._on_warnings
-        transport.subscribe(TOPICS["threshold_set"].filter, self._on_threshold_set)
-        transport.subscribe(TOPICS["model_set"].filter, self._on_model_set)
-        transport.subscribe(TOPICS["trigger"].filter, self._on_trigger)
+        commands = (("threshold_set", self._on_threshold_set), ("model_set", self._on_model_set),
+                    ("trigger", self._on_trigger))  # fmt: skip
+        for name, handler in commands:
+            transport.subscribe(TOPICS[name].filter, handler)
+            if any("/" in cam for cam in cameras):  # regions, <camera>/<region>: one level more
+                transport.subscribe(region_filter(TOPICS[name]), handler)
 
     # --- retained state ------------------------------------------------------------------------------------
 

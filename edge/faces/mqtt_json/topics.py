@@ -76,24 +76,39 @@ SCHEMA_MODELS: Dict[str, Type[BaseModel]] = {
 }
 
 
+def _levels(suffix: str, topic: Topic) -> Optional[List[str]]:
+    """The suffix's levels lined up with the pattern's, a region's ``<camera>/<region>`` as one level; None
+    when the suffix is not of that row."""
+    parts, pattern = suffix.split("/"), topic.pattern.split("/")
+    if not all(parts):
+        return None
+    if pattern[0] == "{camera}" and len(parts) == len(pattern) + 1:  # a region: two levels name the unit
+        parts = ["/".join(parts[:2]), *parts[2:]]
+    if len(parts) != len(pattern) or any(p != s and not p.startswith("{") for p, s in zip(pattern, parts)):
+        return None
+    return parts
+
+
 def topic_name_of(suffix: str) -> Optional[str]:
     """Which row of the table a topic below the prefix belongs to (None when it is not ours)."""
-    parts = suffix.split("/")
     for topic in TOPICS.values():
-        pattern = topic.pattern.split("/")
-        if len(pattern) == len(parts) and all(
-            p == s or (p.startswith("{") and s) for p, s in zip(pattern, parts)
-        ):
+        if _levels(suffix, topic) is not None:
             return topic.name
     return None
 
 
 def camera_of(suffix: str, topic: Topic) -> Optional[str]:
-    """The camera level of a concrete topic below the prefix, for a ``{camera}/...`` row."""
-    parts, pattern = suffix.split("/"), topic.pattern.split("/")
-    if len(parts) != len(pattern) or "{camera}" not in pattern:
+    """The camera level of a concrete topic below the prefix, for a ``{camera}/...`` row (``cam0/label`` for
+    a region)."""
+    parts = _levels(suffix, topic)
+    if parts is None or "{camera}" not in topic.pattern.split("/"):
         return None
-    return parts[pattern.index("{camera}")] or None
+    return parts[topic.pattern.split("/").index("{camera}")] or None
+
+
+def region_filter(topic: Topic) -> str:
+    """The subscription filter of a ``{camera}/...`` row for region units (``+/+/threshold/set``)."""
+    return topic.filter.replace("+", "+/+", 1) if topic.pattern.startswith("{camera}") else topic.filter
 
 
 # --- the status document and its Last Will --------------------------------------------------------------

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Dict, Sequence, Tuple
 
+from edge.config.regions import flat_name
+
 NAMESPACE = "urn:edge-anomaly"
 ROOT = "VisionSystem"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -67,9 +69,10 @@ async def build(server: Any, ua: Any, cameras: Sequence[str], parts: Sequence[st
     for group, names, spec in (("Cameras", cameras, CAMERA_VARS), ("Parts", parts, PART_VARS)):
         folder = await vision.add_folder(ua.NodeId(node_id(group), idx), ua.QualifiedName(group, idx))
         for name in names:
-            obj = await folder.add_object(ua.NodeId(node_id(group, name), idx), ua.QualifiedName(name, idx))
+            flat = flat_name(name)  # a region <camera>/<region> is the object <camera>:<region>
+            obj = await folder.add_object(ua.NodeId(node_id(group, flat), idx), ua.QualifiedName(flat, idx))
             for var, vtype, initial in spec:
-                nid = ua.NodeId(node_id(group, name, var), idx)
+                nid = ua.NodeId(node_id(group, flat, var), idx)
                 node = await obj.add_variable(
                     nid, ua.QualifiedName(var, idx), ua.Variant(initial, getattr(ua.VariantType, vtype))
                 )

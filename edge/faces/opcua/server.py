@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from edge.config.opcua import OpcUaConfig
+from edge.config.regions import unit_of_flat
 from edge.faces.opcua import nodes
 from edge.faces.opcua.users import check, read_users
 from edge.results.payloads import CameraState, PartPayload, ResultPayload
@@ -277,6 +278,7 @@ class OpcUaFace:
         )  # fmt: skip
 
     async def _trigger(self, ua: Any, camera: Any, part_id: Any) -> Any:
+        camera = unit_of_flat(camera) if isinstance(camera, str) else camera  # cam0:label or cam0/label
         if not isinstance(camera, str) or camera not in self.device.cameras:
             return ua.CallMethodResult(
                 StatusCode=ua.StatusCode(ua.StatusCodes.BadNotFound),

@@ -41,6 +41,7 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from edge.commands import CommandDesk, ThresholdError, threshold_payload_of
 from edge.config import MqttConfig, SparkplugConfig, TlsConfig
+from edge.config.regions import flat_name, unit_of_flat
 from edge.faces.mqtt_session import LOOP_TICK_S, MqttSession, command_filters, new_client, read_password
 from edge.faces.sparkplug import limits
 from edge.faces.sparkplug import payload as spb
@@ -121,7 +122,7 @@ class SparkplugNode:
 
     def topic(self, kind: str, device: Optional[str] = None) -> str:
         base = f"{NAMESPACE}/{self.group}/{kind}/{self.node_id}"
-        return base if device is None else f"{base}/{device}"
+        return base if device is None else f"{base}/{flat_name(device)}"  # a region: <camera>:<region>
 
     @property
     def state_topic(self) -> Optional[str]:
@@ -466,7 +467,7 @@ class SparkplugNode:
                              command.value)  # fmt: skip
 
     def _on_dcmd(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        camera = msg.topic.rsplit("/", 1)[1]
+        camera = unit_of_flat(msg.topic.rsplit("/", 1)[1])
         cam = self._cameras.get(camera)
         if cam is None:
             self._reject("DCMD for unknown device %r", camera)
