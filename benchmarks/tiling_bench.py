@@ -32,11 +32,12 @@ import numpy as np
 
 from training.textures import texture_image
 
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the checkout
 SETS = {
     "small": None,  # generated under --work
-    "deeppcb": Path("/work/shared/data/deeppcb/pcb"),
-    "ballscrew": Path("/work/shared/data/bsdata/ball_screw"),
-    "bottle": Path("/work/shared/data/mvtec-bottle/bottle"),
+    "deeppcb": SHARED_DATA / "deeppcb" / "pcb",
+    "ballscrew": SHARED_DATA / "bsdata" / "ball_screw",
+    "bottle": SHARED_DATA / "mvtec-bottle" / "bottle",
 }
 SMALL_SIZE = 768
 EFFNET = ["--model", "patchcore", "--set", 'backbone="effnet"']
@@ -85,7 +86,7 @@ def write_small_set(root: Path, seed: int, n_train: int, n_good: int, n_defect: 
 # ---- accuracy ----------------------------------------------------------------------------------------------
 
 
-def train(data: Path, out: Path, tiling: list[str]) -> Path:
+def train(data: Path, out: Path, tiling: list[str], extra: tuple[str, ...] = ()) -> Path:
     ckpt = out / "checkpoint.pt"
     if not ckpt.is_file():
         cmd = [
@@ -96,7 +97,7 @@ def train(data: Path, out: Path, tiling: list[str]) -> Path:
             "--out",
             str(out),
         ]
-        subprocess.run([*cmd, *tiling, "--quiet"], check=True)
+        subprocess.run([*cmd, *tiling, *extra, "--quiet"], check=True)
     return ckpt
 
 
@@ -276,7 +277,7 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-bench tiling", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="report folder (report.json, report.md)")
@@ -286,12 +287,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile-overlap", default="32")
     p.add_argument("--scale", default="1.0")
     p.add_argument(
+        "--max-candidates",
+        type=int,
+        default=0,
+        help="tiled kNN on the real sets: choose the coreset from a random subset of this many patches "
+        "(0: from every patch; the greedy coreset's time grows with patches x bank rows)",
+    )
+    p.add_argument(
         "--select", action="store_true", help="compare scales 1 and 0.5 on the small set's val split"
     )
     p.add_argument(
         "--cost", action="store_true", help="also the cost part (pipeline ratio, stitching, 20 MP)"
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -18,3 +18,16 @@ def test_small_defects_are_small_and_their_masks_cover_the_change() -> None:
         changed = np.any(image != base, axis=2)
         assert np.array_equal(changed, mask > 0)
         assert np.abs(image.astype(int) - base)[mask > 0].min() >= 45
+
+
+def test_every_option_main_reads_is_declared() -> None:
+    """main() read args.max_candidates once without declaring it, and crashed on the first real set."""
+    import re
+    from pathlib import Path
+
+    from benchmarks import tiling_bench
+
+    source = Path(tiling_bench.__file__).read_text()
+    used = set(re.findall(r"\bargs\.(\w+)", source))
+    declared = vars(tiling_bench.parser().parse_args(["--out", "x"]))
+    assert used and used <= set(declared), sorted(used - set(declared))
