@@ -90,7 +90,7 @@ def test_vit_alone_gives_a_full_size_map() -> None:
 
 
 def test_both_normalises_each_teacher_by_held_out_good_scores() -> None:
-    model = fitted("both")
+    model = fitted("both", vit_weight=0.5)
     assert model.norm_scale.shape == (2,) and (model.norm_scale > 0).all()
     x = torch.randn(3, 3, SIZE, SIZE)
     with torch.no_grad():
@@ -98,6 +98,10 @@ def test_both_normalises_each_teacher_by_held_out_good_scores() -> None:
         score, amap = model(x)
     norm = [(m - model.norm_offset[i]) / model.norm_scale[i] for i, m in enumerate(maps)]
     torch.testing.assert_close(amap, (norm[0] + norm[1]) / 2)
+    weighted = fitted("both", vit_weight=0.75)  # the same teachers and banks, the ViT map counts 3x
+    with torch.no_grad():
+        _, wmap = weighted(x)
+    torch.testing.assert_close(wmap, 0.25 * norm[0] + 0.75 * norm[1])
     shifted = fitted("both", fusion="shift")
     with torch.no_grad():
         s2, m2 = shifted(x)

@@ -59,6 +59,7 @@ FIELDS_ADDED_SINCE = {
     "fusion": "mean",
     "pca_dim": 0,
     "vit_pca_dim": 0,
+    "vit_weight": 0.5,
 }
 
 
@@ -86,6 +87,7 @@ class PatchCoreConfig:
     fusion: str = (
         "mean"  # backbone "both": "mean" or "max" of the two normalised maps, or "shift" (fuse_maps)
     )
+    vit_weight: float = 0.5  # fusion "mean": the ViT map's weight, the EfficientNet's is 1 - vit_weight
     sigma: float = 4.0
 
 
@@ -156,6 +158,8 @@ def _check(config: PatchCoreConfig) -> None:
         raise ValueError(f"topk_fraction must be in (0, 1], got {config.topk_fraction}")
     if min(config.bank_size, config.vit_bank_size) < 0:
         raise ValueError("bank sizes must be >= 0 (0 keeps every training patch)")
+    if not 0.0 <= config.vit_weight <= 1.0:
+        raise ValueError(f"vit_weight must be in [0, 1], got {config.vit_weight}")
     if min(config.pca_dim, config.vit_pca_dim) < 0:
         raise ValueError("pca dims must be >= 0 (0 keeps the teacher's features)")
 
@@ -329,11 +333,12 @@ class PatchCore(TrainableModel):
         return flat.amax(dim=1)
 
     def fuse_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """Normalised per-teacher (N, H, W) maps -> one map. "mean" / "max": their pixelwise mean / max.
-        "shift": the first (fine, EfficientNet) map moved so that its peak equals the mean of the maps'
-        image scores."""
+        """Normalised (EfficientNet, ViT) (N, H, W) maps -> one map. "mean": their pixelwise mean weighted
+        by ``vit_weight``; "max": their pixelwise max; "shift": the first (fine, EfficientNet) map moved so
+        that its peak equals the mean of the maps' image scores."""
         if self.config.fusion == "mean":
-            return torch.stack(maps, 0).mean(0)
+            w = self.config.vit_weight
+            return (1.0 - w) * maps[0] + w * maps[1]
         if self.config.fusion == "max":
             return torch.stack(maps, 0).amax(0)
         fused = torch.stack([self.image_score(m) for m in maps], 0).mean(0)  # (N,)
