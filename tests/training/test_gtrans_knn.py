@@ -195,3 +195,12 @@ def test_export_refuses_int8_and_the_bundle_matches_torch(
         want = InferenceModel(ckpt.model, ckpt.preprocess).eval()(torch.from_numpy(images))
     np.testing.assert_allclose(got[0], want[0].numpy(), rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(got[1], want[1].numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_the_daemon_knows_every_kind_that_export_refuses_as_int8() -> None:
+    """edge's hints must not tell a user to export --int8 for a kind whose model refuses it."""
+    from edge.trust.precision_hints import NO_INT8_KINDS
+    from training.checkpoint import MODEL_KINDS, _model_classes
+
+    refusing = {k for k in MODEL_KINDS if getattr(_model_classes(k)[1], "int8_refusal", None)}
+    assert refusing == set(NO_INT8_KINDS) and "gtrans-knn" in refusing
