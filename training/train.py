@@ -40,9 +40,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "conv-ae": {"epochs": 30, "lr": 2e-3, "batch_size": 8},
     "patchcore": {"epochs": 0, "lr": 0.0, "batch_size": 16},  # nothing to train: the bank is filled once
 }
-DEFAULTS["gtrans-knn"] = dict(
-    DEFAULTS["gtrans"]
-)  # GTrans trains; the kNN part is filled after its last epoch
+# gtrans-knn: its GTrans part trains as gtrans does; the kNN part is filled after the last epoch
+DEFAULTS["gtrans-knn"] = dict(DEFAULTS["gtrans"])
 
 
 @dataclass
