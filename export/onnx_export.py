@@ -28,6 +28,7 @@ from export import ExportError
 from training.anomaly_map import MapHead
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.graph import InferenceModel
+from training.models.base import TrainableModel
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear
@@ -52,12 +53,16 @@ def tail_scope_patterns(module: nn.Module) -> list[str]:
     """Regexes for the ONNX node names of the tail of ``module`` (an InferenceModel).
 
     The TorchScript exporter names nodes by module path ("/model/head/blur/Conv"); nodes created by the
-    model's own ``forward`` (reconstruction error, feature distances) sit directly in "/model/".
+    model's own ``forward`` (reconstruction error, feature distances) sit directly in "/model/", and those
+    of a model that is part of another (``gtrans-knn``'s two) directly in "/model/<part>/".
     """
     patterns = [r"^/model/[^/]+$"]
     for name, sub in module.named_modules():
+        scope = "^/" + re.escape(name.replace(".", "/")) + "/"
         if isinstance(sub, MapHead):
-            patterns.append("^/" + re.escape(name.replace(".", "/")) + "/")
+            patterns.append(scope)
+        elif isinstance(sub, TrainableModel) and name.startswith("model."):
+            patterns.append(scope + "[^/]+$")
     return patterns
 
 

@@ -29,6 +29,7 @@ MODEL_KINDS: dict[str, tuple[str, str, str]] = {
     "anovit": ("training.models.anovit", "AnoViTConfig", "AnoViT"),
     "conv-ae": ("training.models.conv_ae", "ConvAEConfig", "ConvAE"),
     "patchcore": ("training.models.patchcore", "PatchCoreConfig", "PatchCore"),
+    "gtrans-knn": ("training.models.gtrans_knn", "GTransKNNConfig", "GTransKNN"),
 }
 
 
@@ -56,27 +57,51 @@ def _model_classes(kind: str) -> tuple[type, type]:
     return getattr(module, cfg_name), getattr(module, model_name)
 
 
+def nest_dotted(config: dict[str, Any]) -> dict[str, Any]:
+    """``{"gtrans.dim": 64}`` -> ``{"gtrans": {"dim": 64}}``: a kind made of other kinds' configs
+    (``gtrans-knn``) takes ``--set part.key=value``; other keys pass unchanged."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        head, dot, rest = key.partition(".")
+        if not dot:
+            out[key] = (
+                {**out[key], **value} if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+            )
+            continue
+        sub = out.setdefault(head, {})
+        if not isinstance(sub, dict):
+            raise CheckpointError(f"config key {key!r}: {head!r} is not a table of settings")
+        sub.update(nest_dotted({rest: value}))
+    return out
+
+
 def build_model(kind: str, config: dict[str, Any] | None = None) -> nn.Module:
     """A model with random (or architecture-default) weights; pretrained parts are loaded by the trainer."""
     cfg_cls, model_cls = _model_classes(kind)
+    config = nest_dotted(config or {})
     known = {f.name for f in fields(cfg_cls)}
-    unknown = sorted(set(config or {}) - known)
+    unknown = sorted(set(config) - known)
     if unknown:
         raise CheckpointError(f"{kind} config has unknown keys {unknown}; known: {sorted(known)}")
-    return model_cls(cfg_cls(**(config or {})))
+    return model_cls(cfg_cls(**config))
 
 
 def saved_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's config with the fields it predates filled with what the code then did.
 
     A model module may declare ``FIELDS_ADDED_SINCE`` (field -> the value that reproduces the earlier
-    behaviour), so a new default never changes what an old checkpoint computes.
+    behaviour), so a new default never changes what an old checkpoint computes; ``NESTED_KINDS`` (config
+    field -> kind) applies each part's own to a kind made of other kinds.
     """
     if kind not in MODEL_KINDS:
         return config
     module = importlib.import_module(MODEL_KINDS[kind][0])
     added = getattr(module, "FIELDS_ADDED_SINCE", {})
-    return {**{k: v for k, v in added.items() if k not in config}, **config}
+    filled = {**{k: v for k, v in added.items() if k not in config}, **config}
+    for name, part_kind in getattr(module, "NESTED_KINDS", {}).items():  # a kind made of other kinds
+        if isinstance(filled.get(name), dict):
+            filled[name] = saved_config(part_kind, filled[name])
+    return filled
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:

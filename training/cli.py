@@ -42,7 +42,8 @@ def train_main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=JSON",
-        help="model config override, e.g. image_size=128",
+        help="model config override, e.g. image_size=128; a part of gtrans-knn: gtrans.epochs is --epochs, "
+        "gtrans.dim=64 or patchcore.bank_size=2048",
     )
     p.add_argument("--threads", type=int)
     p.add_argument("--stop-after", type=int, help="stop after this many epochs; run again to resume")

@@ -57,6 +57,7 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
         "patchcore",
         {"backbone": "both", "image_size": 224, "bank_size": 4096, "vit_bank_size": 8192, "vit_pca_dim": 96},
     ),
+    "gtrans-knn (gtrans + patchcore defaults, one graph)": ("gtrans-knn", {}),
     "patchcore vit 168 px, 1024 rows": (
         "patchcore",
         {"backbone": "vit", "image_size": 168, "vit_bank_size": 1024, "vit_pca_dim": 0},

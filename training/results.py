@@ -26,7 +26,7 @@ from training.evaluate import evaluate
 from training.pasted_defects import evaluate_pasted
 from training.train import TrainConfig, train
 
-MODELS = ("gtrans", "patchcore", "anovit", "conv-ae")
+MODELS = ("gtrans", "patchcore", "anovit", "conv-ae", "gtrans-knn")
 # Rows that are a model kind with settings: the plain full-bank kNN yardsticks of issue 24 (evaluation only,
 # not exportable). The row's "model" is the preset's name.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -43,6 +43,9 @@ BACKBONES = {
     "coresets from every patch: 4096 EfficientNet rows, 8192 ViT rows in 96 principal components; 224 px; "
     "no training",
     "gtrans": "EfficientNet-Lite0 (ImageNet-1k) teacher; paper uses a ResNet/WideResNet teacher",
+    "gtrans-knn": "gtrans and patchcore (each its defaults) in one graph; each map normalised by the "
+    "held-out good images' scores, averaged; score = mean of the fused map's top 1 %; 256 px input (224 px "
+    "to the kNN)",
     "anovit": "ViT-S/14, DINOv2-architecture weights, last 4 of 12 blocks fine-tuned; paper uses an ImageNet "
     "ViT-B/16",
     "conv-ae": "conv encoder from scratch, same decoder as AnoViT",

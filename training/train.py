@@ -40,6 +40,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "conv-ae": {"epochs": 30, "lr": 2e-3, "batch_size": 8},
     "patchcore": {"epochs": 0, "lr": 0.0, "batch_size": 16},  # nothing to train: the bank is filled once
 }
+# gtrans-knn: its GTrans part trains as gtrans does; the kNN part is filled after the last epoch
+DEFAULTS["gtrans-knn"] = dict(DEFAULTS["gtrans"])
 
 
 @dataclass
@@ -192,6 +194,11 @@ def train(cfg: TrainConfig) -> Path:
     x_val = images_to_tensor(load_samples(val_paths, pre), pre) if val_paths else None
     if getattr(model, "training_free", False):
         return fit_memory(cfg, model, pre, x_train, x_val, data_info, ckpt_path)
+    if getattr(model, "needs_held_out", False) and (x_val is None or len(x_val) < 2):
+        raise ValueError(
+            f"{cfg.model} fits its score normalisation on held-out good images; train with "
+            "--val-fraction > 0 and at least 2 held-out images"
+        )
     model.eval()
     cached = model.cache_frozen(x_train)
 
@@ -220,6 +227,10 @@ def train(cfg: TrainConfig) -> Path:
         train_loss = run_epoch(
             cfg, model, (x_train, u8_train, pre), cached, optimizer, schedule, epoch, batch_size, progress
         )
+        if epoch + 1 == epochs and hasattr(model, "fit_after_training"):  # e.g. gtrans-knn's kNN part
+            state["memory"] = model.fit_after_training(
+                x_train, x_val, batch=batch_size, seed=cfg.seed, log=lambda m: log(m, cfg.progress)
+            )
         val_loss = validation_loss(model, x_val)
         val_fit = held_out_loss(model, x_val)
         state["train_seconds"] += time.perf_counter() - started
@@ -284,7 +295,7 @@ def run_epoch(cfg, model, train_set, cached, optimizer, schedule, epoch, batch_s
     x_train, u8_train, pre = train_set
     model.train()
     order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
-    share = float(getattr(model.config, "denoise", 0.0))  # a denoising student's share of corrupted images
+    share = model.corruption_share()  # a denoising student's share of corrupted images
     rng = np.random.default_rng([cfg.seed, epoch, 17])
     total, count = 0.0, 0
     for start in range(0, len(order), batch_size):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib.util
 from typing import Iterable, Optional
 
-NO_INT8_KINDS = {"patchcore": "PatchCore"}  # model.kind -> name; edge-export refuses --int8 for these
+# model.kind -> name; edge-export refuses --int8 for these
+NO_INT8_KINDS = {"patchcore": "PatchCore", "gtrans-knn": "GTrans + kNN"}
 GPU_ORDER = ("int8", "fp16", "fp32")  # fastest first, under TensorRT
 
 

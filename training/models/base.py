@@ -37,6 +37,10 @@ class TrainableModel(nn.Module):
         ``corrupted``: what the model sees instead of them, for models that learn to undo corruption."""
         return self.training_loss(x[idx])
 
+    def corruption_share(self) -> float:
+        """Share of training images seen with a synthetic anomaly (a denoising student); 0 by default."""
+        return float(getattr(self.config, "denoise", 0.0))
+
     def pretrained_trainable(self) -> list[nn.Parameter]:
         """Pretrained parameters that still train: they get the smaller learning rate. None here."""
         return []

@@ -303,21 +303,14 @@ class PatchCore(TrainableModel):
         return {"patches": int(total), "candidates": int(candidates), "bank": int(len(chosen))}
 
     def _fit_normalization(self, x_val: torch.Tensor | None, batch: int) -> dict[str, list[float]]:
-        from calibration.scores import normalization_from_good
-
-        if x_val is None or len(x_val) < 2:
-            raise ValueError(
-                "backbone 'both' brings the two teachers to one scale with held-out good images; "
-                "train with --val-fraction > 0 and at least 2 held-out images"
-            )
-        scores: list[list[torch.Tensor]] = [[] for _ in self.teachers]
-        for i in range(0, len(x_val), batch):
-            for t, r in enumerate(self.raw_maps(x_val[i : i + batch])):
-                scores[t].append(self.image_score(self.head(r)[1]))
-        norms = [normalization_from_good(torch.cat(s).numpy()) for s in scores]
-        self.norm_offset.copy_(torch.tensor([n.offset for n in norms]))
-        self.norm_scale.copy_(torch.tensor([n.scale for n in norms]))
-        return {"offset": [n.offset for n in norms], "scale": [n.scale for n in norms]}
+        return fit_map_normalization(
+            lambda xb: [self.image_score(self.head(r)[1]) for r in self.raw_maps(xb)],
+            x_val,
+            batch,
+            self.norm_offset,
+            self.norm_scale,
+            "backbone 'both' brings the two teachers to one scale",
+        )
 
     # --- inference -----------------------------------------------------------------------------------
 
@@ -327,10 +320,9 @@ class PatchCore(TrainableModel):
 
     def image_score(self, amap: torch.Tensor) -> torch.Tensor:
         """(N, H, W) smoothed map -> (N,) image score: its max, or the mean of its top ``k`` pixels."""
-        flat = amap.flatten(1)
         if self.config.score == "topk":
-            return flat.topk(self.k, dim=1).values.mean(dim=1)
-        return flat.amax(dim=1)
+            return topk_mean(amap, self.k)
+        return amap.flatten(1).amax(dim=1)
 
     def fuse_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """Normalised (EfficientNet, ViT) (N, H, W) maps -> one map. "mean": their pixelwise mean weighted
@@ -354,11 +346,51 @@ class PatchCore(TrainableModel):
             )
         score = self.image_score(amap)
         if self.config.score != "max":
-            # the daemon scores an image by its map's maximum: move the map so that maximum is the score
-            amap = amap + (score - amap.flatten(1).amax(dim=1))[:, None, None]
+            amap = shift_to_score(amap, score)
         return score, amap
 
 
 def _embed_batches(teacher: nn.Module, x: torch.Tensor, batch: int) -> Iterable[torch.Tensor]:
     for i in range(0, len(x), batch):
         yield teacher(x[i : i + batch])
+
+
+# --- shared with the fused kind (training.models.gtrans_knn) ------------------------------------------
+
+
+def topk_mean(amap: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, H, W) map -> (N,) mean of its ``k`` highest pixels."""
+    return amap.flatten(1).topk(k, dim=1).values.mean(dim=1)
+
+
+def shift_to_score(amap: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """The map moved so that its maximum is ``score``: the daemon scores an image by its map's maximum."""
+    return amap + (score - amap.flatten(1).amax(dim=1))[:, None, None]
+
+
+@torch.no_grad()
+def fit_map_normalization(
+    part_scores: Callable[[torch.Tensor], list[torch.Tensor]],
+    x_val: Any,
+    batch: int,
+    offset: torch.Tensor,
+    scale: torch.Tensor,
+    why: str,
+) -> dict[str, list[float]]:
+    """Bring several maps to one scale: each part's (offset, scale) from its held-out good image scores
+    (``calibration.scores.normalization_from_good``: median 0, 99th percentile 1), written into the
+    ``offset`` / ``scale`` buffers. ``part_scores``: a batch of images -> each part's (N,) image scores."""
+    from calibration.scores import normalization_from_good
+
+    if x_val is None or len(x_val) < 2:
+        raise ValueError(
+            f"{why} with held-out good images; train with --val-fraction > 0 and at least 2 held-out images"
+        )
+    scores: list[list[torch.Tensor]] = [[] for _ in range(len(offset))]
+    for i in range(0, len(x_val), batch):
+        for t, s in enumerate(part_scores(x_val[i : i + batch])):
+            scores[t].append(s)
+    norms = [normalization_from_good(torch.cat(s).numpy()) for s in scores]
+    offset.copy_(torch.tensor([n.offset for n in norms]))
+    scale.copy_(torch.tensor([n.scale for n in norms]))
+    return {"offset": [n.offset for n in norms], "scale": [n.scale for n in norms]}
