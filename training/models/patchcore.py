@@ -87,7 +87,7 @@ class PatchCoreConfig:
     fusion: str = (
         "mean"  # backbone "both": "mean" or "max" of the two normalised maps, or "shift" (fuse_maps)
     )
-    vit_weight: float = 0.5  # fusion "mean": the ViT map's weight, the EfficientNet's is 1 - vit_weight
+    vit_weight: float = 0.625  # fusion "mean": the ViT map's weight, the EfficientNet's is 1 - vit_weight
     sigma: float = 4.0
 
 
