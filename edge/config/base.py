@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 import socket
-from typing import Literal
+from typing import Literal, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -27,6 +28,21 @@ def _topic_safe(value: str, what: str) -> str:
             f"{what} {value!r} is not topic-safe: use 1-64 letters, digits, '_', '-' or '.' "
             "(no '/', '+', '#' or spaces, because it becomes part of MQTT topics)"
         )
+    return value
+
+
+def _roi_ok(value: Optional[Tuple[int, int, int, int]]) -> Optional[Tuple[int, int, int, int]]:
+    """A camera's or a region's ``roi`` [x, y, w, h]: inside the frame's first quadrant, not empty."""
+    if value is not None:
+        x, y, w, h = value
+        if x < 0 or y < 0 or w < 1 or h < 1:
+            raise ValueError(f"roi [x, y, w, h] needs x, y >= 0 and w, h >= 1, got {list(value)}")
+    return value
+
+
+def _finite_threshold(value: Optional[float]) -> Optional[float]:
+    if value is not None and not math.isfinite(value):
+        raise ValueError("threshold must be a finite number")
     return value
 
 

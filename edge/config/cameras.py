@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import List, Literal, Optional, Tuple
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from edge.config.base import PublishMask, _Section, _topic_safe
+from edge.config.base import PublishMask, _finite_threshold, _roi_ok, _Section, _topic_safe
 from edge.config.regions import RegionConfig, check_regions
 from edge.util.names import is_safe_name
 
@@ -89,19 +88,12 @@ class CameraConfig(_Section):
     @field_validator("roi")
     @classmethod
     def _roi_positive(cls, value: Optional[Tuple[int, int, int, int]]) -> Optional[Tuple[int, int, int, int]]:
-        if value is None:
-            return value
-        x, y, w, h = value
-        if x < 0 or y < 0 or w < 1 or h < 1:
-            raise ValueError(f"roi [x, y, w, h] needs x, y >= 0 and w, h >= 1, got {list(value)}")
-        return value
+        return _roi_ok(value)
 
     @field_validator("threshold")
     @classmethod
     def _threshold_finite(cls, value: Optional[float]) -> Optional[float]:
-        if value is not None and not math.isfinite(value):
-            raise ValueError("threshold must be a finite number")
-        return value
+        return _finite_threshold(value)
 
     @field_validator("regions")
     @classmethod

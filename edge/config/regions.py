@@ -12,12 +12,11 @@ Faces whose names cannot hold a '/' (Sparkplug device ids, OPC UA browse names, 
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from pydantic import Field, field_validator
 
-from edge.config.base import PublishMask, _Section, _topic_safe
+from edge.config.base import PublishMask, _finite_threshold, _roi_ok, _Section, _topic_safe
 from edge.util.names import is_safe_name
 
 if TYPE_CHECKING:
@@ -67,9 +66,7 @@ class RegionConfig(_Section):
     @field_validator("roi")
     @classmethod
     def _roi_positive(cls, value: Tuple[int, int, int, int]) -> Tuple[int, int, int, int]:
-        x, y, w, h = value
-        if x < 0 or y < 0 or w < 1 or h < 1:
-            raise ValueError(f"roi [x, y, w, h] needs x, y >= 0 and w, h >= 1, got {list(value)}")
+        _roi_ok(value)
         return value
 
     @field_validator("recipe")
@@ -80,9 +77,7 @@ class RegionConfig(_Section):
     @field_validator("threshold")
     @classmethod
     def _threshold_finite(cls, value: Optional[float]) -> Optional[float]:
-        if value is not None and not math.isfinite(value):
-            raise ValueError("threshold must be a finite number")
-        return value
+        return _finite_threshold(value)
 
 
 def check_regions(regions: List[RegionConfig], roi: Optional[Tuple[int, int, int, int]]) -> None:
