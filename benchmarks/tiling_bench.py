@@ -412,6 +412,8 @@ def render(report: dict[str, Any]) -> str:
         shown = "not measured" if v is None else f"{v:.3f}"
         verdict = "" if v is None else ("met" if v >= target else f"missed by {target - v:.3f}")
         lines.append(f"| {name} | {what} | ≥ {target} | {shown} | {verdict} |")
+    why = "[docs/tiling.md](../../../docs/tiling.md#measured)"
+    lines += ["", f"Why a target is missed, as far as the runs show: {why}."]
     if "cost" in report:
         c = report["cost"]
         text = f"Frame {c['frame'][0]}×{c['frame'][1]}, {c['tiles_per_frame']} tiles per frame: "
