@@ -78,8 +78,8 @@ def model_states(sub: Subscriber, prefix: str, camera: str = "line") -> list[dic
     return [m.json() for m in sub.on(f"{prefix}/{camera}/model/state") if m.payload]
 
 
-def active_is(sub: Subscriber, prefix: str, recipe: str) -> bool:
-    states = model_states(sub, prefix)
+def active_is(sub: Subscriber, prefix: str, recipe: str, camera: str = "line") -> bool:
+    states = model_states(sub, prefix, camera)
     return bool(states) and states[-1]["active"]["recipe"] == recipe and states[-1]["loading"] is None
 
 
@@ -296,3 +296,50 @@ def test_sighup_applies_a_changed_config_and_memory_returns_to_one_model(
     assert max(after) < settled_one + 0.5 * BALLAST_MB, (settled_one, after)
     # the peak: one model in use + the one loading, whose file is read once while its weights are copied
     assert peak["rss"] < settled_one + 2.75 * BALLAST_MB, (settled_one, peak)
+
+
+def test_sighup_switches_one_region_and_changes_the_other_ones_threshold(
+    broker: Broker, store: dict, tmp_path: Path, procs: list[subprocess.Popen]
+) -> None:
+    """A region's recipe and fixed threshold are reloadable like a camera's: after SIGHUP region b runs B
+    and region a keeps A with its new threshold; the camera itself is never restarted."""
+    dev = f"hupr-{uuid.uuid4().hex[:8]}"
+    prefix = f"edge-anomaly/{dev}"
+    bundles = store["bundles"]
+    cam = {"name": "line", "source": str(store["video"]), "fps": 15, "loop": True, "publish_mask": "never"}
+
+    def text(b_recipe: str, a_threshold: float) -> str:
+        regions = [
+            {"name": "a", "roi": [0, 0, SIZE // 2, SIZE], "recipe": "A", "threshold": a_threshold},
+            {"name": "b", "roi": [SIZE // 2, 0, SIZE // 2, SIZE], "recipe": b_recipe},
+        ]
+        lines = [["[[cameras.regions]]"] + [f"{k} = {json.dumps(v)}" for k, v in r.items()] for r in regions]
+        body = "".join("\n".join(entry) + "\n" for entry in lines)
+        return config_for(dev, broker, bundles, cam) + body
+
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(text("A", 2.0), encoding="utf-8")
+    sub = Subscriber(broker.host, broker.port, [f"{prefix}/#"])
+    procs.append(proc := spawn(cfg))
+    try:
+        assert sub.wait_for(lambda m: len(results(sub, prefix, "line/b")) >= 3, WAIT)
+        assert active_is(sub, prefix, "A", "line/b") and active_is(sub, prefix, "A", "line/a")
+        cfg.write_text(text("B", 3.5), encoding="utf-8")
+        proc.send_signal(signal.SIGHUP)
+        assert sub.wait_for(lambda m: active_is(sub, prefix, "B", "line/b"), WAIT)
+        n = len(results(sub, prefix, "line/a"))
+        assert sub.wait_for(lambda m: len(results(sub, prefix, "line/a")) >= n + 5, WAIT)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=WAIT)
+        assert proc.returncode == 0, out.decode()[-3000:]
+    finally:
+        sub.close()
+    log = out.decode()
+    assert "SIGHUP: config and bundle store read again" in log
+    assert "at the next restart" not in log  # a region's recipe and threshold are not restart-only
+    assert active_is(sub, prefix, "A", "line/a")  # the other region's recipe did not move
+    a = results(sub, prefix, "line/a")
+    assert a[0]["threshold"] == 2.0 and a[-1]["threshold"] == 3.5
+    assert [r["seq"] for r in a] == list(range(len(a)))  # nothing lost or repeated across the reload
+    b_models = [r["model"]["id"] for r in results(sub, prefix, "line/b")]
+    assert len(set(b_models)) == 2 and b_models[-1] != b_models[0]
