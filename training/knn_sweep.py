@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from calibration.scores import normalization_from_good
 from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from training.data import good_images, load_images, split_train_val
 from training.metrics import evaluate_maps, line_operating_points
 from training.models.memory_bank import PCA_SAMPLE, NearestBank, StreamedCoreset, coverage, pca_basis
-from training.models.patchcore import PatchCore, PatchCoreConfig
+from training.models.patchcore import PatchCore, PatchCoreConfig, shift_to_score
 from training.pasted_defects import pasted_set
 from training.train import images_to_tensor
 
@@ -73,14 +74,12 @@ def _metrics(model: PatchCore, raw: list[torch.Tensor], labels, masks, types) ->
             good = torch.from_numpy(labels == 0)
             norm = []
             for m in maps:  # calibration.scores: median 0, q99 1 over the held-out good images
-                from calibration.scores import normalization_from_good
-
                 n = normalization_from_good(model.image_score(m[good]).numpy())
                 norm.append((m - n.offset) / n.scale)
             amap = model.fuse_maps(norm)
         score = model.image_score(amap)
         if model.config.score != "max":
-            amap = amap + (score - amap.flatten(1).amax(dim=1))[:, None, None]
+            amap = shift_to_score(amap, score)
     s, a = score.numpy(), amap.numpy()
     r = evaluate_maps(labels, s, masks, a, types)
     line = line_operating_points(s[labels == 0], labels, s)
