@@ -273,11 +273,12 @@ class PatchCore(TrainableModel):
                 width = search.bank.shape[1]
                 say(f"{name}: {width} principal components of {teacher.dim}-d patch features")
                 search.set_projection(*pca_basis(stream.sample(PCA_SAMPLE, seed), width))
-                reduced = StreamedCoreset(width, cfg.projection_dim, seed)
-                for rows in stream.chunks(65536):
-                    reduced.add(search.project(rows))
-                stream.close()
-                stream = reduced
+                full, stream = stream, StreamedCoreset(width, cfg.projection_dim, seed)  # closed below
+                try:
+                    for rows in full.chunks(65536):
+                        stream.add(search.project(rows))
+                finally:
+                    full.close()
             if cfg.max_candidates and total > cfg.max_candidates:  # the old random-subset behaviour
                 keep = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[
                     : cfg.max_candidates
