@@ -30,6 +30,7 @@ from training.metrics import evaluate_maps, line_operating_points
 from training.models.memory_bank import PCA_SAMPLE, NearestBank, StreamedCoreset, coverage, pca_basis
 from training.models.patchcore import PatchCore, PatchCoreConfig, shift_to_score
 from training.pasted_defects import pasted_set
+from training.small_defects import small_set
 from training.train import images_to_tensor
 
 SIZE = 224
@@ -108,29 +109,54 @@ def _fused_metrics(
     return _metrics(PatchCore(cfg), pair, labels, masks, types)
 
 
+def defect_sets(
+    val_paths: list[Path], pre: Preprocess, names: list[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]]:
+    """The held-out good images with defects added, per set: ``cutpaste`` (``pasted_defects``, 2-8 % of the
+    image, drawn at model size) and ``small`` (``small_defects``, a few pixels, drawn at the file's size)."""
+    out = {}
+    for name in names:
+        if name == "cutpaste":
+            out[name] = pasted_set(load_images(val_paths, pre), 3, 0)
+        elif name == "small":
+            out[name] = small_set(val_paths, pre, 3, 0)
+        else:
+            raise ValueError(f"unknown defect set {name!r}; use cutpaste or small")
+    return out
+
+
 def sweep(
-    data: Path, banks: dict[str, list[str]], scores: list[tuple[str, float]], log, raw_out: Path | None = None
+    data: Path,
+    banks: dict[str, list[str]],
+    scores: list[tuple[str, float]],
+    log,
+    raw_out: Path | None = None,
+    defects: tuple[str, ...] = ("cutpaste",),
 ) -> dict[str, Any]:
+    """Every setting on every defect set; runs carry their set's name (``defects``), raw maps are saved
+    per set (``raw_out`` with ``-<set>`` before the suffix when there is more than one)."""
     torch.manual_seed(0)
     pre = Preprocess(
         height=SIZE, width=SIZE, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="letterbox"
     )
     train_paths, val_paths = split_train_val(good_images(data), 0.1, 0)
     x_train = images_to_tensor(load_images(train_paths, pre), pre)
-    images, masks, labels, types = pasted_set(load_images(val_paths, pre), 3, 0)
-    x_eval = images_to_tensor(images, pre)
+    sets = defect_sets(val_paths, pre, list(defects))
+    x_eval = {name: images_to_tensor(s[0], pre) for name, s in sets.items()}
     model = PatchCore(PatchCoreConfig(image_size=SIZE, backbone="both", bank_size=0, vit_bank_size=0)).eval()
     model.load_pretrained()
     out: dict[str, Any] = {
         "data": str(data),
         "n_train": len(train_paths),
         "n_good": len(val_paths),
+        "defects": list(defects),
         "runs": [],
     }
-    raw: dict[tuple[str, int], torch.Tensor] = {}
+    raw: dict[tuple[str, str, str], torch.Tensor] = {}
     for name, (teacher, search) in zip(model.teachers, model.parts(), strict=True):
         t = time.perf_counter()
-        f_train, f_eval = _features(teacher, x_train), _features(teacher, x_eval)
+        f_train = _features(teacher, x_train)
+        f_eval = {d: _features(teacher, x) for d, x in x_eval.items()}
         out[f"{name}_feature_seconds"] = time.perf_counter() - t
         log(f"{data.name} {name}: features {tuple(f_train.shape)} in {out[f'{name}_feature_seconds']:.0f} s")
         for spec in banks[name]:
@@ -138,50 +164,62 @@ def sweep(
             t = time.perf_counter()
             bank = _bank(f_train, rows, search.metric, pca=pca)
             build = time.perf_counter() - t
-            with torch.no_grad():
-                raw[(name, spec)] = torch.cat([bank(f_eval[i : i + 2]) for i in range(0, len(f_eval), 2)])
-                cov = coverage(bank, [f_eval[torch.from_numpy(labels == 0)]])
-            log(f"  bank {spec} ({len(bank.bank)} rows) built {build:.0f} s, good coverage {cov}")
-            for score, frac in scores:
-                cfg = PatchCoreConfig(
-                    image_size=SIZE,
-                    backbone=name,
-                    bank_size=0,
-                    vit_bank_size=0,
-                    score=score,
-                    topk_fraction=frac,
-                )
-                m = _metrics(PatchCore(cfg), [raw[(name, spec)]], labels, masks, types)
-                out["runs"].append(
-                    {
-                        "teacher": name,
-                        "bank": rows,
-                        "pca": pca,
-                        "score": score,
-                        "topk": frac,
-                        **m,
-                        "coverage": cov,
-                        "build_s": build,
-                    }
-                )
-                log(f"    {name} bank {spec} {score} {frac}: {m}")
-    if raw_out is not None:  # for trying other fusions later without the teachers
-        np.savez_compressed(
-            raw_out,
-            labels=labels,
-            masks=masks,
-            types=np.array(types),
-            **{f"{name}_{spec}": r.numpy() for (name, spec), r in raw.items()},
-        )
-    for rows_e, rows_v in itertools.product(banks["effnet"], banks["vit"]):
-        for fusion in ("mean", "max", "shift"):
-            for score, frac in scores:
-                pair = [raw[("effnet", rows_e)], raw[("vit", rows_v)]]
-                m = _fused_metrics(pair, fusion, score, frac, labels, masks, types)
-                out["runs"].append(
-                    {"teacher": f"both-{fusion}", "bank": [rows_e, rows_v], "score": score, "topk": frac, **m}
-                )
-                log(f"    both-{fusion} banks {rows_e}/{rows_v} {score} {frac}: {m}")
+            for d, (_, masks, labels, types) in sets.items():
+                fe = f_eval[d]
+                with torch.no_grad():
+                    raw[(d, name, spec)] = torch.cat([bank(fe[i : i + 2]) for i in range(0, len(fe), 2)])
+                    cov = coverage(bank, [fe[torch.from_numpy(labels == 0)]])
+                log(f"  {d}: bank {spec} ({len(bank.bank)} rows) built {build:.0f} s, good coverage {cov}")
+                for score, frac in scores:
+                    cfg = PatchCoreConfig(
+                        image_size=SIZE,
+                        backbone=name,
+                        bank_size=0,
+                        vit_bank_size=0,
+                        score=score,
+                        topk_fraction=frac,
+                    )
+                    m = _metrics(PatchCore(cfg), [raw[(d, name, spec)]], labels, masks, types)
+                    out["runs"].append(
+                        {
+                            "defects": d,
+                            "teacher": name,
+                            "bank": rows,
+                            "pca": pca,
+                            "score": score,
+                            "topk": frac,
+                            **m,
+                            "coverage": cov,
+                            "build_s": build,
+                        }
+                    )
+                    log(f"    {d} {name} bank {spec} {score} {frac}: {m}")
+    for d, (_, masks, labels, types) in sets.items():
+        if raw_out is not None:  # for trying other fusions later without the teachers
+            path = raw_out if len(sets) == 1 else raw_out.with_name(f"{raw_out.stem}-{d}{raw_out.suffix}")
+            np.savez_compressed(
+                path,
+                labels=labels,
+                masks=masks,
+                types=np.array(types),
+                **{f"{name}_{spec}": r.numpy() for (dd, name, spec), r in raw.items() if dd == d},
+            )
+        for rows_e, rows_v in itertools.product(banks["effnet"], banks["vit"]):
+            for fusion in ("mean", "max", "shift"):
+                for score, frac in scores:
+                    pair = [raw[(d, "effnet", rows_e)], raw[(d, "vit", rows_v)]]
+                    m = _fused_metrics(pair, fusion, score, frac, labels, masks, types)
+                    out["runs"].append(
+                        {
+                            "defects": d,
+                            "teacher": f"both-{fusion}",
+                            "bank": [rows_e, rows_v],
+                            "score": score,
+                            "topk": frac,
+                            **m,
+                        }
+                    )
+                    log(f"    {d} both-{fusion} banks {rows_e}/{rows_v} {score} {frac}: {m}")
     return out
 
 
@@ -198,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fusions", default="mean,max")
     p.add_argument("--effnet-banks", default="0,16384,4096", help="bank rows; ROWSxPCA: projected")
     p.add_argument("--vit-banks", default="0,4096,1024,8192x96", help="as --effnet-banks; 0 is every patch")
+    p.add_argument(
+        "--defects", default="cutpaste", help="defect sets, comma-separated: cutpaste (large) and/or small"
+    )
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
     if args.table:
@@ -215,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     banks = {"effnet": args.effnet_banks.split(","), "vit": args.vit_banks.split(",")}
     scores = [("max", 0.01), ("topk", 0.01), ("topk", 0.001)]
     raw_out = args.out.with_name(args.out.stem + "-raw.npz")
-    result = sweep(args.data, banks, scores, lambda m: print(m, file=sys.stderr, flush=True), raw_out)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    result = sweep(args.data, banks, scores, log, raw_out, tuple(args.defects.split(",")))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
