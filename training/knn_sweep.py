@@ -94,7 +94,14 @@ def _metrics(model: PatchCore, raw: list[torch.Tensor], labels, masks, types) ->
 
 
 def _fused_metrics(
-    pair: list[torch.Tensor], fusion: str, score: str, frac: float, labels, masks, types
+    pair: list[torch.Tensor],
+    fusion: str,
+    score: str,
+    frac: float,
+    labels,
+    masks,
+    types,
+    vit_weight: float = PatchCoreConfig.vit_weight,
 ) -> dict[str, Any]:
     """Metrics of the two teachers' raw maps fused as the model would (``backbone="both"``, full banks)."""
     cfg = PatchCoreConfig(
@@ -105,6 +112,7 @@ def _fused_metrics(
         topk_fraction=frac,
         bank_size=0,
         vit_bank_size=0,
+        vit_weight=vit_weight,
     )
     return _metrics(PatchCore(cfg), pair, labels, masks, types)
 
@@ -234,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         "--refuse", type=Path, help="a sweep's -raw.npz: score other fusions of its maps (--fusions)"
     )
     p.add_argument("--fusions", default="mean,max")
+    p.add_argument(
+        "--decide", type=Path, nargs="+", help="sweep JSONs: rank fused candidates by the shortfall rule"
+    )
+    p.add_argument("--weights", default="0.5,0.625,0.75,0.875,1.0", help="ViT weights for --decide")
     p.add_argument("--effnet-banks", default="0,16384,4096", help="bank rows; ROWSxPCA: projected")
     p.add_argument("--vit-banks", default="0,4096,1024,8192x96", help="as --effnet-banks; 0 is every patch")
     p.add_argument(
@@ -243,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.table:
         print(table(args.table), end="")
+        return 0
+    if args.decide:
+        weights = [float(w) for w in args.weights.split(",")]
+        for r in decide(args.decide, weights, [("max", 0.01), ("topk", 0.01), ("topk", 0.001)]):
+            print(json.dumps(r))
         return 0
     if args.refuse:
         rows = refuse(args.refuse, args.fusions.split(","), [("max", 0.01), ("topk", 0.01)])
@@ -276,6 +293,52 @@ def refuse(raw_path: Path, fusions: list[str], scores: list[tuple[str, float]]) 
                 m = _fused_metrics([maps[e], maps[v]], fusion, score, frac, labels, masks, types)
                 rows.append({"teacher": f"both-{fusion}", "bank": [e, v], "score": score, "topk": frac, **m})
     return rows
+
+
+RULE_METRICS = ("image_auroc", "pixel_auroc", "aupro", "recall_1")
+
+
+def decide(paths: list[Path], weights: list[float], scores: list[tuple[str, float]]) -> list[dict[str, Any]]:
+    """The decision rule over sweep JSONs and their saved maps: each candidate (bank pair, ViT weight, image
+    score; weight 1 is the ViT alone) scored on every category and defect set, and its shortfall below the
+    better plain full-bank kNN (max score) summed over the four ``RULE_METRICS``. Smallest sum first."""
+    totals: dict[tuple, dict[str, Any]] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        sets = data.get("defects", ["cutpaste"])
+        for d in sets:
+            yard = [
+                r
+                for r in data["runs"]
+                if r.get("defects", "cutpaste") == d
+                and r["teacher"] in ("effnet", "vit")
+                and r["bank"] == 0
+                and r["score"] == "max"
+            ]
+            if not yard:
+                raise ValueError(f"{path}: no full-bank max-score runs on {d} to measure shortfall against")
+            best = {m: max(r[m] for r in yard) for m in RULE_METRICS}
+            raw_path = Path(path).with_name(
+                Path(path).stem + "-raw" + (f"-{d}" if len(sets) > 1 else "") + ".npz"
+            )
+            raw = np.load(raw_path)
+            labels, masks, types = raw["labels"], raw["masks"], [str(t) for t in raw["types"]]
+            effnet = [k for k in raw.files if k.startswith("effnet_") and k != "effnet_0"]
+            vit = [k for k in raw.files if k.startswith("vit_") and k != "vit_0"]
+            for e, v, w, (score, frac) in itertools.product(effnet, vit, weights, scores):
+                pair = [torch.from_numpy(raw[e]), torch.from_numpy(raw[v])]
+                m = _fused_metrics(pair, "mean", score, frac, labels, masks, types, vit_weight=w)
+                short = sum(max(0.0, best[k] - m[k]) for k in RULE_METRICS)
+                key = (e, v, w, score, frac)
+                row = totals.setdefault(
+                    key, {"effnet": e, "vit": v, "vit_weight": w, "score": score, "topk": frac, "sum": 0.0}
+                )
+                row["sum"] += short
+                row[f"{Path(data['data']).name}/{d}"] = {
+                    **{k: m[k] for k in RULE_METRICS},
+                    "shortfall": short,
+                }
+    return sorted(totals.values(), key=lambda r: r["sum"])
 
 
 def table(paths: list[Path]) -> str:
