@@ -108,6 +108,16 @@ def _line(r: dict[str, Any], fpr: str) -> Any:
     return ((r.get("line") or {}).get(fpr) or {}).get("recall")
 
 
+def _line_cell(r: dict[str, Any], fpr: str, f: Any) -> str:
+    """``_line`` as a table cell. A test row from before the line columns still has its F1 decision at the
+    same threshold (the held-out good images' 99th percentile, ``score >= t`` where the line flags
+    ``score > t``: the same images unless a score equals t exactly), so its 1 % recall is that, marked *."""
+    value = _line(r, fpr)
+    if value is None and fpr == "0.01" and "recall" in (r.get("f1_at_good_threshold") or {}):
+        return f"{f(r['f1_at_good_threshold']['recall'])}*"
+    return f(value)
+
+
 def markdown(results: list[dict[str, Any]], data: Path, seed: int = 0, title: str | None = None) -> str:
     def f(v: Any) -> str:
         return "n/a" if v is None else f"{v:.3f}"
@@ -134,7 +144,8 @@ def markdown(results: list[dict[str, Any]], data: Path, seed: int = 0, title: st
         "**Line recall @ 1 % / 0.1 %** (the headline, the way a station sets its threshold): the share of",
         "defective test images above the 99th / 99.9th percentile of the held-out good images' scores; n/a "
         "for",
-        "rows evaluated before it existed. **Oracle recall** is the share caught at the best threshold that",
+        "rows evaluated before it existed (* : such a row's 1 % recall read from its F1 decision, made at "
+        "the same threshold). **Oracle recall** is the share caught at the best threshold that",
         "flags at most that share of the good TEST images (with fewer than 1,000 good images, 0.1 % means",
         "none): a threshold no station could set, kept for comparison with earlier tables.",
         "",
@@ -148,7 +159,8 @@ def markdown(results: list[dict[str, Any]], data: Path, seed: int = 0, title: st
         minutes = (r.get("train_seconds") or 0) / 60
         lines.append(
             f"| {r['model']} | {BACKBONES.get(r['model'], r['model'])} | {f(r['image_auroc'])} "
-            f"| {f(r['pixel_auroc'])} | {f(r['aupro'])} | {f(_line(r, '0.01'))} | {f(_line(r, '0.001'))} "
+            f"| {f(r['pixel_auroc'])} | {f(r['aupro'])} "
+            f"| {_line_cell(r, '0.01', f)} | {f(_line(r, '0.001'))} "
             f"| {f(_recall(r, '0.01'))} | {f(_recall(r, '0.001'))} "
             f"| {f(f1)} | {r.get('epochs')} | {minutes:.1f} min | {r['throughput_img_s']:.1f} |"
         )

@@ -75,6 +75,16 @@ def test_rows_before_the_line_protocol_read_n_a_and_presets_have_a_description()
     assert "threshold from" not in row and "held-out good images' scores" in text
 
 
+def test_an_old_row_reads_its_1_percent_line_recall_from_its_f1_decision_marked() -> None:
+    """Same threshold (held-out 99th percentile): the F1 decision's recall is the 1 % line recall."""
+    old = {k: v for k, v in _result("gtrans", 0.9).items() if k != "line"}
+    old["f1_at_good_threshold"] = {"f1": 0.25, "recall": 0.375, "threshold": 1.0}
+    row = next(
+        line for line in markdown([old], Path("data/bottle")).splitlines() if line.startswith("| gtrans |")
+    )
+    assert row.split(" | ")[5:7] == ["0.375*", "n/a"]  # 0.1 % has no stored decision
+
+
 def test_merge_keeps_the_rows_of_models_not_run_now(tmp_path: Path, monkeypatch) -> None:
     import json
 
