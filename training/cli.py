@@ -127,6 +127,13 @@ def eval_main(argv: list[str] | None = None) -> int:
         help="no defect samples needed: defects pasted onto the good images training held out",
     )
     p.add_argument("--per-image", type=int, default=3, help="with --pasted: defective copies per good image")
+    p.add_argument(
+        "--defects",
+        choices=("cutpaste", "small"),
+        default="cutpaste",
+        help="with --pasted: cutpaste (patches, scars, blobs of 2-8 %% of the image) or small (nicks, "
+        "bridges and specks a few pixels wide, drawn at each image's own size)",
+    )
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int)
@@ -163,6 +170,7 @@ def eval_main(argv: list[str] | None = None) -> int:
                 progress=not args.quiet,
                 worst=args.worst,
                 worst_dir=worst_dir,
+                defects=args.defects,
             )
         else:
             result = evaluate(

@@ -29,9 +29,11 @@ from training.data import load_images
 from training.evaluate import predict
 from training.graph import InferenceModel
 from training.metrics import evaluate_maps, line_operating_points
+from training.small_defects import small_set
 from training.worst import write_worst
 
 KINDS = ("patch", "scar", "blob")
+DEFECT_SETS = ("cutpaste", "small")
 MIN_CHANGE = 20.0  # mean |difference| (grey levels) under the mask for a paste to count as a defect
 TRIES = 20
 
@@ -129,16 +131,29 @@ def score_pasted(
     worst: int = 0,
     worst_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Metrics (as ``evaluate_maps``) of ``predict`` (uint8 images -> scores, maps) on the pasted set.
+    """Metrics (as ``evaluate_maps``) of ``predict`` (uint8 images -> scores, maps) on the pasted set."""
+    return score_set(predict, pasted_set(good, per_image, seed), per_image, seed, worst, worst_dir)
+
+
+def score_set(
+    predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    labelled: tuple[np.ndarray, np.ndarray, np.ndarray, list[str]],
+    per_image: int,
+    seed: int,
+    worst: int = 0,
+    worst_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Metrics of ``predict`` on a set of good images followed by ``per_image`` defective copies of each
+    (``pasted_set`` or ``small_defects.small_set``).
 
     ``line``: the line protocol with the threshold from the good (held-out) images of the set itself.
     ``worst``: write that many worst good and pasted images to ``worst_dir`` (``training.worst``)."""
-    images, masks, labels, types = pasted_set(good, per_image, seed)
+    images, masks, labels, types = labelled
+    n_good = int((labels == 0).sum())
     scores, maps = predict(images)
     result = evaluate_maps(labels, scores, masks, maps, types)
     result["line"] = line_operating_points(scores[labels == 0], labels, scores)
     if worst:
-        n_good = len(good)
         names = [
             f"held-out good #{i}"
             if i < n_good
@@ -147,9 +162,7 @@ def score_pasted(
         ]
         write_worst(worst_dir, worst, images, maps, scores, labels, names, scores[labels == 0])
         result["worst"] = str(worst_dir)
-    result.update(
-        {"n_good": int(len(good)), "n_pasted": int(labels.sum()), "per_image": per_image, "seed": seed}
-    )
+    result.update({"n_good": n_good, "n_pasted": int(labels.sum()), "per_image": per_image, "seed": seed})
     return result
 
 
@@ -162,8 +175,13 @@ def evaluate_pasted(
     progress: bool = False,
     worst: int = 0,
     worst_dir: Path | None = None,
+    defects: str = "cutpaste",
 ) -> dict[str, Any]:
-    """``score_pasted`` on the good images the checkpoint's training held out (its ``val_files``)."""
+    """``score_pasted`` on the good images the checkpoint's training held out (its ``val_files``);
+    ``defects="small"``: small structural defects drawn at each file's own size instead
+    (``training.small_defects``)."""
+    if defects not in DEFECT_SETS:
+        raise ValueError(f"unknown defect set {defects!r}; use one of {', '.join(DEFECT_SETS)}")
     if threads:
         torch.set_num_threads(threads)
     ckpt = load_checkpoint(checkpoint)
@@ -178,6 +196,10 @@ def evaluate_pasted(
         raise ValueError(f"{len(missing)} held-out images of {checkpoint} are gone, e.g. {missing[0]}")
     model = InferenceModel(ckpt.model, ckpt.preprocess).eval()
     rate: list[float] = []
+    if defects == "small" and ckpt.preprocess.tiling is not None:
+        raise ValueError(
+            "small defects are drawn for whole-image checkpoints; a tiled one is not offered yet"
+        )
     if ckpt.preprocess.tiling is not None:  # pasted onto the images at their own size, scored in tiles
         good, run = _native_run(model, ckpt.preprocess, val, batch, rate)
     else:
@@ -190,12 +212,18 @@ def evaluate_pasted(
             rate.append(img_s)
             return scores, maps
 
-    result = score_pasted(run, good, per_image, seed, worst, worst_dir)
+    if defects == "small":
+        labelled = small_set(val, ckpt.preprocess, per_image, seed)
+    else:
+        labelled = pasted_set(good, per_image, seed)
+    result = score_set(run, labelled, per_image, seed, worst, worst_dir)
     result.update(
         {
+            "defects": defects,
             "model": ckpt.kind,
             "checkpoint": str(checkpoint),
-            "category": f"pasted defects on {len(good)} held-out good images",
+            "category": f"{'small defects drawn' if defects == 'small' else 'pasted defects'} on {len(good)} "
+            "held-out good images",
             "n_test_images": int(len(good) * (1 + per_image)),
             "throughput_img_s": rate[0],
             "batch": batch,

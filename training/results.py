@@ -93,6 +93,8 @@ def run_all(
             result.update({"per_type": {}, "image_auroc": None, "pixel_auroc": None, "aupro": None})
         keys = ("image_auroc", "pixel_auroc", "aupro", "recall_at_fpr", "line", "n_good", "n_pasted")
         result["pasted"] = {k: pasted[k] for k in keys}
+        small = evaluate_pasted(ckpt, threads=threads, defects="small")  # defects a few pixels wide
+        result["small"] = {k: small[k] for k in keys}
         result["model"] = model
         (runs / f"{model}-{data.name}" / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         results.append(result)
@@ -116,6 +118,33 @@ def _line_cell(r: dict[str, Any], fpr: str, f: Any) -> str:
     if value is None and fpr == "0.01" and "recall" in (r.get("f1_at_good_threshold") or {}):
         return f"{f(r['f1_at_good_threshold']['recall'])}*"
     return f(value)
+
+
+def _defect_table(results: list[dict[str, Any]], key: str, label: str, *intro: str) -> list[str]:
+    """The table of one defect set drawn on the held-out good images (``key``: "pasted" or "small")."""
+
+    def f(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    rows = [r for r in results if key in r]
+    if not rows:
+        return []
+    lines = [
+        "",
+        *intro,
+        "",
+        f"| model | {label} image AUROC | {label} pixel AUROC | {label} AUPRO | line recall @ 1 % FA "
+        f"| line recall @ 0.1 % FA | oracle recall @ 1 % | oracle recall @ 0.1 % | images (good + {label}) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        q = r[key]
+        lines.append(
+            f"| {r['model']} | {f(q['image_auroc'])} | {f(q['pixel_auroc'])} | {f(q['aupro'])} "
+            f"| {f(_line(q, '0.01'))} | {f(_line(q, '0.001'))} "
+            f"| {f(_recall(q, '0.01'))} | {f(_recall(q, '0.001'))} | {q['n_good']} + {q['n_pasted']} |"
+        )
+    return lines
 
 
 def markdown(results: list[dict[str, Any]], data: Path, seed: int = 0, title: str | None = None) -> str:
@@ -164,26 +193,20 @@ def markdown(results: list[dict[str, Any]], data: Path, seed: int = 0, title: st
             f"| {f(_recall(r, '0.01'))} | {f(_recall(r, '0.001'))} "
             f"| {f(f1)} | {r.get('epochs')} | {minutes:.1f} min | {r['throughput_img_s']:.1f} |"
         )
-    pasted = [r for r in results if "pasted" in r]
-    if pasted:
-        lines += [
-            "",
-            "The same checkpoints on defects pasted onto their held-out good images (`edge-eval --pasted`, "
-            "no",
-            "defect samples used), for comparing with the real test split above:",
-            "",
-            "| model | pasted image AUROC | pasted pixel AUROC | pasted AUPRO | line recall @ 1 % FA "
-            "| line recall @ 0.1 % FA | oracle recall @ 1 % | oracle recall @ 0.1 % | images (good + "
-            "pasted) |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in pasted:
-            q = r["pasted"]
-            lines.append(
-                f"| {r['model']} | {f(q['image_auroc'])} | {f(q['pixel_auroc'])} | {f(q['aupro'])} "
-                f"| {f(_line(q, '0.01'))} | {f(_line(q, '0.001'))} "
-                f"| {f(_recall(q, '0.01'))} | {f(_recall(q, '0.001'))} | {q['n_good']} + {q['n_pasted']} |"
-            )
+    lines += _defect_table(
+        results,
+        "pasted",
+        "pasted",
+        "The same checkpoints on defects pasted onto their held-out good images (`edge-eval --pasted`, no",
+        "defect samples used), for comparing with the real test split above:",
+    )
+    lines += _defect_table(
+        results,
+        "small",
+        "small",
+        "And on small defects (nicks, bridges, specks a few pixels wide) drawn on the held-out good images",
+        "at their own size before the resize (`edge-eval --pasted --defects small`):",
+    )
     lines += [
         "",
         "Per defect type:",

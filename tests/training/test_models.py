@@ -109,6 +109,34 @@ def test_eval_cli_pasted_needs_no_defect_samples(gtrans_run: Path, tmp_path: Pat
         eval_main([str(gtrans_run), "--pasted", "--data", str(tmp_path)])
 
 
+def test_eval_cli_small_defects_are_drawn_at_the_images_own_size(
+    gtrans_run: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "small.json"
+    args = [
+        str(gtrans_run),
+        "--pasted",
+        "--defects",
+        "small",
+        "--per-image",
+        "3",
+        "--json",
+        str(out),
+        "--quiet",
+    ]
+    assert eval_main(args) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    assert (
+        set(result["per_type"]) == {"nick", "bridge", "speck"} and result["n_pasted"] == 3 * result["n_good"]
+    )
+    assert result["defects"] == "small" and 0.0 <= result["image_auroc"] <= 1.0
+    assert "small defects drawn on" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a defect set that does not exist is the parser's error
+        eval_main([str(gtrans_run), "--pasted", "--defects", "dents"])
+
+
 def test_bad_data_folder_is_a_clear_error(tmp_path: Path, capsys) -> None:
     rc = train_main(
         ["--model", "conv-ae", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"]

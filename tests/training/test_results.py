@@ -61,9 +61,13 @@ def test_pasted_defect_numbers_get_their_own_table() -> None:
     }
     text = markdown([with_pasted, _result("conv-ae", 0.5)], Path("data/bottle"))
     assert "| anovit | 0.957 | 0.875 | n/a | n/a | n/a | 0.500 | 0.250 | 21 + 63 |" in text
+    assert "small image AUROC" not in text  # no row has the small-defect set
     lines = text.splitlines()
     assert any(line.startswith("| conv-ae | conv encoder") for line in lines)  # its main row stays
     assert not any(line.startswith("| conv-ae | 0.") for line in lines)  # and it gets no pasted row
+    small = {**with_pasted["pasted"], "image_auroc": 0.625, "line": {"0.01": {"recall": 0.125}}}
+    text = markdown([{**with_pasted, "small": small}], Path("data/bottle"))
+    assert "| small image AUROC |" in text and "| anovit | 0.625 | 0.875 | n/a | 0.125 | n/a |" in text
 
 
 def test_rows_before_the_line_protocol_read_n_a_and_presets_have_a_description() -> None:
