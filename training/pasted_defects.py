@@ -29,13 +29,11 @@ from training.data import load_images
 from training.evaluate import predict
 from training.graph import InferenceModel
 from training.metrics import evaluate_maps, line_operating_points
-from training.small_defects import small_set
+from training.small_defects import most_visible, small_set
 from training.worst import write_worst
 
 KINDS = ("patch", "scar", "blob")
 DEFECT_SETS = ("cutpaste", "small")
-MIN_CHANGE = 20.0  # mean |difference| (grey levels) under the mask for a paste to count as a defect
-TRIES = 20
 
 
 def _shape_mask(kind: str, hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -67,13 +65,10 @@ def paste_defect(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``image`` (H, W, 3) uint8 with one ``kind`` defect; returns (defective image, bool mask)."""
     h, w = image.shape[:2]
-    grey = image.astype(np.float32).mean(axis=2)
     blob_colour = (255 - image.reshape(-1, 3).mean(axis=0)).astype(np.uint8)  # the same on every try
-    best: tuple[float, np.ndarray, np.ndarray] | None = None
-    for _ in range(TRIES):
+
+    def draw() -> tuple[np.ndarray, np.ndarray]:
         mask = _shape_mask(kind, (h, w), rng).astype(bool)
-        if not mask.any():
-            continue
         if kind == "blob":
             content = np.broadcast_to(blob_colour, image.shape)
         else:  # the donor moved so that another of its places lands under the mask
@@ -81,14 +76,9 @@ def paste_defect(
             content = cv2.warpAffine(donor, shift, (w, h), borderMode=cv2.BORDER_REFLECT_101)
         out = image.copy()
         out[mask] = content[mask]
-        change = float(np.abs(out.astype(np.float32).mean(axis=2) - grey)[mask].mean())
-        if best is None or change > best[0]:
-            best = (change, out, mask)
-        if change >= MIN_CHANGE:
-            break
-    if best is None:
-        raise ValueError(f"image of size {w}x{h} is too small to paste a {kind} onto")
-    return best[1], best[2]
+        return out, mask
+
+    return most_visible(image, draw, f"a pasted {kind}")
 
 
 def paste_each(

@@ -22,7 +22,7 @@ gradient. A draw that barely changes the pixels (a stroke along an edge) is draw
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -104,11 +104,20 @@ def draw_small_defect(
     The try that changes the pixels under it most is kept when none reaches ``MIN_CHANGE``."""
     if kind not in SMALL_KINDS:
         raise ValueError(f"unknown small defect kind {kind!r}; use one of {', '.join(SMALL_KINDS)}")
+    grads = _gradient(image.astype(np.float32).mean(axis=2))
+    return most_visible(image, lambda: _draw(image, kind, rng, grads), f"a {kind} defect")
+
+
+def most_visible(
+    image: np.ndarray, draw: Callable[[], tuple[np.ndarray, np.ndarray]], what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``TRIES`` draws of (defective copy, mask): the first whose pixels under the mask differ from
+    ``image`` by ``MIN_CHANGE`` grey levels on average, else the most different one. A defect that barely
+    changes what it covers (background onto background) would be labelled defective while looking good."""
     grey = image.astype(np.float32).mean(axis=2)
-    grads = _gradient(grey)
     best: tuple[float, np.ndarray, np.ndarray] | None = None
     for _ in range(TRIES):
-        out, mask = _draw(image, kind, rng, grads)
+        out, mask = draw()
         sel = mask.astype(bool)
         if not sel.any():
             continue
@@ -118,7 +127,7 @@ def draw_small_defect(
         if change >= MIN_CHANGE:
             break
     if best is None:
-        raise ValueError(f"image of size {image.shape[1]}x{image.shape[0]} is too small for a {kind} defect")
+        raise ValueError(f"image of size {image.shape[1]}x{image.shape[0]} is too small for {what}")
     return best[1], best[2]
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.pasted_defects import KINDS, MIN_CHANGE, paste_defect, pasted_set, score_pasted
+from training.pasted_defects import KINDS, paste_defect, pasted_set, score_pasted
+from training.small_defects import MIN_CHANGE
 from training.synthetic import good_part
 
 
