@@ -140,6 +140,7 @@ def sweep(
     log,
     raw_out: Path | None = None,
     defects: tuple[str, ...] = ("cutpaste",),
+    fusions: tuple[str, ...] = ("mean", "max", "shift"),
 ) -> dict[str, Any]:
     """Every setting on every defect set; runs carry their set's name (``defects``), raw maps are saved
     per set (``raw_out`` with ``-<set>`` before the suffix when there is more than one)."""
@@ -213,7 +214,7 @@ def sweep(
                 **{f"{name}_{spec}": r.numpy() for (dd, name, spec), r in raw.items() if dd == d},
             )
         for rows_e, rows_v in itertools.product(banks["effnet"], banks["vit"]):
-            for fusion in ("mean", "max", "shift"):
+            for fusion in fusions:
                 for score, frac in scores:
                     pair = [raw[(d, "effnet", rows_e)], raw[(d, "vit", rows_v)]]
                     m = _fused_metrics(pair, fusion, score, frac, labels, masks, types)
@@ -251,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--defects", default="cutpaste", help="defect sets, comma-separated: cutpaste (large) and/or small"
     )
+    p.add_argument(
+        "--sweep-fusions",
+        default="mean,max,shift",
+        help="fusions of the two teachers scored in the sweep ('' for none: --decide fuses the saved maps)",
+    )
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
     if args.table:
@@ -274,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     scores = [("max", 0.01), ("topk", 0.01), ("topk", 0.001)]
     raw_out = args.out.with_name(args.out.stem + "-raw.npz")
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    result = sweep(args.data, banks, scores, log, raw_out, tuple(args.defects.split(",")))
+    fusions = tuple(f for f in args.sweep_fusions.split(",") if f)
+    result = sweep(args.data, banks, scores, log, raw_out, tuple(args.defects.split(",")), fusions)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
