@@ -57,6 +57,10 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
         "patchcore",
         {"backbone": "both", "image_size": 224, "bank_size": 4096, "vit_bank_size": 8192, "vit_pca_dim": 96},
     ),
+    "patchcore both 224 px, 4096 + 16384 rows of 48 components": (
+        "patchcore",
+        {"backbone": "both", "image_size": 224, "bank_size": 4096, "vit_bank_size": 16384, "vit_pca_dim": 48},
+    ),
     "gtrans-knn (gtrans + patchcore defaults, one graph)": ("gtrans-knn", {}),
     "patchcore vit 168 px, 1024 rows": (
         "patchcore",
