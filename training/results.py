@@ -39,8 +39,8 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 ORDER = (*MODELS, *PRESETS)
 BACKBONES = {
     "patchcore": "recommended default: EfficientNet-Lite0 blocks 4 + 10 (3x3 pooled) and ViT-S/14 blocks "
-    "5 + 8 kNN maps, each normalised by held-out good scores, averaged with weights 0.375 / 0.625; "
-    "score = mean of the map's top 1 %; "
+    "5 + 8 kNN maps, each normalised by held-out good scores, averaged with weights 0.25 / 0.75; "
+    "score = mean of the map's top 0.1 %; "
     "coresets from every patch: 4096 EfficientNet rows, 8192 ViT rows in 96 principal components; 224 px; "
     "no training",
     "gtrans": "EfficientNet-Lite0 (ImageNet-1k) teacher; paper uses a ResNet/WideResNet teacher",

@@ -8,7 +8,7 @@ images (``training.pasted_defects``: visible data, the test split is never read)
 computed from the same fused map (before the per-image shift the default applies):
 
 - ``max``: the map's maximum;
-- ``topk``: the mean of the map's top 1 % (the default);
+- ``topk``: the mean of the map's top ``topk_fraction`` (the default's score);
 - ``region``: the mean of the map over its largest connected region above the held-out good images' 99th
   pixel percentile (the map's max when no pixel is above it);
 - ``gauss``: an image-level feature score (Rippel et al. 2020): each teacher's patch features averaged over
