@@ -29,8 +29,7 @@ from training.data import good_images, load_images, split_train_val
 from training.metrics import evaluate_maps, line_operating_points
 from training.models.memory_bank import PCA_SAMPLE, NearestBank, StreamedCoreset, coverage, pca_basis
 from training.models.patchcore import PatchCore, PatchCoreConfig, shift_to_score
-from training.pasted_defects import pasted_set
-from training.small_defects import small_set
+from training.pasted_defects import defect_set
 from training.train import images_to_tensor
 
 SIZE = 224
@@ -117,22 +116,6 @@ def _fused_metrics(
     return _metrics(PatchCore(cfg), pair, labels, masks, types)
 
 
-def defect_sets(
-    val_paths: list[Path], pre: Preprocess, names: list[str]
-) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]]:
-    """The held-out good images with defects added, per set: ``cutpaste`` (``pasted_defects``, 2-8 % of the
-    image, drawn at model size) and ``small`` (``small_defects``, a few pixels, drawn at the file's size)."""
-    out = {}
-    for name in names:
-        if name == "cutpaste":
-            out[name] = pasted_set(load_images(val_paths, pre), 3, 0)
-        elif name == "small":
-            out[name] = small_set(val_paths, pre, 3, 0)
-        else:
-            raise ValueError(f"unknown defect set {name!r}; use cutpaste or small")
-    return out
-
-
 def sweep(
     data: Path,
     banks: dict[str, list[str]],
@@ -150,7 +133,7 @@ def sweep(
     )
     train_paths, val_paths = split_train_val(good_images(data), 0.1, 0)
     x_train = images_to_tensor(load_images(train_paths, pre), pre)
-    sets = defect_sets(val_paths, pre, list(defects))
+    sets = {name: defect_set(name, val_paths, pre) for name in defects}  # 3 a good image, seed 0
     x_eval = {name: images_to_tensor(s[0], pre) for name, s in sets.items()}
     model = PatchCore(PatchCoreConfig(image_size=SIZE, backbone="both", bank_size=0, vit_bank_size=0)).eval()
     model.load_pretrained()

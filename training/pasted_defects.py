@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import torch
 
+from edge.capture.preprocess import Preprocess
 from training.checkpoint import load_checkpoint
 from training.data import load_images
 from training.evaluate import predict
@@ -111,6 +112,24 @@ def pasted_set(
     """``paste_each`` for images of one size, stacked: images (N, H, W, 3), masks (N, H, W), labels, types."""
     images, masks, labels, types = paste_each(list(good), per_image, seed)
     return np.stack(images), np.stack(masks), labels, types
+
+
+def defect_set(
+    defects: str,
+    paths: Sequence[Path],
+    pre: Preprocess,
+    per_image: int = 3,
+    seed: int = 0,
+    good: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """The good images at ``paths`` followed by defective copies, as ``pasted_set``: ``cutpaste`` (the kinds
+    above, drawn on ``good``, the images at model size, loaded when not given) or ``small``
+    (``small_defects.small_set``, drawn at each file's own size)."""
+    if defects == "small":
+        return small_set(paths, pre, per_image, seed)
+    if defects == "cutpaste":
+        return pasted_set(load_images(paths, pre) if good is None else good, per_image, seed)
+    raise ValueError(f"unknown defect set {defects!r}; use one of {', '.join(DEFECT_SETS)}")
 
 
 def score_pasted(
@@ -202,10 +221,7 @@ def evaluate_pasted(
             rate.append(img_s)
             return scores, maps
 
-    if defects == "small":
-        labelled = small_set(val, ckpt.preprocess, per_image, seed)
-    else:
-        labelled = pasted_set(good, per_image, seed)
+    labelled = defect_set(defects, val, ckpt.preprocess, per_image, seed, good)
     result = score_set(run, labelled, per_image, seed, worst, worst_dir)
     result.update(
         {

@@ -70,3 +70,16 @@ def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     pre = Preprocess(height=64, width=64, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD)
     with pytest.raises(ValueError, match="cannot read image"):
         small_set([tmp_path / "gone.png"], pre)
+
+
+def test_the_defect_set_by_name_is_the_same_draw_and_an_unknown_name_is_refused(tmp_path: Path) -> None:
+    from training.pasted_defects import defect_set
+
+    path = tmp_path / "0.png"
+    cv2.imwrite(str(path), _board())
+    pre = Preprocess(height=64, width=64, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    by_name = defect_set("small", [path], pre, per_image=2, seed=4)
+    assert (by_name[1] == small_set([path], pre, per_image=2, seed=4)[1]).all()
+    assert defect_set("cutpaste", [path], pre, per_image=2)[3][1:] == ["patch", "scar"]
+    with pytest.raises(ValueError, match="unknown defect set 'dents'"):
+        defect_set("dents", [path], pre)
