@@ -33,6 +33,7 @@ from training.pasted_defects import defect_set
 from training.train import images_to_tensor
 
 SIZE = 224
+SCORES = [("max", 0.01), ("topk", 0.01), ("topk", 0.001)]  # image scores swept and decided among
 
 
 def _features(teacher: torch.nn.Module, x: torch.Tensor, batch: int = 8) -> torch.Tensor:
@@ -56,6 +57,12 @@ def _bank(train_f: torch.Tensor, rows: int, metric: str, seed: int = 0, pca: int
     stream.close()
     bank.set_bank(chosen)
     return bank
+
+
+def raw_maps_path(sweep_json: Path, defects: str, n_sets: int) -> Path:
+    """Where a sweep saves its raw per-teacher maps: beside its JSON, ``-raw.npz``, with ``-<set>`` before
+    the suffix when it scored more than one defect set."""
+    return sweep_json.with_name(sweep_json.stem + "-raw" + (f"-{defects}" if n_sets > 1 else "") + ".npz")
 
 
 def bank_spec(spec: str) -> tuple[int, int]:
@@ -121,12 +128,12 @@ def sweep(
     banks: dict[str, list[str]],
     scores: list[tuple[str, float]],
     log,
-    raw_out: Path | None = None,
+    maps_beside: Path | None = None,
     defects: tuple[str, ...] = ("cutpaste",),
     fusions: tuple[str, ...] = ("mean", "max", "shift"),
 ) -> dict[str, Any]:
     """Every setting on every defect set; runs carry their set's name (``defects``), raw maps are saved
-    per set (``raw_out`` with ``-<set>`` before the suffix when there is more than one)."""
+    per set beside ``maps_beside`` (the sweep's JSON path; ``raw_maps_path``)."""
     torch.manual_seed(0)
     pre = Preprocess(
         height=SIZE, width=SIZE, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="letterbox"
@@ -187,10 +194,9 @@ def sweep(
                     )
                     log(f"    {d} {name} bank {spec} {score} {frac}: {m}")
     for d, (_, masks, labels, types) in sets.items():
-        if raw_out is not None:  # for trying other fusions later without the teachers
-            path = raw_out if len(sets) == 1 else raw_out.with_name(f"{raw_out.stem}-{d}{raw_out.suffix}")
+        if maps_beside is not None:  # for trying other fusions later without the teachers
             np.savez_compressed(
-                path,
+                raw_maps_path(maps_beside, d, len(sets)),
                 labels=labels,
                 masks=masks,
                 types=np.array(types),
@@ -247,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.decide:
         weights = [float(w) for w in args.weights.split(",")]
-        for r in decide(args.decide, weights, [("max", 0.01), ("topk", 0.01), ("topk", 0.001)]):
+        for r in decide(args.decide, weights, SCORES):
             print(json.dumps(r))
         return 0
     if args.refuse:
@@ -260,11 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     banks = {"effnet": args.effnet_banks.split(","), "vit": args.vit_banks.split(",")}
-    scores = [("max", 0.01), ("topk", 0.01), ("topk", 0.001)]
-    raw_out = args.out.with_name(args.out.stem + "-raw.npz")
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     fusions = tuple(f for f in args.sweep_fusions.split(",") if f)
-    result = sweep(args.data, banks, scores, log, raw_out, tuple(args.defects.split(",")), fusions)
+    result = sweep(args.data, banks, SCORES, log, args.out, tuple(args.defects.split(",")), fusions)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
@@ -308,10 +312,7 @@ def decide(paths: list[Path], weights: list[float], scores: list[tuple[str, floa
             if not yard:
                 raise ValueError(f"{path}: no full-bank max-score runs on {d} to measure shortfall against")
             best = {m: max(r[m] for r in yard) for m in RULE_METRICS}
-            raw_path = Path(path).with_name(
-                Path(path).stem + "-raw" + (f"-{d}" if len(sets) > 1 else "") + ".npz"
-            )
-            raw = np.load(raw_path)
+            raw = np.load(raw_maps_path(Path(path), d, len(sets)))
             labels, masks, types = raw["labels"], raw["masks"], [str(t) for t in raw["types"]]
             effnet = [k for k in raw.files if k.startswith("effnet_") and k != "effnet_0"]
             vit = [k for k in raw.files if k.startswith("vit_") and k != "vit_0"]

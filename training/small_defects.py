@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from edge.capture.preprocess import Preprocess
+from training.native_eval import read_bgr
 
 SMALL_KINDS = ("nick", "bridge", "speck")
 EDGE_QUANTILE = 0.95
@@ -143,12 +144,7 @@ def small_set(
     if not paths or per_image < 1:
         raise ValueError(f"need at least one good image and per_image >= 1, got {len(paths)} and {per_image}")
     rng = np.random.default_rng(seed)
-    frames = []
-    for p in paths:
-        frame = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise ValueError(f"cannot read image {p}: the file is missing, corrupt or not an image")
-        frames.append(frame)
+    frames = [read_bgr(Path(p)) for p in paths]
     images = [pre.frame_to_input(f) for f in frames]
     masks = [np.zeros((pre.height, pre.width), bool) for _ in frames]
     types = ["good"] * len(frames)
