@@ -8,6 +8,10 @@ of teacher (effnet / vit / both with each fusion), bank size (full, and greedy c
 and image score (max, top-k means) scored with image AUROC, pixel AUROC, AUPRO and the line protocol's
 recall (threshold from the held-out good images). The test split is never read. Models are the real
 ``PatchCore`` class: only the banks are swapped between settings.
+
+``--defects cutpaste,small`` scores every setting on both defect sets (``pasted_defects.defect_set``);
+``--decide`` then ranks fused candidates (bank pair, ViT weight, image score) from the saved maps by the
+shortfall rule docs/accuracy.md states.
 """
 
 from __future__ import annotations
