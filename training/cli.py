@@ -152,7 +152,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--native",
         action="store_true",
-        help="maps and masks at the images' own size, as tiled checkpoints always are (docs/tiling.md)",
+        help="maps and masks at the images' own size, as tiled checkpoints always are (docs/tiling.md); with "
+        "--pasted the defects are drawn at that size too",
     )
     args = p.parse_args(argv)
     if args.worst < 0:
@@ -171,6 +172,7 @@ def eval_main(argv: list[str] | None = None) -> int:
                 worst=args.worst,
                 worst_dir=worst_dir,
                 defects=args.defects,
+                native=args.native,
             )
         else:
             result = evaluate(

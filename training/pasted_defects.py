@@ -30,7 +30,8 @@ from training.data import load_images
 from training.evaluate import predict
 from training.graph import InferenceModel
 from training.metrics import evaluate_maps, line_operating_points
-from training.small_defects import most_visible, small_set
+from training.native_eval import read_bgr
+from training.small_defects import most_visible, small_each, small_set
 from training.worst import write_worst
 
 KINDS = ("patch", "scar", "blob")
@@ -121,11 +122,16 @@ def defect_set(
     per_image: int = 3,
     seed: int = 0,
     good: np.ndarray | None = None,
+    native: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """The good images at ``paths`` followed by defective copies, as ``pasted_set``: ``cutpaste`` (the kinds
     above, drawn on ``good``, the images at model size, loaded when not given) or ``small``
-    (``small_defects.small_set``, drawn at each file's own size)."""
+    (``small_defects.small_set``, drawn at each file's own size). ``native``: ``good`` holds the images at
+    their own size and the small defects stay at it too (no resize)."""
     if defects == "small":
+        if native:
+            images, masks, labels, types = small_each([read_bgr(Path(p)) for p in paths], per_image, seed)
+            return np.stack(images), np.stack(masks), labels, types
         return small_set(paths, pre, per_image, seed)
     if defects == "cutpaste":
         return pasted_set(load_images(paths, pre) if good is None else good, per_image, seed)
@@ -185,10 +191,13 @@ def evaluate_pasted(
     worst: int = 0,
     worst_dir: Path | None = None,
     defects: str = "cutpaste",
+    native: bool = False,
 ) -> dict[str, Any]:
     """``score_pasted`` on the good images the checkpoint's training held out (its ``val_files``);
     ``defects="small"``: small structural defects drawn at each file's own size instead
-    (``training.small_defects``)."""
+    (``training.small_defects``). ``native`` (always for a tiled checkpoint): the defects drawn on the
+    images at their own size, maps brought back to it (``training.native_eval``), so a tiled checkpoint and
+    a whole-image one compare."""
     if defects not in DEFECT_SETS:
         raise ValueError(f"unknown defect set {defects!r}; use one of {', '.join(DEFECT_SETS)}")
     if threads:
@@ -205,11 +214,8 @@ def evaluate_pasted(
         raise ValueError(f"{len(missing)} held-out images of {checkpoint} are gone, e.g. {missing[0]}")
     model = InferenceModel(ckpt.model, ckpt.preprocess).eval()
     rate: list[float] = []
-    if defects == "small" and ckpt.preprocess.tiling is not None:
-        raise ValueError(
-            "small defects are drawn for whole-image checkpoints; a tiled one is not offered yet"
-        )
-    if ckpt.preprocess.tiling is not None:  # pasted onto the images at their own size, scored in tiles
+    native = native or ckpt.preprocess.tiling is not None
+    if native:  # drawn on the images at their own size; tiled checkpoints score them in tiles
         good, run = _native_run(model, ckpt.preprocess, val, batch, rate)
     else:
         good = load_images(val, ckpt.preprocess)
@@ -221,7 +227,7 @@ def evaluate_pasted(
             rate.append(img_s)
             return scores, maps
 
-    labelled = defect_set(defects, val, ckpt.preprocess, per_image, seed, good)
+    labelled = defect_set(defects, val, ckpt.preprocess, per_image, seed, good, native)
     result = score_set(run, labelled, per_image, seed, worst, worst_dir)
     result.update(
         {
@@ -233,6 +239,7 @@ def evaluate_pasted(
             "n_test_images": int(len(good) * (1 + per_image)),
             "throughput_img_s": rate[0],
             "batch": batch,
+            "resolution": "native" if native else "model",
             "threads": torch.get_num_threads(),
             "train_seconds": ckpt.train_state.get("train_seconds"),
             "epochs": ckpt.train_state.get("epoch"),
@@ -242,14 +249,15 @@ def evaluate_pasted(
 
 
 def _native_run(model: InferenceModel, pre: Any, val: list[Path], batch: int, rate: list[float]) -> tuple:
-    """A tiled checkpoint's held-out good images at their own size (BGR) and a predict that stitches."""
+    """The held-out good images at their own size (BGR) and a predict that brings each map back to it
+    (stitched from tiles for a tiled checkpoint)."""
     import time
 
-    from training.native_eval import native_scores_maps, read_bgr
+    from training.native_eval import native_scores_maps
 
     images = [read_bgr(p) for p in val]
     if len({i.shape for i in images}) > 1:
-        raise ValueError("pasted defects on a tiled checkpoint need held-out images of one size")
+        raise ValueError("pasted defects at native resolution need held-out images of one size")
 
     def run(batch_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         started = time.perf_counter()

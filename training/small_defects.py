@@ -132,29 +132,45 @@ def most_visible(
     return best[1], best[2]
 
 
-def small_set(
-    paths: Sequence[Path], pre: Preprocess, per_image: int = 3, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """The good images at model size (label 0, empty masks) followed by ``per_image`` copies of each with a
-    small defect drawn at the file's own size (label 1, kinds in turn), each then resized by ``pre`` as the
-    daemon resizes a frame: images (N, H, W, 3), bool masks (N, H, W), labels, types (as ``pasted_set``).
-
-    A mask pixel is defective where the defect covers at least a quarter of it after the resize (any
-    coverage, for a defect smaller than that)."""
-    if not paths or per_image < 1:
-        raise ValueError(f"need at least one good image and per_image >= 1, got {len(paths)} and {per_image}")
+def small_each(
+    frames: Sequence[np.ndarray], per_image: int = 3, seed: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[str]]:
+    """The good frames (label 0, empty masks) followed by ``per_image`` copies of each with a small defect
+    (label 1, kinds in turn), everything at each frame's own size: images, bool masks, labels, types (as
+    ``pasted_defects.paste_each``)."""
+    if len(frames) == 0 or per_image < 1:
+        raise ValueError(
+            f"need at least one good image and per_image >= 1, got {len(frames)} and {per_image}"
+        )
     rng = np.random.default_rng(seed)
-    frames = [read_bgr(Path(p)) for p in paths]
-    images = [pre.frame_to_input(f) for f in frames]
-    masks = [np.zeros((pre.height, pre.width), bool) for _ in frames]
+    images, masks = list(frames), [np.zeros(f.shape[:2], bool) for f in frames]
     types = ["good"] * len(frames)
     for i, frame in enumerate(frames):
         for j in range(per_image):
             kind = SMALL_KINDS[(i * per_image + j) % len(SMALL_KINDS)]
             defective, mask = draw_small_defect(frame, kind, rng)
-            cover = pre.fit(mask.astype(np.uint8) * 255, cv2.INTER_AREA)
-            images.append(pre.frame_to_input(defective))
-            masks.append(cover >= 64 if (cover >= 64).any() else cover > 0)
+            images.append(defective)
+            masks.append(mask)
             types.append(kind)
     labels = np.array([int(t != "good") for t in types], dtype=np.int64)
-    return np.stack(images), np.stack(masks), labels, types
+    return images, masks, labels, types
+
+
+def small_set(
+    paths: Sequence[Path], pre: Preprocess, per_image: int = 3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """``small_each`` on the files at ``paths``, each image then resized by ``pre`` as the daemon resizes a
+    frame: images (N, H, W, 3), bool masks (N, H, W), labels, types (as ``pasted_set``).
+
+    A mask pixel is defective where the defect covers at least a quarter of it after the resize (any
+    coverage, for a defect smaller than that)."""
+    if not paths:
+        raise ValueError(f"need at least one good image and per_image >= 1, got 0 and {per_image}")
+    images, masks, labels, types = small_each([read_bgr(Path(p)) for p in paths], per_image, seed)
+    covers = [pre.fit(m.astype(np.uint8) * 255, cv2.INTER_AREA) for m in masks]
+    return (
+        np.stack([pre.frame_to_input(im) for im in images]),
+        np.stack([c >= 64 if (c >= 64).any() else c > 0 for c in covers]),
+        labels,
+        types,
+    )

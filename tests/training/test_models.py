@@ -137,6 +137,20 @@ def test_eval_cli_small_defects_are_drawn_at_the_images_own_size(
         eval_main([str(gtrans_run), "--pasted", "--defects", "dents"])
 
 
+def test_eval_cli_native_defects_are_scored_at_the_images_own_size(gtrans_run: Path, tmp_path: Path) -> None:
+    """--native --pasted: the defects stay at the file's size and the whole-image map is brought back to it,
+    so a whole-image checkpoint compares with a tiled one (which is always scored so)."""
+    import json
+
+    for defects in ("small", "cutpaste"):
+        out = tmp_path / f"{defects}.json"
+        args = [str(gtrans_run), "--pasted", "--native", "--defects", defects, "--json", str(out), "--quiet"]
+        assert eval_main(args) == 0
+        result = json.loads(out.read_text())
+        assert result["resolution"] == "native" and result["n_pasted"] == 3 * result["n_good"]
+        assert 0.0 <= result["image_auroc"] <= 1.0 and 0.0 <= result["aupro"] <= 1.0
+
+
 def test_bad_data_folder_is_a_clear_error(tmp_path: Path, capsys) -> None:
     rc = train_main(
         ["--model", "conv-ae", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"]

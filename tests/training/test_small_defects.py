@@ -83,3 +83,19 @@ def test_the_defect_set_by_name_is_the_same_draw_and_an_unknown_name_is_refused(
     assert defect_set("cutpaste", [path], pre, per_image=2)[3][1:] == ["patch", "scar"]
     with pytest.raises(ValueError, match="unknown defect set 'dents'"):
         defect_set("dents", [path], pre)
+
+
+def test_the_native_set_is_the_same_draw_at_the_files_own_size(tmp_path: Path) -> None:
+    from training.pasted_defects import defect_set
+
+    path = tmp_path / "0.png"
+    cv2.imwrite(str(path), _board(200))
+    pre = Preprocess(height=64, width=64, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    images, masks, labels, types = defect_set("small", [path], pre, per_image=2, seed=4, native=True)
+    assert images.shape == (3, 200, 200, 3) and masks.shape == (3, 200, 200)
+    assert (images[0] == cv2.imread(str(path))).all() and not masks[0].any()
+    resized = small_set([path], pre, per_image=2, seed=4)
+    for i in (1, 2):  # the resized set's masks are these masks after the model's resize
+        cover = pre.fit(masks[i].astype(np.uint8) * 255, cv2.INTER_AREA)
+        assert (resized[1][i] == (cover >= 64)).all()
+        assert (resized[0][i] == pre.frame_to_input(images[i])).all()
