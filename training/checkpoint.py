@@ -75,6 +75,11 @@ def nest_dotted(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def model_class(kind: str) -> type:
+    """The model class of ``kind`` (its class attributes, e.g. ``training_free``, without building one)."""
+    return _model_classes(kind)[1]
+
+
 def build_model(kind: str, config: dict[str, Any] | None = None) -> nn.Module:
     """A model with random (or architecture-default) weights; pretrained parts are loaded by the trainer."""
     cfg_cls, model_cls = _model_classes(kind)

@@ -12,6 +12,7 @@ from training.data import DatasetError
 
 
 def train_main(argv: list[str] | None = None) -> int:
+    from training.geometry import MAX_TILES
     from training.train import DEFAULT_MODEL, DEFAULTS, TrainConfig, train
 
     p = argparse.ArgumentParser(prog="edge-train", description="Train an anomaly model on good images only.")
@@ -66,7 +67,18 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--scale", type=float, default=1.0, help="with --tile: image scale before cutting (1: native pixels)"
     )
+    p.add_argument(
+        "--max-tiles",
+        type=int,
+        default=MAX_TILES,
+        metavar="N",
+        help="with --geometry auto, for the kNN kind: tiles of the images at native scale are probed "
+        "against the whole image when N tiles see the part 1.5x finer; the bundle then costs up to N "
+        "passes a frame (default %(default)s; 1: never tile; docs/accuracy.md)",
+    )
     args = p.parse_args(argv)
+    if args.max_tiles < 1:
+        p.error("--max-tiles needs N >= 1")
     if args.tile is None and (args.tile_overlap or args.scale != 1.0):
         p.error("--tile-overlap and --scale go with --tile SIZE")
     try:
@@ -89,6 +101,7 @@ def train_main(argv: list[str] | None = None) -> int:
             stop_after=args.stop_after,
             geometry=args.geometry,
             tiling=tiling,
+            max_tiles=args.max_tiles,
         )
         path = train(cfg)
     except (DatasetError, CheckpointError, ValueError) as exc:

@@ -16,9 +16,18 @@ border in place but distorts, differently per image. Which costs less depends on
 3. Stretch is chosen only when the sum of its image AUROC, pixel AUROC, AUPRO and line recall at 1 % false
    alarms beats letterbox's by more than ``MARGIN`` (stated before any data was looked at: letterbox
    keeps a thin crack thin, so it wins a tie).
+4. Native-scale tiles (``docs/tiling.md``) are the third option, for images much larger than the model
+   input: a whole-image resize shrinks a defect of a few pixels away. Where the largest scale at which every
+   image fits in ``MAX_TILES`` tiles sees the part at least ``TILE_GAIN`` times finer than the whole-image
+   resize does, the same probe is fitted on tiles and on whole images, and both are scored on the held-out
+   good images with CutPaste defects and small drawn ones (``training.small_defects``), all at the images'
+   own size, every map brought back to it (``training.native_eval``). Tiles are chosen only when the sum of
+   the four metrics over the two sets beats the whole image's by more than ``TILES_MARGIN`` (a tie keeps
+   one pass a frame). Only training-free kinds are offered tiles: for a trained model they multiply every
+   epoch.
 
-The choice and both measurements are recorded in the checkpoint (``data.geometry``); the manifest carries
-the chosen resize and the daemon follows it.
+The choice and the measurements are recorded in the checkpoint (``data.geometry``); the manifest carries
+the chosen resize (and tiling) and the daemon follows it.
 """
 
 from __future__ import annotations
@@ -32,21 +41,33 @@ import numpy as np
 import torch
 
 from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from training.data import DatasetError, load_images
+from edge.capture.tiling import Tiling
+from training.data import DatasetError, load_samples
 from training.evaluate import content_scores
 from training.metrics import evaluate_maps, line_operating_points
 from training.pasted_defects import paste_each
+from training.small_defects import small_each
 
 GEOMETRIES = ("letterbox", "stretch")
 CHOICES = ("auto", *GEOMETRIES)
 MARGIN = 0.02  # stretch must beat letterbox by this much on the sum of the four metrics
 PROBE_BANK = 2048  # EfficientNet coreset rows of the probe: small, the comparison is relative
 PER_IMAGE = 3  # pasted defects per held-out good image, as edge-eval --pasted
+MAX_TILES = 4  # model passes a frame may cost when tiles win (edge-train --max-tiles)
+TILE_GAIN = 1.5  # tiles are offered when they see the part at least this much finer than the whole image
+TILES_MARGIN = 0.04  # tiles must beat the whole image by this much on the sum of 2 sets x 4 metrics
+METRIC_SIDE = 512  # the native-frame metrics are computed with the long side at most this (cost)
 
 
-def preprocess(size: int, resize: str) -> Preprocess:
+def preprocess(size: int, resize: str, tiling: Tiling | None = None) -> Preprocess:
     return Preprocess(
-        height=size, width=size, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=resize
+        height=size,
+        width=size,
+        color_order="RGB",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        resize=resize,
+        tiling=tiling,
     )
 
 
@@ -79,6 +100,17 @@ def to_model_frame(maps: np.ndarray, sizes: Sequence[tuple[int, int]], pre: Prep
     return out
 
 
+def fit_probe(pre: Preprocess, train_paths: Sequence[Path], seed: int = 0) -> Any:
+    """The probe (EfficientNet kNN, ``PROBE_BANK`` rows) fitted on the training images under ``pre``."""
+    from training.models.patchcore import PatchCore, PatchCoreConfig
+    from training.train import NormalizedView
+
+    model = PatchCore(PatchCoreConfig(image_size=pre.height, backbone="effnet", bank_size=PROBE_BANK)).eval()
+    model.load_pretrained()
+    model.fit(NormalizedView(load_samples(train_paths, pre), pre), seed=seed)
+    return model
+
+
 def score_geometry(
     resize: str,
     size: int,
@@ -87,13 +119,10 @@ def score_geometry(
     seed: int = 0,
 ) -> dict[str, float]:
     """The probe fitted on ``train_paths`` under one geometry, scored on the native pasted set."""
-    from training.models.patchcore import PatchCore, PatchCoreConfig
     from training.train import images_to_tensor
 
     pre = preprocess(size, resize)
-    model = PatchCore(PatchCoreConfig(image_size=size, backbone="effnet", bank_size=PROBE_BANK)).eval()
-    model.load_pretrained()
-    model.fit(images_to_tensor(load_images(train_paths, pre), pre), seed=seed)
+    model = fit_probe(pre, train_paths, seed)
     images, masks, labels, types = pasted
     sizes = [im.shape[:2] for im in images]
     x = images_to_tensor(np.stack([pre.frame_to_input(im) for im in images]), pre)
@@ -102,6 +131,10 @@ def score_geometry(
     scores = content_scores(maps, sizes, pre)  # the maximum where the image landed, as the daemon scores
     square = np.stack([cv2.resize(m.astype(np.uint8), (size, size), cv2.INTER_NEAREST) for m in masks])
     r = evaluate_maps(labels, scores, square > 0, to_model_frame(maps, sizes, pre), types)
+    return _four(r, labels, scores)
+
+
+def _four(r: dict[str, Any], labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     line = line_operating_points(scores[labels == 0], labels, scores)
     return {
         "image_auroc": r["image_auroc"],
@@ -111,15 +144,114 @@ def score_geometry(
     }
 
 
+def auto_tiling(sizes: Sequence[tuple[int, int]], tile: int, max_tiles: int = MAX_TILES) -> Tiling | None:
+    """The tiling with the largest scale (<= 1, in hundredths) at which every image fits in ``max_tiles``
+    tiles of ``tile`` px (overlap tile/7, 32 px at 224), or None when that scale is not ``TILE_GAIN`` times
+    the whole-image resize's (``tile`` over the largest side)."""
+    if max_tiles < 2:
+        return None
+    whole = tile / max(max(h, w) for h, w in sizes)
+    shapes = set(sizes)
+    for hundredths in range(100, 0, -1):
+        scale = hundredths / 100
+        if scale < TILE_GAIN * whole:
+            return None
+        tiling = Tiling(tile, tile // 7, scale)
+        if all(len(tiling.grid(h, w)) <= max_tiles for h, w in shapes):
+            return tiling
+    return None
+
+
+def native_defect_sets(val_paths: Sequence[Path], seed: int = 0) -> dict[str, tuple]:
+    """The held-out good images with CutPaste defects and with small drawn ones, at their own size."""
+    frames = [_read(Path(p)) for p in val_paths]
+    return {"cutpaste": paste_each(frames, PER_IMAGE, seed), "small": small_each(frames, PER_IMAGE, seed)}
+
+
+def score_native(model: Any, pre: Preprocess, labelled: tuple) -> dict[str, float]:
+    """A fitted probe scored on one native defect set: scores as the daemon's (the stitched or cropped map's
+    maximum), maps and masks in one frame (the largest image's shape, long side at most ``METRIC_SIDE``)."""
+    from training.graph import InferenceModel
+    from training.native_eval import native_map
+
+    images, masks, labels, types = labelled
+    h, w = max(im.shape[0] for im in images), max(im.shape[1] for im in images)
+    f = min(1.0, METRIC_SIDE / max(h, w))
+    frame = (max(1, round(w * f)), max(1, round(h * f)))
+    wrapped = InferenceModel(model, pre).eval()
+    maps = [native_map(wrapped, pre, im) for im in images]
+    scores = np.array([float(m.max()) for m in maps], np.float32)
+    small = np.stack([cv2.resize(m, frame, interpolation=cv2.INTER_AREA) for m in maps])
+    cover = [cv2.resize(m.astype(np.float32), frame, interpolation=cv2.INTER_AREA) for m in masks]
+    frame_masks = np.stack([c >= 0.25 if (c >= 0.25).any() else c > 0 for c in cover])
+    return _four(evaluate_maps(labels, scores, frame_masks, small, types), labels, scores)
+
+
+def choose_tiles(
+    resize: str,
+    tiling: Tiling,
+    size: int,
+    train_paths: Sequence[Path],
+    val_paths: Sequence[Path],
+    seed: int = 0,
+    log: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
+    """Whole image (``resize``) or ``tiling``, by ``TILES_MARGIN`` on the two native defect sets."""
+    log(
+        f"geometry: probing {resize} against {tiling.tile} px tiles at scale {tiling.scale:g} "
+        f"on {len(val_paths)} held-out images with pasted and small defects"
+    )
+    sets = native_defect_sets(val_paths, seed)
+    probe: dict[str, dict[str, dict[str, float]]] = {}
+    for name, pre in (("whole", preprocess(size, resize)), ("tiles", preprocess(size, resize, tiling))):
+        model = fit_probe(pre, train_paths, seed)
+        with torch.no_grad():
+            probe[name] = {d: score_native(model, pre, labelled) for d, labelled in sets.items()}
+        log(
+            f"geometry: {name}: "
+            + "; ".join(
+                f"{d} " + " ".join(f"{k} {v:.3f}" for k, v in m.items() if v is not None)
+                for d, m in probe[name].items()
+            )
+        )
+    total = {n: sum(v for m in probe[n].values() for v in m.values() if v is not None) for n in probe}
+    gain = total["tiles"] - total["whole"]
+    chosen = gain > TILES_MARGIN
+    reason = f"tiles {'beat' if chosen else 'did not beat'} the whole image ({resize}) by more than "
+    reason += f"{TILES_MARGIN} (difference {gain:+.3f})"
+    log(f"geometry: {'tiles' if chosen else resize} ({reason})")
+    return {"tiling": tiling.to_dict() if chosen else None, "tiles_reason": reason, "tiles_probe": probe}
+
+
 def choose_geometry(
     train_paths: Sequence[Path],
     val_paths: Sequence[Path],
     size: int,
     seed: int = 0,
     log: Callable[[str], None] = lambda _m: None,
+    max_tiles: int = 1,
 ) -> dict[str, Any]:
-    """``{"resize": ..., "reason": ..., "probe": {geometry: metrics}}`` for these good images."""
+    """``{"resize": ..., "reason": ..., "probe": {geometry: metrics}}`` for these good images; with
+    ``max_tiles`` > 1 also ``"tiling"`` (None: whole images) and the tiles probe's measurements."""
     sizes = image_sizes([*train_paths, *val_paths])
+    chosen = choose_resize(sizes, train_paths, val_paths, size, seed, log)
+    tiling = auto_tiling(sizes, size, max_tiles)
+    if tiling is None:
+        return chosen
+    if len(val_paths) < 2:
+        return {**chosen, "tiling": None, "tiles_reason": "fewer than 2 held-out good images to measure on"}
+    return {**chosen, **choose_tiles(chosen["resize"], tiling, size, train_paths, val_paths, seed, log)}
+
+
+def choose_resize(
+    sizes: Sequence[tuple[int, int]],
+    train_paths: Sequence[Path],
+    val_paths: Sequence[Path],
+    size: int,
+    seed: int = 0,
+    log: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
+    """Letterbox or stretch (steps 1-3 of the module's docstring)."""
     if all(h == w for h, w in sizes):
         return {"resize": "letterbox", "reason": "every image is square like the input: the geometries agree"}
     if len(val_paths) < 2:

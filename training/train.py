@@ -23,10 +23,17 @@ from torch import nn
 
 from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from edge.capture.tiling import Tiling
-from training.checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, save_checkpoint
+from training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    model_class,
+    save_checkpoint,
+)
 from training.corruption import corrupt_batch
 from training.data import fingerprint, good_images, load_samples, split_train_val
-from training.geometry import CHOICES, choose_geometry
+from training.geometry import CHOICES, MAX_TILES, choose_geometry
 from training.graph import Normalize
 from training.progress import Progress
 
@@ -60,6 +67,7 @@ class TrainConfig:
     stop_after: int | None = None  # stop (resumably) after this many epochs, e.g. to time-box a session
     geometry: str = "auto"  # "auto" (measured, training.geometry), "letterbox" or "stretch"
     tiling: Tiling | None = None  # edge-train --tile: tiles of the good images at a scale are the samples
+    max_tiles: int = MAX_TILES  # geometry auto, training-free kinds: tiles a frame may cost (1: never tile)
 
     def resolved(self, key: str) -> Any:
         value = getattr(self, key)
@@ -113,7 +121,11 @@ def resolve_geometry(cfg: TrainConfig, train_paths: list[Path], val_paths: list[
     if cfg.tiling is not None:
         return {"resize": "letterbox", "reason": "tiled: every tile is cut square at the bundle's scale"}
     size = input_size(cfg.model, cfg.model_config)
-    return choose_geometry(train_paths, val_paths, size, cfg.seed, log=lambda m: log(m, cfg.progress))
+    # tiles multiply the samples: minutes for a training-free kind, every epoch for a trained one
+    max_tiles = cfg.max_tiles if getattr(model_class(cfg.model), "training_free", False) else 1
+    return choose_geometry(
+        train_paths, val_paths, size, cfg.seed, log=lambda m: log(m, cfg.progress), max_tiles=max_tiles
+    )
 
 
 def resume_state(path: Path, kind: str, data_fp: str) -> Checkpoint | None:
@@ -165,15 +177,18 @@ def train(cfg: TrainConfig) -> Path:
     if previous is not None and previous.train_state.get("completed"):
         log(f"{ckpt_path} is already complete; nothing to do (use a new --out to train again)", cfg.progress)
         return ckpt_path
-    if previous is not None and previous.preprocess.tiling != cfg.tiling:
+    # geometry auto without --tile takes the tiling the run chose; anything asked for must match it
+    asked = cfg.tiling is not None or cfg.geometry != "auto"
+    if previous is not None and asked and previous.preprocess.tiling != cfg.tiling:
         raise CheckpointError(f"{ckpt_path} was trained with another tiling; use a new --out directory")
     if previous is not None:
         pre = previous.preprocess
         data_info["geometry"] = previous.data.get("geometry", {"resize": pre.resize})
     else:
         data_info["geometry"] = resolve_geometry(cfg, train_paths, val_paths)
+        tiling = cfg.tiling or Tiling.from_dict(data_info["geometry"].get("tiling"))
         # make_preprocess before the model: with a tiling it sets the model's image_size to the tile
-        pre = make_preprocess(cfg.model, cfg.model_config, data_info["geometry"]["resize"], cfg.tiling)
+        pre = make_preprocess(cfg.model, cfg.model_config, data_info["geometry"]["resize"], tiling)
     model = previous.model if previous is not None else build_model(cfg.model, cfg.model_config)
     if previous is None:
         model.load_pretrained()

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.capture.tiling import Tiling
 from training import geometry
 from training.checkpoint import load_checkpoint
 from training.framing import crop_box, make_varied_framing
@@ -118,6 +119,71 @@ def test_edge_train_measures_the_geometry_and_the_bundle_follows_it(tmp_path: Pa
     for g in ("letterbox", "stretch"):
         m = chosen["probe"][g]
         assert 0.0 <= m["image_auroc"] <= 1.0 and 0.0 <= m["recall_1"] <= 1.0 and m["pixel_auroc"] is not None
+    # 64 x 100-160 px parts at a 64 px input: 3 tiles at scale 1 see them 2.5x finer, so tiles were probed
+    for name in ("whole", "tiles"):
+        for d in ("cutpaste", "small"):
+            assert 0.0 <= chosen["tiles_probe"][name][d]["aupro"] <= 1.0
+    expected = None if chosen["tiling"] is None else Tiling.from_dict(chosen["tiling"])
+    assert ckpt.preprocess.tiling == expected
+
+
+@pytest.mark.parametrize(
+    ("hw", "max_tiles", "scale"),
+    [
+        ((640, 640), 4, 0.65),  # 2 x 2 tiles of 224 with 32 px overlap cover 416 px
+        ((460, 1130), 4, 0.48),  # one row of 3
+        ((900, 900), 4, 0.46),
+        ((256, 256), 4, None),  # the whole-image resize already sees it at 0.875
+        ((640, 640), 1, None),  # never tile
+        ((2048, 2448), 16, 0.32),  # a 5 MP frame in a 4 x 4 grid
+    ],
+)
+def test_tiles_take_the_largest_scale_that_fits_the_budget(
+    hw: tuple[int, int], max_tiles: int, scale: float | None
+) -> None:
+    tiling = geometry.auto_tiling([hw], 224, max_tiles)
+    if scale is None:
+        assert tiling is None
+        return
+    assert tiling is not None and tiling.scale == pytest.approx(scale) and tiling.overlap == 32
+    assert len(tiling.grid(*hw)) <= max_tiles
+    assert len(Tiling(224, 32, scale + 0.01).grid(*hw)) > max_tiles
+
+
+@pytest.mark.parametrize(("lead", "tiled"), [(0.05, True), (0.03, False), (-0.3, False)])
+def test_tiles_only_when_they_win_by_the_margin(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lead: float, tiled: bool
+) -> None:
+    paths = _images(tmp_path, [(200, 200)] * 6)  # square: no letterbox/stretch probe
+    base = {"image_auroc": 0.8, "pixel_auroc": 0.9, "aupro": 0.7, "recall_1": 0.3}
+    monkeypatch.setattr(geometry, "fit_probe", lambda pre, *_a, **_k: pre)
+
+    def score(pre, *_a, **_k) -> dict[str, float]:  # the lead split over the two defect sets
+        return {**base, "aupro": base["aupro"] + (lead / 2 if pre.tiling is not None else 0.0)}
+
+    monkeypatch.setattr(geometry, "score_native", score)
+    choice = geometry.choose_geometry(paths[:4], paths[4:], 64, max_tiles=4)
+    assert choice["resize"] == "letterbox"
+    assert (choice["tiling"] is not None) == tiled
+    if tiled:
+        assert Tiling.from_dict(choice["tiling"]) == Tiling(64, 9, 0.59)  # 118 px: 2 x 2 tiles of 64
+    assert set(choice["tiles_probe"]) == {"whole", "tiles"}
+    assert set(choice["tiles_probe"]["tiles"]) == {"cutpaste", "small"}
+
+
+def test_a_trained_kind_is_never_offered_tiles(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(geometry, "choose_tiles", lambda *_a, **_k: pytest.fail("tiles probed"))
+    paths = _images(tmp_path, [(200, 200)] * 6)
+    cfg = TrainConfig(
+        model="conv-ae",
+        data=paths[0].parent,
+        out=tmp_path / "run",
+        epochs=1,
+        model_config={"image_size": 32},
+        progress=False,
+    )
+    ckpt = load_checkpoint(train(cfg))
+    assert ckpt.preprocess.tiling is None and "tiling" not in ckpt.data["geometry"]
 
 
 def test_a_fixed_geometry_is_not_measured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
