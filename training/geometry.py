@@ -19,12 +19,12 @@ border in place but distorts, differently per image. Which costs less depends on
 4. Native-scale tiles (``docs/tiling.md``) are the third option, for images much larger than the model
    input: a whole-image resize shrinks a defect of a few pixels away. Where the largest scale at which every
    image fits in ``MAX_TILES`` tiles sees the part at least ``TILE_GAIN`` times finer than the whole-image
-   resize does, the same probe is fitted on tiles and on whole images, and both are scored on the held-out
-   good images with CutPaste defects and small drawn ones (``training.small_defects``), all at the images'
-   own size, every map brought back to it (``training.native_eval``). Tiles are chosen only when the sum of
-   the four metrics over the two sets beats the whole image's by more than ``TILES_MARGIN`` (a tie keeps
-   one pass a frame). Only training-free kinds are offered tiles: for a trained model they multiply every
-   epoch.
+   resize does, the same probe is fitted on tiles and on whole images (of up to ``TILES_PROBE_IMAGES``
+   training images), and both are scored on the held-out good images with CutPaste defects and small drawn
+   ones (``training.small_defects``), all at the images' own size, every map brought back to it
+   (``training.native_eval``). Tiles are chosen only when the sum of the four metrics over the two sets
+   beats the whole image's by more than ``TILES_MARGIN`` (a tie keeps one pass a frame). Only
+   training-free kinds are offered tiles: for a trained model they multiply every epoch.
 
 The choice and the measurements are recorded in the checkpoint (``data.geometry``); the manifest carries
 the chosen resize (and tiling) and the daemon follows it.
@@ -57,6 +57,7 @@ MAX_TILES = 4  # model passes a frame may cost when tiles win (edge-train --max-
 TILE_GAIN = 1.5  # tiles are offered when they see the part at least this much finer than the whole image
 TILES_MARGIN = 0.04  # tiles must beat the whole image by this much on the sum of 2 sets x 4 metrics
 METRIC_SIDE = 512  # the native-frame metrics are computed with the long side at most this (cost)
+TILES_PROBE_IMAGES = 100  # training images the tiles probe fits on (evenly spaced): its cost stays minutes
 
 
 def preprocess(size: int, resize: str, tiling: Tiling | None = None) -> Preprocess:
@@ -202,9 +203,11 @@ def choose_tiles(
         f"on {len(val_paths)} held-out images with pasted and small defects"
     )
     sets = native_defect_sets(val_paths, seed)
+    step = max(1, -(-len(train_paths) // TILES_PROBE_IMAGES))  # ceil: at most TILES_PROBE_IMAGES
+    fit_paths = list(train_paths)[::step]
     probe: dict[str, dict[str, dict[str, float]]] = {}
     for name, pre in (("whole", preprocess(size, resize)), ("tiles", preprocess(size, resize, tiling))):
-        model = fit_probe(pre, train_paths, seed)
+        model = fit_probe(pre, fit_paths, seed)
         with torch.no_grad():
             probe[name] = {d: score_native(model, pre, labelled) for d, labelled in sets.items()}
         log(
