@@ -1,5 +1,8 @@
 """CPU latency and size of exported graphs, measured side by side in one run (ONNX Runtime, batch 1).
 
+A tiled bundle runs a frame's tiles as one batch: ``FRAMES`` times the default's graph at the batch of a
+frame's tiles, so a frame's cost compares with GTrans's one pass in the same run.
+
     python -m training.latency_compare --out runs/latency.json
 
 Latency does not depend on the weights or the bank's contents, only on the architecture and the bank's
@@ -72,6 +75,13 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 
+DEFAULT_KNN = "patchcore both 224 px, 4096 + 8192 rows of 96 components"
+# a frame of N tiles: the candidate's graph at batch N (edge-train --geometry auto, --max-tiles)
+FRAMES: dict[str, tuple[str, int]] = {
+    "patchcore default, a frame of 3 tiles (batch 3)": (DEFAULT_KNN, 3),
+    "patchcore default, a frame of 4 tiles (batch 4)": (DEFAULT_KNN, 4),
+}
+
 
 def export_one(kind: str, config: dict[str, Any], path: Path) -> Path:
     model = build_model(kind, config).eval()
@@ -83,7 +93,10 @@ def export_one(kind: str, config: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def measure(paths: dict[str, Path], rounds: int, per_round: int, threads: int) -> dict[str, dict[str, float]]:
+def measure(
+    paths: dict[str, Path], rounds: int, per_round: int, threads: int, batches: dict[str, int] | None = None
+) -> dict[str, dict[str, float]]:
+    """p50 / p90 per call; ``batches``: a graph's batch where it is not 1 (a frame of tiles)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     sessions = {
@@ -91,7 +104,9 @@ def measure(paths: dict[str, Path], rounds: int, per_round: int, threads: int) -
     }
     inputs = {}
     for name, s in sessions.items():
-        shape = [1 if not isinstance(d, int) else d for d in s.get_inputs()[0].shape]
+        shape = [
+            (batches or {}).get(name, 1) if not isinstance(d, int) else d for d in s.get_inputs()[0].shape
+        ]
         inputs[name] = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
         s.run(None, {s.get_inputs()[0].name: inputs[name]})  # warm-up
     times: dict[str, list[float]] = {n: [] for n in sessions}
@@ -125,9 +140,14 @@ def main(argv: list[str] | None = None) -> int:
         for n, c in CANDIDATES.items()
         if n == "gtrans (default)" or not args.only or any(w in n for w in args.only.split(","))
     }
+    frames = {n: f for n, f in FRAMES.items() if not args.only or any(w in n for w in args.only.split(","))}
+    if frames:
+        wanted.setdefault(DEFAULT_KNN, CANDIDATES[DEFAULT_KNN])
     with tempfile.TemporaryDirectory() as tmp:
         paths = {n: export_one(k, c, Path(tmp) / f"{i}.onnx") for i, (n, (k, c)) in enumerate(wanted.items())}
-        result = measure(paths, args.rounds, args.per_round, args.threads)
+        paths.update({n: paths[graph] for n, (graph, _) in frames.items()})
+        batches = {n: batch for n, (_, batch) in frames.items()}
+        result = measure(paths, args.rounds, args.per_round, args.threads, batches)
     base = result["gtrans (default)"]["p50_ms"]
     for name, r in result.items():
         r["x_gtrans"] = r["p50_ms"] / base
