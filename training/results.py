@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from training.evaluate import evaluate
+from training.geometry import MAX_TILES
 from training.pasted_defects import evaluate_pasted
 from training.train import TrainConfig, train
 
@@ -41,8 +42,8 @@ BACKBONES = {
     "patchcore": "recommended default: EfficientNet-Lite0 blocks 4 + 10 (3x3 pooled) and ViT-S/14 blocks "
     "5 + 8 kNN maps, each normalised by held-out good scores, averaged with weights 0.25 / 0.75; "
     "score = mean of the map's top 0.1 %; "
-    "coresets from every patch: 4096 EfficientNet rows, 8192 ViT rows in 96 principal components; 224 px; "
-    "no training",
+    "coresets from every patch: 4096 EfficientNet rows, 8192 ViT rows in 96 principal components; 224 px, "
+    "or 224 px native-scale tiles (at most 4 a frame) where the geometry probe picks them; no training",
     "gtrans": "EfficientNet-Lite0 (ImageNet-1k) teacher; paper uses a ResNet/WideResNet teacher",
     "gtrans-knn": "gtrans and patchcore (each its defaults) in one graph; each map normalised by the "
     "held-out good images' scores, averaged; score = mean of the fused map's top 1 %; 256 px input (224 px "
@@ -83,6 +84,7 @@ def run_all(
                 seed=seed,
                 threads=threads,
                 model_config=config,
+                max_tiles=1 if model in PRESETS else MAX_TILES,  # the yardsticks are whole-image kNNs
             )
         )
         pasted = evaluate_pasted(ckpt, threads=threads)  # what a user without defect samples would see
