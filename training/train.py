@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from edge.capture.preprocess import Preprocess
 from edge.capture.tiling import Tiling
 from training.checkpoint import (
     Checkpoint,
@@ -33,7 +33,7 @@ from training.checkpoint import (
 )
 from training.corruption import corrupt_batch
 from training.data import fingerprint, good_images, load_samples, split_train_val
-from training.geometry import CHOICES, MAX_TILES, choose_geometry
+from training.geometry import CHOICES, MAX_TILES, choose_geometry, preprocess
 from training.graph import Normalize
 from training.progress import Progress
 
@@ -100,16 +100,7 @@ def make_preprocess(
                 f"--tile {tiling.tile} is the model input; drop --set image_size={model_config['image_size']}"
             )
         model_config["image_size"] = tiling.tile
-    size = input_size(kind, model_config)
-    return Preprocess(
-        height=size,
-        width=size,
-        color_order="RGB",
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        resize=resize,
-        tiling=tiling,
-    )
+    return preprocess(input_size(kind, model_config), resize, tiling)
 
 
 def resolve_geometry(cfg: TrainConfig, train_paths: list[Path], val_paths: list[Path]) -> dict[str, Any]:
