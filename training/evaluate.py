@@ -162,6 +162,7 @@ def _native(
             "batch": batch,
             "threads": torch.get_num_threads(),
             "train_seconds": ckpt.train_state.get("train_seconds"),
+            "epochs": ckpt.train_state.get("epoch"),
             "coverage": bank_coverage(ckpt),
         }
     )

@@ -149,6 +149,12 @@ def _defect_table(results: list[dict[str, Any]], key: str, label: str, *intro: s
     return lines
 
 
+def _geometry(r: dict[str, Any]) -> str:
+    """What the row's run was fed: tiles (scored at the images' own size) when it was tiled."""
+    t = r.get("tiling")
+    return f"; this run: {t['tile']} px tiles at scale {t['scale']:g}, scored at native size" if t else ""
+
+
 def markdown(results: list[dict[str, Any]], data: Path, seed: int = 0, title: str | None = None) -> str:
     def f(v: Any) -> str:
         return "n/a" if v is None else f"{v:.3f}"
@@ -189,7 +195,7 @@ def markdown(results: list[dict[str, Any]], data: Path, seed: int = 0, title: st
         f1 = r.get("f1_at_good_threshold", {}).get("f1")
         minutes = (r.get("train_seconds") or 0) / 60
         lines.append(
-            f"| {r['model']} | {BACKBONES.get(r['model'], r['model'])} | {f(r['image_auroc'])} "
+            f"| {r['model']} | {BACKBONES.get(r['model'], r['model'])}{_geometry(r)} | {f(r['image_auroc'])} "
             f"| {f(r['pixel_auroc'])} | {f(r['aupro'])} "
             f"| {_line_cell(r, '0.01', f)} | {f(_line(r, '0.001'))} "
             f"| {f(_recall(r, '0.01'))} | {f(_recall(r, '0.001'))} "
