@@ -58,6 +58,7 @@ TILE_GAIN = 1.5  # tiles are offered when they see the part at least this much f
 TILES_MARGIN = 0.04  # tiles must beat the whole image by this much on the sum of 2 sets x 4 metrics
 METRIC_SIDE = 512  # the native-frame metrics are computed with the long side at most this (cost)
 TILES_PROBE_IMAGES = 100  # training images the tiles probe fits on (evenly spaced): its cost stays minutes
+TILES_PROBE_PIXELS = 250_000_000  # native pixels of the probe's two defect sets together (memory: x3 bytes)
 
 
 def preprocess(size: int, resize: str, tiling: Tiling | None = None) -> Preprocess:
@@ -164,8 +165,14 @@ def auto_tiling(sizes: Sequence[tuple[int, int]], tile: int, max_tiles: int = MA
 
 
 def native_defect_sets(val_paths: Sequence[Path], seed: int = 0) -> dict[str, tuple]:
-    """The held-out good images with CutPaste defects and with small drawn ones, at their own size."""
-    frames = [_read(Path(p)) for p in val_paths]
+    """The held-out good images with CutPaste defects and with small drawn ones, at their own size.
+
+    Both sets are held in memory (7 copies of each image): beyond ``TILES_PROBE_PIXELS`` native pixels in
+    all, an evenly spaced subset of the held-out images is used (large camera frames)."""
+    paths = list(val_paths)
+    pixels = sum(h * w for h, w in image_sizes(paths)) * (1 + 2 * PER_IMAGE)
+    step = max(1, -(-pixels // TILES_PROBE_PIXELS))  # ceil
+    frames = [_read(Path(p)) for p in paths[::step]]
     return {"cutpaste": paste_each(frames, PER_IMAGE, seed), "small": small_each(frames, PER_IMAGE, seed)}
 
 
@@ -180,9 +187,12 @@ def score_native(model: Any, pre: Preprocess, labelled: tuple) -> dict[str, floa
     f = min(1.0, METRIC_SIDE / max(h, w))
     frame = (max(1, round(w * f)), max(1, round(h * f)))
     wrapped = InferenceModel(model, pre).eval()
-    maps = [native_map(wrapped, pre, im) for im in images]
-    scores = np.array([float(m.max()) for m in maps], np.float32)
-    small = np.stack([cv2.resize(m, frame, interpolation=cv2.INTER_AREA) for m in maps])
+    scores = np.empty(len(images), np.float32)
+    small = np.empty((len(images), frame[1], frame[0]), np.float32)
+    for i, image in enumerate(images):  # one native-size map at a time: camera frames are large
+        amap = native_map(wrapped, pre, image)
+        scores[i] = float(amap.max())
+        small[i] = cv2.resize(amap, frame, interpolation=cv2.INTER_AREA)
     cover = [cv2.resize(m.astype(np.float32), frame, interpolation=cv2.INTER_AREA) for m in masks]
     frame_masks = np.stack([c >= 0.25 if (c >= 0.25).any() else c > 0 for c in cover])
     return _four(evaluate_maps(labels, scores, frame_masks, small, types), labels, scores)

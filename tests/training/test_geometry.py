@@ -210,3 +210,13 @@ def _images(root: Path, shapes: list[tuple[int, int]]) -> list[Path]:
         cv2.imwrite(str(path), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
         paths.append(path)
     return paths
+
+
+def test_the_tiles_probe_sets_keep_to_a_pixel_budget(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    paths = _images(tmp_path, [(100, 100)] * 6)
+    sets = geometry.native_defect_sets(paths)
+    assert len(sets["cutpaste"][0]) == len(sets["small"][0]) == 6 * (1 + geometry.PER_IMAGE)
+    assert sets["small"][0][0].shape == (100, 100, 3)  # at the images' own size
+    monkeypatch.setattr(geometry, "TILES_PROBE_PIXELS", 3 * 100 * 100 * (1 + 2 * geometry.PER_IMAGE))
+    sets = geometry.native_defect_sets(paths)  # every other image: 3 of 6
+    assert len(sets["cutpaste"][0]) == 3 * (1 + geometry.PER_IMAGE)
