@@ -99,9 +99,7 @@ def evaluate(
     model = InferenceModel(ckpt.model, ckpt.preprocess).eval()
     category = MVTecCategory(Path(data))
     if native or ckpt.preprocess.tiling is not None:
-        if worst:
-            raise ValueError("--worst is not offered with native-resolution evaluation (tiled checkpoints)")
-        return _native(ckpt, model, category, batch, progress)
+        return _native(ckpt, model, category, batch, progress, worst, worst_dir)
     sizes: list[tuple[int, int]] = []  # each image's own size, read while loading: where it landed
     images, masks, labels, types, paths = load_test_set(category, ckpt.preprocess, sizes=sizes)
     predict(model, images[:batch], batch)  # warm-up, not counted
@@ -144,13 +142,19 @@ def evaluate(
 
 
 def _native(
-    ckpt: Checkpoint, model: InferenceModel, category: MVTecCategory, batch: int, progress: bool
+    ckpt: Checkpoint,
+    model: InferenceModel,
+    category: MVTecCategory,
+    batch: int,
+    progress: bool,
+    worst: int = 0,
+    worst_dir: Path | None = None,
 ) -> dict[str, Any]:
     from training.native_eval import evaluate_native
 
     started = time.perf_counter()
     val = [Path(p) for p in ckpt.data.get("val_files", [])]
-    result = evaluate_native(model, ckpt.preprocess, category.root, val, batch, progress)
+    result = evaluate_native(model, ckpt.preprocess, category.root, val, batch, progress, worst, worst_dir)
     tiling = ckpt.preprocess.tiling
     result.update(
         {

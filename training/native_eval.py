@@ -67,6 +67,19 @@ def read_mask(path: Path | None, hw: tuple[int, int]) -> np.ndarray:
     return mask > 0
 
 
+class _Frames:
+    """Test images read from disk when indexed (BGR): ``--worst`` writes a few of a large split."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return read_bgr(self.paths[i])
+
+
 def evaluate_native(
     model: InferenceModel,
     pre: Preprocess,
@@ -74,11 +87,14 @@ def evaluate_native(
     val_files: Sequence[Path] = (),
     batch: int = 8,
     progress: bool = False,
+    worst: int = 0,
+    worst_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Image / pixel AUROC, AUPRO (full-size masks) and the line protocol of an MVTec-layout test split.
 
     The test images must share one size (the metrics stack the maps); ``val_files``, the held-out good
-    images, set the line's threshold."""
+    images, set the line's threshold. ``worst``: that many highest-scoring good and lowest-scoring defective
+    test images with their native-size maps (``training.worst``)."""
     items = MVTecCategory(Path(data)).test_items()
     scores, maps, masks = [], [], []
     for i, item in enumerate(items):
@@ -100,6 +116,15 @@ def evaluate_native(
         threshold = float(np.quantile(good, 1.0 - FALSE_ALARM_RATE))
         result["f1_at_good_threshold"] = {"threshold": threshold, **f1_at_threshold(labels, s, threshold)}
         result["line"] = line_operating_points(good, labels, s)
+        if worst:
+            from training.worst import write_worst
+
+            paths = [item.path for item in items]
+            names = [str(p) for p in paths]
+            write_worst(worst_dir, worst, _Frames(paths), maps, s, labels, names, good, bgr_in=True)
+            result["worst"] = str(worst_dir)
+    elif worst:
+        raise DatasetError("--worst needs the checkpoint's held-out good images for its threshold")
     result["resolution"] = "native"
     result["n_test_images"] = len(items)
     return result

@@ -157,6 +157,7 @@ def score_set(
     seed: int,
     worst: int = 0,
     worst_dir: Path | None = None,
+    bgr_in: bool = False,
 ) -> dict[str, Any]:
     """Metrics of ``predict`` on a set of good images followed by ``per_image`` defective copies of each
     (``pasted_set`` or ``small_defects.small_set``).
@@ -175,7 +176,7 @@ def score_set(
             else f"{types[i]} pasted on held-out good #{(i - n_good) // per_image}"
             for i in range(len(images))
         ]
-        write_worst(worst_dir, worst, images, maps, scores, labels, names, scores[labels == 0])
+        write_worst(worst_dir, worst, images, maps, scores, labels, names, scores[labels == 0], bgr_in=bgr_in)
         result["worst"] = str(worst_dir)
     result.update({"n_good": n_good, "n_pasted": int(labels.sum()), "per_image": per_image, "seed": seed})
     return result
@@ -228,7 +229,7 @@ def evaluate_pasted(
             return scores, maps
 
     labelled = defect_set(defects, val, ckpt.preprocess, per_image, seed, good, native)
-    result = score_set(run, labelled, per_image, seed, worst, worst_dir)
+    result = score_set(run, labelled, per_image, seed, worst, worst_dir, bgr_in=native)  # native: BGR
     result.update(
         {
             "defects": defects,

@@ -18,12 +18,13 @@ import cv2
 import numpy as np
 
 
-def overlay(image_rgb: np.ndarray, amap: np.ndarray, low: float, high: float) -> np.ndarray:
-    """(H, W, 3) RGB uint8 and its (H, W) map -> (H, 2W, 3) BGR: the image | the map over it, max circled."""
+def overlay(image: np.ndarray, amap: np.ndarray, low: float, high: float, bgr_in: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8 (RGB, or BGR with ``bgr_in``) and its (H, W) map -> (H, 2W, 3) BGR: the image | the
+    map over it, max circled."""
     span = max(high - low, 1e-12)
     heat = np.clip((amap - low) / span, 0.0, 1.0)
     colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    bgr = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+    bgr = image if bgr_in else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     mixed = cv2.addWeighted(bgr, 0.5, colour, 0.5, 0.0)
     y, x = np.unravel_index(int(np.argmax(amap)), amap.shape)
     radius = max(4, amap.shape[0] // 24)
@@ -41,18 +42,20 @@ def pick_worst(scores: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarr
 def write_worst(
     out: Path,
     n: int,
-    images: np.ndarray,
-    maps: np.ndarray,
+    images: Sequence[np.ndarray],
+    maps: Sequence[np.ndarray],
     scores: np.ndarray,
     labels: np.ndarray,
     names: Sequence[str],
     good_reference: np.ndarray,
     threshold: float | None = None,
+    bgr_in: bool = False,
 ) -> dict[str, Any]:
     """Write the overlays and the index under ``out``; returns the index.
 
     ``good_reference``: held-out good images' scores (the colour scale and, without ``threshold``, the
-    1 % false-alarm threshold the station would set).
+    1 % false-alarm threshold the station would set). ``images`` is only indexed, so a sequence that reads
+    each file when asked serves for a large test split; ``bgr_in``: they are BGR (OpenCV's order).
     """
     if n < 1:
         raise ValueError(f"--worst needs N >= 1, got {n}")
@@ -68,7 +71,7 @@ def write_worst(
             amap = maps[i]
             y, x = np.unravel_index(int(np.argmax(amap)), amap.shape)
             png = f"{group}-{rank:02d}.png"
-            cv2.imwrite(str(out / png), overlay(images[i], amap, low, max(thr, low + 1e-6)))
+            cv2.imwrite(str(out / png), overlay(images[i], amap, low, max(thr, low + 1e-6), bgr_in))
             entries.append(
                 {
                     "group": group,

@@ -206,6 +206,37 @@ def test_train_records_coverage_and_eval_writes_the_worst_images(
     )
 
 
+def test_native_eval_writes_the_worst_images_at_their_own_size(
+    knn_run: Path, synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    """Tiled checkpoints are always scored natively; --worst works there too (re-reading what it writes)."""
+    import cv2
+
+    worst = tmp_path / "native-worst"
+    argv = [
+        str(knn_run),
+        "--data",
+        str(synthetic_dataset),
+        "--native",
+        "--worst",
+        "1",
+        "--worst-dir",
+        str(worst),
+    ]
+    assert eval_main([*argv, "--quiet"]) == 0
+    index = json.loads((worst / "index.json").read_text())
+    assert [e["group"] for e in index["images"]] == ["good-highest", "defective-lowest"]
+    for e in index["images"]:
+        h, w = cv2.imread(e["image"]).shape[:2]
+        assert e["map_size"] == [w, h] and 0 <= e["max_xy"][0] < w
+        png = cv2.imread(str(worst / e["file"]))
+        assert png.shape[:2] == (h, 2 * w)  # the image beside its map, at the image's own size
+    assert (
+        eval_main([str(knn_run), "--pasted", "--native", "--worst", "1", "--worst-dir", str(tmp_path / "p")])
+        == 0
+    )
+
+
 def test_pasted_eval_writes_the_worst_images(knn_run: Path, tmp_path: Path) -> None:
     worst = tmp_path / "w"
     assert eval_main([str(knn_run), "--pasted", "--worst", "1", "--worst-dir", str(worst), "--quiet"]) == 0
