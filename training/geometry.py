@@ -42,9 +42,10 @@ import torch
 
 from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from edge.capture.tiling import Tiling
-from training.data import DatasetError, load_samples
+from training.data import load_samples
 from training.evaluate import content_scores
 from training.metrics import evaluate_maps, line_operating_points
+from training.native_eval import read_bgr
 from training.pasted_defects import paste_each
 from training.small_defects import small_each
 
@@ -73,23 +74,16 @@ def preprocess(size: int, resize: str, tiling: Tiling | None = None) -> Preproce
     )
 
 
-def _read(path: Path) -> np.ndarray:
-    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if frame is None:
-        raise DatasetError(f"cannot read image {path}: the file is missing, corrupt or not an image")
-    return frame
-
-
 def image_sizes(paths: Sequence[Path]) -> list[tuple[int, int]]:
     """(height, width) of every image (cv2 reads the header and the pixels; paid once, before training)."""
-    return [_read(Path(p)).shape[:2] for p in paths]
+    return [read_bgr(Path(p)).shape[:2] for p in paths]
 
 
 def native_pasted(
     paths: Sequence[Path], seed: int = 0, per_image: int = PER_IMAGE
 ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[str]]:
     """The held-out good images and defects pasted onto each **in its own frame** (BGR, sizes differ)."""
-    return paste_each([_read(Path(p)) for p in paths], per_image, seed)
+    return paste_each([read_bgr(Path(p)) for p in paths], per_image, seed)
 
 
 def to_model_frame(maps: np.ndarray, sizes: Sequence[tuple[int, int]], pre: Preprocess) -> np.ndarray:
@@ -164,15 +158,18 @@ def auto_tiling(sizes: Sequence[tuple[int, int]], tile: int, max_tiles: int = MA
     return None
 
 
-def native_defect_sets(val_paths: Sequence[Path], seed: int = 0) -> dict[str, tuple]:
+def native_defect_sets(
+    val_paths: Sequence[Path], seed: int = 0, sizes: Sequence[tuple[int, int]] | None = None
+) -> dict[str, tuple]:
     """The held-out good images with CutPaste defects and with small drawn ones, at their own size.
 
     Both sets are held in memory (7 copies of each image): beyond ``TILES_PROBE_PIXELS`` native pixels in
-    all, an evenly spaced subset of the held-out images is used (large camera frames)."""
+    all, an evenly spaced subset of the held-out images is used (large camera frames). ``sizes``: the
+    images' (height, width) when already read."""
     paths = list(val_paths)
-    pixels = sum(h * w for h, w in image_sizes(paths)) * (1 + 2 * PER_IMAGE)
+    pixels = sum(h * w for h, w in (image_sizes(paths) if sizes is None else sizes)) * (1 + 2 * PER_IMAGE)
     step = max(1, -(-pixels // TILES_PROBE_PIXELS))  # ceil
-    frames = [_read(Path(p)) for p in paths[::step]]
+    frames = [read_bgr(Path(p)) for p in paths[::step]]
     return {"cutpaste": paste_each(frames, PER_IMAGE, seed), "small": small_each(frames, PER_IMAGE, seed)}
 
 
@@ -206,13 +203,15 @@ def choose_tiles(
     val_paths: Sequence[Path],
     seed: int = 0,
     log: Callable[[str], None] = lambda _m: None,
+    val_sizes: Sequence[tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
-    """Whole image (``resize``) or ``tiling``, by ``TILES_MARGIN`` on the two native defect sets."""
+    """Whole image (``resize``) or ``tiling``, by ``TILES_MARGIN`` on the two native defect sets
+    (``val_sizes``: the held-out images' sizes when already read)."""
     log(
         f"geometry: probing {resize} against {tiling.tile} px tiles at scale {tiling.scale:g} "
         f"on {len(val_paths)} held-out images with pasted and small defects"
     )
-    sets = native_defect_sets(val_paths, seed)
+    sets = native_defect_sets(val_paths, seed, val_sizes)
     step = max(1, -(-len(train_paths) // TILES_PROBE_IMAGES))  # ceil: at most TILES_PROBE_IMAGES
     fit_paths = list(train_paths)[::step]
     probe: dict[str, dict[str, dict[str, float]]] = {}
@@ -253,7 +252,9 @@ def choose_geometry(
         return chosen
     if len(val_paths) < 2:
         return {**chosen, "tiling": None, "tiles_reason": "fewer than 2 held-out good images to measure on"}
-    return {**chosen, **choose_tiles(chosen["resize"], tiling, size, train_paths, val_paths, seed, log)}
+    val_sizes = sizes[len(train_paths) :]  # read once above, not again for the pixel budget
+    tiles = choose_tiles(chosen["resize"], tiling, size, train_paths, val_paths, seed, log, val_sizes)
+    return {**chosen, **tiles}
 
 
 def choose_resize(
