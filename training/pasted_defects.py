@@ -31,7 +31,7 @@ from training.evaluate import predict
 from training.graph import InferenceModel
 from training.metrics import evaluate_maps, line_operating_points
 from training.native_eval import read_bgr
-from training.small_defects import most_visible, small_each, small_set
+from training.small_defects import most_visible, small_each, small_set, with_defects
 from training.worst import write_worst
 
 KINDS = ("patch", "scar", "blob")
@@ -89,22 +89,12 @@ def paste_each(
     """The good images (label 0, empty masks) followed by ``per_image`` pasted copies of each (label 1),
     kinds in turn and donors drawn from the other images; each image keeps its own size: images, bool
     masks, labels, types."""
-    if len(good) == 0 or per_image < 1:
-        raise ValueError(f"need at least one good image and per_image >= 1, got {len(good)} and {per_image}")
-    rng = np.random.default_rng(seed)
-    images, masks = list(good), [np.zeros(g.shape[:2], bool) for g in good]
-    types = ["good"] * len(good)
-    for i, image in enumerate(good):
+
+    def draw(i: int, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         others = [k for k in range(len(good)) if k != i] or [i]
-        for j in range(per_image):
-            donor = good[int(rng.choice(others))]
-            kind = KINDS[(i * per_image + j) % len(KINDS)]
-            defective, mask = paste_defect(image, donor, kind, rng)
-            images.append(defective)
-            masks.append(mask)
-            types.append(kind)
-    labels = np.array([int(t != "good") for t in types], dtype=np.int64)
-    return images, masks, labels, types
+        return paste_defect(good[i], good[int(rng.choice(others))], kind, rng)
+
+    return with_defects(good, per_image, seed, KINDS, draw)
 
 
 def pasted_set(
@@ -126,11 +116,12 @@ def defect_set(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """The good images at ``paths`` followed by defective copies, as ``pasted_set``: ``cutpaste`` (the kinds
     above, drawn on ``good``, the images at model size, loaded when not given) or ``small``
-    (``small_defects.small_set``, drawn at each file's own size). ``native``: ``good`` holds the images at
-    their own size and the small defects stay at it too (no resize)."""
+    (``small_defects.small_set``, drawn at each file's own size). ``native``: ``good`` (when given) holds the
+    images at their own size, and the small defects are drawn on it and stay at that size (no resize)."""
     if defects == "small":
-        if native:
-            images, masks, labels, types = small_each([read_bgr(Path(p)) for p in paths], per_image, seed)
+        if native:  # on the frames already read (``good``) when given
+            frames = list(good) if good is not None else [read_bgr(Path(p)) for p in paths]
+            images, masks, labels, types = small_each(frames, per_image, seed)
             return np.stack(images), np.stack(masks), labels, types
         return small_set(paths, pre, per_image, seed)
     if defects == "cutpaste":

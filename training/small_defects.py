@@ -132,12 +132,16 @@ def most_visible(
     return best[1], best[2]
 
 
-def small_each(
-    frames: Sequence[np.ndarray], per_image: int = 3, seed: int = 0
+def with_defects(
+    frames: Sequence[np.ndarray],
+    per_image: int,
+    seed: int,
+    kinds: Sequence[str],
+    draw: Callable[[int, str, np.random.Generator], tuple[np.ndarray, np.ndarray]],
 ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[str]]:
-    """The good frames (label 0, empty masks) followed by ``per_image`` copies of each with a small defect
-    (label 1, kinds in turn), everything at each frame's own size: images, bool masks, labels, types (as
-    ``pasted_defects.paste_each``)."""
+    """The good frames (label 0, empty masks) followed by ``per_image`` copies of each with one defect
+    (label 1, ``kinds`` in turn), ``draw(index, kind, rng)`` giving each (image, bool mask): images, masks,
+    labels, types. The defect sets (pasted and small) share it, so both replay from ``seed`` alike."""
     if len(frames) == 0 or per_image < 1:
         raise ValueError(
             f"need at least one good image and per_image >= 1, got {len(frames)} and {per_image}"
@@ -145,15 +149,25 @@ def small_each(
     rng = np.random.default_rng(seed)
     images, masks = list(frames), [np.zeros(f.shape[:2], bool) for f in frames]
     types = ["good"] * len(frames)
-    for i, frame in enumerate(frames):
+    for i in range(len(frames)):
         for j in range(per_image):
-            kind = SMALL_KINDS[(i * per_image + j) % len(SMALL_KINDS)]
-            defective, mask = draw_small_defect(frame, kind, rng)
+            kind = kinds[(i * per_image + j) % len(kinds)]
+            defective, mask = draw(i, kind, rng)
             images.append(defective)
             masks.append(mask)
             types.append(kind)
     labels = np.array([int(t != "good") for t in types], dtype=np.int64)
     return images, masks, labels, types
+
+
+def small_each(
+    frames: Sequence[np.ndarray], per_image: int = 3, seed: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[str]]:
+    """The good frames followed by ``per_image`` copies of each with a small defect, everything at each
+    frame's own size (``with_defects``; as ``pasted_defects.paste_each``)."""
+    return with_defects(
+        frames, per_image, seed, SMALL_KINDS, lambda i, kind, rng: draw_small_defect(frames[i], kind, rng)
+    )
 
 
 def small_set(
