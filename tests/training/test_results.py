@@ -15,7 +15,10 @@ def _result(model: str, image: float) -> dict:
         "aupro": None,
         "f1_at_good_threshold": {"f1": 0.25},
         "recall_at_fpr": {"0.01": 0.9, "0.001": 0.8},
-        "line": {"0.01": {"recall": 0.7, "threshold": 1.0}, "0.001": {"recall": 0.6, "threshold": 2.0}},
+        "line": {
+            "0.01": {"recall": 0.7, "threshold": 1.0, "false_alarm_rate": 0.025},
+            "0.001": {"recall": 0.6, "threshold": 2.0},
+        },
         "epochs": 3,
         "train_seconds": 90.0,
         "throughput_img_s": 12.5,
@@ -29,11 +32,12 @@ def test_markdown_rows_come_from_the_results_and_name_the_seed() -> None:
     rows = [
         line for line in text.splitlines() if line.startswith("| gtrans |") or line.startswith("| conv-ae |")
     ]
-    assert rows[0].split(" | ")[2:13] == [
+    assert rows[0].split(" | ")[2:14] == [
         "0.988",
         "0.500",
         "n/a",
         "0.700",
+        "2.5 %",  # the good test images the 1 % line threshold flags
         "0.600",
         "0.900",
         "0.800",
@@ -75,7 +79,7 @@ def test_rows_before_the_line_protocol_read_n_a_and_presets_have_a_description()
     text = markdown([old], Path("data/bottle"))
     row = next(line for line in text.splitlines() if line.startswith("| knn-vit-full |"))
     assert "plain kNN, ViT-S/14 blocks 5 + 8" in row
-    assert row.split(" | ")[5:7] == ["n/a", "n/a"]  # line recall: not measured then
+    assert row.split(" | ")[5:8] == ["n/a", "n/a", "n/a"]  # line recall, its false alarms: not then
     assert "threshold from" not in row and "held-out good images' scores" in text
 
 
@@ -86,7 +90,7 @@ def test_an_old_row_reads_its_1_percent_line_recall_from_its_f1_decision_marked(
     row = next(
         line for line in markdown([old], Path("data/bottle")).splitlines() if line.startswith("| gtrans |")
     )
-    assert row.split(" | ")[5:7] == ["0.375*", "n/a"]  # 0.1 % has no stored decision
+    assert row.split(" | ")[5:8] == ["0.375*", "n/a", "n/a"]  # no stored false alarms, no 0.1 % decision
 
 
 def test_merge_keeps_the_rows_of_models_not_run_now(tmp_path: Path, monkeypatch) -> None:
