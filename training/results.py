@@ -3,6 +3,7 @@
     python -m training.results --data ../shared/data/mvtec-bottle/bottle --runs runs --out results
     python -m training.results --data ../shared/data/deeppcb/pcb --name deeppcb-pcb
     python -m training.results --data runs/textures/grain --name texture-grain   # good images only
+    python -m training.results --data runs/real-textures/brick --name real-brick   # training.real_textures
 
 A category in MVTec layout is scored on its test split and on pasted defects; a plain folder of good
 images (a generated texture, a new product) on pasted defects alone.
@@ -173,7 +174,7 @@ def markdown(results: list[dict[str, Any]], data: Path, seed: int = 0, title: st
         "held-out",
         "slice, "
         + (
-            "evaluated on the full official test split."
+            "evaluated on the category's full test split."
             if any(r.get("image_auroc") is not None for r in results)
             else "with no test split: only the pasted-defect table below applies."
         )
