@@ -177,21 +177,18 @@ def score_native(model: Any, pre: Preprocess, labelled: tuple) -> dict[str, floa
     """A fitted probe scored on one native defect set: scores as the daemon's (the stitched or cropped map's
     maximum), maps and masks in one frame (the largest image's shape, long side at most ``METRIC_SIDE``)."""
     from training.graph import InferenceModel
-    from training.native_eval import native_map
+    from training.native_eval import metric_frame, native_map, to_frame
 
     images, masks, labels, types = labelled
-    h, w = max(im.shape[0] for im in images), max(im.shape[1] for im in images)
-    f = min(1.0, METRIC_SIDE / max(h, w))
-    frame = (max(1, round(w * f)), max(1, round(h * f)))
+    frame = metric_frame([im.shape for im in images], METRIC_SIDE)
     wrapped = InferenceModel(model, pre).eval()
     scores = np.empty(len(images), np.float32)
-    small = np.empty((len(images), frame[1], frame[0]), np.float32)
+    small = np.empty((len(images), *frame), np.float32)
+    frame_masks = np.empty((len(images), *frame), bool)
     for i, image in enumerate(images):  # one native-size map at a time: camera frames are large
         amap = native_map(wrapped, pre, image)
         scores[i] = float(amap.max())
-        small[i] = cv2.resize(amap, frame, interpolation=cv2.INTER_AREA)
-    cover = [cv2.resize(m.astype(np.float32), frame, interpolation=cv2.INTER_AREA) for m in masks]
-    frame_masks = np.stack([c >= 0.25 if (c >= 0.25).any() else c > 0 for c in cover])
+        small[i], frame_masks[i] = to_frame(amap, masks[i], frame)
     return _four(evaluate_maps(labels, scores, frame_masks, small, types), labels, scores)
 
 

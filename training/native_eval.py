@@ -56,6 +56,34 @@ def native_scores_maps(
     return np.array([float(m.max()) for m in maps], np.float32), maps
 
 
+def metric_frame(shapes: Sequence[tuple[int, ...]], max_side: int | None = None) -> tuple[int, int]:
+    """The (height, width) in which maps of several sizes are compared: the largest height and width,
+    scaled so the long side is at most ``max_side`` (when given)."""
+    h, w = max(s[0] for s in shapes), max(s[1] for s in shapes)
+    f = 1.0 if max_side is None else min(1.0, max_side / max(h, w))
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
+def to_frame(amap: np.ndarray, mask: np.ndarray, frame: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One native map and its mask resized to ``frame``: a defect pixel stays where the resize covers it at
+    least a quarter, or wherever it lands when that leaves none (a few-pixel defect never vanishes)."""
+    if amap.shape[:2] == frame and mask.shape[:2] == frame:
+        return amap.astype(np.float32, copy=False), mask.astype(bool, copy=False)
+    size = (frame[1], frame[0])
+    small = cv2.resize(amap.astype(np.float32, copy=False), size, interpolation=cv2.INTER_AREA)
+    cover = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    return small, (cover >= 0.25 if (cover >= 0.25).any() else cover > 0)
+
+
+def stack_in_frame(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Native maps and masks as (N, H, W) arrays for the pixel metrics. Images of one size keep it; crops
+    of several sizes (an upstream locator's) are compared in one frame, the largest height and width, as a
+    whole-image evaluation compares every image at the model's square."""
+    frame = metric_frame([m.shape for m in maps])
+    pairs = [to_frame(a, m, frame) for a, m in zip(maps, masks, strict=True)]
+    return np.stack([a for a, _ in pairs]), np.stack([m for _, m in pairs])
+
+
 def read_mask(path: Path | None, hw: tuple[int, int]) -> np.ndarray:
     if path is None:
         return np.zeros(hw, bool)
@@ -92,9 +120,9 @@ def evaluate_native(
 ) -> dict[str, Any]:
     """Image / pixel AUROC, AUPRO (full-size masks) and the line protocol of an MVTec-layout test split.
 
-    The test images must share one size (the metrics stack the maps); ``val_files``, the held-out good
-    images, set the line's threshold. ``worst``: that many highest-scoring good and lowest-scoring defective
-    test images with their native-size maps (``training.worst``)."""
+    Test images of several sizes are compared in one frame (``stack_in_frame``); ``val_files``, the
+    held-out good images, set the line's threshold. ``worst``: that many highest-scoring good and
+    lowest-scoring defective test images with their native-size maps (``training.worst``)."""
     items = MVTecCategory(Path(data)).test_items()
     scores, maps, masks = [], [], []
     for i, item in enumerate(items):
@@ -105,11 +133,11 @@ def evaluate_native(
         masks.append(read_mask(item.mask_path, image.shape[:2]))
         if progress and (i + 1) % 25 == 0:
             print(f"native evaluation: {i + 1}/{len(items)} images", file=sys.stderr, flush=True)
-    if len({m.shape for m in maps}) > 1:
-        raise DatasetError(f"{data}: test images differ in size; native evaluation needs one size")
     labels = np.array([int(item.is_anomalous) for item in items], np.int64)
     s = np.array(scores, np.float32)
-    result = evaluate_maps(labels, s, np.stack(masks), np.stack(maps), [item.defect_type for item in items])
+    frame_maps, frame_masks = stack_in_frame(maps, masks)
+    result = evaluate_maps(labels, s, frame_masks, frame_maps, [item.defect_type for item in items])
+    del frame_maps, frame_masks
     val = [Path(p) for p in val_files if Path(p).is_file()]
     if val:
         good, _ = native_scores_maps(model, pre, [read_bgr(p) for p in val], batch)

@@ -111,22 +111,23 @@ def defect_set(
     pre: Preprocess,
     per_image: int = 3,
     seed: int = 0,
-    good: np.ndarray | None = None,
+    good: Any = None,
     native: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+) -> tuple[Any, Any, np.ndarray, list[str]]:
     """The good images at ``paths`` followed by defective copies, as ``pasted_set``: ``cutpaste`` (the kinds
     above, drawn on ``good``, the images at model size, loaded when not given) or ``small``
     (``small_defects.small_set``, drawn at each file's own size). ``native``: ``good`` (when given) holds the
-    images at their own size, and the small defects are drawn on it and stay at that size (no resize)."""
+    images at their own size, the defects are drawn on them and stay at that size (no resize); images and
+    masks are then lists, since crops may differ in size."""
+    if defects not in DEFECT_SETS:
+        raise ValueError(f"unknown defect set {defects!r}; use one of {', '.join(DEFECT_SETS)}")
+    if native:  # on the frames already read (``good``) when given
+        frames = list(good) if good is not None else [read_bgr(Path(p)) for p in paths]
+        each = small_each if defects == "small" else paste_each
+        return each(frames, per_image, seed)
     if defects == "small":
-        if native:  # on the frames already read (``good``) when given
-            frames = list(good) if good is not None else [read_bgr(Path(p)) for p in paths]
-            images, masks, labels, types = small_each(frames, per_image, seed)
-            return np.stack(images), np.stack(masks), labels, types
         return small_set(paths, pre, per_image, seed)
-    if defects == "cutpaste":
-        return pasted_set(load_images(paths, pre) if good is None else good, per_image, seed)
-    raise ValueError(f"unknown defect set {defects!r}; use one of {', '.join(DEFECT_SETS)}")
+    return pasted_set(load_images(paths, pre) if good is None else good, per_image, seed)
 
 
 def score_pasted(
@@ -158,7 +159,12 @@ def score_set(
     images, masks, labels, types = labelled
     n_good = int((labels == 0).sum())
     scores, maps = predict(images)
-    result = evaluate_maps(labels, scores, masks, maps, types)
+    if isinstance(maps, list):  # native maps: crops may differ in size
+        from training.native_eval import stack_in_frame
+
+        result = evaluate_maps(labels, scores, *reversed(stack_in_frame(maps, masks)), types)
+    else:
+        result = evaluate_maps(labels, scores, masks, maps, types)
     result["line"] = line_operating_points(scores[labels == 0], labels, scores)
     if worst:
         names = [
@@ -248,13 +254,11 @@ def _native_run(model: InferenceModel, pre: Any, val: list[Path], batch: int, ra
     from training.native_eval import native_scores_maps
 
     images = [read_bgr(p) for p in val]
-    if len({i.shape for i in images}) > 1:
-        raise ValueError("pasted defects at native resolution need held-out images of one size")
 
-    def run(batch_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(batch_images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         started = time.perf_counter()
-        scores, maps = native_scores_maps(model, pre, list(batch_images), batch)
+        scores, maps = native_scores_maps(model, pre, batch_images, batch)
         rate.append(len(batch_images) / (time.perf_counter() - started))
-        return scores, np.stack(maps)
+        return scores, maps
 
-    return np.stack(images), run
+    return images, run

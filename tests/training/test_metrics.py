@@ -303,3 +303,20 @@ def test_evaluate_maps_rejects_bad_input() -> None:
     maps[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         evaluate_maps(labels, scores, masks, maps, types)
+
+
+def test_maps_of_several_sizes_meet_in_one_frame() -> None:
+    """Crops of one size keep it; crops of several sizes meet at the largest height and width, and a defect of
+    one pixel in a small crop still marks a pixel there."""
+    from training.native_eval import stack_in_frame
+
+    same = [np.random.default_rng(0).random((6, 8), dtype=np.float32) for _ in range(2)]
+    maps, masks = stack_in_frame(same, [np.zeros((6, 8), bool)] * 2)
+    assert maps.shape == (2, 6, 8) and (maps[1] == same[1]).all() and not masks.any()
+    small_mask = np.zeros((5, 4), bool)
+    small_mask[2, 1] = True
+    maps, masks = stack_in_frame(
+        [np.ones((5, 4), np.float32), np.zeros((10, 3), np.float32)], [small_mask, np.zeros((10, 3), bool)]
+    )
+    assert maps.shape == masks.shape == (2, 10, 4)
+    assert masks[0].sum() >= 1 and not masks[1].any() and (maps[0] == 1).all()

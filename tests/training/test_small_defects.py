@@ -92,7 +92,7 @@ def test_the_native_set_is_the_same_draw_at_the_files_own_size(tmp_path: Path) -
     cv2.imwrite(str(path), _board(200))
     pre = Preprocess(height=64, width=64, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD)
     images, masks, labels, types = defect_set("small", [path], pre, per_image=2, seed=4, native=True)
-    assert images.shape == (3, 200, 200, 3) and masks.shape == (3, 200, 200)
+    assert [i.shape for i in images] == [(200, 200, 3)] * 3 and [m.shape for m in masks] == [(200, 200)] * 3
     assert (images[0] == cv2.imread(str(path))).all() and not masks[0].any()
     resized = small_set([path], pre, per_image=2, seed=4)
     for i in (1, 2):  # the resized set's masks are these masks after the model's resize

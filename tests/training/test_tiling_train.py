@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -75,3 +76,26 @@ def test_tiling_options_need_tile(parts: Path, tmp_path: Path) -> None:
         train_main(["--data", str(parts), "--out", str(tmp_path / "x"), "--scale", "0.5"])
     bad = ["--data", str(parts), "--out", str(tmp_path / "y"), "--tile", "48", "--tile-overlap", "30"]
     assert train_main(bad) == 2  # overlap over half the tile: one clear error, exit 2
+
+
+def test_crops_of_several_sizes_are_evaluated_in_tiles(parts: Path, tmp_path: Path) -> None:
+    """A locator's crops differ in size: a tiled checkpoint trained on them is scored on its test split and
+    on both pasted sets, each map at its crop's size, the pixel metrics in one frame."""
+    from training.framing import make_varied_framing
+
+    framed = tmp_path / "framed"
+    make_varied_framing(parts, framed, seed=2, log=lambda _m: None)
+    assert len({cv2.imread(str(p)).shape for p in (framed / "train" / "good").iterdir()}) > 1
+    run = tmp_path / "run"
+    args = ["--model", "patchcore", "--set", 'backbone="effnet"', "--data", str(framed), "--out", str(run)]
+    assert train_main([*args, "--tile", "48", "--tile-overlap", "8", "--val-fraction", "0.3", "--quiet"]) == 0
+    out = tmp_path / "test.json"
+    assert eval_main([str(run / "checkpoint.pt"), "--data", str(framed), "--json", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert result["resolution"] == "native" and result["pixel_auroc"] > 0.5 and 0 <= result["aupro"] <= 1
+    for defects in ("cutpaste", "small"):
+        out = tmp_path / f"{defects}.json"
+        argv = [str(run / "checkpoint.pt"), "--pasted", "--defects", defects, "--json", str(out), "--quiet"]
+        assert eval_main(argv) == 0
+        pasted = json.loads(out.read_text())
+        assert pasted["n_pasted"] == 3 * pasted["n_good"] and 0 <= pasted["pixel_auroc"] <= 1
