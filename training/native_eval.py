@@ -4,7 +4,9 @@ A tiled checkpoint's maps are stitched per image as the daemon stitches them (``
 whole-image checkpoint's map is cropped to where the image landed and resized back. Either way the map is
 brought to the image's native size and scored against the full-size mask, and the image score is the
 maximum of the (stitched or cropped) map, the daemon's score. So the numbers of a tiled bundle and of a
-whole-image one compare. ``edge-eval`` uses this for every tiled checkpoint (and with ``--native`` for a
+whole-image one compare. Images of several sizes (a locator's crops) keep their own size for the scores
+and ``--worst``; only the pixel metrics meet in one frame, the largest height and width
+(``stack_in_frame``). ``edge-eval`` uses this for every tiled checkpoint (and with ``--native`` for a
 whole-image one).
 """
 

@@ -30,7 +30,7 @@ from training.data import load_images
 from training.evaluate import predict
 from training.graph import InferenceModel
 from training.metrics import evaluate_maps, line_operating_points
-from training.native_eval import read_bgr
+from training.native_eval import read_bgr, stack_in_frame
 from training.small_defects import most_visible, small_each, small_set, with_defects
 from training.worst import write_worst
 
@@ -159,12 +159,8 @@ def score_set(
     images, masks, labels, types = labelled
     n_good = int((labels == 0).sum())
     scores, maps = predict(images)
-    if isinstance(maps, list):  # native maps: crops may differ in size
-        from training.native_eval import stack_in_frame
-
-        result = evaluate_maps(labels, scores, *reversed(stack_in_frame(maps, masks)), types)
-    else:
-        result = evaluate_maps(labels, scores, masks, maps, types)
+    frame_maps, frame_masks = stack_in_frame(maps, masks) if isinstance(maps, list) else (maps, masks)
+    result = evaluate_maps(labels, scores, frame_masks, frame_maps, types)  # native maps stay for --worst
     result["line"] = line_operating_points(scores[labels == 0], labels, scores)
     if worst:
         names = [
