@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -23,8 +24,16 @@ from export.keygen import main as keygen_main
 from tests.helpers.tiny_bundle import make_tiny_bundle
 
 
+class Keys(TypedDict):
+    key: Path
+    pub: Path
+    stranger_key: Path
+    stranger_pub: Path
+    fp: str  # kept a string: a fingerprint's base64 may hold "//", which a Path would fold into "/"
+
+
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     root = tmp_path_factory.mktemp("keys")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -36,7 +45,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "pub": root / "line.pub",
         "stranger_key": root / "stranger.key",
         "stranger_pub": root / "stranger.pub",
-        "fp": Path(fingerprint),
+        "fp": fingerprint,
     }
 
 
@@ -77,15 +86,15 @@ def check(path: Path) -> tuple[int, str]:
     return rc, err.getvalue()
 
 
-def test_keygen_writes_a_private_key_only_its_owner_can_read(keys: dict[str, Path]) -> None:
+def test_keygen_writes_a_private_key_only_its_owner_can_read(keys: Keys) -> None:
     assert keys["key"].stat().st_mode & 0o777 == 0o600
-    assert str(keys["fp"]).startswith("SHA256:")
+    assert keys["fp"].startswith("SHA256:")
     with contextlib.redirect_stderr(io.StringIO()):
         assert keygen_main(["--out", str(keys["key"].with_suffix(""))]) == 2  # never overwrites
 
 
 def test_a_good_signature_runs_and_names_its_signer(
-    tmp_path: Path, bundle: Path, keys: dict[str, Path]
+    tmp_path: Path, bundle: Path, keys: Keys
 ) -> None:
     assert sign(bundle, keys["key"]) == 0
     assert (bundle / SIGNATURE_NAME).is_file()
@@ -95,13 +104,13 @@ def test_a_good_signature_runs_and_names_its_signer(
     assert f"signed by {keys['fp']}" in err
     daemon = build(load_config(cfg))
     try:
-        assert daemon.manifest.signer == str(keys["fp"])  # status payload: tests/edge/test_redaction.py
+        assert daemon.manifest.signer == keys["fp"]  # status payload: tests/edge/test_redaction.py
     finally:
         daemon.backend.close()  # type: ignore[attr-defined]
 
 
 def test_a_tampered_manifest_with_matching_hashes_is_refused(
-    tmp_path: Path, bundle: Path, keys: dict[str, Path]
+    tmp_path: Path, bundle: Path, keys: Keys
 ) -> None:
     """The attack signing exists for: rewrite manifest and hashes together (here: turn detection off)."""
     assert sign(bundle, keys["key"]) == 0
@@ -116,7 +125,7 @@ def test_a_tampered_manifest_with_matching_hashes_is_refused(
         build(load_config(config(tmp_path, bundle, [keys["pub"]])))
 
 
-def test_a_swapped_model_in_a_signed_bundle_is_refused(bundle: Path, keys: dict[str, Path]) -> None:
+def test_a_swapped_model_in_a_signed_bundle_is_refused(bundle: Path, keys: Keys) -> None:
     assert sign(bundle, keys["key"]) == 0
     with open(bundle / "model.fp32.onnx", "ab") as fh:
         fh.write(b"\0")
@@ -125,14 +134,14 @@ def test_a_swapped_model_in_a_signed_bundle_is_refused(bundle: Path, keys: dict[
 
 
 def test_unsigned_is_refused_when_keys_are_configured(
-    tmp_path: Path, bundle: Path, keys: dict[str, Path]
+    tmp_path: Path, bundle: Path, keys: Keys
 ) -> None:
     rc, err = check(config(tmp_path, bundle, [keys["pub"]]))
     assert rc == EXIT_STARTUP
     assert "not signed" in err and SIGNATURE_NAME in err
 
 
-def test_a_strangers_signature_is_refused(tmp_path: Path, bundle: Path, keys: dict[str, Path]) -> None:
+def test_a_strangers_signature_is_refused(tmp_path: Path, bundle: Path, keys: Keys) -> None:
     assert sign(bundle, keys["stranger_key"]) == 0
     rc, err = check(config(tmp_path, bundle, [keys["pub"]]))
     assert rc == EXIT_STARTUP
@@ -140,11 +149,11 @@ def test_a_strangers_signature_is_refused(tmp_path: Path, bundle: Path, keys: di
 
 
 def test_a_forged_signature_file_naming_the_trusted_key_is_refused(
-    tmp_path: Path, bundle: Path, keys: dict[str, Path]
+    tmp_path: Path, bundle: Path, keys: Keys
 ) -> None:
     assert sign(bundle, keys["stranger_key"]) == 0
     sig = json.loads((bundle / SIGNATURE_NAME).read_text(encoding="utf-8"))
-    sig["key"] = str(keys["fp"])  # claims the trusted key; the stranger's signature cannot verify under it
+    sig["key"] = keys["fp"]  # claims the trusted key; the stranger's signature cannot verify under it
     (bundle / SIGNATURE_NAME).write_text(json.dumps(sig), encoding="utf-8")
     rc, err = check(config(tmp_path, bundle, [keys["pub"]]))
     assert rc == EXIT_STARTUP and "does not match manifest.json" in err
@@ -152,7 +161,7 @@ def test_a_forged_signature_file_naming_the_trusted_key_is_refused(
 
 @pytest.mark.parametrize("junk", [b"", b"{}", b"[[[[", b"\xff" * 5000, b'{"schema":1,"algorithm":"ed25519"}'])
 def test_a_garbage_signature_file_is_one_line(
-    tmp_path: Path, bundle: Path, keys: dict[str, Path], junk: bytes
+    tmp_path: Path, bundle: Path, keys: Keys, junk: bytes
 ) -> None:
     (bundle / SIGNATURE_NAME).write_bytes(junk)
     rc, err = check(config(tmp_path, bundle, [keys["pub"]]))
@@ -160,7 +169,7 @@ def test_a_garbage_signature_file_is_one_line(
     assert len([ln for ln in err.splitlines() if "FAILED  model.bundle" in ln]) == 1
 
 
-def test_a_symlinked_signature_is_refused(tmp_path: Path, bundle: Path, keys: dict[str, Path]) -> None:
+def test_a_symlinked_signature_is_refused(tmp_path: Path, bundle: Path, keys: Keys) -> None:
     assert sign(bundle, keys["key"]) == 0
     real = tmp_path / "elsewhere.sig"
     shutil.move(bundle / SIGNATURE_NAME, real)
@@ -182,7 +191,7 @@ def test_unsigned_runs_and_says_so_when_no_keys_are_configured(
         daemon.backend.close()  # type: ignore[attr-defined]
 
 
-def test_a_bad_trusted_key_file_is_named(tmp_path: Path, bundle: Path, keys: dict[str, Path]) -> None:
+def test_a_bad_trusted_key_file_is_named(tmp_path: Path, bundle: Path, keys: Keys) -> None:
     for bad in (tmp_path / "missing.pub", keys["key"]):  # missing; a private key where a public one belongs
         rc, err = check(config(tmp_path, bundle, [bad]))
         assert rc == EXIT_STARTUP, err
@@ -191,19 +200,19 @@ def test_a_bad_trusted_key_file_is_named(tmp_path: Path, bundle: Path, keys: dic
 
 
 def test_results_report_the_signer_and_the_loaded_precision(
-    tmp_path: Path, bundle: Path, keys: dict[str, Path]
+    tmp_path: Path, bundle: Path, keys: Keys
 ) -> None:
     assert sign(bundle, keys["key"]) == 0
     daemon = build(load_config(config(tmp_path, bundle, [keys["pub"]])))
     try:
         model = daemon.api.identity.model  # the model object of every status and result (edge/api.py)
-        assert model.signer == str(keys["fp"])
+        assert model.signer == keys["fp"]
         assert model.precision == daemon.backend.precision == "fp32"  # type: ignore[attr-defined]
     finally:
         daemon.backend.close()  # type: ignore[attr-defined]
 
 
-def test_signing_an_existing_bundle_verifies_its_files_first(bundle: Path, keys: dict[str, Path]) -> None:
+def test_signing_an_existing_bundle_verifies_its_files_first(bundle: Path, keys: Keys) -> None:
     with open(bundle / "model.fp32.onnx", "ab") as fh:
         fh.write(b"\0")
     assert sign(bundle, keys["key"]) == 2  # a modified bundle is never signed
