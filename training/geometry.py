@@ -32,7 +32,7 @@ the chosen resize (and tiling) and the daemon follows it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,19 +174,26 @@ def native_defect_sets(
 
 
 def score_native(model: Any, pre: Preprocess, labelled: tuple) -> dict[str, float]:
-    """A fitted probe scored on one native defect set: scores as the daemon's (the stitched or cropped map's
-    maximum), maps and masks in one frame (the largest image's shape, long side at most ``METRIC_SIDE``)."""
+    """A fitted probe scored on one native defect set (``score_native_maps``)."""
     from training.graph import InferenceModel
-    from training.native_eval import metric_frame, native_map, to_frame
+    from training.native_eval import native_map
+
+    wrapped = InferenceModel(model, pre).eval()
+    return score_native_maps((native_map(wrapped, pre, image) for image in labelled[0]), labelled)
+
+
+def score_native_maps(maps: Iterable[np.ndarray], labelled: tuple) -> dict[str, float]:
+    """The four metrics of one native defect set from its images' native-size maps (taken one at a time:
+    camera frames are large): scores as the daemon's (the map's maximum), maps and masks in one frame (the
+    largest image's shape, long side at most ``METRIC_SIDE``)."""
+    from training.native_eval import metric_frame, to_frame
 
     images, masks, labels, types = labelled
     frame = metric_frame([im.shape for im in images], METRIC_SIDE)
-    wrapped = InferenceModel(model, pre).eval()
     scores = np.empty(len(images), np.float32)
     small = np.empty((len(images), *frame), np.float32)
     frame_masks = np.empty((len(images), *frame), bool)
-    for i, image in enumerate(images):  # one native-size map at a time: camera frames are large
-        amap = native_map(wrapped, pre, image)
+    for i, amap in enumerate(maps):
         scores[i] = float(amap.max())
         small[i], frame_masks[i] = to_frame(amap, masks[i], frame)
     return _four(evaluate_maps(labels, scores, frame_masks, small, types), labels, scores)

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from edge.capture.preprocess import Preprocess
+from edge.capture.tiling import TileGrid
 from training.data import DatasetError, MVTecCategory
 from training.evaluate import FALSE_ALARM_RATE, predict
 from training.graph import InferenceModel
@@ -34,20 +35,32 @@ def read_bgr(path: Path) -> np.ndarray:
     return frame
 
 
-def native_map(model: InferenceModel, pre: Preprocess, image_bgr: np.ndarray, batch: int = 8) -> np.ndarray:
-    """One image's raw map at its own size (float32 HxW)."""
-    h, w = image_bgr.shape[:2]
+def model_inputs(pre: Preprocess, image_bgr: np.ndarray) -> tuple[TileGrid | None, np.ndarray]:
+    """One image's uint8 model inputs: its tiles and their grid, or the whole-image input (grid None)."""
     if pre.tiling is not None:
-        grid, tiles = pre.tiles_of(image_bgr, (h, w))
-        _, maps, _ = predict(model, tiles, batch)
+        return pre.tiles_of(image_bgr, image_bgr.shape[:2])
+    return None, pre.frame_to_input(image_bgr)[None]
+
+
+def to_native(pre: Preprocess, grid: TileGrid | None, maps: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """The model's (N, S, S) maps of one image's inputs -> its map at its own size (float32 HxW): tiles
+    stitched as the daemon stitches them, a whole-image map cropped to where the image landed."""
+    h, w = hw
+    if grid is not None:
         amap = grid.stitch(maps)
     else:
-        _, maps, _ = predict(model, pre.frame_to_input(image_bgr)[None], batch)
         x, y, cw, ch = pre.content_box(h, w)  # the whole input for a stretched image
         amap = maps[0][y : y + ch, x : x + cw]
     if amap.shape != (h, w):
         amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
     return np.ascontiguousarray(amap, dtype=np.float32)
+
+
+def native_map(model: InferenceModel, pre: Preprocess, image_bgr: np.ndarray, batch: int = 8) -> np.ndarray:
+    """One image's raw map at its own size (float32 HxW)."""
+    grid, inputs = model_inputs(pre, image_bgr)
+    _, maps, _ = predict(model, inputs, batch)
+    return to_native(pre, grid, maps, image_bgr.shape[:2])
 
 
 def native_scores_maps(

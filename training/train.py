@@ -23,6 +23,7 @@ from torch import nn
 
 from edge.capture.preprocess import Preprocess
 from edge.capture.tiling import Tiling
+from training import fusion_weight
 from training.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -277,6 +278,8 @@ def fit_memory(cfg, model, pre, x_train, x_val, data_info, ckpt_path: Path) -> P
         log=lambda m: log(m, cfg.progress),
         x_val=x_val,
     )
+    if fusion_weight.applies(model):
+        data_info["fusion"] = resolve_fusion(cfg, model, pre, data_info["val_files"])
     seconds = time.perf_counter() - started
     val_loss = validation_loss(model, x_val)
     state = {
@@ -293,6 +296,14 @@ def fit_memory(cfg, model, pre, x_train, x_val, data_info, ckpt_path: Path) -> P
         cfg.progress,
     )
     return ckpt_path
+
+
+def resolve_fusion(cfg: TrainConfig, model: Any, pre: Preprocess, val_files: list[str]) -> dict[str, Any]:
+    """The fused kNN's ViT weight: as asked (``--set vit_weight=``), or measured on the held-out images."""
+    if "vit_weight" in cfg.model_config:
+        return {"vit_weight": model.config.vit_weight, "reason": "asked for (--set vit_weight)"}
+    paths = [Path(p) for p in val_files]
+    return fusion_weight.choose_vit_weight(model, pre, paths, cfg.seed, log=lambda m: log(m, cfg.progress))
 
 
 def run_epoch(cfg, model, train_set, cached, optimizer, schedule, epoch, batch_size, progress) -> float:

@@ -325,30 +325,36 @@ class PatchCore(TrainableModel):
             return topk_mean(amap, self.k)
         return amap.flatten(1).amax(dim=1)
 
-    def fuse_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
+    def fuse_maps(self, maps: list[torch.Tensor], vit_weight: float | None = None) -> torch.Tensor:
         """Normalised (EfficientNet, ViT) (N, H, W) maps -> one map. "mean": their pixelwise mean weighted
-        by ``vit_weight``; "max": their pixelwise max; "shift": the first (fine, EfficientNet) map moved so
-        that its peak equals the mean of the maps' image scores."""
+        by ``vit_weight`` (the config's unless given: ``training.fusion_weight`` tries others); "max": their
+        pixelwise max; "shift": the first (fine, EfficientNet) map moved so that its peak equals the mean
+        of the maps' image scores."""
         if self.config.fusion == "mean":
-            w = self.config.vit_weight
+            w = self.config.vit_weight if vit_weight is None else vit_weight
             return (1.0 - w) * maps[0] + w * maps[1]
         if self.config.fusion == "max":
             return torch.stack(maps, 0).amax(0)
         fused = torch.stack([self.image_score(m) for m in maps], 0).mean(0)  # (N,)
         return maps[0] + (fused - self.image_score(maps[0]))[:, None, None]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = [self.head(r)[1] for r in self.raw_maps(x)]  # each (N, H, W), upsampled and smoothed
+    def normalised_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each teacher's (N, H, W) upsampled, smoothed map; with two teachers each in held-out good units."""
+        maps = [self.head(r)[1] for r in self.raw_maps(x)]
         if len(maps) == 1:
-            amap = maps[0]
-        else:
-            amap = self.fuse_maps(
-                [(m - self.norm_offset[i]) / self.norm_scale[i] for i, m in enumerate(maps)]
-            )
+            return maps
+        return [(m - self.norm_offset[i]) / self.norm_scale[i] for i, m in enumerate(maps)]
+
+    def score_map(self, amap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, H, W) final map -> (score, map moved so that its maximum is the score)."""
         score = self.image_score(amap)
         if self.config.score != "max":
             amap = shift_to_score(amap, score)
         return score, amap
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.normalised_maps(x)
+        return self.score_map(maps[0] if len(maps) == 1 else self.fuse_maps(maps))
 
 
 def _embed_batches(teacher: nn.Module, x: torch.Tensor, batch: int) -> Iterable[torch.Tensor]:

@@ -1,0 +1,120 @@
+"""The default kNN's fusion weight, chosen per bundle on its held-out good images with pasted defects.
+
+Teachers run with random weights (the choice's mechanics do not depend on them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from edge.capture.tiling import Tiling
+from training import fusion_weight
+from training.checkpoint import load_checkpoint
+from training.geometry import preprocess
+from training.graph import InferenceModel
+from training.models.patchcore import PatchCore, PatchCoreConfig
+from training.native_eval import native_map
+from training.synthetic import good_part
+from training.train import TrainConfig, train
+
+SIZE = 56  # the smallest input both teachers take
+
+
+@pytest.mark.parametrize(
+    ("lead", "chosen"), [(0.05, 0.25), (0.039, 0.75), (0.01, 0.75), (0.0, 0.75), (-0.3, 0.75)]
+)
+def test_a_weight_replaces_the_default_only_by_more_than_the_margin(lead: float, chosen: float) -> None:
+    total = {0.0: 2.0, 0.25: 3.1 + lead, 0.5: 3.05, 0.75: 3.1, 1.0: 2.9}
+    weight, reason = fusion_weight.pick(total, 0.75)
+    assert weight == chosen
+    assert reason.startswith("0.25 beat the default 0.75" if chosen != 0.75 else "no weight beat")
+
+
+def _fitted(tmp: Path) -> PatchCore:
+    torch.manual_seed(0)
+    model = PatchCore(
+        PatchCoreConfig(image_size=SIZE, backbone="both", bank_size=40, vit_bank_size=24, topk_fraction=0.05)
+    ).eval()
+    x = torch.randn(7, 3, SIZE, SIZE)
+    model.fit(x[:4], batch=2, x_val=x[4:])
+    return model
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_the_probe_measures_the_map_the_bundle_gives(tiled: bool, tmp_path: Path) -> None:
+    """Re-fusing the cached teacher maps at the model's own weight gives the model's own native map
+    (stitched tiles and top-k shift included); weight 0 is the EfficientNet map alone."""
+    model = _fitted(tmp_path)
+    pre = preprocess(SIZE, "letterbox", Tiling(SIZE, 8, 1.0) if tiled else None)
+    image = cv2.resize(good_part(np.random.default_rng(1), 96), (90, 60))  # 2 tiles, or letterboxed
+    cached = fusion_weight.teacher_maps(model, pre, image)
+    assert (cached[0] is not None, cached[1][0].shape[0] > 1) == (tiled, tiled)  # tiles: several inputs
+    with torch.no_grad():
+        want = native_map(InferenceModel(model, pre), pre, image)
+    got = fusion_weight.fused_native(model, pre, cached, model.config.vit_weight)
+    assert got.shape == image.shape[:2] == want.shape
+    np.testing.assert_allclose(got, want, atol=2e-2 * float(np.abs(want).max()))  # maps held as float16
+    effnet_only = fusion_weight.fused_native(model, pre, cached, 0.0)
+    assert not np.allclose(effnet_only, got, atol=1e-3)
+
+
+def _good_folder(root: Path, n: int = 12) -> Path:
+    rng = np.random.default_rng(4)
+    root.mkdir()
+    for i in range(n):
+        cv2.imwrite(str(root / f"{i:02d}.png"), good_part(rng, 64))
+    return root
+
+
+def test_training_measures_every_weight_and_the_checkpoint_keeps_the_choice(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(PatchCore, "load_pretrained", lambda self: None)  # random teachers: no wheel needed
+    cfg = TrainConfig(
+        model="patchcore",
+        data=_good_folder(tmp_path / "good"),
+        out=tmp_path / "run",
+        val_fraction=0.25,
+        model_config={"image_size": SIZE, "bank_size": 64, "vit_bank_size": 32, "vit_pca_dim": 0},
+        progress=False,
+    )
+    ckpt = load_checkpoint(train(cfg))
+    fusion = ckpt.data["fusion"]
+    assert set(fusion["probe"]) == {"0", "0.25", "0.5", "0.75", "1"}
+    for sets in fusion["probe"].values():
+        assert set(sets) == {"cutpaste", "small"}
+        assert all(0.0 <= sets[d]["image_auroc"] <= 1.0 for d in sets)
+    assert ckpt.config["vit_weight"] == fusion["vit_weight"] in fusion_weight.WEIGHTS
+    changed = fusion["vit_weight"] != 0.75
+    assert fusion["reason"].startswith("no weight beat" if not changed else f"{fusion['vit_weight']:g} beat")
+
+
+def test_a_weight_asked_for_is_kept_and_nothing_is_measured(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(PatchCore, "load_pretrained", lambda self: None)
+
+    def fail(*_a, **_k):
+        raise AssertionError("a weight asked for must not be measured")
+
+    monkeypatch.setattr(fusion_weight, "choose_vit_weight", fail)
+    cfg = TrainConfig(
+        model="patchcore",
+        data=_good_folder(tmp_path / "good", 8),
+        out=tmp_path / "run",
+        val_fraction=0.25,
+        model_config={
+            "image_size": SIZE,
+            "bank_size": 32,
+            "vit_bank_size": 16,
+            "vit_pca_dim": 0,
+            "vit_weight": 0.5,
+        },
+        progress=False,
+    )
+    ckpt = load_checkpoint(train(cfg))
+    assert ckpt.config["vit_weight"] == 0.5 and "asked for" in ckpt.data["fusion"]["reason"]

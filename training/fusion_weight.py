@@ -1,0 +1,123 @@
+"""Choose the default model's fusion weight per bundle, from its own held-out good images.
+
+The default kNN (``training.models.patchcore``, backbone "both") fuses a fine EfficientNet map and a coarse
+ViT map, each in held-out good units, as ``(1 - w) * effnet + w * vit``. The default ``w`` (0.75) was
+chosen across the categories here (docs/accuracy.md), but categories differ in which teacher sees their
+defects (the fine map localises better on irregular texture, the ViT separates images better on parts), so
+``edge-train`` measures the weight on the bundle's own data, never on a test split:
+
+1. Candidates: ``WEIGHTS``, from 0 (the EfficientNet map alone) to 1 (the ViT map alone) in quarters.
+2. Both teachers' maps are computed once for the held-out good images with CutPaste defects and with small
+   drawn ones (``training.geometry.native_defect_sets``: the sets the tiles probe uses), at the bundle's
+   geometry (tiles stitched as the daemon stitches them). Every candidate re-fuses the same maps and is
+   scored as the daemon scores (the map's maximum after the top-k shift), at the images' own size.
+3. A candidate replaces the default only when the sum of image AUROC, pixel AUROC, AUPRO and line recall
+   at 1 % false alarms over the two sets beats the default's by more than ``MARGIN`` (the tiles probe's
+   margin: eight numbers, each of which moves by noise on a few dozen held-out images); the best sum wins.
+
+The held-out good images also set each teacher's normalisation and the line threshold, a bias every
+candidate shares. The measurements go into the checkpoint (``data.fusion``) and the weight into the
+model's config, so the exported graph carries it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edge.capture.preprocess import Preprocess
+from edge.capture.tiling import TileGrid
+from training.geometry import native_defect_sets, score_native_maps
+from training.graph import Normalize
+from training.native_eval import model_inputs, to_native
+
+WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the ViT map's share; the EfficientNet map's is 1 - w
+MARGIN = 0.04  # a weight must beat the default by this much on the sum of 2 sets x 4 metrics
+BATCH = 8
+
+Cached = tuple[TileGrid | None, list[torch.Tensor], tuple[int, int]]  # grid, two (T, S, S) maps, native hw
+
+
+def applies(model: Any) -> bool:
+    """Whether ``model`` has a weight to choose: the kNN kind with both teachers fused by a weighted mean."""
+    config = getattr(model, "config", None)
+    return getattr(config, "backbone", None) == "both" and getattr(config, "fusion", None) == "mean"
+
+
+@torch.no_grad()
+def teacher_maps(model: Any, pre: Preprocess, image_bgr: np.ndarray) -> Cached:
+    """Both teachers' normalised maps for one image's inputs (float16: a few hundred images are held)."""
+    grid, inputs = model_inputs(pre, image_bgr)
+    x = Normalize(pre)(torch.from_numpy(inputs))
+    batches = [model.normalised_maps(x[i : i + BATCH]) for i in range(0, len(x), BATCH)]
+    maps = [torch.cat([b[t] for b in batches]).half() for t in range(2)]
+    return grid, maps, image_bgr.shape[:2]
+
+
+@torch.no_grad()
+def fused_native(model: Any, pre: Preprocess, cached: Cached, vit_weight: float) -> np.ndarray:
+    """One image's native-size map as the bundle would give it with this weight."""
+    grid, maps, hw = cached
+    _, amap = model.score_map(model.fuse_maps([m.float() for m in maps], vit_weight=vit_weight))
+    return to_native(pre, grid, amap.numpy(), hw)
+
+
+def choose_vit_weight(
+    model: Any,
+    pre: Preprocess,
+    val_paths: Sequence[Path],
+    seed: int = 0,
+    log: Callable[[str], None] = lambda _m: None,
+) -> dict[str, Any]:
+    """Measure every candidate weight (module docstring), set the chosen one in ``model.config`` and return
+    ``{"vit_weight", "reason", "probe": {weight: {set: metrics}}}``."""
+    default = float(model.config.vit_weight)
+    if len(val_paths) < 2:
+        return {"vit_weight": default, "reason": "fewer than 2 held-out good images: nothing to measure on"}
+    sets = native_defect_sets(val_paths, seed)
+    total_images = sum(len(labelled[0]) for labelled in sets.values())
+    log(f"fusion weight: both teachers' maps of {total_images} held-out images with pasted and small defects")
+    cached: dict[str, list[Cached]] = {}
+    done = 0
+    for name, labelled in sets.items():
+        cached[name] = []
+        for image in labelled[0]:
+            cached[name].append(teacher_maps(model, pre, image))
+            done += 1
+            if done % 50 == 0:
+                log(f"fusion weight: {done}/{total_images} images")
+    probe: dict[float, dict[str, dict[str, float]]] = {}
+    for w in sorted({*WEIGHTS, default}):
+        probe[w] = {
+            name: score_native_maps((fused_native(model, pre, c, w) for c in cached[name]), labelled)
+            for name, labelled in sets.items()
+        }
+        log(
+            f"fusion weight {w:g}: "
+            + "; ".join(
+                f"{d} " + " ".join(f"{k} {v:.3f}" for k, v in m.items() if v is not None)
+                for d, m in probe[w].items()
+            )
+        )
+    total = {w: sum(v for m in probe[w].values() for v in m.values() if v is not None) for w in probe}
+    chosen, reason = pick(total, default)
+    log(f"fusion weight: {chosen:g} ({reason})")
+    model.config.vit_weight = chosen
+    return {"vit_weight": chosen, "reason": reason, "probe": {f"{w:g}": m for w, m in probe.items()}}
+
+
+def pick(total: dict[float, float], default: float) -> tuple[float, str]:
+    """The weight with the best summed metrics when it beats ``default``'s by more than ``MARGIN``, else
+    ``default`` (a tie keeps it); and why, in words."""
+    best = max(total, key=lambda w: (total[w], w == default))
+    gain = total[best] - total[default]
+    if gain > MARGIN:
+        return best, f"{best:g} beat the default {default:g} by {gain:.3f} (> {MARGIN})"
+    return (
+        default,
+        f"no weight beat the default {default:g} by more than {MARGIN} (best {best:g}, {gain:+.3f})",
+    )
