@@ -9,8 +9,10 @@ defects (the fine map localises better on irregular texture, the ViT separates i
 1. Candidates: ``WEIGHTS``, from 0 (the EfficientNet map alone) to 1 (the ViT map alone) in quarters.
 2. Both teachers' maps are computed once for the held-out good images with CutPaste defects and with small
    drawn ones (``training.geometry.native_defect_sets``: the sets the tiles probe uses), at the bundle's
-   geometry (tiles stitched as the daemon stitches them). Every candidate re-fuses the same maps and is
-   scored as the daemon scores (the map's maximum after the top-k shift), at the images' own size.
+   geometry (tiles stitched as the daemon stitches them), for an evenly spaced share of the held-out
+   images that keeps the probe within ``PROBE_PASSES`` model passes (a minute or two on small crops, about
+   five minutes on large tiled frames, on 2 cores). Every candidate re-fuses the same maps and is scored as
+   the daemon scores (the map's maximum after the top-k shift), at the images' own size.
 3. A candidate replaces the default only when the sum of image AUROC, pixel AUROC, AUPRO and line recall
    at 1 % false alarms over the two sets beats the default's by more than ``MARGIN`` (the tiles probe's
    margin: eight numbers, each of which moves by noise on a few dozen held-out images); the best sum wins.
@@ -31,12 +33,13 @@ import torch
 
 from edge.capture.preprocess import Preprocess
 from edge.capture.tiling import TileGrid
-from training.geometry import native_defect_sets, score_native_maps
+from training.geometry import PER_IMAGE, image_sizes, native_defect_sets, score_native_maps
 from training.graph import Normalize
 from training.native_eval import model_inputs, to_native
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the ViT map's share; the EfficientNet map's is 1 - w
 MARGIN = 0.04  # a weight must beat the default by this much on the sum of 2 sets x 4 metrics
+PROBE_PASSES = 800  # model passes the probe may cost (both teachers: about 5 min on 2 cores)
 BATCH = 8
 
 Cached = tuple[TileGrid | None, list[torch.Tensor], tuple[int, int]]  # grid, two (T, S, S) maps, native hw
@@ -78,18 +81,23 @@ def choose_vit_weight(
     default = float(model.config.vit_weight)
     if len(val_paths) < 2:
         return {"vit_weight": default, "reason": "fewer than 2 held-out good images: nothing to measure on"}
-    sets = native_defect_sets(val_paths, seed)
+    paths, sizes = within_budget(pre, val_paths)
+    sets = native_defect_sets(paths, seed, sizes)
     total_images = sum(len(labelled[0]) for labelled in sets.values())
-    log(f"fusion weight: both teachers' maps of {total_images} held-out images with pasted and small defects")
+    log(
+        f"fusion weight: both teachers' maps of {len(paths)} of {len(val_paths)} held-out good images, "
+        f"with pasted and with small defects ({total_images} images)"
+    )
     cached: dict[str, list[Cached]] = {}
-    done = 0
+    seen: dict[int, Cached] = {}  # the good images open both sets: their maps are computed once
     for name, labelled in sets.items():
         cached[name] = []
         for image in labelled[0]:
-            cached[name].append(teacher_maps(model, pre, image))
-            done += 1
-            if done % 50 == 0:
-                log(f"fusion weight: {done}/{total_images} images")
+            if id(image) not in seen:
+                seen[id(image)] = teacher_maps(model, pre, image)
+                if len(seen) % 50 == 0:
+                    log(f"fusion weight: {len(seen)} images")
+            cached[name].append(seen[id(image)])
     probe: dict[float, dict[str, dict[str, float]]] = {}
     for w in sorted({*WEIGHTS, default}):
         probe[w] = {
@@ -108,6 +116,16 @@ def choose_vit_weight(
     log(f"fusion weight: {chosen:g} ({reason})")
     model.config.vit_weight = chosen
     return {"vit_weight": chosen, "reason": reason, "probe": {f"{w:g}": m for w, m in probe.items()}}
+
+
+def within_budget(pre: Preprocess, val_paths: Sequence[Path]) -> tuple[list[Path], list[tuple[int, int]]]:
+    """An evenly spaced share of the held-out images whose two defect sets cost at most ``PROBE_PASSES``
+    model passes (tiles count one each), and their sizes."""
+    paths = [Path(p) for p in val_paths]
+    sizes = image_sizes(paths)
+    passes = sum(1 if pre.tiling is None else len(pre.tiling.grid(h, w)) for h, w in sizes)
+    step = max(1, -(-passes * (1 + 2 * PER_IMAGE) // PROBE_PASSES))  # ceil; good images computed once
+    return paths[::step], sizes[::step]
 
 
 def pick(total: dict[float, float], default: float) -> tuple[float, str]:

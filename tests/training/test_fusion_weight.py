@@ -118,3 +118,15 @@ def test_a_weight_asked_for_is_kept_and_nothing_is_measured(
     )
     ckpt = load_checkpoint(train(cfg))
     assert ckpt.config["vit_weight"] == 0.5 and "asked for" in ckpt.data["fusion"]["reason"]
+
+
+def test_the_probe_keeps_to_its_pass_budget(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    paths = []
+    for i in range(10):
+        paths.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), np.zeros((60, 90, 3), np.uint8))  # 4 tiles of 56 px with 8 px overlap
+    monkeypatch.setattr(fusion_weight, "PROBE_PASSES", 100)  # 10 images x 4 tiles x 7 copies = 280 passes
+    kept, sizes = fusion_weight.within_budget(preprocess(SIZE, "letterbox", Tiling(SIZE, 8, 1.0)), paths)
+    assert kept == paths[::3] and sizes == [(60, 90)] * 4
+    whole, _ = fusion_weight.within_budget(preprocess(SIZE, "letterbox"), paths)  # 70 passes: all kept
+    assert whole == paths
