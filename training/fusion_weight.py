@@ -18,8 +18,9 @@ defects (the fine map localises better on irregular texture, the ViT separates i
    margin: eight numbers, each of which moves by noise on a few dozen held-out images); the best sum wins.
 
 The held-out good images also set each teacher's normalisation and the line threshold, a bias every
-candidate shares. The measurements go into the checkpoint (``data.fusion``) and the weight into the
-model's config, so the exported graph carries it.
+candidate shares; the defects are drawn with another seed than ``edge-eval --pasted``'s, so the pasted
+columns a bundle reports are not the defects its weight was chosen on. The measurements go into the
+checkpoint (``data.fusion``) and the weight into the model's config, so the exported graph carries it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from training.native_eval import model_inputs, to_native
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the ViT map's share; the EfficientNet map's is 1 - w
 MARGIN = 0.04  # a weight must beat the default by this much on the sum of 2 sets x 4 metrics
+DRAW_OFFSET = 1000  # the probe's defects are other draws than edge-eval --pasted's (seed 0), which report
 PROBE_PASSES = 800  # model passes the probe may cost (both teachers: about 5 min on 2 cores)
 BATCH = 8
 
@@ -82,7 +84,7 @@ def choose_vit_weight(
     if len(val_paths) < 2:
         return {"vit_weight": default, "reason": "fewer than 2 held-out good images: nothing to measure on"}
     paths, sizes = within_budget(pre, val_paths)
-    sets = native_defect_sets(paths, seed, sizes)
+    sets = native_defect_sets(paths, seed + DRAW_OFFSET, sizes)
     total_images = sum(len(labelled[0]) for labelled in sets.values())
     log(
         f"fusion weight: both teachers' maps of {len(paths)} of {len(val_paths)} held-out good images, "
