@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from training.checkpoint import load_checkpoint
 from training.evaluate import evaluate
 from training.geometry import MAX_TILES
 from training.pasted_defects import evaluate_pasted
@@ -41,7 +42,8 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 ORDER = (*MODELS, *PRESETS)
 BACKBONES = {
     "patchcore": "recommended default: EfficientNet-Lite0 blocks 4 + 10 (3x3 pooled) and ViT-S/14 blocks "
-    "5 + 8 kNN maps, each normalised by held-out good scores, averaged with weights 0.25 / 0.75; "
+    "5 + 8 kNN maps, each normalised by held-out good scores, averaged with the ViT's weight measured per "
+    "bundle on held-out pasted and small defects (0.75 unless another beats it by 0.04); "
     "score = mean of the map's top 0.1 %; "
     "coresets from every patch: 4096 EfficientNet rows, 8192 ViT rows in 96 principal components; 224 px, "
     "or 224 px native-scale tiles (at most 4 a frame) where the geometry probe picks them; no training",
@@ -99,6 +101,9 @@ def run_all(
         small = evaluate_pasted(ckpt, threads=threads, defects="small")  # defects a few pixels wide
         result["small"] = {k: small[k] for k in keys}
         result["model"] = model
+        fusion = load_checkpoint(ckpt).data.get("fusion")  # the default's ViT weight, measured per bundle
+        if fusion:
+            result["vit_weight"] = fusion["vit_weight"]
         (runs / f"{model}-{data.name}" / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         results.append(result)
     return results
@@ -157,10 +162,12 @@ def _defect_table(results: list[dict[str, Any]], key: str, label: str, *intro: s
     return lines
 
 
-def _geometry(r: dict[str, Any]) -> str:
-    """What the row's run was fed: tiles (scored at the images' own size) when it was tiled."""
-    t = r.get("tiling")
-    return f"; this run: {t['tile']} px tiles at scale {t['scale']:g}, scored at native size" if t else ""
+def _this_run(r: dict[str, Any]) -> str:
+    """What the row's run measured for itself: tiles (scored at the images' own size), the ViT weight."""
+    t, w = r.get("tiling"), r.get("vit_weight")
+    notes = [f"{t['tile']} px tiles at scale {t['scale']:g}, scored at native size"] if t else []
+    notes += [f"ViT weight {w:g} (measured on its held-out images)"] if w is not None else []
+    return f"; this run: {', '.join(notes)}" if notes else ""
 
 
 def markdown(results: list[dict[str, Any]], data: Path, seed: int = 0, title: str | None = None) -> str:
@@ -207,7 +214,7 @@ def markdown(results: list[dict[str, Any]], data: Path, seed: int = 0, title: st
         f1 = r.get("f1_at_good_threshold", {}).get("f1")
         minutes = (r.get("train_seconds") or 0) / 60
         lines.append(
-            f"| {r['model']} | {BACKBONES.get(r['model'], r['model'])}{_geometry(r)} | {f(r['image_auroc'])} "
+            f"| {r['model']} | {BACKBONES.get(r['model'], r['model'])}{_this_run(r)} | {f(r['image_auroc'])} "
             f"| {f(r['pixel_auroc'])} | {f(r['aupro'])} "
             f"| {_line_cell(r, '0.01', f)} | {_false_alarms(r)} | {f(_line(r, '0.001'))} "
             f"| {f(_recall(r, '0.01'))} | {f(_recall(r, '0.001'))} "

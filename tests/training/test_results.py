@@ -119,3 +119,17 @@ def test_merge_keeps_the_rows_of_models_not_run_now(tmp_path: Path, monkeypatch)
         "gtrans",
         "patchcore",
     ]
+
+
+def test_a_row_says_what_its_run_measured_for_itself() -> None:
+    tiled = {
+        **_result("patchcore", 0.9),
+        "tiling": {"tile": 224, "overlap": 32, "scale": 0.48},
+        "vit_weight": 0.5,
+    }
+    row = [ln for ln in markdown([tiled], Path("d/x")).splitlines() if ln.startswith("| patchcore |")][0]
+    assert "224 px tiles at scale 0.48" in row and "ViT weight 0.5 (measured on its held-out images)" in row
+    plain = [
+        ln for ln in markdown([_result("gtrans", 0.9)], Path("d/x")).splitlines() if ln.startswith("| gtrans")
+    ]
+    assert "this run" not in plain[0]
