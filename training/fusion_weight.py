@@ -34,7 +34,14 @@ import torch
 
 from edge.capture.preprocess import Preprocess
 from edge.capture.tiling import TileGrid
-from training.geometry import PER_IMAGE, image_sizes, native_defect_sets, score_native_maps
+from training.geometry import (
+    PER_IMAGE,
+    image_sizes,
+    native_defect_sets,
+    score_native_maps,
+    sets_line,
+    sets_sum,
+)
 from training.graph import Normalize
 from training.native_eval import model_inputs, to_native
 
@@ -106,14 +113,8 @@ def choose_vit_weight(
             name: score_native_maps((fused_native(model, pre, c, w) for c in cached[name]), labelled)
             for name, labelled in sets.items()
         }
-        log(
-            f"fusion weight {w:g}: "
-            + "; ".join(
-                f"{d} " + " ".join(f"{k} {v:.3f}" for k, v in m.items() if v is not None)
-                for d, m in probe[w].items()
-            )
-        )
-    total = {w: sum(v for m in probe[w].values() for v in m.values() if v is not None) for w in probe}
+        log(f"fusion weight {w:g}: {sets_line(probe[w])}")
+    total = {w: sets_sum(m) for w, m in probe.items()}
     chosen, reason = pick(total, default)
     log(f"fusion weight: {chosen:g} ({reason})")
     model.config.vit_weight = chosen

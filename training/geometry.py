@@ -199,6 +199,18 @@ def score_native_maps(maps: Iterable[np.ndarray], labelled: tuple) -> dict[str, 
     return _four(evaluate_maps(labels, scores, frame_masks, small, types), labels, scores)
 
 
+def sets_line(by_set: dict[str, dict[str, float]]) -> str:
+    """One probe candidate's metrics on each defect set, for the training log."""
+    return "; ".join(
+        f"{d} " + " ".join(f"{k} {v:.3f}" for k, v in m.items() if v is not None) for d, m in by_set.items()
+    )
+
+
+def sets_sum(by_set: dict[str, dict[str, float]]) -> float:
+    """The sum a probe decides by: every metric of every defect set (a metric that is None counts 0)."""
+    return sum(v for m in by_set.values() for v in m.values() if v is not None)
+
+
 def choose_tiles(
     resize: str,
     tiling: Tiling,
@@ -223,14 +235,8 @@ def choose_tiles(
         model = fit_probe(pre, fit_paths, seed)
         with torch.no_grad():
             probe[name] = {d: score_native(model, pre, labelled) for d, labelled in sets.items()}
-        log(
-            f"geometry: {name}: "
-            + "; ".join(
-                f"{d} " + " ".join(f"{k} {v:.3f}" for k, v in m.items() if v is not None)
-                for d, m in probe[name].items()
-            )
-        )
-    total = {n: sum(v for m in probe[n].values() for v in m.values() if v is not None) for n in probe}
+        log(f"geometry: {name}: {sets_line(probe[name])}")
+    total = {n: sets_sum(probe[n]) for n in probe}
     gain = total["tiles"] - total["whole"]
     chosen = gain > TILES_MARGIN
     reason = f"tiles {'beat' if chosen else 'did not beat'} the whole image ({resize}) by more than "
