@@ -34,6 +34,19 @@ def test_a_weight_replaces_the_default_only_by_more_than_the_margin(lead: float,
     assert reason.startswith("0.25 beat the default 0.75" if chosen != 0.75 else "no weight beat")
 
 
+@pytest.mark.parametrize(("halves", "chosen"), [((1.6, 1.6), 0.25), ((2.0, 1.2), 0.75), ((1.5, 1.5), 0.75)])
+def test_a_lead_must_hold_on_both_halves_of_the_held_out_images(halves: tuple, chosen: float) -> None:
+    total = {0.25: 3.2, 0.75: 3.0}
+    weight, reason = fusion_weight.pick(total, 0.75, {0.25: list(halves), 0.75: [1.5, 1.5]})
+    assert weight == chosen
+    assert ("not on both halves" in reason) == (chosen == 0.75)
+
+
+def test_a_half_is_every_other_good_image_with_its_defects() -> None:
+    assert fusion_weight.half(4, 0) == [0, 2, 4, 5, 6, 10, 11, 12]  # 4 good, then 3 copies of each in turn
+    assert fusion_weight.half(4, 1) == [1, 3, 7, 8, 9, 13, 14, 15]
+
+
 def _fitted(tmp: Path) -> PatchCore:
     torch.manual_seed(0)
     model = PatchCore(
@@ -85,12 +98,15 @@ def test_training_measures_every_weight_and_the_checkpoint_keeps_the_choice(
     ckpt = load_checkpoint(train(cfg))
     fusion = ckpt.data["fusion"]
     assert set(fusion["probe"]) == {"0", "0.25", "0.5", "0.75", "1"}
-    for sets in fusion["probe"].values():
+    for measured in fusion["probe"].values():
+        sets = measured["sets"]
         assert set(sets) == {"cutpaste", "small"}
         assert all(0.0 <= sets[d]["image_auroc"] <= 1.0 for d in sets)
+        assert len(measured["halves"]) == 2 and all(0.0 <= h <= 8.0 for h in measured["halves"])
     assert ckpt.config["vit_weight"] == fusion["vit_weight"] in fusion_weight.WEIGHTS
     changed = fusion["vit_weight"] != 0.75
-    assert fusion["reason"].startswith("no weight beat" if not changed else f"{fusion['vit_weight']:g} beat")
+    kept = fusion["reason"].startswith("no weight beat") or "not on both halves" in fusion["reason"]
+    assert kept != changed
 
 
 def test_a_weight_asked_for_is_kept_and_nothing_is_measured(
@@ -127,6 +143,6 @@ def test_the_probe_keeps_to_its_pass_budget(monkeypatch: pytest.MonkeyPatch, tmp
         cv2.imwrite(str(paths[-1]), np.zeros((60, 90, 3), np.uint8))  # 4 tiles of 56 px with 8 px overlap
     monkeypatch.setattr(fusion_weight, "PROBE_PASSES", 100)  # 10 images x 4 tiles x 7 copies = 280 passes
     kept, sizes = fusion_weight.within_budget(preprocess(SIZE, "letterbox", Tiling(SIZE, 8, 1.0)), paths)
-    assert kept == paths[::3] and sizes == [(60, 90)] * 4
+    assert kept == paths[::2] and sizes == [(60, 90)] * 5  # 3 would fit; at least 2 good images per half
     whole, _ = fusion_weight.within_budget(preprocess(SIZE, "letterbox"), paths)  # 70 passes: all kept
     assert whole == paths
