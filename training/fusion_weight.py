@@ -40,17 +40,21 @@ from edge.capture.tiling import TileGrid
 from training.geometry import (
     PER_IMAGE,
     image_sizes,
+    in_frame,
     native_defect_sets,
-    score_native_maps,
     sets_line,
     sets_sum,
 )
 from training.graph import Normalize
+from training.metrics import probe_metrics
 from training.native_eval import model_inputs, to_native
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the ViT map's share; the EfficientNet map's is 1 - w
 MARGIN = 0.04  # a weight must beat the default by this much on the sum of 2 sets x 4 metrics
 DRAW_OFFSET = 1000  # the probe's defects are other draws than edge-eval --pasted's (seed 0), which report
+METRIC_SIDE = (
+    256  # the probe's metrics are computed with the long side at most this (its cost is mostly here)
+)
 PROBE_PASSES = 800  # model passes the probe may cost (both teachers: about 5 min on 2 cores)
 BATCH = 8
 
@@ -112,11 +116,10 @@ def choose_vit_weight(
             cached[name].append(seen[id(image)])
     probe: dict[float, dict[str, Any]] = {}
     for w in sorted({*WEIGHTS, default}):
-        whole = {name: measure(model, pre, cached[name], labelled, w) for name, labelled in sets.items()}
+        framed = {n: frame_set(model, pre, cached[n], labelled, w) for n, labelled in sets.items()}
+        whole = {n: probe_metrics(*f) for n, f in framed.items()}
         halves = [
-            sets_sum(
-                {n: measure(model, pre, cached[n], lab, w, half(len(paths), h)) for n, lab in sets.items()}
-            )
+            sets_sum({n: probe_metrics(*(a[half(len(paths), h)] for a in f)) for n, f in framed.items()})
             for h in (0, 1)
         ]
         probe[w] = {"sets": whole, "halves": halves}
@@ -138,19 +141,14 @@ def half(n_good: int, h: int) -> list[int]:
     return goods + [n_good + i * PER_IMAGE + j for i in goods for j in range(PER_IMAGE)]
 
 
-def measure(
-    model: Any,
-    pre: Preprocess,
-    cached: Sequence[Cached],
-    labelled: tuple,
-    vit_weight: float,
-    keep: Sequence[int] | None = None,
-) -> dict[str, float]:
-    """The four metrics of one defect set re-fused at ``vit_weight``; ``keep``: only these images."""
-    idx = list(range(len(cached))) if keep is None else list(keep)
-    images, masks, labels, types = labelled
-    subset = ([images[i] for i in idx], [masks[i] for i in idx], labels[idx], [types[i] for i in idx])
-    return score_native_maps((fused_native(model, pre, cached[i], vit_weight) for i in idx), subset)
+def frame_set(
+    model: Any, pre: Preprocess, cached: Sequence[Cached], labelled: tuple, vit_weight: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One defect set re-fused at ``vit_weight``: labels, scores, masks and maps in one frame (long side
+    ``METRIC_SIDE``), the arguments of ``probe_metrics``; index them for a subset."""
+    maps = (fused_native(model, pre, c, vit_weight) for c in cached)
+    scores, frame_maps, frame_masks = in_frame(maps, labelled, METRIC_SIDE)
+    return labelled[2], scores, frame_masks, frame_maps
 
 
 def within_budget(pre: Preprocess, val_paths: Sequence[Path]) -> tuple[list[Path], list[tuple[int, int]]]:

@@ -44,7 +44,7 @@ from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from edge.capture.tiling import Tiling
 from training.data import load_samples
 from training.evaluate import content_scores
-from training.metrics import evaluate_maps, line_operating_points
+from training.metrics import probe_metrics
 from training.native_eval import read_bgr
 from training.pasted_defects import paste_each
 from training.small_defects import small_each
@@ -113,31 +113,20 @@ def score_geometry(
     train_paths: Sequence[Path],
     pasted: tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[str]],
     seed: int = 0,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """The probe fitted on ``train_paths`` under one geometry, scored on the native pasted set."""
     from training.train import images_to_tensor
 
     pre = preprocess(size, resize)
     model = fit_probe(pre, train_paths, seed)
-    images, masks, labels, types = pasted
+    images, masks, labels, _ = pasted
     sizes = [im.shape[:2] for im in images]
     x = images_to_tensor(np.stack([pre.frame_to_input(im) for im in images]), pre)
     with torch.no_grad():
         maps = torch.cat([model(x[i : i + 16])[1] for i in range(0, len(x), 16)]).numpy()
     scores = content_scores(maps, sizes, pre)  # the maximum where the image landed, as the daemon scores
     square = np.stack([cv2.resize(m.astype(np.uint8), (size, size), cv2.INTER_NEAREST) for m in masks])
-    r = evaluate_maps(labels, scores, square > 0, to_model_frame(maps, sizes, pre), types)
-    return _four(r, labels, scores)
-
-
-def _four(r: dict[str, Any], labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    line = line_operating_points(scores[labels == 0], labels, scores)
-    return {
-        "image_auroc": r["image_auroc"],
-        "pixel_auroc": r["pixel_auroc"],
-        "aupro": r["aupro"],
-        "recall_1": line["0.01"]["recall"],
-    }
+    return probe_metrics(labels, scores, square > 0, to_model_frame(maps, sizes, pre))
 
 
 def auto_tiling(sizes: Sequence[tuple[int, int]], tile: int, max_tiles: int = MAX_TILES) -> Tiling | None:
@@ -173,7 +162,7 @@ def native_defect_sets(
     return {"cutpaste": paste_each(frames, PER_IMAGE, seed), "small": small_each(frames, PER_IMAGE, seed)}
 
 
-def score_native(model: Any, pre: Preprocess, labelled: tuple) -> dict[str, float]:
+def score_native(model: Any, pre: Preprocess, labelled: tuple) -> dict[str, float | None]:
     """A fitted probe scored on one native defect set (``score_native_maps``)."""
     from training.graph import InferenceModel
     from training.native_eval import native_map
@@ -182,31 +171,40 @@ def score_native(model: Any, pre: Preprocess, labelled: tuple) -> dict[str, floa
     return score_native_maps((native_map(wrapped, pre, image) for image in labelled[0]), labelled)
 
 
-def score_native_maps(maps: Iterable[np.ndarray], labelled: tuple) -> dict[str, float]:
-    """The four metrics of one native defect set from its images' native-size maps (taken one at a time:
-    camera frames are large): scores as the daemon's (the map's maximum), maps and masks in one frame (the
-    largest image's shape, long side at most ``METRIC_SIDE``)."""
+def score_native_maps(
+    maps: Iterable[np.ndarray], labelled: tuple, max_side: int = METRIC_SIDE
+) -> dict[str, float | None]:
+    """The four metrics of one native defect set from its images' native-size maps (``in_frame``)."""
+    scores, frame_maps, frame_masks = in_frame(maps, labelled, max_side)
+    return probe_metrics(labelled[2], scores, frame_masks, frame_maps)
+
+
+def in_frame(
+    maps: Iterable[np.ndarray], labelled: tuple, max_side: int = METRIC_SIDE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores as the daemon's (each native map's maximum) and the maps and masks in one frame (the largest
+    image's shape, long side at most ``max_side``), from maps taken one at a time: camera frames are large."""
     from training.native_eval import metric_frame, to_frame
 
-    images, masks, labels, types = labelled
-    frame = metric_frame([im.shape for im in images], METRIC_SIDE)
+    images, masks = labelled[0], labelled[1]
+    frame = metric_frame([im.shape for im in images], max_side)
     scores = np.empty(len(images), np.float32)
     small = np.empty((len(images), *frame), np.float32)
     frame_masks = np.empty((len(images), *frame), bool)
     for i, amap in enumerate(maps):
         scores[i] = float(amap.max())
         small[i], frame_masks[i] = to_frame(amap, masks[i], frame)
-    return _four(evaluate_maps(labels, scores, frame_masks, small, types), labels, scores)
+    return scores, small, frame_masks
 
 
-def sets_line(by_set: dict[str, dict[str, float]]) -> str:
+def sets_line(by_set: dict[str, dict[str, float | None]]) -> str:
     """One probe candidate's metrics on each defect set, for the training log."""
     return "; ".join(
         f"{d} " + " ".join(f"{k} {v:.3f}" for k, v in m.items() if v is not None) for d, m in by_set.items()
     )
 
 
-def sets_sum(by_set: dict[str, dict[str, float]]) -> float:
+def sets_sum(by_set: dict[str, dict[str, float | None]]) -> float:
     """The sum a probe decides by: every metric of every defect set (a metric that is None counts 0)."""
     return sum(v for m in by_set.values() for v in m.values() if v is not None)
 
@@ -230,7 +228,7 @@ def choose_tiles(
     sets = native_defect_sets(val_paths, seed, val_sizes)
     step = max(1, -(-len(train_paths) // TILES_PROBE_IMAGES))  # ceil: at most TILES_PROBE_IMAGES
     fit_paths = list(train_paths)[::step]
-    probe: dict[str, dict[str, dict[str, float]]] = {}
+    probe: dict[str, dict[str, dict[str, float | None]]] = {}
     for name, pre in (("whole", preprocess(size, resize)), ("tiles", preprocess(size, resize, tiling))):
         model = fit_probe(pre, fit_paths, seed)
         with torch.no_grad():
