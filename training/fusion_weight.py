@@ -28,6 +28,7 @@ checkpoint (``data.fusion``) and the weight into the model's config, so the expo
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,44 @@ def pick(
             f"images ({' / '.join(f'{x:+.3f}' for x in leads)})"
         )
     return best, f"{best:g} beat the default {default:g} by {gain:.3f} (> {MARGIN}), on both halves"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure the weight of an already trained default checkpoint (its banks and normalisation do not
+    depend on it) and write a copy with the chosen weight, as ``edge-train`` would have written it."""
+    import argparse
+    import time
+
+    from training.checkpoint import load_checkpoint, save_checkpoint
+    from training.train import CHECKPOINT_NAME
+
+    p = argparse.ArgumentParser(prog="python -m training.fusion_weight", description=main.__doc__)
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="folder for the re-weighted checkpoint")
+    args = p.parse_args(argv)
+    ckpt = load_checkpoint(args.checkpoint)
+    if not applies(ckpt.model):
+        print(
+            f"{args.checkpoint}: not the kNN with both teachers fused by a mean; no weight to measure",
+            file=sys.stderr,
+        )
+        return 2
+    started = time.perf_counter()
+    val = [Path(f) for f in ckpt.data.get("val_files", [])]
+    chosen = choose_vit_weight(ckpt.model, ckpt.preprocess, val, ckpt.train_state.get("seed", 0), print)
+    state = {**ckpt.train_state}
+    state["train_seconds"] = state.get("train_seconds", 0.0) + time.perf_counter() - started
+    out = save_checkpoint(
+        args.out / CHECKPOINT_NAME,
+        ckpt.kind,
+        ckpt.model,
+        ckpt.preprocess,
+        {**ckpt.data, "fusion": chosen},
+        state,
+    )
+    print(f"wrote {out} (ViT weight {chosen['vit_weight']:g})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -83,19 +83,25 @@ def _good_folder(root: Path, n: int = 12) -> Path:
     return root
 
 
-def test_training_measures_every_weight_and_the_checkpoint_keeps_the_choice(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setattr(PatchCore, "load_pretrained", lambda self: None)  # random teachers: no wheel needed
-    cfg = TrainConfig(
-        model="patchcore",
-        data=_good_folder(tmp_path / "good"),
-        out=tmp_path / "run",
-        val_fraction=0.25,
-        model_config={"image_size": SIZE, "bank_size": 64, "vit_bank_size": 32, "vit_pca_dim": 0},
-        progress=False,
-    )
-    ckpt = load_checkpoint(train(cfg))
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default kind trained on a dozen small good parts (random teachers: no wheel needed)."""
+    root = tmp_path_factory.mktemp("fusion")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PatchCore, "load_pretrained", lambda self: None)
+        cfg = TrainConfig(
+            model="patchcore",
+            data=_good_folder(root / "good"),
+            out=root / "run",
+            val_fraction=0.25,
+            model_config={"image_size": SIZE, "bank_size": 64, "vit_bank_size": 32, "vit_pca_dim": 0},
+            progress=False,
+        )
+        return train(cfg)
+
+
+def test_training_measures_every_weight_and_the_checkpoint_keeps_the_choice(trained: Path) -> None:
+    ckpt = load_checkpoint(trained)
     fusion = ckpt.data["fusion"]
     assert set(fusion["probe"]) == {"0", "0.25", "0.5", "0.75", "1"}
     for measured in fusion["probe"].values():
@@ -107,6 +113,16 @@ def test_training_measures_every_weight_and_the_checkpoint_keeps_the_choice(
     changed = fusion["vit_weight"] != 0.75
     kept = fusion["reason"].startswith("no weight beat") or "not on both halves" in fusion["reason"]
     assert kept != changed
+
+
+def test_a_trained_checkpoint_can_be_measured_again(trained: Path, tmp_path: Path) -> None:
+    """``python -m training.fusion_weight``: the same measurement on an already trained checkpoint."""
+    before = load_checkpoint(trained)
+    assert fusion_weight.main([str(trained), "--out", str(tmp_path / "again")]) == 0
+    again = load_checkpoint(tmp_path / "again" / "checkpoint.pt")
+    assert again.data["fusion"]["probe"] == before.data["fusion"]["probe"]  # the same draws, the same maps
+    assert again.config["vit_weight"] == before.config["vit_weight"]
+    assert again.train_state["train_seconds"] > before.train_state["train_seconds"]
 
 
 def test_a_weight_asked_for_is_kept_and_nothing_is_measured(
@@ -146,3 +162,13 @@ def test_the_probe_keeps_to_its_pass_budget(monkeypatch: pytest.MonkeyPatch, tmp
     assert kept == paths[::2] and sizes == [(60, 90)] * 5  # 3 would fit; at least 2 good images per half
     whole, _ = fusion_weight.within_budget(preprocess(SIZE, "letterbox"), paths)  # 70 passes: all kept
     assert whole == paths
+
+
+def test_a_checkpoint_without_two_teachers_is_refused(tmp_path: Path, capsys) -> None:
+    from training.checkpoint import save_checkpoint
+
+    model = PatchCore(PatchCoreConfig(image_size=SIZE, backbone="effnet", bank_size=8)).eval()
+    model.fit(torch.randn(2, 3, SIZE, SIZE), batch=2)
+    path = save_checkpoint(tmp_path / "c.pt", "patchcore", model, preprocess(SIZE, "letterbox"))
+    assert fusion_weight.main([str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "no weight to measure" in capsys.readouterr().err and not (tmp_path / "out").exists()
