@@ -10,8 +10,8 @@ defects (the fine map localises better on irregular texture, the ViT separates i
 2. Both teachers' maps are computed once for the held-out good images with CutPaste defects and with small
    drawn ones (``training.geometry.native_defect_sets``: the sets the tiles probe uses), at the bundle's
    geometry (tiles stitched as the daemon stitches them), for an evenly spaced share of the held-out
-   images that keeps the probe within ``PROBE_PASSES`` model passes (a minute or two on small crops, about
-   five minutes on large tiled frames, on 2 cores). Every candidate re-fuses the same maps and is scored as
+   images that keeps the probe within ``PROBE_PASSES`` model passes (under a minute on small crops, about
+   two on large tiled frames, on 2 cores). Every candidate re-fuses the same maps and is scored as
    the daemon scores (the map's maximum after the top-k shift), at the images' own size.
 3. A candidate replaces the default only when the sum of image AUROC, pixel AUROC, AUPRO and line recall
    at 1 % false alarms over the two sets beats the default's by more than ``MARGIN`` (the tiles probe's
@@ -53,10 +53,8 @@ from training.native_eval import model_inputs, to_native
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the ViT map's share; the EfficientNet map's is 1 - w
 MARGIN = 0.04  # a weight must beat the default by this much on the sum of 2 sets x 4 metrics
 DRAW_OFFSET = 1000  # the probe's defects are other draws than edge-eval --pasted's (seed 0), which report
-METRIC_SIDE = (
-    256  # the probe's metrics are computed with the long side at most this (its cost is mostly here)
-)
-PROBE_PASSES = 800  # model passes the probe may cost (both teachers: about 5 min on 2 cores)
+METRIC_SIDE = 256  # the probe's metrics are computed with the long side at most this (their cost)
+PROBE_PASSES = 800  # model passes the probe may cost (both teachers: 2-3 min on 2 cores)
 BATCH = 8
 
 Cached = tuple[TileGrid | None, list[torch.Tensor], tuple[int, int]]  # grid, two (T, S, S) maps, native hw
