@@ -113,13 +113,13 @@ def choose_vit_weight(
                 if len(seen) % 50 == 0:
                     log(f"fusion weight: {len(seen)} images")
             cached[name].append(seen[id(image)])
+    halves_of = [half(len(paths), h) for h in (0, 1)]
     probe: dict[float, dict[str, Any]] = {}
     for w in sorted({*WEIGHTS, default}):
         framed = {n: frame_set(model, pre, cached[n], labelled, w) for n, labelled in sets.items()}
         whole = {n: probe_metrics(*f) for n, f in framed.items()}
         halves = [
-            sets_sum({n: probe_metrics(*(a[half(len(paths), h)] for a in f)) for n, f in framed.items()})
-            for h in (0, 1)
+            sets_sum({n: probe_metrics(*(a[idx] for a in f)) for n, f in framed.items()}) for idx in halves_of
         ]
         probe[w] = {"sets": whole, "halves": halves}
         log(f"fusion weight {w:g}: {sets_line(whole)}; halves {halves[0]:.3f} {halves[1]:.3f}")

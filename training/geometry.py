@@ -163,19 +163,13 @@ def native_defect_sets(
 
 
 def score_native(model: Any, pre: Preprocess, labelled: tuple) -> dict[str, float | None]:
-    """A fitted probe scored on one native defect set (``score_native_maps``)."""
+    """A fitted probe scored on one native defect set: its four metrics, in one frame (``in_frame``)."""
     from training.graph import InferenceModel
     from training.native_eval import native_map
 
     wrapped = InferenceModel(model, pre).eval()
-    return score_native_maps((native_map(wrapped, pre, image) for image in labelled[0]), labelled)
-
-
-def score_native_maps(
-    maps: Iterable[np.ndarray], labelled: tuple, max_side: int = METRIC_SIDE
-) -> dict[str, float | None]:
-    """The four metrics of one native defect set from its images' native-size maps (``in_frame``)."""
-    scores, frame_maps, frame_masks = in_frame(maps, labelled, max_side)
+    maps = (native_map(wrapped, pre, image) for image in labelled[0])
+    scores, frame_maps, frame_masks = in_frame(maps, labelled)
     return probe_metrics(labelled[2], scores, frame_masks, frame_maps)
 
 

@@ -32,7 +32,7 @@ from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from training.data import good_images, load_images, split_train_val
 from training.metrics import evaluate_maps, line_operating_points
 from training.models.memory_bank import PCA_SAMPLE, NearestBank, StreamedCoreset, coverage, pca_basis
-from training.models.patchcore import PatchCore, PatchCoreConfig, shift_to_score
+from training.models.patchcore import PatchCore, PatchCoreConfig
 from training.pasted_defects import defect_set
 from training.train import images_to_tensor
 
@@ -88,9 +88,7 @@ def _metrics(model: PatchCore, raw: list[torch.Tensor], labels, masks, types) ->
                 n = normalization_from_good(model.image_score(m[good]).numpy())
                 norm.append((m - n.offset) / n.scale)
             amap = model.fuse_maps(norm)
-        score = model.image_score(amap)
-        if model.config.score != "max":
-            amap = shift_to_score(amap, score)
+        score, amap = model.score_map(amap)
     s, a = score.numpy(), amap.numpy()
     r = evaluate_maps(labels, s, masks, a, types)
     line = line_operating_points(s[labels == 0], labels, s)

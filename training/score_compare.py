@@ -56,9 +56,7 @@ def _fused_maps(model: PatchCore, x: torch.Tensor, batch: int = 8) -> np.ndarray
     maps = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            per = [model.head(r)[1] for r in model.raw_maps(x[i : i + batch])]
-            norm = [(m - model.norm_offset[t]) / model.norm_scale[t] for t, m in enumerate(per)]
-            maps.append(model.fuse_maps(norm).numpy())
+            maps.append(model.fuse_maps(model.normalised_maps(x[i : i + batch])).numpy())
     return np.concatenate(maps)
 
 
