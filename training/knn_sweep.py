@@ -30,7 +30,7 @@ import torch
 from calibration.scores import normalization_from_good
 from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from training.data import good_images, load_images, split_train_val
-from training.metrics import evaluate_maps, line_operating_points
+from training.metrics import line_operating_points, probe_metrics
 from training.models.memory_bank import PCA_SAMPLE, NearestBank, StreamedCoreset, coverage, pca_basis
 from training.models.patchcore import PatchCore, PatchCoreConfig
 from training.pasted_defects import defect_set
@@ -75,7 +75,7 @@ def bank_spec(spec: str) -> tuple[int, int]:
     return int(rows), int(pca or 0)
 
 
-def _metrics(model: PatchCore, raw: list[torch.Tensor], labels, masks, types) -> dict[str, Any]:
+def _metrics(model: PatchCore, raw: list[torch.Tensor], labels, masks) -> dict[str, Any]:
     """Score ``raw`` per-teacher maps (N, 1, h, w) with ``model``'s head, fusion and image score."""
     with torch.no_grad():
         maps = [model.head(r)[1] for r in raw]
@@ -90,15 +90,8 @@ def _metrics(model: PatchCore, raw: list[torch.Tensor], labels, masks, types) ->
             amap = model.fuse_maps(norm)
         score, amap = model.score_map(amap)
     s, a = score.numpy(), amap.numpy()
-    r = evaluate_maps(labels, s, masks, a, types)
     line = line_operating_points(s[labels == 0], labels, s)
-    return {
-        "image_auroc": r["image_auroc"],
-        "pixel_auroc": r["pixel_auroc"],
-        "aupro": r["aupro"],
-        "recall_1": line["0.01"]["recall"],
-        "recall_01": line["0.001"]["recall"],
-    }
+    return {**probe_metrics(labels, s, masks, a), "recall_01": line["0.001"]["recall"]}
 
 
 def _fused_metrics(
@@ -108,7 +101,6 @@ def _fused_metrics(
     frac: float,
     labels,
     masks,
-    types,
     vit_weight: float = PatchCoreConfig.vit_weight,
 ) -> dict[str, Any]:
     """Metrics of the two teachers' raw maps fused as the model would (``backbone="both"``, full banks)."""
@@ -122,7 +114,7 @@ def _fused_metrics(
         vit_bank_size=0,
         vit_weight=vit_weight,
     )
-    return _metrics(PatchCore(cfg), pair, labels, masks, types)
+    return _metrics(PatchCore(cfg), pair, labels, masks)
 
 
 def sweep(
@@ -165,7 +157,7 @@ def sweep(
             t = time.perf_counter()
             bank = _bank(f_train, rows, search.metric, pca=pca)
             build = time.perf_counter() - t
-            for d, (_, masks, labels, types) in sets.items():
+            for d, (_, masks, labels, _types) in sets.items():
                 fe = f_eval[d]
                 with torch.no_grad():
                     raw[(d, name, spec)] = torch.cat([bank(fe[i : i + 2]) for i in range(0, len(fe), 2)])
@@ -180,7 +172,7 @@ def sweep(
                         score=score,
                         topk_fraction=frac,
                     )
-                    m = _metrics(PatchCore(cfg), [raw[(d, name, spec)]], labels, masks, types)
+                    m = _metrics(PatchCore(cfg), [raw[(d, name, spec)]], labels, masks)
                     out["runs"].append(
                         {
                             "defects": d,
@@ -208,7 +200,7 @@ def sweep(
             for fusion in fusions:
                 for score, frac in scores:
                     pair = [raw[(d, "effnet", rows_e)], raw[(d, "vit", rows_v)]]
-                    m = _fused_metrics(pair, fusion, score, frac, labels, masks, types)
+                    m = _fused_metrics(pair, fusion, score, frac, labels, masks)
                     out["runs"].append(
                         {
                             "defects": d,
@@ -279,14 +271,14 @@ def main(argv: list[str] | None = None) -> int:
 def refuse(raw_path: Path, fusions: list[str], scores: list[tuple[str, float]]) -> list[dict[str, Any]]:
     """Score fusions of the raw maps a sweep saved (no teacher runs): one row per bank pair, fusion, score."""
     raw = np.load(raw_path)
-    labels, masks, types = raw["labels"], raw["masks"], [str(t) for t in raw["types"]]
+    labels, masks = raw["labels"], raw["masks"]
     maps = {k: torch.from_numpy(raw[k]) for k in raw.files if k.startswith(("effnet_", "vit_"))}
     rows = []
     pairs = [(e, v) for e in maps if e.startswith("effnet_") for v in maps if v.startswith("vit_")]
     for e, v in pairs:
         for fusion in fusions:
             for score, frac in scores:
-                m = _fused_metrics([maps[e], maps[v]], fusion, score, frac, labels, masks, types)
+                m = _fused_metrics([maps[e], maps[v]], fusion, score, frac, labels, masks)
                 rows.append({"teacher": f"both-{fusion}", "bank": [e, v], "score": score, "topk": frac, **m})
     return rows
 
@@ -315,12 +307,12 @@ def decide(paths: list[Path], weights: list[float], scores: list[tuple[str, floa
                 raise ValueError(f"{path}: no full-bank max-score runs on {d} to measure shortfall against")
             best = {m: max(r[m] for r in yard) for m in RULE_METRICS}
             raw = np.load(raw_maps_path(Path(path), d, len(sets)))
-            labels, masks, types = raw["labels"], raw["masks"], [str(t) for t in raw["types"]]
+            labels, masks = raw["labels"], raw["masks"]
             effnet = [k for k in raw.files if k.startswith("effnet_") and k != "effnet_0"]
             vit = [k for k in raw.files if k.startswith("vit_") and k != "vit_0"]
             for e, v, w, (score, frac) in itertools.product(effnet, vit, weights, scores):
                 pair = [torch.from_numpy(raw[e]), torch.from_numpy(raw[v])]
-                m = _fused_metrics(pair, "mean", score, frac, labels, masks, types, vit_weight=w)
+                m = _fused_metrics(pair, "mean", score, frac, labels, masks, vit_weight=w)
                 short = sum(max(0.0, best[k] - m[k]) for k in RULE_METRICS)
                 key = (e, v, w, score, frac)
                 row = totals.setdefault(
