@@ -93,9 +93,7 @@ def test_keygen_writes_a_private_key_only_its_owner_can_read(keys: Keys) -> None
         assert keygen_main(["--out", str(keys["key"].with_suffix(""))]) == 2  # never overwrites
 
 
-def test_a_good_signature_runs_and_names_its_signer(
-    tmp_path: Path, bundle: Path, keys: Keys
-) -> None:
+def test_a_good_signature_runs_and_names_its_signer(tmp_path: Path, bundle: Path, keys: Keys) -> None:
     assert sign(bundle, keys["key"]) == 0
     assert (bundle / SIGNATURE_NAME).is_file()
     cfg = config(tmp_path, bundle, [keys["pub"]])
@@ -133,9 +131,7 @@ def test_a_swapped_model_in_a_signed_bundle_is_refused(bundle: Path, keys: Keys)
         verify_bundle(bundle, trusted_keys=TrustedKeys.load([keys["pub"]]))
 
 
-def test_unsigned_is_refused_when_keys_are_configured(
-    tmp_path: Path, bundle: Path, keys: Keys
-) -> None:
+def test_unsigned_is_refused_when_keys_are_configured(tmp_path: Path, bundle: Path, keys: Keys) -> None:
     rc, err = check(config(tmp_path, bundle, [keys["pub"]]))
     assert rc == EXIT_STARTUP
     assert "not signed" in err and SIGNATURE_NAME in err
@@ -160,9 +156,7 @@ def test_a_forged_signature_file_naming_the_trusted_key_is_refused(
 
 
 @pytest.mark.parametrize("junk", [b"", b"{}", b"[[[[", b"\xff" * 5000, b'{"schema":1,"algorithm":"ed25519"}'])
-def test_a_garbage_signature_file_is_one_line(
-    tmp_path: Path, bundle: Path, keys: Keys, junk: bytes
-) -> None:
+def test_a_garbage_signature_file_is_one_line(tmp_path: Path, bundle: Path, keys: Keys, junk: bytes) -> None:
     (bundle / SIGNATURE_NAME).write_bytes(junk)
     rc, err = check(config(tmp_path, bundle, [keys["pub"]]))
     assert rc == EXIT_STARTUP and "Traceback" not in err
@@ -199,9 +193,7 @@ def test_a_bad_trusted_key_file_is_named(tmp_path: Path, bundle: Path, keys: Key
         assert len(line) == 1 and str(bad) in line[0], err
 
 
-def test_results_report_the_signer_and_the_loaded_precision(
-    tmp_path: Path, bundle: Path, keys: Keys
-) -> None:
+def test_results_report_the_signer_and_the_loaded_precision(tmp_path: Path, bundle: Path, keys: Keys) -> None:
     assert sign(bundle, keys["key"]) == 0
     daemon = build(load_config(config(tmp_path, bundle, [keys["pub"]])))
     try:

@@ -168,19 +168,42 @@ def test_images_load_in_model_colour_order(synthetic_dataset: Path) -> None:
     assert imgs.shape == (2, 64, 64, 3) and imgs.dtype == np.uint8
 
 
-@pytest.mark.parametrize("stem", ["scratch", "teacher"])
-def test_gtrans_cached_loss_equals_the_one_graph_loss(stem: str) -> None:
-    """Training reads the AGN's outputs from a cache; the loss must be what the model computes itself."""
+@pytest.mark.parametrize(("stem", "vit"), [("scratch", ()), ("teacher", ()), ("scratch", (5, 8))])
+def test_gtrans_cached_loss_equals_the_one_graph_loss(stem: str, vit: tuple[int, ...]) -> None:
+    """Training reads the teachers' outputs from a cache; the loss must be what the model computes itself."""
 
     torch.manual_seed(0)
-    model = build_model("gtrans", {"image_size": 64, "depth": 1, "dim": 32, "student_stem": stem})
+    config = {"image_size": 64, "depth": 1, "dim": 32, "student_stem": stem, "vit_layers": vit}
+    model = build_model("gtrans", config)
     x = torch.randn(6, 3, 64, 64)
     cached = model.eval().cache_frozen(x)
-    assert len(cached) == len(model.config.teacher_blocks) + (stem == "teacher")
+    assert len(cached) == len(model.config.teacher_blocks) + (stem == "teacher") + bool(vit)
     model.eval()
     idx = torch.tensor([4, 1, 2])
     with torch.no_grad():
         torch.testing.assert_close(model.batch_loss(x, cached, idx), model.training_loss(x[idx]))
+
+
+def test_gtrans_vit_teacher_is_a_fourth_frozen_target_on_the_stride_16_grid() -> None:
+    torch.manual_seed(0)
+    model = build_model("gtrans", {"image_size": 64, "depth": 1, "dim": 32, "vit_layers": (5, 8)}).eval()
+    x = torch.randn(3, 3, 64, 64)
+    student_input, targets = model.agn(x)
+    assert [tuple(t.shape[1:]) for t in targets][-1] == (768, 4, 4)  # 2 blocks x 384, 64 px / 16
+    outs = model.student(student_input)
+    assert [o.shape for o in outs] == [t.shape for t in targets]
+    model.training_loss(x).backward()
+    assert all(p.grad is None for p in model.vit.parameters())
+    trained = {id(p) for g in model.configure_optimizer(1e-3).param_groups for p in g["params"]}
+    assert not any(id(p) in trained for p in model.vit.parameters())
+    with torch.no_grad():
+        scores, _ = model(x)
+        for i in range(3):
+            torch.testing.assert_close(model(x[i : i + 1])[0], scores[i : i + 1], atol=1e-5, rtol=1e-5)
+        # the ViT's map is part of the score: a student that misses only the ViT tokens scores higher
+        model.student.vit_head[-1].bias.add_(5.0)
+        assert (model(x)[0] > scores).all()
+    assert "vit" in model.int8_keep_float
 
 
 def test_gtrans_teacher_stem_is_frozen_and_batch_independent() -> None:

@@ -10,6 +10,12 @@ The anomaly map per scale combines a spatial-distance term (squared error agains
 AGN features) and a direction term (1 - cosine similarity); scales are upsampled to the finest one and
 averaged. The AGN channel statistics are fitted once on the training images and stored as buffers, so
 every score depends on its own image only (no batch statistics, no test-set normalisation).
+
+``vit_layers`` adds a second teacher (issue 24: on real products the ViT-S/14 mid-block tokens separate good
+from bad images better than the CNN's): the L2-normalised tokens of those blocks, of a 224 px copy of the
+input (16 x 16), become one more target at the student's stride-16 grid, with its own head and the same
+distance + direction map, averaged with the CNN's three scales. Empty (the default) is the paper's CNN
+teacher alone.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ from torch import nn
 from training.anomaly_map import MapHead
 from training.backbones.efficientnet_lite import EfficientNetLite0
 from training.models.base import TrainableModel
+from training.models.patchcore import ViTPatches
+
+VIT_SIZE = 224  # ViT-S/14's own input: a 16 x 16 token grid
+VIT_SCALE = 1  # the student scale (stride 16) that regresses the ViT tokens
 
 
 @dataclass
@@ -44,6 +54,8 @@ class GTransConfig:
     # must still give the teacher's features of the clean image: a denoising student. 0 turns it off.
     # Chosen on pasted defects over held-out good images of bottle and DeepPCB (README, Generalization).
     denoise: float = 0.5
+    # ViT-S/14 blocks (0-based) whose tokens are one more target at stride 16; () = the CNN teacher alone
+    vit_layers: tuple[int, ...] = ()
 
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -102,7 +114,11 @@ class Student(nn.Module):
     """Image -> features at the AGN's three resolutions, related across scales by attention."""
 
     def __init__(
-        self, cfg: GTransConfig, teacher_channels: list[int], stem_channels: int | None = None
+        self,
+        cfg: GTransConfig,
+        teacher_channels: list[int],
+        stem_channels: int | None = None,
+        vit_channels: int = 0,
     ) -> None:
         super().__init__()
         w = cfg.stem_widths
@@ -136,6 +152,16 @@ class Student(nn.Module):
                 for c, ct in zip(w[2:], teacher_channels, strict=True)
             ]
         )
+        # the ViT teacher's tokens, regressed from the stride-16 tokens and conv features (VIT_SCALE)
+        self.vit_head = (
+            nn.Sequential(
+                nn.Conv2d(cfg.dim + w[2 + VIT_SCALE], cfg.dim, 3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(cfg.dim, vit_channels, 1),
+            )
+            if vit_channels
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         f = self.stem(x)
@@ -154,17 +180,21 @@ class Student(nn.Module):
             tokens = block(tokens, self.grids)
         tokens = self.ln(tokens)
         outs, start = [], 0
+        joined = []  # per scale: its tokens as a grid beside its conv features
         for (h, w), c, head in zip(self.grids, convs, self.heads, strict=True):
             t = tokens[:, start : start + h * w].transpose(1, 2).reshape(-1, tokens.shape[-1], h, w)
             start += h * w
-            outs.append(head(torch.cat([t, c], dim=1)))  # (N, C_teacher, h, w)
+            joined.append(torch.cat([t, c], dim=1))
+            outs.append(head(joined[-1]))  # (N, C_teacher, h, w)
+        if self.vit_head is not None:
+            outs.append(self.vit_head(joined[VIT_SCALE]))  # (N, C_vit, h16, w16)
         return outs
 
 
 class GTrans(TrainableModel):
     # The score *is* the teacher-student difference, so int8 noise in the frozen teacher reads as anomaly
     # (measured: map r 0.59 with the teacher quantised, 0.9996 without). Export keeps it in float.
-    int8_keep_float = ("teacher",)
+    int8_keep_float = ("teacher", "vit")
 
     def __init__(self, config: GTransConfig) -> None:
         super().__init__()
@@ -176,17 +206,22 @@ class GTrans(TrainableModel):
         if config.student_stem == "teacher" and self.teacher.block_stride(config.stem_block) != 4:
             raise ValueError(f"stem_block {config.stem_block} is not at stride 4; the student's stem is")
         channels = [self.teacher.block_channels(b) for b in config.teacher_blocks]
-        for i, c in enumerate(channels):  # AGN channel statistics, fitted on good images by fit_teacher_stats
+        self.vit = ViTPatches(VIT_SIZE, tuple(config.vit_layers)) if config.vit_layers else None
+        vit_channels = self.vit.dim if self.vit is not None else 0
+        # channel statistics of each target (AGN blocks, then the ViT), fitted by fit_teacher_stats
+        for i, c in enumerate(channels + ([vit_channels] if vit_channels else [])):
             self.register_buffer(f"t_mean{i}", torch.zeros(1, c, 1, 1))
             self.register_buffer(f"t_std{i}", torch.ones(1, c, 1, 1))
         stem_channels = self.teacher.block_channels(config.stem_block) if self.teacher_stem else None
-        self.student = Student(config, channels, stem_channels)
+        self.student = Student(config, channels, stem_channels, vit_channels)
         size = config.image_size
         self.head = MapHead(size, size, sigma=config.sigma)
 
     def train(self, mode: bool = True) -> GTrans:
         super().train(mode)
         self.teacher.eval()  # frozen AGN: BatchNorm always in inference mode
+        if self.vit is not None:
+            self.vit.eval()
         return self
 
     @property
@@ -201,9 +236,26 @@ class GTrans(TrainableModel):
         return [(f - getattr(self, f"t_mean{i}")) / getattr(self, f"t_std{i}") for i, f in enumerate(raw)]
 
     @torch.no_grad()
+    def vit_targets(self, x: torch.Tensor) -> torch.Tensor:
+        """The ViT teacher's tokens of a 224 px copy of ``x``, on the student's stride-16 grid."""
+        if self.vit is None:
+            raise RuntimeError("this GTrans has no ViT teacher (vit_layers is empty)")
+        t = self.vit(F.interpolate(x, size=(VIT_SIZE, VIT_SIZE), mode="bilinear", align_corners=False))
+        grid = self.student.grids[VIT_SCALE]
+        if tuple(t.shape[-2:]) != grid:
+            t = F.interpolate(t, size=grid, mode="bilinear", align_corners=False)
+        return t
+
+    @torch.no_grad()
+    def raw_targets(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One pass of the frozen teachers: [the AGN stem (teacher stem only)] + the AGN blocks + [ViT]."""
+        feats = list(self.teacher(x, self.agn_blocks()))
+        return feats + ([self.vit_targets(x)] if self.vit is not None else [])
+
+    @torch.no_grad()
     def agn(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """One AGN pass: (the student's input, the standardised targets per scale)."""
-        feats = self.teacher(x, self.agn_blocks())
+        feats = self.raw_targets(x)
         if self.teacher_stem:
             return feats[0], self.standardise(feats[1:])
         return x, self.standardise(feats)
@@ -234,12 +286,14 @@ class GTrans(TrainableModel):
 
     def load_pretrained(self) -> None:
         self.teacher.load_imagenet()
+        if self.vit is not None:
+            self.vit.load_pretrained()
 
     @torch.no_grad()
     def cache_frozen(self, x: torch.Tensor, batch: int = 16) -> list[torch.Tensor] | None:
         """[the student's input (teacher stem only)] + the standardised targets per scale; fits the teacher's
         channel statistics on the way, from the same pass."""
-        raw = [self.teacher.features(x[i : i + batch], self.agn_blocks()) for i in range(0, len(x), batch)]
+        raw = [self.raw_targets(x[i : i + batch]) for i in range(0, len(x), batch)]
         per_block = [torch.cat(parts) for parts in zip(*raw, strict=True)]
         stem = per_block[:1] if self.teacher_stem else []
         targets = per_block[len(stem) :]
