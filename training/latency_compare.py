@@ -65,6 +65,7 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
         {"backbone": "both", "image_size": 224, "bank_size": 4096, "vit_bank_size": 16384, "vit_pca_dim": 48},
     ),
     "gtrans-knn (gtrans + patchcore defaults, one graph)": ("gtrans-knn", {}),
+    "gtrans-vit (gtrans with ViT-S/14 blocks 5 + 8 as a second teacher)": ("gtrans", {"vit_layers": [5, 8]}),
     "patchcore vit 168 px, 1024 rows": (
         "patchcore",
         {"backbone": "vit", "image_size": 168, "vit_bank_size": 1024, "vit_pca_dim": 0},

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from export.onnx_export import int8_float_patterns
 from tests.training.checks import assert_finds_blobs
 from training.checkpoint import build_model, load_checkpoint
 from training.cli import eval_main, train_main
@@ -203,7 +204,10 @@ def test_gtrans_vit_teacher_is_a_fourth_frozen_target_on_the_stride_16_grid() ->
         # the ViT's map is part of the score: a student that misses only the ViT tokens scores higher
         model.student.vit_head[-1].bias.add_(5.0)
         assert (model(x)[0] > scores).all()
-    assert "vit" in model.int8_keep_float
+    # export keeps both teachers float, and a GTrans without the ViT names only the CNN
+    assert int8_float_patterns(model) and model.int8_keep_float == ("teacher", "vit")
+    cnn_only = build_model("gtrans", {"image_size": 64, "depth": 1, "dim": 32})
+    assert int8_float_patterns(cnn_only) and cnn_only.int8_keep_float == ("teacher",)
 
 
 def test_gtrans_teacher_stem_is_frozen_and_batch_independent() -> None:
