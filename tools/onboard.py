@@ -119,8 +119,9 @@ def make_bundle(data: Path, work: Path, name: str, epochs: int) -> Path:
 
     bundle = work / "bundle"
     out = io.StringIO()
+    # the CNN teacher alone (vit_layers=[]): small and fast, as a first bundle should be
     args = ["--model", "gtrans", "--data", str(data), "--out", str(work / "run"), "--epochs", str(epochs),
-            "--set", f"image_size={MODEL_SIZE}", "--quiet"]  # fmt: skip
+            "--set", f"image_size={MODEL_SIZE}", "--set", "vit_layers=[]", "--quiet"]  # fmt: skip
     print(f"   edge-train {' '.join(args)}", flush=True)
     with contextlib.redirect_stdout(out):
         rc = train_main(args)

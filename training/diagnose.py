@@ -69,7 +69,8 @@ def diagnose(checkpoint: Path, train_stride: int = 6) -> dict[str, Any]:
             "pixel_auroc": pixel_auroc(masks, amap.numpy()),
         }
 
-    variants = {f"scale {i} alone": score(m) for i, m in enumerate(maps)}
+    names = [f"scale {i}" for i in range(len(model.config.teacher_blocks))] + (["ViT"] if model.vit else [])
+    variants = {f"{name} alone": score(m) for name, m in zip(names, maps, strict=True)}
     variants["mean of scales (the model's own map)"] = score(torch.stack(maps).mean(0))
     variants["mean of z-scored scales"] = score(
         torch.stack([(m - mu) / sd for m, (mu, sd) in zip(maps, normal, strict=True)]).mean(0)

@@ -30,8 +30,12 @@ from export.onnx_export import onnx_from_module
 from training.checkpoint import build_model
 from training.graph import InferenceModel
 
+# The reference every ratio is taken against: GTrans with its CNN teacher alone, the GTrans issue 24's
+# latency target ("<= 3x GTrans's p50") was written against; GTrans's default now adds a ViT teacher, and a
+# slower reference must not make the others look cheaper.
+REFERENCE = "gtrans, CNN teacher (the reference)"
 CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
-    "gtrans (default)": ("gtrans", {}),
+    REFERENCE: ("gtrans", {"vit_layers": []}),
     "patchcore effnet 256 px, 16384 rows (the old default)": (
         "patchcore",
         {"backbone": "effnet", "image_size": 256, "bank_size": 16384},
@@ -65,7 +69,7 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
         {"backbone": "both", "image_size": 224, "bank_size": 4096, "vit_bank_size": 16384, "vit_pca_dim": 48},
     ),
     "gtrans-knn (gtrans + patchcore defaults, one graph)": ("gtrans-knn", {}),
-    "gtrans-vit (gtrans with ViT-S/14 blocks 5 + 8 as a second teacher)": ("gtrans", {"vit_layers": [5, 8]}),
+    "gtrans default (ViT-S/14 blocks 5 + 8 as a second teacher)": ("gtrans", {}),
     "patchcore vit 168 px, 1024 rows": (
         "patchcore",
         {"backbone": "vit", "image_size": 168, "vit_bank_size": 1024, "vit_pca_dim": 0},
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = {
         n: c
         for n, c in CANDIDATES.items()
-        if n == "gtrans (default)" or not args.only or any(w in n for w in args.only.split(","))
+        if n == REFERENCE or not args.only or any(w in n for w in args.only.split(","))
     }
     frames = {n: f for n, f in FRAMES.items() if not args.only or any(w in n for w in args.only.split(","))}
     if frames:
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         paths.update({n: paths[graph] for n, (graph, _) in frames.items()})
         batches = {n: batch for n, (_, batch) in frames.items()}
         result = measure(paths, args.rounds, args.per_round, args.threads, batches)
-    base = result["gtrans (default)"]["p50_ms"]
+    base = result[REFERENCE]["p50_ms"]
     for name, r in result.items():
         r["x_gtrans"] = r["p50_ms"] / base
         print(

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from export.onnx_export import int8_float_patterns
 from tests.training.checks import assert_finds_blobs
-from training.checkpoint import build_model, load_checkpoint
+from training.checkpoint import build_model, load_checkpoint, save_checkpoint
 from training.cli import eval_main, train_main
 from training.data import load_images
+from training.models.gtrans import GTransConfig
 
 SMALL = {
     "gtrans": ["image_size=128", "depth=1", "dim=64"],
@@ -206,8 +208,20 @@ def test_gtrans_vit_teacher_is_a_fourth_frozen_target_on_the_stride_16_grid() ->
         assert (model(x)[0] > scores).all()
     # export keeps both teachers float, and a GTrans without the ViT names only the CNN
     assert int8_float_patterns(model) and model.int8_keep_float == ("teacher", "vit")
-    cnn_only = build_model("gtrans", {"image_size": 64, "depth": 1, "dim": 32})
+    cnn_only = build_model("gtrans", {"image_size": 64, "depth": 1, "dim": 32, "vit_layers": []})
     assert int8_float_patterns(cnn_only) and cnn_only.int8_keep_float == ("teacher",)
+
+
+def test_gtrans_checkpoints_from_before_the_vit_teacher_load_with_the_cnn_alone(tmp_path: Path) -> None:
+    model = build_model("gtrans", {"image_size": 64, "depth": 1, "dim": 32, "vit_layers": []}).eval()
+    pre = Preprocess(height=64, width=64, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    path = save_checkpoint(tmp_path / "old.pt", "gtrans", model, pre)
+    payload = torch.load(path, weights_only=True)
+    payload["config"].pop("vit_layers")
+    torch.save(payload, path)
+    back = load_checkpoint(path).model
+    assert back.vit is None and tuple(back.config.vit_layers) == ()
+    assert GTransConfig().vit_layers == (5, 8)  # a new run gets the ViT teacher
 
 
 def test_gtrans_teacher_stem_is_frozen_and_batch_independent() -> None:
@@ -235,6 +249,7 @@ def test_diagnose_reports_overfitting_and_each_scale(gtrans_run: Path, capsys) -
         "scale 0 alone",
         "scale 1 alone",
         "scale 2 alone",
+        "ViT alone",  # the second teacher's target, GTrans's default
         "mean of scales (the model's own map)",
         "mean of z-scored scales",
     }

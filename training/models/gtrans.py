@@ -14,8 +14,8 @@ every score depends on its own image only (no batch statistics, no test-set norm
 ``vit_layers`` adds a second teacher (issue 24: on real products the ViT-S/14 mid-block tokens separate good
 from bad images better than the CNN's): the L2-normalised tokens of those blocks, of a 224 px copy of the
 input (16 x 16), become one more target at the student's stride-16 grid, with its own head and the same
-distance + direction map, averaged with the CNN's three scales. Empty (the default) is the paper's CNN
-teacher alone.
+distance + direction map, averaged with the CNN's three scales. It is the default (chosen on visible data,
+docs/accuracy.md "GTrans with the ViT as a second teacher"); empty is the paper's CNN teacher alone.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from training.anomaly_map import MapHead
 from training.backbones.efficientnet_lite import EfficientNetLite0
 from training.models.base import TrainableModel
 from training.models.patchcore import ViTPatches
+
+# Checkpoints written before the ViT teacher existed had the CNN teacher alone (training.checkpoint)
+FIELDS_ADDED_SINCE = {"vit_layers": ()}
 
 VIT_SIZE = 224  # ViT-S/14's own input: a 16 x 16 token grid
 VIT_SCALE = 1  # the student scale (stride 16) that regresses the ViT tokens
@@ -55,7 +58,7 @@ class GTransConfig:
     # Chosen on pasted defects over held-out good images of bottle and DeepPCB (README, Generalization).
     denoise: float = 0.5
     # ViT-S/14 blocks (0-based) whose tokens are one more target at stride 16; () = the CNN teacher alone
-    vit_layers: tuple[int, ...] = ()
+    vit_layers: tuple[int, ...] = (5, 8)
 
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
