@@ -7,6 +7,7 @@ rebuilt from its config and loaded strictly, so a checkpoint from another archit
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -89,6 +90,25 @@ def build_model(kind: str, config: dict[str, Any] | None = None) -> nn.Module:
     if unknown:
         raise CheckpointError(f"{kind} config has unknown keys {unknown}; known: {sorted(known)}")
     return model_cls(cfg_cls(**config))
+
+
+def _plain(value: Any) -> Any:
+    """A config value as JSON has it (tuples are lists), so a saved and an asked setting compare equal."""
+    return json.loads(json.dumps(value))
+
+
+def settings_changed(kind: str, saved: Any, asked: dict[str, Any], skip: tuple[str, ...] = ()) -> list[str]:
+    """``key: saved -> asked`` for each setting of a run's model that the new command (its defaults and
+    ``--set``) asks otherwise. Fields the model measures while training (its module's ``MEASURED_FIELDS``)
+    and ``skip`` do not count: the run chose those itself."""
+    cfg_cls, _ = _model_classes(kind)
+    config = nest_dotted(asked)
+    unknown = sorted(set(config) - {f.name for f in fields(cfg_cls)})
+    if unknown:
+        raise CheckpointError(f"{kind} config has unknown keys {unknown}")
+    measured = set(getattr(importlib.import_module(MODEL_KINDS[kind][0]), "MEASURED_FIELDS", ())) | set(skip)
+    old, new = _plain(asdict(saved)), _plain(asdict(cfg_cls(**config)))
+    return [f"{k}: {old[k]} -> {new[k]}" for k in new if k not in measured and old.get(k) != new[k]]
 
 
 def saved_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:

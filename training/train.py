@@ -31,6 +31,7 @@ from training.checkpoint import (
     load_checkpoint,
     model_class,
     save_checkpoint,
+    settings_changed,
 )
 from training.corruption import corrupt_batch
 from training.data import fingerprint, good_images, load_samples, split_train_val
@@ -166,6 +167,16 @@ def train(cfg: TrainConfig) -> Path:
     }
 
     previous = resume_state(ckpt_path, cfg.model, data_fp)
+    if previous is not None:  # a run continues (or stands) only with the settings it was started with
+        tile_sized = previous.preprocess.tiling is not None and "image_size" not in cfg.model_config
+        changed = settings_changed(
+            cfg.model, previous.model.config, cfg.model_config, skip=("image_size",) if tile_sized else ()
+        )
+        if changed:
+            raise CheckpointError(
+                f"{ckpt_path} was trained with other settings ({'; '.join(changed)}); use a new --out "
+                f"directory, or --set the settings it has"
+            )
     if previous is not None and previous.train_state.get("completed"):
         log(f"{ckpt_path} is already complete; nothing to do (use a new --out to train again)", cfg.progress)
         return ckpt_path

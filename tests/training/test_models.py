@@ -42,6 +42,34 @@ def gtrans_run(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory
     return out / "checkpoint.pt"
 
 
+def test_a_finished_run_is_not_reused_for_other_settings(
+    gtrans_run: Path, synthetic_dataset: Path, capsys
+) -> None:
+    """Asking a finished run's folder for another model (a --set, or a default changed since) is refused,
+    not answered with the old model; the same settings get the finished checkpoint back, unchanged."""
+    digest = load_checkpoint(gtrans_run).sha256
+    args = ["--model", "gtrans", "--data", str(synthetic_dataset), "--out", str(gtrans_run.parent), "--quiet"]
+    for s in SMALL["gtrans"]:
+        args += ["--set", s]
+    capsys.readouterr()
+    assert train_main([*args, "--set", "dim=32"]) == 2
+    assert "other settings (dim: 64 -> 32)" in capsys.readouterr().err
+    assert train_main([*args, "--set", "vit_layers=[]"]) == 2  # the run has the ViT teacher
+    assert "vit_layers: [5, 8] -> []" in capsys.readouterr().err
+    assert train_main(args) == 0 and load_checkpoint(gtrans_run).sha256 == digest
+
+
+def test_settings_a_run_measured_itself_are_not_a_change() -> None:
+    from training.checkpoint import settings_changed
+    from training.models.patchcore import PatchCoreConfig
+
+    measured = PatchCoreConfig(vit_weight=0.5)  # the fusion weight training chose for its bundle
+    assert settings_changed("patchcore", measured, {}) == []
+    assert settings_changed("patchcore", measured, {"bank_size": 2048}) == ["bank_size: 4096 -> 2048"]
+    old = GTransConfig(vit_layers=())  # a checkpoint from before the ViT teacher was GTrans's default
+    assert settings_changed("gtrans", old, {}) == ["vit_layers: [] -> [5, 8]"]
+
+
 def test_training_lowers_loss(gtrans_run: Path) -> None:
     history = load_checkpoint(gtrans_run).train_state["history"]
     assert len(history) == 6

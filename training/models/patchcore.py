@@ -63,6 +63,11 @@ FIELDS_ADDED_SINCE = {
 }
 
 
+# Set by training itself (the ViT weight measured per bundle, training.fusion_weight): a finished run's value
+# is its own, not a setting a later command must repeat
+MEASURED_FIELDS = ("vit_weight",)
+
+
 @dataclass
 class PatchCoreConfig:
     # Defaults = the recommended model (docs/accuracy.md says which data chose each): both teachers,
