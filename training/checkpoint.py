@@ -81,15 +81,20 @@ def model_class(kind: str) -> type:
     return _model_classes(kind)[1]
 
 
-def build_model(kind: str, config: dict[str, Any] | None = None) -> nn.Module:
-    """A model with random (or architecture-default) weights; pretrained parts are loaded by the trainer."""
-    cfg_cls, model_cls = _model_classes(kind)
+def model_settings(kind: str, config: dict[str, Any] | None = None) -> Any:
+    """``kind``'s config dataclass: its defaults with ``config`` (``--set``) over them."""
+    cfg_cls, _ = _model_classes(kind)
     config = nest_dotted(config or {})
     known = {f.name for f in fields(cfg_cls)}
     unknown = sorted(set(config) - known)
     if unknown:
         raise CheckpointError(f"{kind} config has unknown keys {unknown}; known: {sorted(known)}")
-    return model_cls(cfg_cls(**config))
+    return cfg_cls(**config)
+
+
+def build_model(kind: str, config: dict[str, Any] | None = None) -> nn.Module:
+    """A model with random (or architecture-default) weights; pretrained parts are loaded by the trainer."""
+    return _model_classes(kind)[1](model_settings(kind, config))
 
 
 def _plain(value: Any) -> Any:
@@ -101,13 +106,9 @@ def settings_changed(kind: str, saved: Any, asked: dict[str, Any], skip: tuple[s
     """``key: saved -> asked`` for each setting of a run's model that the new command (its defaults and
     ``--set``) asks otherwise. Fields the model measures while training (its module's ``MEASURED_FIELDS``)
     and ``skip`` do not count: the run chose those itself."""
-    cfg_cls, _ = _model_classes(kind)
-    config = nest_dotted(asked)
-    unknown = sorted(set(config) - {f.name for f in fields(cfg_cls)})
-    if unknown:
-        raise CheckpointError(f"{kind} config has unknown keys {unknown}")
+    new_settings = model_settings(kind, asked)
     measured = set(getattr(importlib.import_module(MODEL_KINDS[kind][0]), "MEASURED_FIELDS", ())) | set(skip)
-    old, new = _plain(asdict(saved)), _plain(asdict(cfg_cls(**config)))
+    old, new = _plain(asdict(saved)), _plain(asdict(new_settings))
     return [f"{k}: {old[k]} -> {new[k]}" for k in new if k not in measured and old.get(k) != new[k]]
 
 
