@@ -50,11 +50,16 @@ class Checkpoint:
     path: Path | None = None
 
 
-def _model_classes(kind: str) -> tuple[type, type]:
+def _model_module(kind: str) -> Any:
+    """The module that holds ``kind``'s model, its config and its declarations (``FIELDS_ADDED_SINCE``...)."""
     if kind not in MODEL_KINDS:
         raise CheckpointError(f"unknown model kind {kind!r}; known kinds: {', '.join(sorted(MODEL_KINDS))}")
-    module_name, cfg_name, model_name = MODEL_KINDS[kind]
-    module = importlib.import_module(module_name)
+    return importlib.import_module(MODEL_KINDS[kind][0])
+
+
+def _model_classes(kind: str) -> tuple[type, type]:
+    module = _model_module(kind)  # raises for an unknown kind
+    _, cfg_name, model_name = MODEL_KINDS[kind]
     return getattr(module, cfg_name), getattr(module, model_name)
 
 
@@ -107,7 +112,7 @@ def settings_changed(kind: str, saved: Any, asked: dict[str, Any], skip: tuple[s
     ``--set``) asks otherwise. Fields the model measures while training (its module's ``MEASURED_FIELDS``)
     and ``skip`` do not count: the run chose those itself."""
     new_settings = model_settings(kind, asked)
-    measured = set(getattr(importlib.import_module(MODEL_KINDS[kind][0]), "MEASURED_FIELDS", ())) | set(skip)
+    measured = set(getattr(_model_module(kind), "MEASURED_FIELDS", ())) | set(skip)
     old, new = _plain(asdict(saved)), _plain(asdict(new_settings))
     return [f"{k}: {old[k]} -> {new[k]}" for k in new if k not in measured and old.get(k) != new[k]]
 
@@ -121,7 +126,7 @@ def saved_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
     """
     if kind not in MODEL_KINDS:
         return config
-    module = importlib.import_module(MODEL_KINDS[kind][0])
+    module = _model_module(kind)
     added = getattr(module, "FIELDS_ADDED_SINCE", {})
     filled = {**{k: v for k, v in added.items() if k not in config}, **config}
     for name, part_kind in getattr(module, "NESTED_KINDS", {}).items():  # a kind made of other kinds
