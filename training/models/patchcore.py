@@ -51,6 +51,7 @@ from training.models.memory_bank import (
 BACKBONES = ("effnet", "vit", "both")
 SCORES = ("max", "topk")
 FUSIONS = ("mean", "max", "shift")
+PEAKS = ("shift", "clip")
 # Checkpoints written before these fields existed were EfficientNet-only max-scored kNNs (training.checkpoint)
 FIELDS_ADDED_SINCE = {
     "backbone": "effnet",
@@ -60,6 +61,7 @@ FIELDS_ADDED_SINCE = {
     "pca_dim": 0,
     "vit_pca_dim": 0,
     "vit_weight": 0.5,
+    "peak": "shift",
 }
 
 
@@ -94,6 +96,7 @@ class PatchCoreConfig:
     )
     vit_weight: float = 0.75  # fusion "mean": the ViT map's weight, the EfficientNet's is 1 - vit_weight
     sigma: float = 4.0
+    peak: str = "shift"  # score "topk": how the map's maximum becomes the score (score_map)
 
 
 # --- the teachers ----------------------------------------------------------------------------------------
@@ -151,6 +154,7 @@ def _check(config: PatchCoreConfig) -> None:
         ("backbone", config.backbone, BACKBONES),
         ("score", config.score, SCORES),
         ("fusion", config.fusion, FUSIONS),
+        ("peak", config.peak, PEAKS),
     ):
         if value not in allowed:
             raise ValueError(f"patchcore {name} must be one of {', '.join(allowed)}; got {value!r}")
@@ -351,11 +355,17 @@ class PatchCore(TrainableModel):
         return [(m - self.norm_offset[i]) / self.norm_scale[i] for i, m in enumerate(maps)]
 
     def score_map(self, amap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, H, W) final map -> (score, map moved so that its maximum is the score)."""
+        """(N, H, W) final map -> (score, a map whose maximum is the score: the daemon reads the score as
+        the map's maximum). A top-k score is below the map's peak; ``peak`` says how the map comes down to
+        it: "shift" moves the whole map by the difference (every pixel of the image changes), "clip" cuts
+        it at the score (only the pixels above the score change, so the mask of a flagged part is the
+        map's own region above the threshold)."""
         score = self.image_score(amap)
-        if self.config.score != "max":
-            amap = shift_to_score(amap, score)
-        return score, amap
+        if self.config.score == "max":
+            return score, amap
+        if self.config.peak == "clip":
+            return score, torch.minimum(amap, score[:, None, None])
+        return score, shift_to_score(amap, score)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         maps = self.normalised_maps(x)
