@@ -125,6 +125,33 @@ def test_topk_score_is_the_map_max_and_at_most_the_plain_max() -> None:
     torch.testing.assert_close(s_top, m_top.flatten(1).amax(dim=1))  # verdict and mask from the same pixels
 
 
+def test_clip_changes_only_the_pixels_above_the_score_and_exports(tmp_path: Path) -> None:
+    shift = fitted("effnet", score="topk", topk_fraction=0.1)
+    clip = fitted("effnet", score="topk", topk_fraction=0.1, peak="clip")  # same seed, same bank
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        s_shift, m_shift = shift(x)
+        s_clip, m_clip = clip(x)
+        raw = clip.normalised_maps(x)[0]
+    torch.testing.assert_close(s_clip, s_shift)  # the image score does not depend on the peak
+    torch.testing.assert_close(s_clip, m_clip.flatten(1).amax(dim=1))  # the daemon's score is the map's max
+    below = raw <= s_clip[:, None, None]
+    assert below.float().mean() > 0.8 and not below.all()
+    torch.testing.assert_close(m_clip[below], raw[below])  # clip: the rest of the map is the model's own
+    assert not torch.allclose(m_shift[below], raw[below])  # shift moves every pixel
+    pre = Preprocess(height=SIZE, width=SIZE, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    module = InferenceModel(clip, pre).eval()
+    images = np.random.default_rng(2).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+    with torch.no_grad():
+        want = module(torch.from_numpy(images))
+    onnx_from_module(module, pre, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: images})
+    np.testing.assert_allclose(got[1], want[1].numpy(), rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="peak must be one of shift, clip"):
+        PatchCore(PatchCoreConfig(image_size=SIZE, backbone="effnet", peak="cut"))
+
+
 def test_full_bank_keeps_every_patch_loads_back_and_is_not_exportable(tmp_path: Path) -> None:
     model = PatchCore(PatchCoreConfig(image_size=SIZE, backbone="effnet", bank_size=0)).eval()
     info = model.fit(torch.randn(3, 3, SIZE, SIZE), batch=2)
