@@ -6,6 +6,8 @@ pretrained ViT-S/14 is covered in test_backbones.py, which skips when its wheel 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -123,6 +125,13 @@ def test_topk_score_is_the_map_max_and_at_most_the_plain_max() -> None:
     want = m_max.flatten(1).topk(topk.k, dim=1).values.mean(dim=1)
     torch.testing.assert_close(s_top, want)
     torch.testing.assert_close(s_top, m_top.flatten(1).amax(dim=1))  # verdict and mask from the same pixels
+    wider = copy.deepcopy(topk)  # a re-scoring run replaces the config of a fitted model: k must follow it
+    wider.config = dataclasses.replace(topk.config, topk_fraction=0.3)
+    with torch.no_grad():
+        s_wide, _ = wider(x)
+    k = round(0.3 * SIZE * SIZE)
+    torch.testing.assert_close(s_wide, m_max.flatten(1).topk(k, dim=1).values.mean(dim=1))
+    assert (s_wide < s_top).all()
 
 
 def test_clip_changes_only_the_pixels_above_the_score_and_exports(tmp_path: Path) -> None:

@@ -201,7 +201,12 @@ class PatchCore(TrainableModel):
         self.register_buffer("norm_scale", torch.ones(len(self.teachers)))
         size = config.image_size
         self.head = MapHead(size, size, sigma=config.sigma)
-        self.k = max(1, round(config.topk_fraction * size * size))
+
+    @property
+    def k(self) -> int:
+        """Pixels the top-k score averages; read from the config at each call, so a model whose config is
+        replaced (a re-scoring run trying other scores on the same bank) scores as its config says."""
+        return max(1, round(self.config.topk_fraction * self.config.image_size**2))
 
     @property
     def dim(self) -> int:
