@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = ["--set", "image_size=64", "--set", "depth=1", "--set", "dim=32", "--val-fraction", "0.25"]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(450)
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path: Path) -> None:
     good = write_good_folder(tmp_path / "good", 24, size=64, seed=3)
     out = tmp_path / "run"
@@ -43,7 +43,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path: Path) -> None:
             time.sleep(0.1)
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+        stdout, stderr = proc.communicate(timeout=150)  # a loaded machine: the step under way finishes first
     finally:
         if proc.poll() is None:
             proc.kill()
