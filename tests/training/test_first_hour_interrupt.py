@@ -23,11 +23,14 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = ["--set", "image_size=64", "--set", "depth=1", "--set", "dim=32", "--val-fraction", "0.25"]
 
 
-@pytest.mark.timeout(450)
+@pytest.mark.timeout(300)
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path: Path) -> None:
     good = write_good_folder(tmp_path / "good", 24, size=64, seed=3)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-c", "import sys; from training.cli import train_main; sys.exit(train_main())"]
+    # Ctrl-C from a terminal: SIGINT raises KeyboardInterrupt. A run started in the background by a
+    # non-interactive shell (`bash scripts/test.sh &`) inherits SIGINT ignored, and Python keeps it ignored.
+    start = "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    cmd = [sys.executable, "-c", start + "from training.cli import train_main; sys.exit(train_main())"]
     args = ["--model", "gtrans", "--data", str(good), "--out", str(out), "--epochs", "200", *TINY]
     proc = subprocess.Popen(
         [*cmd, *args],
@@ -43,7 +46,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path: Path) -> None:
             time.sleep(0.1)
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=150)  # a loaded machine: the step under way finishes first
+        stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
