@@ -37,6 +37,7 @@ from training.models.patchcore import (
     PatchCoreConfig,
     fit_map_normalization,
     shift_to_score,
+    topk_count,
     topk_mean,
 )
 
@@ -87,8 +88,11 @@ class GTransKNN(TrainableModel):
         # per-part (offset, scale) of the held-out good scores; identity until fit_after_training sets them
         self.register_buffer("norm_offset", torch.zeros(len(PART_NAMES)))
         self.register_buffer("norm_scale", torch.ones(len(PART_NAMES)))
-        size = config.image_size
-        self.k = max(1, round(config.topk_fraction * size * size))
+
+    @property
+    def k(self) -> int:
+        """Pixels the top-k score averages, from the config (as the kNN kind reads its own)."""
+        return topk_count(self.config.topk_fraction, self.config.image_size)
 
     # --- what the trainer and the exporter ask ------------------------------------------------------
 

@@ -206,7 +206,7 @@ class PatchCore(TrainableModel):
     def k(self) -> int:
         """Pixels the top-k score averages; read from the config at each call, so a model whose config is
         replaced (a re-scoring run trying other scores on the same bank) scores as its config says."""
-        return max(1, round(self.config.topk_fraction * self.config.image_size**2))
+        return topk_count(self.config.topk_fraction, self.config.image_size)
 
     @property
     def dim(self) -> int:
@@ -383,6 +383,11 @@ def _embed_batches(teacher: nn.Module, x: torch.Tensor, batch: int) -> Iterable[
 
 
 # --- shared with the fused kind (training.models.gtrans_knn) ------------------------------------------
+
+
+def topk_count(fraction: float, size: int) -> int:
+    """Pixels a top-``fraction`` score averages on a ``size`` x ``size`` map (at least one)."""
+    return max(1, round(fraction * size * size))
 
 
 def topk_mean(amap: torch.Tensor, k: int) -> torch.Tensor:
