@@ -142,10 +142,11 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-image", type=int, default=3, help="with --pasted: defective copies per good image")
     p.add_argument(
         "--defects",
-        choices=("cutpaste", "small"),
+        choices=("cutpaste", "small", "uneven"),
         default="cutpaste",
-        help="with --pasted: cutpaste (patches, scars, blobs of 2-8 %% of the image) or small (nicks, "
-        "bridges and specks a few pixels wide, drawn at each image's own size)",
+        help="with --pasted: cutpaste (patches, scars, blobs of 2-8 %% of the image), small (nicks, "
+        "bridges and specks a few pixels wide) or uneven (faint soft-edged shading, smears and dents over "
+        "10-30 %% of the image), the last two drawn at each image's own size",
     )
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--batch", type=int, default=8)

@@ -32,10 +32,14 @@ from training.graph import InferenceModel
 from training.metrics import evaluate_maps, line_operating_points
 from training.native_eval import read_bgr, stack_in_frame
 from training.small_defects import most_visible, small_each, small_set, with_defects
+from training.uneven_defects import uneven_each
 from training.worst import write_worst
 
 KINDS = ("patch", "scar", "blob")
-DEFECT_SETS = ("cutpaste", "small")
+DEFECT_SETS = ("cutpaste", "small", "uneven")
+SET_NAMES = {"cutpaste": "pasted defects", "small": "small defects drawn", "uneven": "uneven defects drawn"}
+# the sets drawn at each image's own size (then resized like a camera frame unless scored natively)
+DRAWN = {"small": small_each, "uneven": uneven_each}
 
 
 def _shape_mask(kind: str, hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -115,18 +119,18 @@ def defect_set(
     native: bool = False,
 ) -> tuple[Any, Any, np.ndarray, list[str]]:
     """The good images at ``paths`` followed by defective copies, as ``pasted_set``: ``cutpaste`` (the kinds
-    above, drawn on ``good``, the images at model size, loaded when not given) or ``small``
-    (``small_defects.small_set``, drawn at each file's own size). ``native``: ``good`` (when given) holds the
+    above, drawn on ``good``, the images at model size, loaded when not given), ``small``
+    (``training.small_defects``) or ``uneven`` (``training.uneven_defects``), both drawn at each file's own
+    size (``small_defects.small_set``). ``native``: ``good`` (when given) holds the
     images at their own size, the defects are drawn on them and stay at that size (no resize); images and
     masks are then lists, since crops may differ in size."""
     if defects not in DEFECT_SETS:
         raise ValueError(f"unknown defect set {defects!r}; use one of {', '.join(DEFECT_SETS)}")
     if native:  # on the frames already read (``good``) when given
         frames = list(good) if good is not None else [read_bgr(Path(p)) for p in paths]
-        each = small_each if defects == "small" else paste_each
-        return each(frames, per_image, seed)
-    if defects == "small":
-        return small_set(paths, pre, per_image, seed)
+        return DRAWN.get(defects, paste_each)(frames, per_image, seed)
+    if defects in DRAWN:
+        return small_set(paths, pre, per_image, seed, DRAWN[defects])
     return pasted_set(load_images(paths, pre) if good is None else good, per_image, seed)
 
 
@@ -188,10 +192,10 @@ def evaluate_pasted(
     native: bool = False,
 ) -> dict[str, Any]:
     """``score_pasted`` on the good images the checkpoint's training held out (its ``val_files``);
-    ``defects="small"``: small structural defects drawn at each file's own size instead
-    (``training.small_defects``). ``native`` (always for a tiled checkpoint): the defects drawn on the
-    images at their own size, maps brought back to it (``training.native_eval``), so a tiled checkpoint and
-    a whole-image one compare."""
+    ``defects="small"`` / ``"uneven"``: small structural defects / large faint ones drawn at each file's own
+    size instead (``training.small_defects``, ``training.uneven_defects``). ``native`` (always for a tiled
+    checkpoint): the defects drawn on the images at their own size, maps brought back to it
+    (``training.native_eval``), so a tiled checkpoint and a whole-image one compare."""
     if defects not in DEFECT_SETS:
         raise ValueError(f"unknown defect set {defects!r}; use one of {', '.join(DEFECT_SETS)}")
     if threads:
@@ -228,8 +232,7 @@ def evaluate_pasted(
             "defects": defects,
             "model": ckpt.kind,
             "checkpoint": str(checkpoint),
-            "category": f"{'small defects drawn' if defects == 'small' else 'pasted defects'} on {len(good)} "
-            "held-out good images",
+            "category": f"{SET_NAMES[defects]} on {len(good)} held-out good images",
             "n_test_images": int(len(good) * (1 + per_image)),
             "throughput_img_s": rate[0],
             "batch": batch,

@@ -110,10 +110,13 @@ def draw_small_defect(
 
 
 def most_visible(
-    image: np.ndarray, draw: Callable[[], tuple[np.ndarray, np.ndarray]], what: str
+    image: np.ndarray,
+    draw: Callable[[], tuple[np.ndarray, np.ndarray]],
+    what: str,
+    min_change: float = MIN_CHANGE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``TRIES`` draws of (defective copy, mask): the first whose pixels under the mask differ from
-    ``image`` by ``MIN_CHANGE`` grey levels on average, else the most different one. A defect that barely
+    ``image`` by ``min_change`` grey levels on average, else the most different one. A defect that barely
     changes what it covers (background onto background) would be labelled defective while looking good."""
     grey = image.astype(np.float32).mean(axis=2)
     best: tuple[float, np.ndarray, np.ndarray] | None = None
@@ -125,7 +128,7 @@ def most_visible(
         change = float(np.abs(out.astype(np.float32).mean(axis=2) - grey)[sel].mean())
         if best is None or change > best[0]:
             best = (change, out, sel)
-        if change >= MIN_CHANGE:
+        if change >= min_change:
             break
     if best is None:
         raise ValueError(f"image of size {image.shape[1]}x{image.shape[0]} is too small for {what}")
@@ -170,17 +173,23 @@ def small_each(
     )
 
 
+Each = Callable[
+    [Sequence[np.ndarray], int, int], tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[str]]
+]
+
+
 def small_set(
-    paths: Sequence[Path], pre: Preprocess, per_image: int = 3, seed: int = 0
+    paths: Sequence[Path], pre: Preprocess, per_image: int = 3, seed: int = 0, each: Each = small_each
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """``small_each`` on the files at ``paths``, each image then resized by ``pre`` as the daemon resizes a
-    frame: images (N, H, W, 3), bool masks (N, H, W), labels, types (as ``pasted_set``).
+    """``each`` (``small_each``, or another set drawn at the image's own size) on the files at ``paths``,
+    each image then resized by ``pre`` as the daemon resizes a frame: images (N, H, W, 3), bool masks
+    (N, H, W), labels, types (as ``pasted_set``).
 
     A mask pixel is defective where the defect covers at least a quarter of it after the resize (any
     coverage, for a defect smaller than that)."""
     if not paths:
         raise ValueError(f"need at least one good image and per_image >= 1, got 0 and {per_image}")
-    images, masks, labels, types = small_each([read_bgr(Path(p)) for p in paths], per_image, seed)
+    images, masks, labels, types = each([read_bgr(Path(p)) for p in paths], per_image, seed)
     covers = [pre.fit(m.astype(np.uint8) * 255, cv2.INTER_AREA) for m in masks]
     return (
         np.stack([pre.frame_to_input(im) for im in images]),
