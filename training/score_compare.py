@@ -15,7 +15,10 @@ computed from the same fused map (before the per-image shift the default applies
   the image, a Gaussian fitted to the training images (Ledoit-Wolf shrinkage), the Mahalanobis distance,
   the two teachers' distances each normalised by the held-out good images and added;
 - ``topk+gauss``: ``topk`` and ``gauss`` each normalised by the held-out good images (median 0, p99 1) and
-  added: a local and a global cue together.
+  added: a local and a global cue together; ``topk+gauss/2`` the same with half the Gaussian's weight.
+
+``--defects`` names the drawn sets to score (each on the same fitted model): ``cutpaste``, ``small`` and
+``uneven`` (large faint defects, ``training.uneven_defects``: the type an image-level cue is meant for).
 
 Columns: image AUROC and the line recall at 1 % false alarms (threshold from the held-out good images of
 the set). The held-out good images also set the normalisations: every score shares that small bias.
@@ -37,7 +40,7 @@ from calibration.scores import normalization_from_good
 from training.data import good_images, load_images, split_train_val
 from training.metrics import image_auroc, line_operating_points
 from training.models.patchcore import PatchCore, PatchCoreConfig
-from training.pasted_defects import pasted_set
+from training.pasted_defects import DEFECT_SETS, defect_set
 from training.train import images_to_tensor, make_preprocess
 
 
@@ -74,19 +77,8 @@ def region_score(amap: np.ndarray, level: float) -> float:
     return float(amap[labels == largest].mean())
 
 
-def compare(data: Path, log=print) -> dict[str, Any]:
-    from sklearn.covariance import LedoitWolf
-
-    torch.manual_seed(0)
-    pre = make_preprocess("patchcore", {})
-    train_paths, val_paths = split_train_val(good_images(data), 0.1, 0)
-    x_train = images_to_tensor(load_images(train_paths, pre), pre)
-    good = load_images(val_paths, pre)
-    model = PatchCore(PatchCoreConfig()).eval()
-    model.load_pretrained()
-    model.fit(x_train, x_val=images_to_tensor(good, pre), log=log)
-    images, _, labels, _ = pasted_set(good, 3, 0)
-    x = images_to_tensor(images, pre)
+def _scores(model: PatchCore, gaussians: list[Any], x: torch.Tensor, labels: np.ndarray) -> dict[str, Any]:
+    """Image AUROC and line recall @ 1 % of every score on one labelled set (good images first)."""
     is_good = labels == 0
     maps = _fused_maps(model, x)
     k = model.k
@@ -98,20 +90,39 @@ def compare(data: Path, log=print) -> dict[str, Any]:
     level = float(np.quantile(maps[is_good], 0.99))
     scores["region"] = np.array([region_score(m, level) for m in maps])
     gauss = np.zeros(len(x))
-    for train_f, eval_f in zip(_pooled(model, x_train), _pooled(model, x), strict=True):
-        fit = LedoitWolf().fit(train_f)
+    for fit, eval_f in zip(gaussians, _pooled(model, x), strict=True):
         d = fit.mahalanobis(eval_f)
         gauss += _normalised(d, d[is_good])
     scores["gauss"] = gauss
-    scores["topk+gauss"] = _normalised(scores["topk"], scores["topk"][is_good]) + _normalised(
-        gauss, gauss[is_good]
-    )
-    out: dict[str, Any] = {"data": str(data), "n_good": int(is_good.sum()), "n_pasted": int((~is_good).sum())}
+    local = _normalised(scores["topk"], scores["topk"][is_good])
+    scores["topk+gauss"] = local + _normalised(gauss, gauss[is_good])
+    scores["topk+gauss/2"] = local + 0.5 * _normalised(gauss, gauss[is_good])
+    out = {}
     for name, s in scores.items():
         line = line_operating_points(s[is_good], labels, s)
         out[name] = {"image_auroc": image_auroc(labels, s), "recall_1": line["0.01"]["recall"]}
-        auroc, recall = out[name]["image_auroc"], out[name]["recall_1"]
-        log(f"{data.name} {name}: image AUROC {auroc:.3f} recall@1% {recall:.3f}")
+    return out
+
+
+def compare(data: Path, defects: tuple[str, ...] = ("cutpaste",), log=print) -> dict[str, Any]:
+    """Every score on each of the ``defects`` sets drawn on the held-out good images: {set: {score: ...}}."""
+    from sklearn.covariance import LedoitWolf
+
+    torch.manual_seed(0)
+    pre = make_preprocess("patchcore", {})
+    train_paths, val_paths = split_train_val(good_images(data), 0.1, 0)
+    x_train = images_to_tensor(load_images(train_paths, pre), pre)
+    good = load_images(val_paths, pre)
+    model = PatchCore(PatchCoreConfig()).eval()
+    model.load_pretrained()
+    model.fit(x_train, x_val=images_to_tensor(good, pre), log=log)
+    gaussians = [LedoitWolf().fit(f) for f in _pooled(model, x_train)]
+    out: dict[str, Any] = {"data": str(data), "n_good": len(val_paths)}
+    for d in defects:
+        images, _, labels, _ = defect_set(d, val_paths, pre, 3, 0, good)
+        out[d] = _scores(model, gaussians, images_to_tensor(images, pre), labels)
+        for name, r in out[d].items():
+            log(f"{data.name} {d} {name}: image AUROC {r['image_auroc']:.3f} recall@1% {r['recall_1']:.3f}")
     return out
 
 
@@ -119,8 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--defects", default="cutpaste", help=f"sets, comma-separated, of {', '.join(DEFECT_SETS)}"
+    )
     args = p.parse_args(argv)
-    result = compare(args.data, log=lambda m: print(m, file=sys.stderr, flush=True))
+    defects = tuple(d for d in args.defects.split(",") if d)
+    unknown = [d for d in defects if d not in DEFECT_SETS]
+    if unknown or not defects:
+        p.error(f"--defects: unknown set(s) {unknown}; use {', '.join(DEFECT_SETS)}")
+    result = compare(args.data, defects, log=lambda m: print(m, file=sys.stderr, flush=True))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -291,6 +291,8 @@ def fit_memory(cfg, model, pre, x_train, x_val, data_info, ckpt_path: Path) -> P
     )
     if fusion_weight.applies(model):
         data_info["fusion"] = resolve_fusion(cfg, model, pre, data_info["val_files"])
+        if getattr(model, "cue", None) is not None:  # the cue is scaled to the fused map: again after it
+            info["image_cue"] = model.calibrate_image_cue(x_val, batch=cfg.resolved("batch_size"))
     seconds = time.perf_counter() - started
     val_loss = validation_loss(model, x_val)
     state = {

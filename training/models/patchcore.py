@@ -38,6 +38,7 @@ from training.anomaly_map import MapHead
 from training.backbones.efficientnet_lite import EfficientNetLite0
 from training.backbones.vit import ViTS14
 from training.models.base import TrainableModel
+from training.models.image_cue import ImageCue
 from training.models.memory_bank import (
     PCA_SAMPLE,
     NearestBank,
@@ -62,6 +63,7 @@ FIELDS_ADDED_SINCE = {
     "vit_pca_dim": 0,
     "vit_weight": 0.5,
     "peak": "shift",
+    "image_cue": 0.0,
 }
 
 
@@ -97,6 +99,9 @@ class PatchCoreConfig:
     vit_weight: float = 0.75  # fusion "mean": the ViT map's weight, the EfficientNet's is 1 - vit_weight
     sigma: float = 4.0
     peak: str = "shift"  # score "topk": how the map's maximum becomes the score (score_map)
+    image_cue: float = (
+        0.0  # weight of the image-level Gaussian cue added to the score (image_cue.py); 0: none
+    )
 
 
 # --- the teachers ----------------------------------------------------------------------------------------
@@ -171,6 +176,12 @@ def _check(config: PatchCoreConfig) -> None:
         raise ValueError(f"vit_weight must be in [0, 1], got {config.vit_weight}")
     if min(config.pca_dim, config.vit_pca_dim) < 0:
         raise ValueError("pca dims must be >= 0 (0 keeps the teacher's features)")
+    if config.image_cue < 0:
+        raise ValueError(f"image_cue must be >= 0 (0: no image-level cue), got {config.image_cue}")
+    if config.image_cue and config.peak != "shift":
+        raise ValueError(
+            "image_cue moves the score above the map's top; it needs peak 'shift' to move the map"
+        )
 
 
 class PatchCore(TrainableModel):
@@ -201,6 +212,7 @@ class PatchCore(TrainableModel):
         self.register_buffer("norm_scale", torch.ones(len(self.teachers)))
         size = config.image_size
         self.head = MapHead(size, size, sigma=config.sigma)
+        self.cue = ImageCue([t.dim for t, _ in self.parts()]) if config.image_cue else None
 
     @property
     def k(self) -> int:
@@ -263,9 +275,11 @@ class PatchCore(TrainableModel):
         self.eval()
         say = log or (lambda _m: None)
         info: dict[str, Any] = {"teachers": {}}
-        for name, (teacher, search) in zip(self.teachers, self.parts(), strict=True):
+        pooled: list[list[torch.Tensor]] = [[] for _ in self.teachers]  # per image, for the cue
+        for t, (name, (teacher, search)) in enumerate(zip(self.teachers, self.parts(), strict=True)):
             size = self.config.bank_size if name == "effnet" else self.config.vit_bank_size
-            info["teachers"][name] = self._fit_bank(name, teacher, search, x, size, batch, seed, say)
+            keep = pooled[t] if self.cue is not None else None
+            info["teachers"][name] = self._fit_bank(name, teacher, search, x, size, batch, seed, say, keep)
             if x_val is not None and len(x_val):
                 cov = coverage(search, _embed_batches(teacher, x_val, batch))
                 info["teachers"][name]["coverage"] = cov
@@ -274,14 +288,36 @@ class PatchCore(TrainableModel):
         info.update({k: first[k] for k in ("patches", "candidates", "bank")})
         if len(self.teachers) > 1:
             info["normalization"] = self._fit_normalization(x_val, batch)
+        if self.cue is not None:
+            self.cue.fit_gaussians([torch.cat(p) for p in pooled])
+            info["image_cue"] = self.calibrate_image_cue(x_val, batch)
         return info
 
-    def _fit_bank(self, name, teacher, search, x, size, batch, seed, say) -> dict[str, Any]:
+    @torch.no_grad()
+    def calibrate_image_cue(self, x_val: Any, batch: int = 16) -> dict[str, Any] | None:
+        """Put the cue in the score's units on the held-out good images (``ImageCue.calibrate``); run again
+        whenever the map's fusion changes (``edge-train`` does, after measuring the ViT weight)."""
+        if self.cue is None:
+            return None
+        if x_val is None or len(x_val) < 2:
+            raise ValueError(
+                "image_cue is scaled on held-out good images; train with --val-fraction > 0 and at least 2"
+            )
+        scores, distances = [], []
+        for i in range(0, len(x_val), batch):
+            feats = self.features(x_val[i : i + batch])
+            scores.append(self.image_score(self.fused_map(feats)))
+            distances.append(self.cue.distances(feats))
+        return self.cue.calibrate(torch.cat(scores), torch.cat(distances), self.config.image_cue)
+
+    def _fit_bank(self, name, teacher, search, x, size, batch, seed, say, pooled=None) -> dict[str, Any]:
         cfg = self.config
         stream = StreamedCoreset(teacher.dim, cfg.projection_dim, seed)
         try:
             for f in _embed_batches(teacher, x, batch):
                 stream.add(f.permute(0, 2, 3, 1).reshape(-1, teacher.dim))  # (B*h*w, C)
+                if pooled is not None:
+                    pooled.append(f.mean(dim=(2, 3)))
             total = stream.count
             if search.projected:  # the coreset is chosen where the search measures: in the projection
                 width = search.bank.shape[1]
@@ -329,9 +365,16 @@ class PatchCore(TrainableModel):
 
     # --- inference -----------------------------------------------------------------------------------
 
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each teacher's (N, C, h, w) patch features."""
+        return [teacher(x) for teacher, _ in self.parts()]
+
     def raw_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each teacher's (N, 1, h, w) nearest-bank distance map, at its own grid."""
-        return [search(teacher(x)) for teacher, search in self.parts()]
+        return self._raw(self.features(x))
+
+    def _raw(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [search(f) for f, (_, search) in zip(feats, self.parts(), strict=True)]
 
     def image_score(self, amap: torch.Tensor) -> torch.Tensor:
         """(N, H, W) smoothed map -> (N,) image score: its max, or the mean of its top ``k`` pixels."""
@@ -354,10 +397,18 @@ class PatchCore(TrainableModel):
 
     def normalised_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each teacher's (N, H, W) upsampled, smoothed map; with two teachers each in held-out good units."""
-        maps = [self.head(r)[1] for r in self.raw_maps(x)]
+        return self._normalised(self.features(x))
+
+    def _normalised(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        maps = [self.head(r)[1] for r in self._raw(feats)]
         if len(maps) == 1:
             return maps
         return [(m - self.norm_offset[i]) / self.norm_scale[i] for i, m in enumerate(maps)]
+
+    def fused_map(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The teachers' features -> the one (N, H, W) map the score is read from."""
+        maps = self._normalised(feats)
+        return maps[0] if len(maps) == 1 else self.fuse_maps(maps)
 
     def score_map(self, amap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, H, W) final map -> (score, a map whose maximum is the score: the daemon reads the score as
@@ -373,8 +424,12 @@ class PatchCore(TrainableModel):
         return score, shift_to_score(amap, score)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = self.normalised_maps(x)
-        return self.score_map(maps[0] if len(maps) == 1 else self.fuse_maps(maps))
+        feats = self.features(x)
+        score, amap = self.score_map(self.fused_map(feats))
+        if self.cue is None:
+            return score, amap
+        score = score + self.cue(feats)  # an image-level cue: the whole map moves with the score
+        return score, shift_to_score(amap, score)
 
 
 def _embed_batches(teacher: nn.Module, x: torch.Tensor, batch: int) -> Iterable[torch.Tensor]:
