@@ -14,8 +14,9 @@ computed from the same fused map (before the per-image shift the default applies
 - ``gauss``: an image-level feature score (Rippel et al. 2020): each teacher's patch features averaged over
   the image, a Gaussian fitted to the training images (Ledoit-Wolf shrinkage), the Mahalanobis distance,
   the two teachers' distances each normalised by the held-out good images and added;
-- ``topk+gauss``: ``topk`` and ``gauss`` each normalised by the held-out good images (median 0, p99 1) and
-  added: a local and a global cue together; ``topk+gauss/2`` the same with half the Gaussian's weight.
+- ``topk+gauss*W``: ``topk`` and ``gauss`` each normalised by the held-out good images (median 0, p99 1),
+  the Gaussian weighed W (``--cue-weights``, 1 and 0.5 unless given) and added: a local and a global cue
+  together (the model's ``image_cue`` setting computes the same in the graph).
 
 ``--defects`` names the drawn sets to score (each on the same fitted model): ``cutpaste``, ``small`` and
 ``uneven`` (large faint defects, ``training.uneven_defects``: the type an image-level cue is meant for).
@@ -77,7 +78,13 @@ def region_score(amap: np.ndarray, level: float) -> float:
     return float(amap[labels == largest].mean())
 
 
-def _scores(model: PatchCore, gaussians: list[Any], x: torch.Tensor, labels: np.ndarray) -> dict[str, Any]:
+def _scores(
+    model: PatchCore,
+    gaussians: list[Any],
+    x: torch.Tensor,
+    labels: np.ndarray,
+    cue_weights: tuple[float, ...],
+) -> dict[str, Any]:
     """Image AUROC and line recall @ 1 % of every score on one labelled set (good images first)."""
     is_good = labels == 0
     maps = _fused_maps(model, x)
@@ -95,8 +102,8 @@ def _scores(model: PatchCore, gaussians: list[Any], x: torch.Tensor, labels: np.
         gauss += _normalised(d, d[is_good])
     scores["gauss"] = gauss
     local = _normalised(scores["topk"], scores["topk"][is_good])
-    scores["topk+gauss"] = local + _normalised(gauss, gauss[is_good])
-    scores["topk+gauss/2"] = local + 0.5 * _normalised(gauss, gauss[is_good])
+    for w in cue_weights:
+        scores[f"topk+gauss*{w:g}"] = local + w * _normalised(gauss, gauss[is_good])
     out = {}
     for name, s in scores.items():
         line = line_operating_points(s[is_good], labels, s)
@@ -104,8 +111,15 @@ def _scores(model: PatchCore, gaussians: list[Any], x: torch.Tensor, labels: np.
     return out
 
 
-def compare(data: Path, defects: tuple[str, ...] = ("cutpaste",), log=print) -> dict[str, Any]:
-    """Every score on each of the ``defects`` sets drawn on the held-out good images: {set: {score: ...}}."""
+def compare(
+    data: Path,
+    defects: tuple[str, ...] = ("cutpaste",),
+    log=print,
+    seed: int = 0,
+    cue_weights: tuple[float, ...] = (1.0, 0.5),
+) -> dict[str, Any]:
+    """Every score on each of the ``defects`` sets drawn (from ``seed``) on the held-out good images:
+    {set: {score: ...}}."""
     from sklearn.covariance import LedoitWolf
 
     torch.manual_seed(0)
@@ -119,8 +133,8 @@ def compare(data: Path, defects: tuple[str, ...] = ("cutpaste",), log=print) -> 
     gaussians = [LedoitWolf().fit(f) for f in _pooled(model, x_train)]
     out: dict[str, Any] = {"data": str(data), "n_good": len(val_paths)}
     for d in defects:
-        images, _, labels, _ = defect_set(d, val_paths, pre, 3, 0, good)
-        out[d] = _scores(model, gaussians, images_to_tensor(images, pre), labels)
+        images, _, labels, _ = defect_set(d, val_paths, pre, 3, seed, good)
+        out[d] = _scores(model, gaussians, images_to_tensor(images, pre), labels, cue_weights)
         for name, r in out[d].items():
             log(f"{data.name} {d} {name}: image AUROC {r['image_auroc']:.3f} recall@1% {r['recall_1']:.3f}")
     return out
@@ -133,12 +147,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--defects", default="cutpaste", help=f"sets, comma-separated, of {', '.join(DEFECT_SETS)}"
     )
+    p.add_argument("--seed", type=int, default=0, help="the defects' draw (edge-eval --pasted's is 0)")
+    p.add_argument(
+        "--cue-weights", default="1,0.5", help="weights of the Gaussian added to topk, comma-separated"
+    )
     args = p.parse_args(argv)
+    weights = tuple(float(w) for w in args.cue_weights.split(",") if w)
     defects = tuple(d for d in args.defects.split(",") if d)
     unknown = [d for d in defects if d not in DEFECT_SETS]
     if unknown or not defects:
         p.error(f"--defects: unknown set(s) {unknown}; use {', '.join(DEFECT_SETS)}")
-    result = compare(args.data, defects, log=lambda m: print(m, file=sys.stderr, flush=True))
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    result = compare(args.data, defects, say, args.seed, weights)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
