@@ -19,7 +19,7 @@ from export.onnx_export import onnx_from_module
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.graph import InferenceModel
 from training.models.image_cue import ImageCue
-from training.models.patchcore import PatchCore, PatchCoreConfig
+from training.models.patchcore import PatchCore, PatchCoreConfig, peak_to_score
 
 SIZE = 56
 
@@ -79,7 +79,8 @@ def test_the_cue_moves_the_score_and_the_whole_map_and_survives_save_and_export(
         added = cued.cue(cued.features(x))
     torch.testing.assert_close(s1, s0 + added)
     torch.testing.assert_close(s1, m1.flatten(1).amax(dim=1))  # the daemon's score is the map's max
-    torch.testing.assert_close(m1 - m0, added[:, None, None].expand_as(m0))  # the map moves as a whole
+    moved = (m1 - m0).abs() > 1e-6
+    assert moved.any() and moved.flatten(1).sum(dim=1).max() <= cued.k + 1  # only the peak follows the cue
 
     pre = Preprocess(height=SIZE, width=SIZE, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD)
     back = load_checkpoint(save_checkpoint(tmp_path / "c.pt", "patchcore", cued, pre)).model
@@ -92,6 +93,15 @@ def test_the_cue_moves_the_score_and_the_whole_map_and_survives_save_and_export(
     got = session.run(None, {session.get_inputs()[0].name: images})
     np.testing.assert_allclose(got[0], want[0].numpy(), rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(got[1], want[1].numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_the_peak_follows_the_score_up_and_down_and_nothing_else_moves() -> None:
+    amap = torch.arange(100, dtype=torch.float32).reshape(1, 10, 10)
+    up = peak_to_score(amap, torch.tensor([120.0]), k=4)
+    assert float(up.max()) == 120.0 and (up[amap <= 95] == amap[amap <= 95]).all()
+    assert (up[amap > 95] > amap[amap > 95]).all() and float(up[amap == 98]) < 120.0  # in proportion
+    down = peak_to_score(amap, torch.tensor([90.5]), k=4)
+    assert float(down.max()) == 90.5 and (down[amap <= 90] == amap[amap <= 90]).all()
 
 
 def test_settings_the_cue_cannot_work_with_are_refused() -> None:

@@ -11,7 +11,8 @@ Units: each teacher's distance and the local score are each brought to the held-
 (median 0, 99th percentile 1, ``calibration.scores.normalization_from_good``), so ``weight`` reads "how much
 one p99 of the cue counts against one p99 of the local score". Expressed in the local score's own units,
 the cue adds ``gain * (sum of normalised distances - offset)``; the score's later normalisation (the
-bundle's calibration) sees one number, and the graph carries the cue as two small MatMuls.
+bundle's calibration) sees one number, and the graph carries the cue as two small MatMuls. The map follows
+the score at its peak only (``patchcore.peak_to_score``): the cue says the part is off, not where.
 
 The distance is written as ``|(f - mean) @ L|^2`` with ``L`` the Cholesky factor of the precision matrix,
 so fp16 sees values of order one, never the precision's own large entries.

@@ -428,8 +428,8 @@ class PatchCore(TrainableModel):
         score, amap = self.score_map(self.fused_map(feats))
         if self.cue is None:
             return score, amap
-        score = score + self.cue(feats)  # an image-level cue: the whole map moves with the score
-        return score, shift_to_score(amap, score)
+        score = score + self.cue(feats)  # an image-level cue: only the map's peak follows the score
+        return score, peak_to_score(amap, score, self.k)
 
 
 def _embed_batches(teacher: nn.Module, x: torch.Tensor, batch: int) -> Iterable[torch.Tensor]:
@@ -453,6 +453,19 @@ def topk_mean(amap: torch.Tensor, k: int) -> torch.Tensor:
 def shift_to_score(amap: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     """The map moved so that its maximum is ``score``: the daemon scores an image by its map's maximum."""
     return amap + (score - amap.flatten(1).amax(dim=1))[:, None, None]
+
+
+def peak_to_score(amap: torch.Tensor, score: torch.Tensor, k: int) -> torch.Tensor:
+    """The map whose maximum is ``score``, moving only its top pixels: below the score, what is above it is
+    cut (as ``peak="clip"``); above, the pixels over the map's ``k``-th highest value are raised in
+    proportion to their height, the peak by the whole difference. An image-level cue says the part is off,
+    not where; moving the whole map by it would rank every pixel of the image by the cue."""
+    flat = amap.flatten(1)
+    peak = flat.amax(dim=1)
+    level = flat.topk(min(k + 1, flat.shape[1]), dim=1).values[:, -1]
+    share = ((amap - level[:, None, None]) / (peak - level).clamp_min(1e-6)[:, None, None]).clamp(0.0, 1.0)
+    lifted = amap + (score - peak).clamp_min(0.0)[:, None, None] * share
+    return torch.minimum(lifted, score[:, None, None])
 
 
 @torch.no_grad()
