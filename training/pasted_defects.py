@@ -31,7 +31,7 @@ from training.evaluate import predict
 from training.graph import InferenceModel
 from training.metrics import evaluate_maps, line_operating_points
 from training.native_eval import read_bgr, stack_in_frame
-from training.small_defects import most_visible, small_each, small_set, with_defects
+from training.small_defects import drawn_set, most_visible, small_each, with_defects
 from training.uneven_defects import uneven_each
 from training.worst import write_worst
 
@@ -121,16 +121,16 @@ def defect_set(
     """The good images at ``paths`` followed by defective copies, as ``pasted_set``: ``cutpaste`` (the kinds
     above, drawn on ``good``, the images at model size, loaded when not given), ``small``
     (``training.small_defects``) or ``uneven`` (``training.uneven_defects``), both drawn at each file's own
-    size (``small_defects.small_set``). ``native``: ``good`` (when given) holds the
-    images at their own size, the defects are drawn on them and stay at that size (no resize); images and
-    masks are then lists, since crops may differ in size."""
+    size (``small_defects.drawn_set``). ``native``: ``good`` (when given) holds the images at their own
+    size, the defects are drawn on them and stay at that size (no resize); images and masks are then
+    lists, since crops may differ in size."""
     if defects not in DEFECT_SETS:
         raise ValueError(f"unknown defect set {defects!r}; use one of {', '.join(DEFECT_SETS)}")
     if native:  # on the frames already read (``good``) when given
         frames = list(good) if good is not None else [read_bgr(Path(p)) for p in paths]
         return DRAWN.get(defects, paste_each)(frames, per_image, seed)
     if defects in DRAWN:
-        return small_set(paths, pre, per_image, seed, DRAWN[defects])
+        return drawn_set(paths, pre, per_image, seed, DRAWN[defects])
     return pasted_set(load_images(paths, pre) if good is None else good, per_image, seed)
 
 
@@ -156,7 +156,7 @@ def score_set(
     bgr_in: bool = False,
 ) -> dict[str, Any]:
     """Metrics of ``predict`` on a set of good images followed by ``per_image`` defective copies of each
-    (``pasted_set`` or ``small_defects.small_set``).
+    (``pasted_set`` or ``small_defects.drawn_set``).
 
     ``line``: the line protocol with the threshold from the good (held-out) images of the set itself.
     ``worst``: write that many worst good and pasted images to ``worst_dir`` (``training.worst``)."""

@@ -178,7 +178,7 @@ Each = Callable[
 ]
 
 
-def small_set(
+def drawn_set(
     paths: Sequence[Path], pre: Preprocess, per_image: int = 3, seed: int = 0, each: Each = small_each
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """``each`` (``small_each``, or another set drawn at the image's own size) on the files at ``paths``,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from training.small_defects import SMALL_KINDS, draw_small_defect, small_set
+from training.small_defects import SMALL_KINDS, draw_small_defect, drawn_set
 
 
 def _board(size: int = 400) -> np.ndarray:
@@ -56,20 +56,20 @@ def test_the_set_is_resized_like_frames_and_replays_from_its_seed(tmp_path: Path
     pre = Preprocess(
         height=64, width=64, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="letterbox"
     )
-    images, masks, labels, types = small_set(paths, pre, per_image=2, seed=1)
+    images, masks, labels, types = drawn_set(paths, pre, per_image=2, seed=1)
     assert images.shape == (9, 64, 64, 3) and masks.shape == (9, 64, 64)
     assert labels.tolist() == [0, 0, 0] + [1] * 6
     assert types[:3] == ["good"] * 3 and set(types[3:]) == set(SMALL_KINDS)
     assert not masks[:3].any() and all(m.any() for m in masks[3:])
     assert (images[0] == pre.frame_to_input(cv2.imread(str(paths[0])))).all()
-    again = small_set(paths, pre, per_image=2, seed=1)
+    again = drawn_set(paths, pre, per_image=2, seed=1)
     assert (again[0] == images).all() and (again[1] == masks).all()
 
 
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     pre = Preprocess(height=64, width=64, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD)
     with pytest.raises(ValueError, match="cannot read image"):
-        small_set([tmp_path / "gone.png"], pre)
+        drawn_set([tmp_path / "gone.png"], pre)
 
 
 def test_the_defect_set_by_name_is_the_same_draw_and_an_unknown_name_is_refused(tmp_path: Path) -> None:
@@ -79,7 +79,7 @@ def test_the_defect_set_by_name_is_the_same_draw_and_an_unknown_name_is_refused(
     cv2.imwrite(str(path), _board())
     pre = Preprocess(height=64, width=64, color_order="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD)
     by_name = defect_set("small", [path], pre, per_image=2, seed=4)
-    assert (by_name[1] == small_set([path], pre, per_image=2, seed=4)[1]).all()
+    assert (by_name[1] == drawn_set([path], pre, per_image=2, seed=4)[1]).all()
     assert defect_set("cutpaste", [path], pre, per_image=2)[3][1:] == ["patch", "scar"]
     with pytest.raises(ValueError, match="unknown defect set 'dents'"):
         defect_set("dents", [path], pre)
@@ -94,7 +94,7 @@ def test_the_native_set_is_the_same_draw_at_the_files_own_size(tmp_path: Path) -
     images, masks, labels, types = defect_set("small", [path], pre, per_image=2, seed=4, native=True)
     assert [i.shape for i in images] == [(200, 200, 3)] * 3 and [m.shape for m in masks] == [(200, 200)] * 3
     assert (images[0] == cv2.imread(str(path))).all() and not masks[0].any()
-    resized = small_set([path], pre, per_image=2, seed=4)
+    resized = drawn_set([path], pre, per_image=2, seed=4)
     for i in (1, 2):  # the resized set's masks are these masks after the model's resize
         cover = pre.fit(masks[i].astype(np.uint8) * 255, cv2.INTER_AREA)
         assert (resized[1][i] == (cover >= 64)).all()
