@@ -107,8 +107,6 @@ def test_the_peak_follows_the_score_up_and_down_and_nothing_else_moves() -> None
 def test_settings_the_cue_cannot_work_with_are_refused() -> None:
     with pytest.raises(ValueError, match="image_cue must be >= 0"):
         PatchCore(PatchCoreConfig(image_size=SIZE, backbone="effnet", image_cue=-1.0))
-    with pytest.raises(ValueError, match="needs peak 'shift'"):
-        PatchCore(PatchCoreConfig(image_size=SIZE, backbone="effnet", image_cue=0.5, peak="clip"))
     model = PatchCore(PatchCoreConfig(image_size=SIZE, backbone="effnet", bank_size=8, image_cue=0.5))
     with pytest.raises(ValueError, match="held-out good images"):
         model.fit(torch.randn(3, 3, SIZE, SIZE), batch=2)

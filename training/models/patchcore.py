@@ -99,9 +99,7 @@ class PatchCoreConfig:
     vit_weight: float = 0.75  # fusion "mean": the ViT map's weight, the EfficientNet's is 1 - vit_weight
     sigma: float = 4.0
     peak: str = "shift"  # score "topk": how the map's maximum becomes the score (score_map)
-    image_cue: float = (
-        0.0  # weight of the image-level Gaussian cue added to the score (image_cue.py); 0: none
-    )
+    image_cue: float = 0.0  # weight of the image-level Gaussian cue in the score (image_cue.py); 0: none
 
 
 # --- the teachers ----------------------------------------------------------------------------------------
@@ -178,10 +176,6 @@ def _check(config: PatchCoreConfig) -> None:
         raise ValueError("pca dims must be >= 0 (0 keeps the teacher's features)")
     if config.image_cue < 0:
         raise ValueError(f"image_cue must be >= 0 (0: no image-level cue), got {config.image_cue}")
-    if config.image_cue and config.peak != "shift":
-        raise ValueError(
-            "image_cue moves the score above the map's top; it needs peak 'shift' to move the map"
-        )
 
 
 class PatchCore(TrainableModel):
