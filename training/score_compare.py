@@ -12,8 +12,9 @@ computed from the same fused map (before the per-image shift the default applies
 - ``region``: the mean of the map over its largest connected region above the held-out good images' 99th
   pixel percentile (the map's max when no pixel is above it);
 - ``gauss``: an image-level feature score (Rippel et al. 2020): each teacher's patch features averaged over
-  the image, a Gaussian fitted to the training images (Ledoit-Wolf shrinkage), the Mahalanobis distance,
-  the two teachers' distances each normalised by the held-out good images and added;
+  the image, a Gaussian fitted to the training images (Ledoit-Wolf shrinkage), the Mahalanobis distance
+  (the model's own cue, ``training.models.image_cue``), the two teachers' distances each normalised by the
+  held-out good images and added;
 - ``topk+gauss*W``: ``topk`` and ``gauss`` each normalised by the held-out good images (median 0, p99 1),
   the Gaussian weighed W (``--cue-weights``, 1 and 0.5 unless given) and added: a local and a global cue
   together (the model's ``image_cue`` setting computes the same in the graph).
@@ -45,23 +46,16 @@ from training.pasted_defects import DEFECT_SETS, defect_set
 from training.train import images_to_tensor, make_preprocess
 
 
-def _pooled(model: PatchCore, x: torch.Tensor, batch: int = 8) -> list[np.ndarray]:
-    """Each teacher's patch features averaged over the image: [(N, C)] per teacher."""
-    out: list[list[np.ndarray]] = [[] for _ in model.teachers]
+def _maps_and_distances(model: PatchCore, x: torch.Tensor, batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """One teacher pass per batch: the default's fused map before its per-image shift (N, H, W) and each
+    teacher's Gaussian distance of the image's mean features (N, T), from the model's own cue."""
+    maps, distances = [], []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            for t, (teacher, _) in enumerate(model.parts()):
-                out[t].append(teacher(x[i : i + batch]).mean(dim=(2, 3)).numpy())
-    return [np.concatenate(o) for o in out]
-
-
-def _fused_maps(model: PatchCore, x: torch.Tensor, batch: int = 8) -> np.ndarray:
-    """The default's fused map before its per-image shift (N, H, W)."""
-    maps = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            maps.append(model.fuse_maps(model.normalised_maps(x[i : i + batch])).numpy())
-    return np.concatenate(maps)
+            feats = model.features(x[i : i + batch])
+            maps.append(model.fused_map(feats).numpy())
+            distances.append(model.cue.distances(feats).numpy())
+    return np.concatenate(maps), np.concatenate(distances)
 
 
 def _normalised(values: np.ndarray, good: np.ndarray) -> np.ndarray:
@@ -80,14 +74,13 @@ def region_score(amap: np.ndarray, level: float) -> float:
 
 def _scores(
     model: PatchCore,
-    gaussians: list[Any],
     x: torch.Tensor,
     labels: np.ndarray,
     cue_weights: tuple[float, ...],
 ) -> dict[str, Any]:
     """Image AUROC and line recall @ 1 % of every score on one labelled set (good images first)."""
     is_good = labels == 0
-    maps = _fused_maps(model, x)
+    maps, distances = _maps_and_distances(model, x)
     k = model.k
     flat = maps.reshape(len(maps), -1)
     scores: dict[str, np.ndarray] = {
@@ -96,10 +89,7 @@ def _scores(
     }
     level = float(np.quantile(maps[is_good], 0.99))
     scores["region"] = np.array([region_score(m, level) for m in maps])
-    gauss = np.zeros(len(x))
-    for fit, eval_f in zip(gaussians, _pooled(model, x), strict=True):
-        d = fit.mahalanobis(eval_f)
-        gauss += _normalised(d, d[is_good])
+    gauss = sum(_normalised(d, d[is_good]) for d in distances.T)
     scores["gauss"] = gauss
     local = _normalised(scores["topk"], scores["topk"][is_good])
     for w in cue_weights:
@@ -120,21 +110,19 @@ def compare(
 ) -> dict[str, Any]:
     """Every score on each of the ``defects`` sets drawn (from ``seed``) on the held-out good images:
     {set: {score: ...}}."""
-    from sklearn.covariance import LedoitWolf
-
     torch.manual_seed(0)
     pre = make_preprocess("patchcore", {})
     train_paths, val_paths = split_train_val(good_images(data), 0.1, 0)
     x_train = images_to_tensor(load_images(train_paths, pre), pre)
     good = load_images(val_paths, pre)
-    model = PatchCore(PatchCoreConfig()).eval()
+    # the cue's Gaussians are fitted while the bank fills; its weight is not used here (scores re-weigh it)
+    model = PatchCore(PatchCoreConfig(image_cue=1.0)).eval()
     model.load_pretrained()
     model.fit(x_train, x_val=images_to_tensor(good, pre), log=log)
-    gaussians = [LedoitWolf().fit(f) for f in _pooled(model, x_train)]
     out: dict[str, Any] = {"data": str(data), "n_good": len(val_paths)}
     for d in defects:
         images, _, labels, _ = defect_set(d, val_paths, pre, 3, seed, good)
-        out[d] = _scores(model, gaussians, images_to_tensor(images, pre), labels, cue_weights)
+        out[d] = _scores(model, images_to_tensor(images, pre), labels, cue_weights)
         for name, r in out[d].items():
             log(f"{data.name} {d} {name}: image AUROC {r['image_auroc']:.3f} recall@1% {r['recall_1']:.3f}")
     return out

@@ -32,8 +32,7 @@ class ImageCue(nn.Module):
 
     def __init__(self, dims: list[int]) -> None:
         super().__init__()
-        self.dims = list(dims)
-        for t, d in enumerate(self.dims):
+        for t, d in enumerate(dims):
             self.register_buffer(f"mean_{t}", torch.zeros(d))
             self.register_buffer(f"whiten_{t}", torch.zeros(d, d))
         self.register_buffer("norm", torch.stack([torch.zeros(len(dims)), torch.ones(len(dims))]))
