@@ -20,9 +20,10 @@ border in place but distorts, differently per image. Which costs less depends on
    input: a whole-image resize shrinks a defect of a few pixels away. Where the largest scale at which every
    image fits in ``MAX_TILES`` tiles sees the part at least ``TILE_GAIN`` times finer than the whole-image
    resize does, the same probe is fitted on tiles and on whole images (of up to ``TILES_PROBE_IMAGES``
-   training images), and both are scored on the held-out good images with CutPaste defects and small drawn
-   ones (``training.small_defects``), all at the images' own size, every map brought back to it
-   (``training.native_eval``). Tiles are chosen only when the sum of the four metrics over the two sets
+   training images), and both are scored on the held-out good images with CutPaste defects, small drawn
+   ones (``training.small_defects``) and large faint ones (``training.uneven_defects``: a tile sees less
+   of a shading than the whole image does), all at the images' own size, every map brought back to it
+   (``training.native_eval``). Tiles are chosen only when the sum of the four metrics over the three sets
    beats the whole image's by more than ``TILES_MARGIN`` (a tie keeps one pass a frame). Only
    training-free kinds are offered tiles: for a trained model they multiply every epoch.
 
@@ -48,6 +49,7 @@ from training.metrics import probe_metrics
 from training.native_eval import read_bgr
 from training.pasted_defects import paste_each
 from training.small_defects import small_each
+from training.uneven_defects import uneven_each
 
 GEOMETRIES = ("letterbox", "stretch")
 CHOICES = ("auto", *GEOMETRIES)
@@ -56,10 +58,12 @@ PROBE_BANK = 2048  # EfficientNet coreset rows of the probe: small, the comparis
 PER_IMAGE = 3  # pasted defects per held-out good image, as edge-eval --pasted
 MAX_TILES = 4  # model passes a frame may cost when tiles win (edge-train --max-tiles)
 TILE_GAIN = 1.5  # tiles are offered when they see the part at least this much finer than the whole image
-TILES_MARGIN = 0.04  # tiles must beat the whole image by this much on the sum of 2 sets x 4 metrics
+TILES_MARGIN = 0.06  # tiles must beat the whole image by this on the sum of 3 sets x 4 metrics (0.005 each)
 METRIC_SIDE = 512  # the native-frame metrics are computed with the long side at most this (cost)
 TILES_PROBE_IMAGES = 100  # training images the tiles probe fits on (evenly spaced): its cost stays minutes
-TILES_PROBE_PIXELS = 250_000_000  # native pixels of the probe's two defect sets together (memory: x3 bytes)
+TILES_PROBE_PIXELS = 250_000_000  # native pixels of the probe's defect sets together (memory: x3 bytes)
+# The defect sets both probes (tiles here, the fusion weight and image cue in training.fusion_weight) score
+PROBE_SETS = {"cutpaste": paste_each, "small": small_each, "uneven": uneven_each}
 
 
 def preprocess(size: int, resize: str, tiling: Tiling | None = None) -> Preprocess:
@@ -150,16 +154,17 @@ def auto_tiling(sizes: Sequence[tuple[int, int]], tile: int, max_tiles: int = MA
 def native_defect_sets(
     val_paths: Sequence[Path], seed: int = 0, sizes: Sequence[tuple[int, int]] | None = None
 ) -> dict[str, tuple]:
-    """The held-out good images with CutPaste defects and with small drawn ones, at their own size.
+    """The held-out good images with CutPaste defects, small drawn ones and large faint ones, at their own
+    size (``PROBE_SETS``).
 
-    Both sets are held in memory (7 copies of each image): beyond ``TILES_PROBE_PIXELS`` native pixels in
+    The sets are held in memory (10 copies of each image): beyond ``TILES_PROBE_PIXELS`` native pixels in
     all, an evenly spaced subset of the held-out images is used (large camera frames). ``sizes``: the
     images' (height, width) when already read."""
     paths = list(val_paths)
-    pixels = sum(h * w for h, w in (image_sizes(paths) if sizes is None else sizes)) * (1 + 2 * PER_IMAGE)
+    pixels = sum(h * w for h, w in (image_sizes(paths) if sizes is None else sizes)) * (1 + 3 * PER_IMAGE)
     step = max(1, -(-pixels // TILES_PROBE_PIXELS))  # ceil
     frames = [read_bgr(Path(p)) for p in paths[::step]]
-    return {"cutpaste": paste_each(frames, PER_IMAGE, seed), "small": small_each(frames, PER_IMAGE, seed)}
+    return {name: draw(frames, PER_IMAGE, seed) for name, draw in PROBE_SETS.items()}
 
 
 def score_native(model: Any, pre: Preprocess, labelled: tuple) -> dict[str, float | None]:
@@ -217,7 +222,7 @@ def choose_tiles(
     (``val_sizes``: the held-out images' sizes when already read)."""
     log(
         f"geometry: probing {resize} against {tiling.tile} px tiles at scale {tiling.scale:g} "
-        f"on {len(val_paths)} held-out images with pasted and small defects"
+        f"on {len(val_paths)} held-out images with pasted, small and faint defects"
     )
     sets = native_defect_sets(val_paths, seed, val_sizes)
     step = max(1, -(-len(train_paths) // TILES_PROBE_IMAGES))  # ceil: at most TILES_PROBE_IMAGES

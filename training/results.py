@@ -44,8 +44,8 @@ ORDER = (*MODELS, *PRESETS)
 BACKBONES = {
     "patchcore": "recommended default: EfficientNet-Lite0 blocks 4 + 10 (3x3 pooled) and ViT-S/14 blocks "
     "5 + 8 kNN maps, each normalised by held-out good scores, averaged with the ViT's weight measured per "
-    "bundle on held-out pasted and small defects (0.75 unless another beats it by 0.04); "
-    "score = mean of the map's top 0.1 %; "
+    "bundle on held-out pasted, small and faint defects (0.75 unless another beats it by 0.06); "
+    "score = mean of the map's top 0.1 %, plus an image-level Gaussian cue where the same probe picks one; "
     "coresets from every patch: 4096 EfficientNet rows, 8192 ViT rows in 96 principal components; 224 px, "
     "or 224 px native-scale tiles (at most 4 a frame) where the geometry probe picks them; no training",
     "gtrans": "EfficientNet-Lite0 (ImageNet-1k) teacher at three scales and ViT-S/14 blocks 5 + 8 (224 px "
@@ -104,10 +104,15 @@ def run_all(
         result["pasted"] = {k: pasted[k] for k in keys}
         small = evaluate_pasted(ckpt, threads=threads, defects="small")  # defects a few pixels wide
         result["small"] = {k: small[k] for k in keys}
+        uneven = evaluate_pasted(ckpt, threads=threads, defects="uneven")  # large faint defects
+        result["uneven"] = {k: uneven[k] for k in keys}
         result["model"] = model
         fusion = load_checkpoint(ckpt).data.get("fusion")  # the default's ViT weight, measured per bundle
         if fusion:
             result["vit_weight"] = fusion["vit_weight"]
+        cue = load_checkpoint(ckpt).data.get("image_cue")  # and its image cue's weight
+        if cue:
+            result["image_cue"] = cue["image_cue"]
         (runs / f"{model}-{data.name}" / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         results.append(result)
     return results
@@ -140,7 +145,8 @@ def _line_cell(r: dict[str, Any], fpr: str, f: Any) -> str:
 
 
 def _defect_table(results: list[dict[str, Any]], key: str, label: str, *intro: str) -> list[str]:
-    """The table of one defect set drawn on the held-out good images (``key``: "pasted" or "small")."""
+    """The table of one defect set drawn on the held-out good images (``key``: "pasted", "small" or
+    "uneven")."""
 
     def f(v: Any) -> str:
         return "n/a" if v is None else f"{v:.3f}"
@@ -167,10 +173,11 @@ def _defect_table(results: list[dict[str, Any]], key: str, label: str, *intro: s
 
 
 def _this_run(r: dict[str, Any]) -> str:
-    """What the row's run measured for itself: tiles (scored at the images' own size), the ViT weight."""
-    t, w = r.get("tiling"), r.get("vit_weight")
+    """What the row's run measured for itself: tiles (scored at native size), the ViT and cue weights."""
+    t, w, c = r.get("tiling"), r.get("vit_weight"), r.get("image_cue")
     notes = [f"{t['tile']} px tiles at scale {t['scale']:g}, scored at native size"] if t else []
     notes += [f"ViT weight {w:g} (measured on its held-out images)"] if w is not None else []
+    notes += [f"image cue {c:g} (measured)"] if c is not None else []
     return f"; this run: {', '.join(notes)}" if notes else ""
 
 
@@ -237,6 +244,13 @@ def markdown(results: list[dict[str, Any]], data: Path, seed: int = 0, title: st
         "small",
         "And on small defects (nicks, bridges, specks a few pixels wide) drawn on the held-out good images",
         "at their own size before the resize (`edge-eval --pasted --defects small`):",
+    )
+    lines += _defect_table(
+        results,
+        "uneven",
+        "faint",
+        "And on large faint defects (shading, smears, dents over 10-30 % of the image) drawn on the held-out",
+        "good images at their own size (`edge-eval --pasted --defects uneven`):",
     )
     lines += [
         "",

@@ -282,17 +282,21 @@ def train(cfg: TrainConfig) -> Path:
 def fit_memory(cfg, model, pre, x_train, x_val, data_info, ckpt_path: Path) -> Path:
     """A training-free model (PatchCore): fill its memory from the training images in one pass."""
     started = time.perf_counter()
-    info = model.fit(
-        x_train,
-        batch=cfg.resolved("batch_size"),
-        seed=cfg.seed,
-        log=lambda m: log(m, cfg.progress),
-        x_val=x_val,
+    batch = cfg.resolved("batch_size")
+    measure_cue = (
+        fusion_weight.applies(model)
+        and "image_cue" not in cfg.model_config
+        and len(data_info["val_files"]) >= 2
+        and x_val is not None
+        and len(x_val) >= 2
     )
+    if measure_cue:
+        model.prepare_cue()  # its Gaussians come from the banks' pass; its weight is measured below
+    info = model.fit(x_train, batch=batch, seed=cfg.seed, log=lambda m: log(m, cfg.progress), x_val=x_val)
     if fusion_weight.applies(model):
-        data_info["fusion"] = resolve_fusion(cfg, model, pre, data_info["val_files"])
+        data_info.update(resolve_fusion(cfg, model, pre, data_info["val_files"], x_val, measure_cue))
         if getattr(model, "cue", None) is not None:  # the cue is scaled to the fused map: again after it
-            info["image_cue"] = model.calibrate_image_cue(x_val, batch=cfg.resolved("batch_size"))
+            info["image_cue"] = model.calibrate_image_cue(x_val, batch=batch)
     seconds = time.perf_counter() - started
     val_loss = validation_loss(model, x_val)
     state = {
@@ -311,12 +315,26 @@ def fit_memory(cfg, model, pre, x_train, x_val, data_info, ckpt_path: Path) -> P
     return ckpt_path
 
 
-def resolve_fusion(cfg: TrainConfig, model: Any, pre: Preprocess, val_files: list[str]) -> dict[str, Any]:
-    """The fused kNN's ViT weight: as asked (``--set vit_weight=``), or measured on the held-out images."""
-    if "vit_weight" in cfg.model_config:
-        return {"vit_weight": model.config.vit_weight, "reason": "asked for (--set vit_weight)"}
+def resolve_fusion(
+    cfg: TrainConfig, model: Any, pre: Preprocess, val_files: list[str], x_val: Any, measure_cue: bool
+) -> dict[str, Any]:
+    """The fused kNN's ViT weight (``fusion``) and, with ``measure_cue``, its image cue's weight
+    (``image_cue``): as asked (``--set``), or measured on the held-out images (``training.fusion_weight``,
+    one probe for both)."""
     paths = [Path(p) for p in val_files]
-    return fusion_weight.choose_vit_weight(model, pre, paths, cfg.seed, log=lambda m: log(m, cfg.progress))
+    say = lambda m: log(m, cfg.progress)  # noqa: E731
+    asked = "vit_weight" in cfg.model_config
+    probe = fusion_weight.probe_maps(model, pre, paths, cfg.seed, say) if measure_cue or not asked else None
+    if asked:
+        out = {"fusion": {"vit_weight": model.config.vit_weight, "reason": "asked for (--set vit_weight)"}}
+    else:
+        out = {"fusion": fusion_weight.choose_vit_weight(model, pre, paths, cfg.seed, say, probe)}
+    if measure_cue:
+        batch = cfg.resolved("batch_size")
+        out["image_cue"] = fusion_weight.choose_image_cue(model, pre, probe, x_val, batch, say)
+    elif "image_cue" in cfg.model_config:
+        out["image_cue"] = {"image_cue": model.config.image_cue, "reason": "asked for (--set image_cue)"}
+    return out
 
 
 def run_epoch(cfg, model, train_set, cached, optimizer, schedule, epoch, batch_size, progress) -> float:

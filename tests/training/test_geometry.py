@@ -150,7 +150,7 @@ def test_tiles_take_the_largest_scale_that_fits_the_budget(
     assert len(Tiling(224, 32, scale + 0.01).grid(*hw)) > max_tiles
 
 
-@pytest.mark.parametrize(("lead", "tiled"), [(0.05, True), (0.03, False), (-0.3, False)])
+@pytest.mark.parametrize(("lead", "tiled"), [(0.07, True), (0.05, False), (-0.3, False)])
 def test_tiles_only_when_they_win_by_the_margin(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lead: float, tiled: bool
 ) -> None:
@@ -158,8 +158,8 @@ def test_tiles_only_when_they_win_by_the_margin(
     base = {"image_auroc": 0.8, "pixel_auroc": 0.9, "aupro": 0.7, "recall_1": 0.3}
     monkeypatch.setattr(geometry, "fit_probe", lambda pre, *_a, **_k: pre)
 
-    def score(pre, *_a, **_k) -> dict[str, float]:  # the lead split over the two defect sets
-        return {**base, "aupro": base["aupro"] + (lead / 2 if pre.tiling is not None else 0.0)}
+    def score(pre, *_a, **_k) -> dict[str, float]:  # the lead split over the three defect sets
+        return {**base, "aupro": base["aupro"] + (lead / 3 if pre.tiling is not None else 0.0)}
 
     monkeypatch.setattr(geometry, "score_native", score)
     choice = geometry.choose_geometry(paths[:4], paths[4:], 64, max_tiles=4)
@@ -168,7 +168,7 @@ def test_tiles_only_when_they_win_by_the_margin(
     if tiled:
         assert Tiling.from_dict(choice["tiling"]) == Tiling(64, 9, 0.59)  # 118 px: 2 x 2 tiles of 64
     assert set(choice["tiles_probe"]) == {"whole", "tiles"}
-    assert set(choice["tiles_probe"]["tiles"]) == {"cutpaste", "small"}
+    assert set(choice["tiles_probe"]["tiles"]) == {"cutpaste", "small", "uneven"}
 
 
 def test_a_trained_kind_is_never_offered_tiles(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -215,8 +215,10 @@ def _images(root: Path, shapes: list[tuple[int, int]]) -> list[Path]:
 def test_the_tiles_probe_sets_keep_to_a_pixel_budget(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     paths = _images(tmp_path, [(100, 100)] * 6)
     sets = geometry.native_defect_sets(paths)
-    assert len(sets["cutpaste"][0]) == len(sets["small"][0]) == 6 * (1 + geometry.PER_IMAGE)
-    assert sets["small"][0][0].shape == (100, 100, 3)  # at the images' own size
-    monkeypatch.setattr(geometry, "TILES_PROBE_PIXELS", 3 * 100 * 100 * (1 + 2 * geometry.PER_IMAGE))
+    assert set(sets) == {"cutpaste", "small", "uneven"}  # every kind of visible defect weighs in the choice
+    assert all(len(s[0]) == 6 * (1 + geometry.PER_IMAGE) for s in sets.values())
+    assert sets["uneven"][0][-1].shape == (100, 100, 3)  # at the images' own size
+    assert sets["uneven"][1][-1].any() and not sets["uneven"][1][0].any()  # the last copy has a defect
+    monkeypatch.setattr(geometry, "TILES_PROBE_PIXELS", 3 * 100 * 100 * (1 + 3 * geometry.PER_IMAGE))
     sets = geometry.native_defect_sets(paths)  # every other image: 3 of 6
     assert len(sets["cutpaste"][0]) == 3 * (1 + geometry.PER_IMAGE)

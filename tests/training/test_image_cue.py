@@ -19,7 +19,8 @@ from export.onnx_export import onnx_from_module
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.graph import InferenceModel
 from training.models.image_cue import ImageCue
-from training.models.patchcore import PatchCore, PatchCoreConfig, peak_to_score
+from training.models.map_scores import peak_to_score
+from training.models.patchcore import PatchCore, PatchCoreConfig
 
 SIZE = 56
 

@@ -72,6 +72,11 @@ def test_pasted_defect_numbers_get_their_own_table() -> None:
     small = {**with_pasted["pasted"], "image_auroc": 0.625, "line": {"0.01": {"recall": 0.125}}}
     text = markdown([{**with_pasted, "small": small}], Path("data/bottle"))
     assert "| small image AUROC |" in text and "| anovit | 0.625 | 0.875 | n/a | 0.125 | n/a |" in text
+    assert "faint image AUROC" not in text
+    faint = {**small, "image_auroc": 0.75}
+    text = markdown([{**with_pasted, "uneven": faint, "image_cue": 0.25}], Path("data/bottle"))
+    assert "| faint image AUROC |" in text and "| anovit | 0.750 | 0.875 | n/a | 0.125 | n/a |" in text
+    assert "image cue 0.25 (measured)" in text
 
 
 def test_rows_before_the_line_protocol_read_n_a_and_presets_have_a_description() -> None:

@@ -7,7 +7,7 @@ real texture. Both run on the same input, each with its own default config:
 - each part's smoothed map is brought to the input size (bilinear), and to common units by the held-out
   good images: (map - offset) / scale, with offset and scale from ``normalization_from_good`` of that
   part's image scores on them (median 0, 99th percentile 1; the code the kNN kind's two teachers share,
-  ``patchcore.fit_map_normalization``);
+  ``map_scores.fit_map_normalization``);
 - the fused map is the pixelwise mean of the two normalised maps; the image score is the mean of its top
   ``topk_fraction`` pixels, and the map is shifted so that its maximum equals that score (the daemon scores
   an image by its map's maximum), as the kNN kind does.
@@ -32,14 +32,8 @@ import torch.nn.functional as F
 
 from training.models.base import TrainableModel
 from training.models.gtrans import GTrans, GTransConfig
-from training.models.patchcore import (
-    PatchCore,
-    PatchCoreConfig,
-    fit_map_normalization,
-    shift_to_score,
-    topk_count,
-    topk_mean,
-)
+from training.models.map_scores import fit_map_normalization, shift_to_score, topk_count, topk_mean
+from training.models.patchcore import PatchCore, PatchCoreConfig
 
 # sub-config field -> its model kind: a checkpoint's sub-configs get that kind's FIELDS_ADDED_SINCE
 # (training.checkpoint.saved_config), so a later default of either part never changes an old bundle.

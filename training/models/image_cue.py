@@ -12,7 +12,7 @@ Units: each teacher's distance and the local score are each brought to the held-
 one p99 of the cue counts against one p99 of the local score". Expressed in the local score's own units,
 the cue adds ``gain * (sum of normalised distances - offset)``; the score's later normalisation (the
 bundle's calibration) sees one number, and the graph carries the cue as two small MatMuls. The map follows
-the score at its peak only (``patchcore.peak_to_score``): the cue says the part is off, not where.
+the score at its peak only (``map_scores.peak_to_score``): the cue says the part is off, not where.
 
 The distance is written as ``|(f - mean) @ L|^2`` with ``L`` the Cholesky factor of the precision matrix,
 so fp16 sees values of order one, never the precision's own large entries.
@@ -73,6 +73,9 @@ class ImageCue(nn.Module):
     def summed(self, distances: torch.Tensor) -> torch.Tensor:
         return ((distances - self.norm[0]) / self.norm[1]).sum(dim=1)
 
+    def add(self, distances: torch.Tensor) -> torch.Tensor:
+        """(N, T) distances -> (N,) the amount the cue adds to the local score (linear in the weight)."""
+        return self.affine[0] * (self.summed(distances) - self.affine[1])
+
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """(N,) the amount the cue adds to the local score."""
-        return self.affine[0] * (self.summed(self.distances(feats)) - self.affine[1])
+        return self.add(self.distances(feats))

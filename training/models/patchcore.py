@@ -39,6 +39,13 @@ from training.backbones.efficientnet_lite import EfficientNetLite0
 from training.backbones.vit import ViTS14
 from training.models.base import TrainableModel
 from training.models.image_cue import ImageCue
+from training.models.map_scores import (
+    fit_map_normalization,
+    peak_to_score,
+    shift_to_score,
+    topk_count,
+    topk_mean,
+)
 from training.models.memory_bank import (
     PCA_SAMPLE,
     NearestBank,
@@ -67,9 +74,9 @@ FIELDS_ADDED_SINCE = {
 }
 
 
-# Set by training itself (the ViT weight measured per bundle, training.fusion_weight): a finished run's value
-# is its own, not a setting a later command must repeat
-MEASURED_FIELDS = ("vit_weight",)
+# Set by training itself (the ViT weight and the image cue's weight measured per bundle,
+# training.fusion_weight): a finished run's value is its own, not a setting a later command must repeat
+MEASURED_FIELDS = ("vit_weight", "image_cue")
 
 
 @dataclass
@@ -99,7 +106,9 @@ class PatchCoreConfig:
     vit_weight: float = 0.75  # fusion "mean": the ViT map's weight, the EfficientNet's is 1 - vit_weight
     sigma: float = 4.0
     peak: str = "shift"  # score "topk": how the map's maximum becomes the score (score_map)
-    image_cue: float = 0.0  # weight of the image-level Gaussian cue in the score (image_cue.py); 0: none
+    image_cue: float = (
+        0.0  # weight of the image-level Gaussian cue (image_cue.py); 0: none. Measured per bundle
+    )
 
 
 # --- the teachers ----------------------------------------------------------------------------------------
@@ -208,6 +217,12 @@ class PatchCore(TrainableModel):
         self.head = MapHead(size, size, sigma=config.sigma)
         self.cue = ImageCue([t.dim for t, _ in self.parts()]) if config.image_cue else None
 
+    def prepare_cue(self) -> None:
+        """Fit the image cue's Gaussians in ``fit`` even at weight 0, so training can measure its weight
+        (``training.fusion_weight.choose_image_cue``); a weight of 0 chosen there removes it again."""
+        if self.cue is None:
+            self.cue = ImageCue([t.dim for t, _ in self.parts()])
+
     @property
     def k(self) -> int:
         """Pixels the top-k score averages; read from the config at each call, so a model whose config is
@@ -288,9 +303,12 @@ class PatchCore(TrainableModel):
         return info
 
     @torch.no_grad()
-    def calibrate_image_cue(self, x_val: Any, batch: int = 16) -> dict[str, Any] | None:
-        """Put the cue in the score's units on the held-out good images (``ImageCue.calibrate``); run again
-        whenever the map's fusion changes (``edge-train`` does, after measuring the ViT weight)."""
+    def calibrate_image_cue(
+        self, x_val: Any, batch: int = 16, weight: float | None = None
+    ) -> dict[str, Any] | None:
+        """Put the cue in the score's units on the held-out good images (``ImageCue.calibrate``) at ``weight``
+        (the config's unless given); run again whenever the map's fusion changes (``edge-train`` does,
+        after measuring the ViT weight)."""
         if self.cue is None:
             return None
         if x_val is None or len(x_val) < 2:
@@ -302,7 +320,8 @@ class PatchCore(TrainableModel):
             feats = self.features(x_val[i : i + batch])
             scores.append(self.image_score(self.fused_map(feats)))
             distances.append(self.cue.distances(feats))
-        return self.cue.calibrate(torch.cat(scores), torch.cat(distances), self.config.image_cue)
+        weight = self.config.image_cue if weight is None else weight
+        return self.cue.calibrate(torch.cat(scores), torch.cat(distances), weight)
 
     def _fit_bank(self, name, teacher, search, x, size, batch, seed, say, pooled=None) -> dict[str, Any]:
         cfg = self.config
@@ -391,9 +410,10 @@ class PatchCore(TrainableModel):
 
     def normalised_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each teacher's (N, H, W) upsampled, smoothed map; with two teachers each in held-out good units."""
-        return self._normalised(self.features(x))
+        return self.normalise(self.features(x))
 
-    def _normalised(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    def normalise(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The teachers' features -> their maps as ``normalised_maps`` gives them."""
         maps = [self.head(r)[1] for r in self._raw(feats)]
         if len(maps) == 1:
             return maps
@@ -401,7 +421,7 @@ class PatchCore(TrainableModel):
 
     def fused_map(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """The teachers' features -> the one (N, H, W) map the score is read from."""
-        maps = self._normalised(feats)
+        maps = self.normalise(feats)
         return maps[0] if len(maps) == 1 else self.fuse_maps(maps)
 
     def score_map(self, amap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -422,69 +442,17 @@ class PatchCore(TrainableModel):
         score, amap = self.score_map(self.fused_map(feats))
         if self.cue is None:
             return score, amap
-        score = score + self.cue(feats)  # an image-level cue: only the map's peak follows the score
+        return self.with_cue(score, amap, self.cue(feats))
+
+    def with_cue(
+        self, score: torch.Tensor, amap: torch.Tensor, add: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image-level cue's ``add`` (N,) on the score; only the map's peak follows it (the cue says the
+        part is off, not where)."""
+        score = score + add
         return score, peak_to_score(amap, score, self.k)
 
 
 def _embed_batches(teacher: nn.Module, x: torch.Tensor, batch: int) -> Iterable[torch.Tensor]:
     for i in range(0, len(x), batch):
         yield teacher(x[i : i + batch])
-
-
-# --- shared with the fused kind (training.models.gtrans_knn) ------------------------------------------
-
-
-def topk_count(fraction: float, size: int) -> int:
-    """Pixels a top-``fraction`` score averages on a ``size`` x ``size`` map (at least one)."""
-    return max(1, round(fraction * size * size))
-
-
-def topk_mean(amap: torch.Tensor, k: int) -> torch.Tensor:
-    """(N, H, W) map -> (N,) mean of its ``k`` highest pixels."""
-    return amap.flatten(1).topk(k, dim=1).values.mean(dim=1)
-
-
-def shift_to_score(amap: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-    """The map moved so that its maximum is ``score``: the daemon scores an image by its map's maximum."""
-    return amap + (score - amap.flatten(1).amax(dim=1))[:, None, None]
-
-
-def peak_to_score(amap: torch.Tensor, score: torch.Tensor, k: int) -> torch.Tensor:
-    """The map whose maximum is ``score``, moving only its top pixels: below the score, what is above it is
-    cut (as ``peak="clip"``); above, the pixels over the map's ``k``-th highest value are raised in
-    proportion to their height, the peak by the whole difference. An image-level cue says the part is off,
-    not where; moving the whole map by it would rank every pixel of the image by the cue."""
-    flat = amap.flatten(1)
-    peak = flat.amax(dim=1)
-    level = flat.topk(min(k + 1, flat.shape[1]), dim=1).values[:, -1]
-    share = ((amap - level[:, None, None]) / (peak - level).clamp_min(1e-6)[:, None, None]).clamp(0.0, 1.0)
-    lifted = amap + (score - peak).clamp_min(0.0)[:, None, None] * share
-    return torch.minimum(lifted, score[:, None, None])
-
-
-@torch.no_grad()
-def fit_map_normalization(
-    part_scores: Callable[[torch.Tensor], list[torch.Tensor]],
-    x_val: Any,
-    batch: int,
-    offset: torch.Tensor,
-    scale: torch.Tensor,
-    why: str,
-) -> dict[str, list[float]]:
-    """Bring several maps to one scale: each part's (offset, scale) from its held-out good image scores
-    (``calibration.scores.normalization_from_good``: median 0, 99th percentile 1), written into the
-    ``offset`` / ``scale`` buffers. ``part_scores``: a batch of images -> each part's (N,) image scores."""
-    from calibration.scores import normalization_from_good
-
-    if x_val is None or len(x_val) < 2:
-        raise ValueError(
-            f"{why} with held-out good images; train with --val-fraction > 0 and at least 2 held-out images"
-        )
-    scores: list[list[torch.Tensor]] = [[] for _ in range(len(offset))]
-    for i in range(0, len(x_val), batch):
-        for t, s in enumerate(part_scores(x_val[i : i + batch])):
-            scores[t].append(s)
-    norms = [normalization_from_good(torch.cat(s).numpy()) for s in scores]
-    offset.copy_(torch.tensor([n.offset for n in norms]))
-    scale.copy_(torch.tensor([n.scale for n in norms]))
-    return {"offset": [n.offset for n in norms], "scale": [n.scale for n in norms]}
