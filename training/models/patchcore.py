@@ -106,9 +106,7 @@ class PatchCoreConfig:
     vit_weight: float = 0.75  # fusion "mean": the ViT map's weight, the EfficientNet's is 1 - vit_weight
     sigma: float = 4.0
     peak: str = "shift"  # score "topk": how the map's maximum becomes the score (score_map)
-    image_cue: float = (
-        0.0  # weight of the image-level Gaussian cue (image_cue.py); 0: none. Measured per bundle
-    )
+    image_cue: float = 0.0  # weight of the image-level cue (image_cue.py), 0: none; measured per bundle
 
 
 # --- the teachers ----------------------------------------------------------------------------------------
