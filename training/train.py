@@ -324,7 +324,8 @@ def resolve_fusion(
     paths = [Path(p) for p in val_files]
     say = lambda m: log(m, cfg.progress)  # noqa: E731
     asked = "vit_weight" in cfg.model_config
-    probe = fusion_weight.probe_maps(model, pre, paths, cfg.seed, say) if measure_cue or not asked else None
+    needed = len(paths) >= 2 and (measure_cue or not asked)  # fewer: nothing to measure on
+    probe = fusion_weight.probe_maps(model, pre, paths, cfg.seed, say) if needed else None
     if asked:
         out = {"fusion": {"vit_weight": model.config.vit_weight, "reason": "asked for (--set vit_weight)"}}
     else:
