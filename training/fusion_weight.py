@@ -201,19 +201,19 @@ def choose_image_cue(
     log: Callable[[str], None] = lambda _m: None,
 ) -> dict[str, Any]:
     """Step 4 of the module docstring on a model whose cue is fitted (``PatchCore.prepare_cue``): set the
-    chosen weight in ``model.config`` (removing the cue at 0) and return ``{"image_cue", "reason",
-    "probe"}``."""
+    chosen weight in ``model.config`` (removing the cue at 0, calibrating it at the weight otherwise) and
+    return ``{"image_cue", "reason", "probe", "calibration"}``."""
     model.calibrate_image_cue(x_val, batch, weight=1.0)  # at the chosen ViT weight; candidates scale it
     w = float(model.config.vit_weight)
     measured = measure(model, pre, probe, {c: (w, c) for c in CUE_WEIGHTS}, "image cue", log)
     chosen, reason = decide(measured, 0.0)
     log(f"image cue: {chosen:g} ({reason})")
     model.config.image_cue = chosen
-    if chosen:
-        model.calibrate_image_cue(x_val, batch)
-    else:
+    calibration = model.calibrate_image_cue(x_val, batch) if chosen else None
+    if not chosen:
         model.cue = None
-    return {"image_cue": chosen, "reason": reason, "probe": {f"{c:g}": m for c, m in measured.items()}}
+    probed = {f"{c:g}": m for c, m in measured.items()}
+    return {"image_cue": chosen, "reason": reason, "probe": probed, "calibration": calibration}
 
 
 def half(n_good: int, h: int) -> list[int]:

@@ -107,10 +107,10 @@ def run_all(
         uneven = evaluate_pasted(ckpt, threads=threads, defects="uneven")  # large faint defects
         result["uneven"] = {k: uneven[k] for k in keys}
         result["model"] = model
-        fusion = load_checkpoint(ckpt).data.get("fusion")  # the default's ViT weight, measured per bundle
+        measured = load_checkpoint(ckpt).data  # the default's ViT weight and image cue, measured per bundle
+        fusion, cue = measured.get("fusion"), measured.get("image_cue")
         if fusion:
             result["vit_weight"] = fusion["vit_weight"]
-        cue = load_checkpoint(ckpt).data.get("image_cue")  # and its image cue's weight
         if cue:
             result["image_cue"] = cue["image_cue"]
         (runs / f"{model}-{data.name}" / "eval.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -283,19 +283,19 @@ def fit_memory(cfg, model, pre, x_train, x_val, data_info, ckpt_path: Path) -> P
     """A training-free model (PatchCore): fill its memory from the training images in one pass."""
     started = time.perf_counter()
     batch = cfg.resolved("batch_size")
-    measure_cue = (
+    measure_cue = (  # x_val holds at least one input per held-out file
         fusion_weight.applies(model)
         and "image_cue" not in cfg.model_config
         and len(data_info["val_files"]) >= 2
-        and x_val is not None
-        and len(x_val) >= 2
     )
     if measure_cue:
         model.prepare_cue()  # its Gaussians come from the banks' pass; its weight is measured below
     info = model.fit(x_train, batch=batch, seed=cfg.seed, log=lambda m: log(m, cfg.progress), x_val=x_val)
     if fusion_weight.applies(model):
         data_info.update(resolve_fusion(cfg, model, pre, data_info["val_files"], x_val, measure_cue))
-        if getattr(model, "cue", None) is not None:  # the cue is scaled to the fused map: again after it
+        if measure_cue:  # the measurement calibrated a cue it kept at the final ViT weight
+            info["image_cue"] = data_info["image_cue"]["calibration"]
+        elif getattr(model, "cue", None) is not None:  # an asked cue is scaled to the fused map: again
             info["image_cue"] = model.calibrate_image_cue(x_val, batch=batch)
     seconds = time.perf_counter() - started
     val_loss = validation_loss(model, x_val)

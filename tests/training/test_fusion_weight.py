@@ -151,6 +151,8 @@ def test_training_measures_the_image_cue_after_the_weight(trained: Path) -> None
     kept_none = cue["image_cue"] == 0.0
     assert kept_none == (cue["reason"].startswith("no weight beat") or "not on both halves" in cue["reason"])
     assert (ckpt.model.cue is None) == kept_none
+    calibrated = ckpt.train_state["memory"].get("image_cue")  # calibrated once, at the weight kept
+    assert (calibrated is None) if kept_none else calibrated["weight"] == cue["image_cue"]
     assert any(k.startswith("cue.") for k in ckpt.model.state_dict()) != kept_none
 
 

@@ -297,7 +297,8 @@ class PatchCore(TrainableModel):
             info["normalization"] = self._fit_normalization(x_val, batch)
         if self.cue is not None:
             self.cue.fit_gaussians([torch.cat(p) for p in pooled])
-            info["image_cue"] = self.calibrate_image_cue(x_val, batch)
+            if self.config.image_cue:  # at weight 0 (prepare_cue) the measurement calibrates it
+                info["image_cue"] = self.calibrate_image_cue(x_val, batch)
         return info
 
     @torch.no_grad()
