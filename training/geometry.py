@@ -43,6 +43,7 @@ import torch
 
 from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from edge.capture.tiling import Tiling
+from training.checkpoint import model_settings
 from training.data import load_samples
 from training.evaluate import content_scores
 from training.metrics import probe_metrics
@@ -56,6 +57,8 @@ CHOICES = ("auto", *GEOMETRIES)
 MARGIN = 0.02  # stretch must beat letterbox by this much on the sum of the four metrics
 PROBE_BANK = 2048  # EfficientNet coreset rows of the probe: small, the comparison is relative
 PER_IMAGE = 3  # pasted defects per held-out good image, as edge-eval --pasted
+TILED_BANK_KINDS = ("patchcore",)  # the kinds whose bank rows grow with the tiles a frame (tiled_banks)
+BANK_KEYS = ("bank_size", "vit_bank_size")
 MAX_TILES = 4  # model passes a frame may cost when tiles win (edge-train --max-tiles)
 TILE_GAIN = 1.5  # tiles are offered when they see the part at least this much finer than the whole image
 TILES_MARGIN = 0.06  # tiles must beat the whole image by this on the sum of 3 sets x 4 metrics (0.005 each)
@@ -76,6 +79,30 @@ def preprocess(size: int, resize: str, tiling: Tiling | None = None) -> Preproce
         resize=resize,
         tiling=tiling,
     )
+
+
+def tiled_banks(
+    kind: str, model_config: dict[str, Any], tiles_per_frame: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A tiled kNN bundle's bank rows: each default size times the tiles a training frame gives (rounded),
+    so a row stands for as many training patches as in a whole-image bundle (on DeepPCB's held-out defects
+    the coverage lost to 4x the patches had cost pixel AUROC and AUPRO: docs/accuracy.md, Banks on tiles).
+    Sizes asked for with ``--set`` and full banks (0) stay as they are. Returns the config to build the
+    model from and what was done (empty when nothing was)."""
+    factor = max(1, round(tiles_per_frame))
+    if factor == 1 or kind not in TILED_BANK_KINDS:
+        return model_config, {}
+    settings = model_settings(kind, model_config)
+    grown = {
+        key: getattr(settings, key) * factor
+        for key in BANK_KEYS
+        if key not in model_config and getattr(settings, key) > 0
+    }
+    if not grown:
+        return model_config, {}
+    rows = ", ".join(f"{k} {v // factor} -> {v}" for k, v in grown.items())
+    reason = f"banks: {rows} ({factor} tiles a frame: a row stands for as many patches as without tiles)"
+    return {**model_config, **grown}, {"tiles_per_frame": factor, **grown, "reason": reason}
 
 
 def image_sizes(paths: Sequence[Path]) -> list[tuple[int, int]]:

@@ -68,6 +68,20 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
         "patchcore",
         {"backbone": "both", "image_size": 224, "bank_size": 4096, "vit_bank_size": 16384, "vit_pca_dim": 48},
     ),
+    "patchcore both 224 px, 16384 + 32768 rows of 96 components (4x banks)": (
+        "patchcore",
+        {
+            "backbone": "both",
+            "image_size": 224,
+            "bank_size": 16384,
+            "vit_bank_size": 32768,
+            "vit_pca_dim": 96,
+        },
+    ),
+    "patchcore both 224 px, 8192 + 16384 rows of 96 components (2x banks)": (
+        "patchcore",
+        {"backbone": "both", "image_size": 224, "bank_size": 8192, "vit_bank_size": 16384, "vit_pca_dim": 96},
+    ),
     "gtrans-knn (gtrans + patchcore defaults, one graph)": ("gtrans-knn", {}),
     "gtrans default (ViT-S/14 blocks 5 + 8 as a second teacher)": ("gtrans", {}),
     "patchcore vit 168 px, 1024 rows": (

@@ -35,7 +35,7 @@ from training.checkpoint import (
 )
 from training.corruption import corrupt_batch
 from training.data import fingerprint, good_images, load_samples, split_train_val
-from training.geometry import CHOICES, MAX_TILES, choose_geometry, preprocess
+from training.geometry import CHOICES, MAX_TILES, choose_geometry, preprocess, tiled_banks
 from training.graph import Normalize
 from training.progress import Progress
 
@@ -192,19 +192,25 @@ def train(cfg: TrainConfig) -> Path:
         tiling = cfg.tiling or Tiling.from_dict(data_info["geometry"].get("tiling"))
         # make_preprocess before the model: with a tiling it sets the model's image_size to the tile
         pre = make_preprocess(cfg.model, cfg.model_config, data_info["geometry"]["resize"], tiling)
-    model = previous.model if previous is not None else build_model(cfg.model, cfg.model_config)
-    if previous is None:
-        model.load_pretrained()
-
     log(
         f"loading {len(train_paths)} training images ({len(val_paths)} held out for validation)", cfg.progress
     )
     u8_train = load_samples(train_paths, pre)
+    model_config = cfg.model_config
     if pre.tiling is not None:
         log(
             f"{len(u8_train)} training tiles of {pre.tiling.tile} px at scale {pre.tiling.scale:g}",
             cfg.progress,
         )
+        if previous is None:  # a tiled kNN's banks grow with the tiles a frame (geometry.tiled_banks)
+            model_config, data_info["banks"] = tiled_banks(
+                cfg.model, cfg.model_config, len(u8_train) / max(1, len(train_paths))
+            )
+            if data_info["banks"]:
+                log(data_info["banks"]["reason"], cfg.progress)
+    model = previous.model if previous is not None else build_model(cfg.model, model_config)
+    if previous is None:
+        model.load_pretrained()
     if getattr(model, "training_free", False) and pre.tiling is not None:  # many tiles: normalise per batch
         x_val_lazy = NormalizedView(load_samples(val_paths, pre), pre) if val_paths else None
         return fit_memory(cfg, model, pre, NormalizedView(u8_train, pre), x_val_lazy, data_info, ckpt_path)

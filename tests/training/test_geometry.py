@@ -222,3 +222,16 @@ def test_the_tiles_probe_sets_keep_to_a_pixel_budget(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(geometry, "TILES_PROBE_PIXELS", 3 * 100 * 100 * (1 + 3 * geometry.PER_IMAGE))
     sets = geometry.native_defect_sets(paths)  # every other image: 3 of 6
     assert len(sets["cutpaste"][0]) == 3 * (1 + geometry.PER_IMAGE)
+
+
+def test_a_tiled_knn_grows_its_banks_with_the_tiles_a_frame() -> None:
+    config, done = geometry.tiled_banks("patchcore", {"backbone": "both"}, 3.9)  # 4 tiles, on average
+    assert (config["bank_size"], config["vit_bank_size"]) == (4096 * 4, 8192 * 4)
+    assert done["tiles_per_frame"] == 4 and "4 tiles a frame" in done["reason"]
+    # asked sizes and full banks stay; one tile, or a kind without banks, changes nothing
+    config, done = geometry.tiled_banks("patchcore", {"bank_size": 1000, "vit_bank_size": 0}, 4)
+    assert config == {"bank_size": 1000, "vit_bank_size": 0} and done == {}
+    config, done = geometry.tiled_banks("patchcore", {"bank_size": 1000}, 2)
+    assert config == {"bank_size": 1000, "vit_bank_size": 8192 * 2} and done["vit_bank_size"] == 16384
+    assert geometry.tiled_banks("patchcore", {}, 1.2) == ({}, {})
+    assert geometry.tiled_banks("gtrans", {}, 4) == ({}, {})
