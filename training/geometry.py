@@ -59,6 +59,7 @@ PROBE_BANK = 2048  # EfficientNet coreset rows of the probe: small, the comparis
 PER_IMAGE = 3  # pasted defects per held-out good image, as edge-eval --pasted
 TILED_BANK_KINDS = ("patchcore",)  # the kinds whose bank rows grow with the tiles a frame (tiled_banks)
 BANK_KEYS = ("bank_size", "vit_bank_size")
+MAX_BANK_GROWTH = 4  # the most a tiled bank grows (measured at 4): the search cost follows the rows
 MAX_TILES = 4  # model passes a frame may cost when tiles win (edge-train --max-tiles)
 TILE_GAIN = 1.5  # tiles are offered when they see the part at least this much finer than the whole image
 TILES_MARGIN = 0.06  # tiles must beat the whole image by this on the sum of 3 sets x 4 metrics (0.005 each)
@@ -84,12 +85,12 @@ def preprocess(size: int, resize: str, tiling: Tiling | None = None) -> Preproce
 def tiled_banks(
     kind: str, model_config: dict[str, Any], tiles_per_frame: float
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A tiled kNN bundle's bank rows: each default size times the tiles a training frame gives (rounded),
-    so a row stands for as many training patches as in a whole-image bundle (on DeepPCB's held-out defects
-    the coverage lost to 4x the patches had cost pixel AUROC and AUPRO: docs/accuracy.md, Banks on tiles).
-    Sizes asked for with ``--set`` and full banks (0) stay as they are. Returns the config to build the
-    model from and what was done (empty when nothing was)."""
-    factor = max(1, round(tiles_per_frame))
+    """A tiled kNN bundle's bank rows: each default size times the tiles a training frame gives (rounded,
+    at most ``MAX_BANK_GROWTH``), so a row stands for as many training patches as in a whole-image bundle
+    (on DeepPCB's held-out defects the coverage lost to 4x the patches had cost pixel AUROC and AUPRO:
+    docs/accuracy.md, Banks on tiles). Sizes asked for with ``--set`` and full banks (0) stay as they are.
+    Returns the config to build the model from and what was done (empty when nothing was)."""
+    factor = min(MAX_BANK_GROWTH, max(1, round(tiles_per_frame)))
     if factor == 1 or kind not in TILED_BANK_KINDS:
         return model_config, {}
     settings = model_settings(kind, model_config)
@@ -101,7 +102,7 @@ def tiled_banks(
     if not grown:
         return model_config, {}
     rows = ", ".join(f"{k} {v // factor} -> {v}" for k, v in grown.items())
-    reason = f"banks: {rows} ({factor} tiles a frame: a row stands for as many patches as without tiles)"
+    reason = f"banks: {rows} ({factor}x for {tiles_per_frame:.3g} tiles a frame, at most {MAX_BANK_GROWTH}x)"
     return {**model_config, **grown}, {"tiles_per_frame": factor, **grown, "reason": reason}
 
 

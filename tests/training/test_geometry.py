@@ -227,7 +227,9 @@ def test_the_tiles_probe_sets_keep_to_a_pixel_budget(monkeypatch: pytest.MonkeyP
 def test_a_tiled_knn_grows_its_banks_with_the_tiles_a_frame() -> None:
     config, done = geometry.tiled_banks("patchcore", {"backbone": "both"}, 3.9)  # 4 tiles, on average
     assert (config["bank_size"], config["vit_bank_size"]) == (4096 * 4, 8192 * 4)
-    assert done["tiles_per_frame"] == 4 and "4 tiles a frame" in done["reason"]
+    assert done["tiles_per_frame"] == 4 and "4x for 3.9 tiles a frame" in done["reason"]
+    config, done = geometry.tiled_banks("patchcore", {}, 104)  # a 20 MP frame: the growth stops at 4x
+    assert config["bank_size"] == 4096 * geometry.MAX_BANK_GROWTH == done["bank_size"]
     # asked sizes and full banks stay; one tile, or a kind without banks, changes nothing
     config, done = geometry.tiled_banks("patchcore", {"bank_size": 1000, "vit_bank_size": 0}, 4)
     assert config == {"bank_size": 1000, "vit_bank_size": 0} and done == {}
