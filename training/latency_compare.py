@@ -78,6 +78,16 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
             "vit_pca_dim": 96,
         },
     ),
+    "patchcore both 224 px, 12288 + 24576 rows of 96 components (3x banks)": (
+        "patchcore",
+        {
+            "backbone": "both",
+            "image_size": 224,
+            "bank_size": 12288,
+            "vit_bank_size": 24576,
+            "vit_pca_dim": 96,
+        },
+    ),
     "patchcore both 224 px, 8192 + 16384 rows of 96 components (2x banks)": (
         "patchcore",
         {"backbone": "both", "image_size": 224, "bank_size": 8192, "vit_bank_size": 16384, "vit_pca_dim": 96},
@@ -95,10 +105,14 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 DEFAULT_KNN = "patchcore both 224 px, 4096 + 8192 rows of 96 components"
+TILED_KNN = "patchcore both 224 px, 16384 + 32768 rows of 96 components (4x banks)"  # 4 tiles a frame
+TILED_KNN_3 = "patchcore both 224 px, 12288 + 24576 rows of 96 components (3x banks)"  # 3 tiles
 # a frame of N tiles: the candidate's graph at batch N (edge-train --geometry auto, --max-tiles)
 FRAMES: dict[str, tuple[str, int]] = {
     "patchcore default, a frame of 3 tiles (batch 3)": (DEFAULT_KNN, 3),
     "patchcore default, a frame of 4 tiles (batch 4)": (DEFAULT_KNN, 4),
+    "patchcore default tiled, 4x banks, a frame of 4 tiles (batch 4)": (TILED_KNN, 4),
+    "patchcore default tiled, 3x banks, a frame of 3 tiles (batch 3)": (TILED_KNN_3, 3),
 }
 
 
@@ -160,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         if n == REFERENCE or not args.only or any(w in n for w in args.only.split(","))
     }
     frames = {n: f for n, f in FRAMES.items() if not args.only or any(w in n for w in args.only.split(","))}
-    if frames:
-        wanted.setdefault(DEFAULT_KNN, CANDIDATES[DEFAULT_KNN])
+    for graph, _ in frames.values():
+        wanted.setdefault(graph, CANDIDATES[graph])
     with tempfile.TemporaryDirectory() as tmp:
         paths = {n: export_one(k, c, Path(tmp) / f"{i}.onnx") for i, (n, (k, c)) in enumerate(wanted.items())}
         paths.update({n: paths[graph] for n, (graph, _) in frames.items()})
