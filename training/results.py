@@ -47,7 +47,8 @@ BACKBONES = {
     "bundle on held-out pasted, small and faint defects (0.75 unless another beats it by 0.06); "
     "score = mean of the map's top 0.1 %, plus an image-level Gaussian cue where the same probe picks one; "
     "coresets from every patch: 4096 EfficientNet rows, 8192 ViT rows in 96 principal components; 224 px, "
-    "or 224 px native-scale tiles (at most 4 a frame) where the geometry probe picks them; no training",
+    "or 224 px native-scale tiles (at most 4 a frame) where the geometry probe picks them, the rows then "
+    "times the tiles a frame; no training",
     "gtrans": "EfficientNet-Lite0 (ImageNet-1k) teacher at three scales and ViT-S/14 blocks 5 + 8 (224 px "
     "copy) as a second teacher at stride 16; paper uses a ResNet/WideResNet teacher alone",
     "gtrans-cnn": "gtrans with the EfficientNet-Lite0 teacher alone (GTrans's default before the ViT "
