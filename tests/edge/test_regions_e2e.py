@@ -172,6 +172,10 @@ def test_a_region_outside_the_frame_faults_alone(broker: Broker, tmp_path: Path,
         sub.publish(f"{prefix}/cam0/left/threshold/set", b"7.5")  # commands reach a region by its topic
         state = f"{prefix}/cam0/left/threshold/state"
         assert sub.wait_for(lambda _: any(m.json()["threshold"] == 7.5 for m in sub.on(state)), WAIT)
+        # the state can arrive before a result scored at the new threshold: wait for one, not assume it
+        assert sub.wait_for(
+            lambda _: any(r["threshold"] == 7.5 for r in results(sub, prefix, "cam0/left")), WAIT
+        )
         statuses = [m.json()["cameras"] for m in sub.on(f"{prefix}/status")]
         assert sub.wait_for(
             lambda _: any(
