@@ -25,7 +25,8 @@ border in place but distorts, differently per image. Which costs less depends on
    of a shading than the whole image does), all at the images' own size, every map brought back to it
    (``training.native_eval``). Tiles are chosen only when the sum of the four metrics over the three sets
    beats the whole image's by more than ``TILES_MARGIN`` (a tie keeps one pass a frame). Only
-   training-free kinds are offered tiles: for a trained model they multiply every epoch.
+   training-free kinds are offered tiles: for a trained model they multiply every epoch. A tiled kNN's
+   bank rows then grow with its tiles a frame (``tiled_banks``).
 
 The choice and the measurements are recorded in the checkpoint (``data.geometry``); the manifest carries
 the chosen resize (and tiling) and the daemon follows it.

@@ -28,6 +28,7 @@ import torch
 from edge.capture.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from export.onnx_export import onnx_from_module
 from training.checkpoint import build_model
+from training.geometry import tiled_banks
 from training.graph import InferenceModel
 
 # The reference every ratio is taken against: GTrans with its CNN teacher alone, the GTrans issue 24's
@@ -68,30 +69,6 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
         "patchcore",
         {"backbone": "both", "image_size": 224, "bank_size": 4096, "vit_bank_size": 16384, "vit_pca_dim": 48},
     ),
-    "patchcore both 224 px, 16384 + 32768 rows of 96 components (4x banks)": (
-        "patchcore",
-        {
-            "backbone": "both",
-            "image_size": 224,
-            "bank_size": 16384,
-            "vit_bank_size": 32768,
-            "vit_pca_dim": 96,
-        },
-    ),
-    "patchcore both 224 px, 12288 + 24576 rows of 96 components (3x banks)": (
-        "patchcore",
-        {
-            "backbone": "both",
-            "image_size": 224,
-            "bank_size": 12288,
-            "vit_bank_size": 24576,
-            "vit_pca_dim": 96,
-        },
-    ),
-    "patchcore both 224 px, 8192 + 16384 rows of 96 components (2x banks)": (
-        "patchcore",
-        {"backbone": "both", "image_size": 224, "bank_size": 8192, "vit_bank_size": 16384, "vit_pca_dim": 96},
-    ),
     "gtrans-knn (gtrans + patchcore defaults, one graph)": ("gtrans-knn", {}),
     "gtrans default (ViT-S/14 blocks 5 + 8 as a second teacher)": ("gtrans", {}),
     "patchcore vit 168 px, 1024 rows": (
@@ -104,9 +81,21 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 
+
+def tiled_default(tiles: int) -> tuple[str, tuple[str, dict[str, Any]]]:
+    """The default kNN with the banks a bundle of ``tiles`` tiles a frame gets (``geometry.tiled_banks``)."""
+    config, _ = tiled_banks("patchcore", {"image_size": 224}, tiles)
+    name = (
+        f"patchcore both 224 px, {config['bank_size']} + {config['vit_bank_size']} rows of 96 components "
+        f"({tiles}x banks)"
+    )
+    return name, ("patchcore", config)
+
+
+TILED = dict(tiled_default(n) for n in (2, 3, 4))  # 2 tiles a frame, 3 (ball_screw), 4 (DeepPCB, bottle)
+CANDIDATES.update(TILED)
 DEFAULT_KNN = "patchcore both 224 px, 4096 + 8192 rows of 96 components"
-TILED_KNN = "patchcore both 224 px, 16384 + 32768 rows of 96 components (4x banks)"  # 4 tiles a frame
-TILED_KNN_3 = "patchcore both 224 px, 12288 + 24576 rows of 96 components (3x banks)"  # 3 tiles
+TILED_KNN, TILED_KNN_3 = tiled_default(4)[0], tiled_default(3)[0]
 # a frame of N tiles: the candidate's graph at batch N (edge-train --geometry auto, --max-tiles)
 FRAMES: dict[str, tuple[str, int]] = {
     "patchcore default, a frame of 3 tiles (batch 3)": (DEFAULT_KNN, 3),
