@@ -37,7 +37,7 @@ from training.corruption import corrupt_batch
 from training.data import fingerprint, good_images, load_samples, split_train_val
 from training.geometry import CHOICES, MAX_TILES, choose_geometry, preprocess, tiled_banks
 from training.graph import Normalize
-from training.progress import Progress
+from training.progress import Progress, format_seconds
 
 CHECKPOINT_NAME = "checkpoint.pt"
 DEFAULT_MODEL = "patchcore"  # what edge-train trains without --model (its config defaults: docs/models.md)
@@ -149,6 +149,7 @@ class NormalizedView:
 
 def train(cfg: TrainConfig) -> Path:
     """Train (or resume) and return the checkpoint path."""
+    _clock["started"] = time.perf_counter()
     if cfg.model not in DEFAULTS:
         raise ValueError(f"unknown model {cfg.model!r}; choose one of {', '.join(DEFAULTS)}")
     if cfg.threads:
@@ -393,6 +394,12 @@ def held_out_loss(model: nn.Module, x_val: torch.Tensor | None) -> float:
     return sum(losses) / len(x_val)
 
 
+_clock = {"started": time.perf_counter()}  # train() resets it: the log's lines carry the run's elapsed time
+
+
 def log(message: str, enabled: bool = True) -> None:
+    """A line of the training log, stamped with the time since the run began (m:ss): a probe or a coreset
+    that takes minutes shows where the run's time goes without a profiler."""
     if enabled:
-        print(message, file=sys.stderr, flush=True)
+        elapsed = format_seconds(time.perf_counter() - _clock["started"])
+        print(f"[{elapsed}] {message}", file=sys.stderr, flush=True)
