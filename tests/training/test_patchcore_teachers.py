@@ -23,7 +23,15 @@ from training.checkpoint import load_checkpoint, save_checkpoint
 from training.cli import eval_main
 from training.graph import InferenceModel
 from training.metrics import line_operating_points
-from training.models.memory_bank import NearestBank, StreamedCoreset, greedy_coreset, pca_basis
+from training.models.memory_bank import (
+    MIN_CANDIDATES_PER_ROW,
+    NearestBank,
+    StreamedCoreset,
+    candidate_stride,
+    greedy_coreset,
+    grid_rows,
+    pca_basis,
+)
 from training.models.patchcore import FIELDS_ADDED_SINCE, PatchCore, PatchCoreConfig
 from training.worst import pick_worst
 
@@ -63,6 +71,37 @@ def test_streamed_coreset_keeps_every_row_for_bank_zero() -> None:
     stream.add(rows[20:])
     torch.testing.assert_close(stream.rows(0), rows)
     stream.close()
+
+
+def test_a_candidate_grid_turns_so_that_every_position_is_a_candidate_across_images() -> None:
+    f = torch.arange(5 * 2 * 4 * 4, dtype=torch.float32).view(5, 2, 4, 4)  # 5 images, 2 channels, 4 x 4
+    torch.testing.assert_close(grid_rows(f, 1, 0), f.permute(0, 2, 3, 1).reshape(-1, 2))
+    rows = torch.cat([grid_rows(f[:3], 2, 0), grid_rows(f[3:], 2, 3)])  # two batches, as a stream
+    assert rows.shape == (5 * 4, 2)  # a quarter of each image's 16 positions
+    positions = {int(r[0]) % 16 for r in rows[: 4 * 4]}  # the first 4 images' positions (channel 0)
+    assert positions == set(range(16)), "4 images on a turning 2 x 2 grid see each position once"
+    assert {int(r[0]) // 32 for r in rows} == set(range(5))  # every image contributes
+
+
+def test_the_candidate_grid_is_used_only_where_enough_candidates_remain() -> None:
+    rows = 100
+    enough = 4 * MIN_CANDIDATES_PER_ROW * rows
+    assert candidate_stride(2, enough, rows) == 2
+    assert candidate_stride(2, enough - 4, rows) == 1  # too few candidates a row: every patch
+    assert candidate_stride(2, 10**9, 0) == 1  # a full bank keeps every patch
+    assert candidate_stride(1, 10**9, rows) == 1
+
+
+def test_a_fit_on_the_grid_reports_its_candidates() -> None:
+    torch.manual_seed(0)
+    cfg = PatchCoreConfig(image_size=SIZE, backbone="effnet", bank_size=4, candidate_stride=2)
+    model = PatchCore(cfg).eval()
+    info = model.fit(torch.randn(8, 3, SIZE, SIZE), batch=3)  # 8 images x 7 x 7 cells; 98 candidates
+    assert info["patches"] == 8 * 49
+    assert info["candidates"] == sum(
+        len(range(dy, 7, 2)) * len(range(dx, 7, 2)) for dy, dx in [(0, 0), (0, 1), (1, 0), (1, 1)] * 2
+    )
+    assert info["bank"] == 4
 
 
 @pytest.mark.parametrize("backbone", ["effnet", "both"])  # "both" covers the ViT branch (an export is ~20 s)

@@ -18,6 +18,7 @@ from torch import nn
 EAGER_BANK_CHUNK = 32768  # rows searched at once in eager mode (a full bank would need GBs at once)
 COVERAGE_QUANTILES = (0.5, 0.95, 0.99, 1.0)
 PCA_SAMPLE = 60000  # training patches a projected bank's principal components are computed from
+MIN_CANDIDATES_PER_ROW = 8  # a candidate grid is used only where it leaves this many candidates a bank row
 
 
 class NearestBank(nn.Module):
@@ -94,6 +95,32 @@ class NearestBank(nn.Module):
 
 
 # --- the coreset -----------------------------------------------------------------------------------------
+
+
+def candidate_stride(asked: int, patches: int, rows: int) -> int:
+    """The grid stride the coreset takes its candidates on: ``asked`` where that still leaves
+    ``MIN_CANDIDATES_PER_ROW`` candidates for each of the bank's ``rows`` among the ``patches``, else 1
+    (every patch; always for a full bank, ``rows = 0``)."""
+    if asked <= 1 or rows <= 0 or patches // (asked * asked) < MIN_CANDIDATES_PER_ROW * rows:
+        return 1
+    return asked
+
+
+def grid_rows(f: torch.Tensor, stride: int, first: int) -> torch.Tensor:
+    """(B, C, h, w) features -> (rows, C): each image's patches on a ``stride`` grid.
+
+    The grid's offset turns with the image's index (``first`` is the batch's first), so across images
+    every position is a candidate. Neighbouring patches of a pooled feature map overlap most of their
+    receptive field; the greedy k-center's cost is its candidates times its picks.
+    """
+    c = f.shape[1]
+    if stride == 1:
+        return f.permute(0, 2, 3, 1).reshape(-1, c)
+    rows = []
+    for b in range(len(f)):
+        dy, dx = divmod((first + b) % (stride * stride), stride)
+        rows.append(f[b, :, dy::stride, dx::stride].reshape(c, -1).t())
+    return torch.cat(rows)
 
 
 def _projection(dim: int, projection_dim: int, rng: np.random.Generator) -> np.ndarray:

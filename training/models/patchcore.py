@@ -50,9 +50,11 @@ from training.models.memory_bank import (
     PCA_SAMPLE,
     NearestBank,
     StreamedCoreset,
+    candidate_stride,
     coverage,
     format_quantiles,
     greedy_coreset,
+    grid_rows,
     pca_basis,
 )
 
@@ -71,6 +73,7 @@ FIELDS_ADDED_SINCE = {
     "vit_weight": 0.5,
     "peak": "shift",
     "image_cue": 0.0,
+    "candidate_stride": 1,
 }
 
 
@@ -98,6 +101,7 @@ class PatchCoreConfig:
     vit_pca_dim: int = 96  # ViT bank in this many principal components of its 768-d tokens; 0: none
     projection_dim: int = 64  # random projection the greedy coreset measures distances in
     max_candidates: int = 0  # 0: the coreset is chosen from every patch; > 0: from a random subset this size
+    candidate_stride: int = 1  # > 1: candidates on that grid, turning per image (memory_bank.grid_rows)
     score: str = "topk"  # image score from the smoothed map: "max", or "topk" (mean of its top topk_fraction)
     topk_fraction: float = 0.001  # of the map's pixels: 50 of 224 x 224
     fusion: str = (
@@ -325,9 +329,15 @@ class PatchCore(TrainableModel):
     def _fit_bank(self, name, teacher, search, x, size, batch, seed, say, pooled=None) -> dict[str, Any]:
         cfg = self.config
         stream = StreamedCoreset(teacher.dim, cfg.projection_dim, seed)
+        stride, patches = 0, 0
         try:
             for f in _embed_batches(teacher, x, batch):
-                stream.add(f.permute(0, 2, 3, 1).reshape(-1, teacher.dim))  # (B*h*w, C)
+                cells = f.shape[2] * f.shape[3]
+                if not stride:  # the first batch tells how many patches there are
+                    asked = 1 if cfg.max_candidates else cfg.candidate_stride
+                    stride = candidate_stride(asked, len(x) * cells, size)
+                stream.add(grid_rows(f, stride, patches // cells))  # (B*h*w / stride^2, C)
+                patches += len(f) * cells
                 if pooled is not None:
                     pooled.append(f.mean(dim=(2, 3)))
             total = stream.count
@@ -352,10 +362,14 @@ class PatchCore(TrainableModel):
                 )
             else:
                 candidates = total
+                pool = f"all {total} patch features"
+                if stride > 1:
+                    pool = (
+                        f"{total} of {patches} patch features (a {stride} x {stride} grid turning per image)"
+                    )
                 say(
                     f"{name}: "
-                    + (f"choosing a {size}-row coreset from all {total}" if size else f"keeping all {total}")
-                    + " patch features"
+                    + (f"choosing a {size}-row coreset from {pool}" if size else f"keeping {pool}")
                 )
                 chosen = stream.rows(size)
         finally:
@@ -363,7 +377,7 @@ class PatchCore(TrainableModel):
         if size and len(chosen) < size:  # fewer patches than rows: repeat them (nearest distance unchanged)
             chosen = chosen[torch.arange(size) % len(chosen)]
         search.set_bank(chosen)
-        return {"patches": int(total), "candidates": int(candidates), "bank": int(len(chosen))}
+        return {"patches": int(patches), "candidates": int(candidates), "bank": int(len(chosen))}
 
     def _fit_normalization(self, x_val: torch.Tensor | None, batch: int) -> dict[str, list[float]]:
         return fit_map_normalization(
