@@ -46,7 +46,8 @@ BACKBONES = {
     "5 + 8 kNN maps, each normalised by held-out good scores, averaged with the ViT's weight measured per "
     "bundle on held-out pasted, small and faint defects (0.75 unless another beats it by 0.06); "
     "score = mean of the map's top 0.1 %, plus an image-level Gaussian cue where the same probe picks one; "
-    "coresets from every patch: 4096 EfficientNet rows, 8192 ViT rows in 96 principal components; 224 px, "
+    "coresets from every patch (the EfficientNet's from a turning 2 x 2 grid of them where 8 remain a row): "
+    "4096 EfficientNet rows, 8192 ViT rows in 96 principal components; 224 px, "
     "or 224 px native-scale tiles (at most 4 a frame) where the geometry probe picks them, the rows then "
     "times the tiles a frame; no training",
     "gtrans": "EfficientNet-Lite0 (ImageNet-1k) teacher at three scales and ViT-S/14 blocks 5 + 8 (224 px "
@@ -108,8 +109,12 @@ def run_all(
         uneven = evaluate_pasted(ckpt, threads=threads, defects="uneven")  # large faint defects
         result["uneven"] = {k: uneven[k] for k in keys}
         result["model"] = model
-        measured = load_checkpoint(ckpt).data  # the default's ViT weight and image cue, measured per bundle
+        loaded = load_checkpoint(ckpt)
+        measured = loaded.data  # the default's ViT weight and image cue, measured per bundle
         fusion, cue = measured.get("fusion"), measured.get("image_cue")
+        teachers = loaded.train_state.get("memory", {}).get("teachers", {})
+        if model == "patchcore" and "effnet" in teachers:  # how many patches its EfficientNet coreset saw
+            result["candidates"] = {k: teachers["effnet"][k] for k in ("candidates", "patches")}
         if fusion:
             result["vit_weight"] = fusion["vit_weight"]
         if cue:
@@ -179,6 +184,11 @@ def _this_run(r: dict[str, Any]) -> str:
     notes = [f"{t['tile']} px tiles at scale {t['scale']:g}, scored at native size"] if t else []
     notes += [f"ViT weight {w:g} (measured on its held-out images)"] if w is not None else []
     notes += [f"image cue {c:g} (measured)"] if c is not None else []
+    k = r.get("candidates")
+    if k and k["candidates"] < k["patches"]:
+        notes += [f"EfficientNet coreset from {k['candidates']} of {k['patches']} patches (a turning grid)"]
+    elif k:
+        notes += ["EfficientNet coreset from every patch"]
     return f"; this run: {', '.join(notes)}" if notes else ""
 
 

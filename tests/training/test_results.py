@@ -138,3 +138,12 @@ def test_a_row_says_what_its_run_measured_for_itself() -> None:
         ln for ln in markdown([_result("gtrans", 0.9)], Path("d/x")).splitlines() if ln.startswith("| gtrans")
     ]
     assert "this run" not in plain[0]
+
+
+def test_a_row_says_which_patches_its_coreset_chose_from() -> None:
+    def row(candidates: int) -> str:
+        r = {**_result("patchcore", 0.9), "candidates": {"candidates": candidates, "patches": 400}}
+        return [ln for ln in markdown([r], Path("d/x")).splitlines() if ln.startswith("| patchcore |")][0]
+
+    assert "EfficientNet coreset from 100 of 400 patches (a turning grid)" in row(100)
+    assert "EfficientNet coreset from every patch" in row(400)

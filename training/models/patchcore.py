@@ -101,7 +101,7 @@ class PatchCoreConfig:
     vit_pca_dim: int = 96  # ViT bank in this many principal components of its 768-d tokens; 0: none
     projection_dim: int = 64  # random projection the greedy coreset measures distances in
     max_candidates: int = 0  # 0: the coreset is chosen from every patch; > 0: from a random subset this size
-    candidate_stride: int = 1  # > 1: candidates on that grid, turning per image (memory_bank.grid_rows)
+    candidate_stride: int = 2  # candidates on this grid, turning per image, where 8 a row remain (grid_rows)
     score: str = "topk"  # image score from the smoothed map: "max", or "topk" (mean of its top topk_fraction)
     topk_fraction: float = 0.001  # of the map's pixels: 50 of 224 x 224
     fusion: str = (
