@@ -2,7 +2,8 @@
 
 Shared by every teacher of ``training.models.patchcore``. The search is one MatMul and one ReduceMin
 against a constant bank, so exported graphs need no index library on the device; the coreset is chosen
-from every training patch with memory bounded by a random projection (``StreamedCoreset``).
+from every training patch, or from a grid of them turning per image where enough remain
+(``candidate_stride``, ``grid_rows``), with memory bounded by a random projection (``StreamedCoreset``).
 """
 
 from __future__ import annotations

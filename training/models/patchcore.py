@@ -100,7 +100,7 @@ class PatchCoreConfig:
     pca_dim: int = 0  # EfficientNet bank in this many principal components; 0: the 152-d features
     vit_pca_dim: int = 96  # ViT bank in this many principal components of its 768-d tokens; 0: none
     projection_dim: int = 64  # random projection the greedy coreset measures distances in
-    max_candidates: int = 0  # 0: the coreset is chosen from every patch; > 0: from a random subset this size
+    max_candidates: int = 0  # 0: coreset from every patch (or candidate_stride's grid); > 0: a random subset
     candidate_stride: int = 2  # candidates on this grid, turning per image, where 8 a row remain (grid_rows)
     score: str = "topk"  # image score from the smoothed map: "max", or "topk" (mean of its top topk_fraction)
     topk_fraction: float = 0.001  # of the map's pixels: 50 of 224 x 224
@@ -362,11 +362,8 @@ class PatchCore(TrainableModel):
                 )
             else:
                 candidates = total
-                pool = f"all {total} patch features"
-                if stride > 1:
-                    pool = (
-                        f"{total} of {patches} patch features (a {stride} x {stride} grid turning per image)"
-                    )
+                grid = f" of {patches} patch features (a {stride} x {stride} grid turning per image)"
+                pool = f"{total}{grid}" if stride > 1 else f"all {total} patch features"
                 say(
                     f"{name}: "
                     + (f"choosing a {size}-row coreset from {pool}" if size else f"keeping {pool}")
